@@ -1,0 +1,150 @@
+"""The one configuration object shared by hw/, golden/ and firmware/.
+
+Everything that shapes the array — its size, the packing of two INT8 products
+per multiplier, the packed chain length, accumulator widths, FIFO depths and
+every block's latency — is derived here once. hw/ elaborates from it, the
+golden cycle model times from it, firmware/ tiles for it.
+
+Block latencies (in enabled clock cycles; see docs/array.md for the timing
+contract they add up to):
+
+* ``INPUT_LATENCY``  accepted input beat -> PE(0, 0) operand registers
+* ``PE_LATENCY``     PE operand registers -> PE result register valid
+                     (product/packed accumulate, then unpack into the wide
+                     accumulators)
+* ``DRAIN_LATENCY``  bottom-row result valid -> first row on the column's
+                     drain output (parallel load of the drain chain)
+* ``REQUANT_LATENCY`` the post-processing lane, input -> ``out`` register,
+                     per stage in ``REQUANT_STAGES``
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from ._check import INT32_MAX
+
+INPUT_LATENCY = 1
+PE_LATENCY = 2
+DRAIN_LATENCY = 1
+#: Post-processing lane stages, in order; each is one register stage.
+REQUANT_STAGES = (
+    "bias",       # sat32(acc + bias_eff)
+    "lshift",     # saturating left shift
+    "srdhm",      # SaturatingRoundingDoublingHighMul
+    "rdbpot",     # RoundingDivideByPOT
+    "prelu_mul",  # negative values: SRDHM by the per-channel alpha (after its left shift)
+    "prelu_div",  # negative values: RDBPOT by alpha's right shift
+    "clamp",      # + zero point, clamp to [act_min, act_max]
+    "lut",        # optional 256-entry table
+)
+REQUANT_LATENCY = len(REQUANT_STAGES)
+
+#: Largest product magnitude of two int8 values, (-128) * (-128).
+_MAX_PRODUCT = 128 * 128
+#: Low field of the packed product: signed 18 bits (arithmetic.md §4).
+PACK_SHIFT = 18
+PACKING_MODES = ("dual", "none")
+
+
+def packed_chain_bound(weight_min: int) -> int:
+    """Longest accumulation chain of packed products whose low field stays exact.
+
+    The low field holds the true sum of ``w_lo * x`` in signed 18 bits,
+    [-2**17, 2**17 - 1]; x is full-range int8. Products lie in
+    [min(weight_min*127, 127*-128), weight_min*-128] (arithmetic.md §4).
+    """
+    hi = weight_min * -128            # most positive product
+    lo = min(weight_min * 127, 127 * -128)
+    k = 0
+    while (k + 1) * hi <= 2**17 - 1 and (k + 1) * lo >= -(2**17):
+        k += 1
+    return k
+
+
+@dataclass(frozen=True)
+class ArrayConfig:
+    """Shape and widths of the MACC array and its post-processing lanes.
+
+    rows         output pixels computed in parallel (activation lanes)
+    cols         PE columns; each PE owns ``lanes_per_pe`` output channels
+    packing      "dual": one 27x18 multiplier computes two INT8 products that
+                 share the activation (DSP48E2, WP486); "none": one product per
+                 multiplier (ECP5's 18x18 blocks)
+    weight_min   -127 (TFLite weights, packed chain 8) or -128 (full range, chain 7)
+    chain        packed accumulation chain length; defaults to the proven bound
+    max_k        longest reduction (beats per tile) the accumulators hold exactly
+    param_fifo_depth  per-tile parameter sets buffered ahead of the lanes
+    """
+
+    rows: int = 8
+    cols: int = 8
+    packing: str = "dual"
+    weight_min: int = -127
+    chain: int | None = None
+    max_k: int = 65536
+    param_fifo_depth: int = 4
+
+    def __post_init__(self):
+        for name in ("rows", "cols"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int) or not (1 <= v <= 256):
+                raise ValueError(f"{name} must be an integer in [1, 256], got {v!r}")
+        if self.packing not in PACKING_MODES:
+            raise ValueError(f"packing must be one of {PACKING_MODES}, got {self.packing!r}")
+        if self.weight_min not in (-127, -128):
+            raise ValueError(f"weight_min must be -127 or -128, got {self.weight_min!r}")
+        if self.packing == "dual":
+            bound = packed_chain_bound(self.weight_min)
+            if self.chain is None:
+                object.__setattr__(self, "chain", bound)
+            elif isinstance(self.chain, bool) or not isinstance(self.chain, int) or not (1 <= self.chain <= bound):
+                raise ValueError(
+                    f"chain must be an integer in [1, {bound}] for packing='dual' with weight_min={self.weight_min} "
+                    f"(longer chains overflow the packed low field), got {self.chain!r}")
+        elif self.chain is not None:
+            raise ValueError(f"chain only applies to packing='dual', got chain={self.chain!r}")
+        if isinstance(self.max_k, bool) or not isinstance(self.max_k, int) or not (1 <= self.max_k <= 2**20):
+            raise ValueError(f"max_k must be an integer in [1, 2**20], got {self.max_k!r}")
+        if isinstance(self.param_fifo_depth, bool) or not isinstance(self.param_fifo_depth, int) \
+                or not (1 <= self.param_fifo_depth <= 64):
+            raise ValueError(f"param_fifo_depth must be an integer in [1, 64], got {self.param_fifo_depth!r}")
+
+    # ---- derived quantities: the single place they are computed ----
+    @property
+    def lanes_per_pe(self) -> int:
+        return 2 if self.packing == "dual" else 1
+
+    @property
+    def out_lanes(self) -> int:
+        """Output channels per tile (width of the weight and output beats)."""
+        return self.cols * self.lanes_per_pe
+
+    @property
+    def acc_width(self) -> int:
+        """Signed width of the wide accumulators: holds max_k products exactly."""
+        return 1 + math.ceil(math.log2(_MAX_PRODUCT * self.max_k + 1))
+
+    @property
+    def bias_width(self) -> int:
+        """Signed width of the effective bias, bias - zp_in * sum(w) (zp folded, |zp| <= 128)."""
+        return 1 + math.ceil(math.log2(INT32_MAX + 1 + 128 * 128 * self.max_k))
+
+    @property
+    def min_tile_cycles(self) -> int:
+        """Fewest enabled cycles between two accepted ``last`` beats (the drain of a tile takes ``rows``)."""
+        return self.rows
+
+    @property
+    def array_latency(self) -> int:
+        """Enabled cycles from accepting a tile's last beat to its row 0 at the post-processing input."""
+        return INPUT_LATENCY + PE_LATENCY + (self.rows - 1) + (self.cols - 1) + DRAIN_LATENCY
+
+    @property
+    def latency(self) -> int:
+        """Enabled cycles from accepting a tile's last beat to its row 0 on ``out``."""
+        return self.array_latency + REQUANT_LATENCY
+
+    @property
+    def macs_per_cycle(self) -> int:
+        return self.rows * self.out_lanes
