@@ -29,9 +29,12 @@ Timing rules implemented (docs/array.md):
   FIFO head's params (row rows-1 pops the head: level and claimed - 1 from the
   next cycle); row r is on ``out`` while n(t) = e + cfg.latency + r (frozen
   through stalls) and transfers on the cycle that also has out.ready.
-* LUT writes are visible from the next cycle; a write while a row of a
-  lut_en tile is between the lanes' input and ``out`` breaks the contract and
-  raises ValueError (so does reading a table entry never written).
+* LUT writes are visible from the next cycle. A write while rows of a
+  lut_en tile are in flight -- on any cycle after the one accepting its last
+  beat, up to and including the out transfer of its row rows-1 -- breaks the
+  contract and raises ValueError (so does reading a table entry never
+  written). Within that window the table is constant, so the model looks it up
+  when a row enters the lanes.
 
 Bad stimulus (values out of range, K > cfg.max_k, weights below
 cfg.weight_min, ...) raises ValueError naming the field and its range.
@@ -152,15 +155,21 @@ def postprocess(acc, params: dict, lut=None) -> np.ndarray:
     a = check_int_array(acc, "acc", -(2**62), 2**62)
     n_lanes = a.shape[-1] if a.ndim else None
     p = check_params(params, n_lanes)
+    if p["lut_en"]:
+        if lut is None:
+            raise ValueError("lut is required when params['lut_en'] = 1")
+        lut = _check_lut(lut)
+    return _lanes(a, p, lut)
+
+
+def _lanes(a: np.ndarray, p: dict, table) -> np.ndarray:
+    """``postprocess`` on checked inputs (int64 acc, ``check_params`` output, checked table)."""
     t = np.clip(a + p["bias"], INT32_MIN, INT32_MAX)                      # sat32 of the exact sum
     v = multiply_by_quantized_multiplier(t, p["mult"], p["shift"])
     neg = multiply_by_quantized_multiplier(v, p["alpha_mult"], p["alpha_shift"])
     v = np.where((p["prelu"] != 0) & (v < 0), neg, v)
     code = np.clip(v + p["zp"], p["act_min"], p["act_max"]) & 0xFF
     if p["lut_en"]:
-        if lut is None:
-            raise ValueError("lut is required when params['lut_en'] = 1")
-        table = _check_lut(lut)
         unwritten = np.unique(code[table[code] < 0])
         if unwritten.size:
             raise ValueError(f"LUT entry(ies) {unwritten[:4].tolist()} are read but were never written")
@@ -261,7 +270,7 @@ class TileRecord:
     accept_cycle: int               # cycle of the accepted last beat
     e: int                          # its enabled-cycle index n
     acc: np.ndarray                 # rows x out_lanes int64, exact
-    params: dict | None = None      # the FIFO head bound when row 0 entered the lanes
+    params: dict                    # its params entry (the FIFO head when its rows enter the lanes)
     rows: list = field(default_factory=list)       # codes per row (filled at lane entry)
     out_cycles: list = field(default_factory=list)  # cycle of each row's out transfer
 
@@ -289,7 +298,7 @@ class ArrayModel:
         self._beats_wgt: list[np.ndarray] = []
         self._entry: dict[int, tuple[int, int]] = {}     # n -> (tile, row) at the lanes' input
         self._out: dict[int, tuple[int, int]] = {}       # n -> (tile, row) on out
-        self._lut_windows: dict[int, tuple[int, int]] = {}  # tile -> [first entry n, last out n) of lut_en tiles
+        self._lut_inflight: set[int] = set()            # lut_en tiles accepted, last row not yet transferred
         self.lut = np.full(256, -1, np.int64)
         self.tiles: list[TileRecord] = []
         self.transfers: list[tuple[int, int, int, list]] = []
@@ -341,8 +350,10 @@ class ArrayModel:
         ``in_payload``: ``{"act": rows ints in [-128, 127], "wgt": out_lanes ints in
         [cfg.weight_min, 127], "last": 0/1}`` (only ``last`` is read when
         ``in_valid`` = 0, because ``inp.ready`` depends on it; None = last 0).
-        ``params_payload``: see ``check_params`` (read when ``params_valid``).
-        ``lut_payload``: ``{"addr": 0..255, "data": 0..255}`` (read when ``lut_valid``).
+        ``params_payload``: see ``check_params``. ``lut_payload``:
+        ``{"addr": 0..255, "data": 0..255}``. Payloads are validated (ValueError)
+        on the cycle they transfer; a LUT write while lut_en rows are in flight
+        raises too.
         Signed fields are values, not bit patterns. Extra keys in the result:
         ``in_fire``, ``params_fire``, ``lut_fire``, ``out_fire`` (0/1), and
         ``accepted_tile`` (index of the tile whose last beat was accepted, or None).
@@ -356,39 +367,47 @@ class ArrayModel:
             if not isinstance(in_payload, dict):
                 raise ValueError("in_payload must be a dict {'act', 'wgt', 'last'} when in_valid = 1")
             in_last = _bit(in_payload.get("last", 0), "in_payload.last")
-        if in_valid:
+        if lut_valid and not isinstance(lut_payload, dict):
+            raise ValueError("lut_payload must be a dict {'addr', 'data'} when lut_valid = 1")
+        ordy = _bit(out_ready, "out_ready")
+
+        # Rows reaching the lanes' input in this enabled-cycle index take the FIFO head now
+        # (the head cannot change before this index's enabled cycle: pops happen only then).
+        self._bind_entry()
+        res = self.outputs(ordy, in_last)
+        en = res["en"]
+        in_fire = in_valid & res["in_ready"]
+        params_fire = params_valid & res["params_ready"]
+        out_fire = res["out_valid"] & ordy
+        accepted = None
+
+        # Payloads are checked when they transfer (an offered beat that is not taken has no effect),
+        # before any state of this cycle changes.
+        if in_fire:
             act = check_int_array(in_payload.get("act"), "in_payload.act", INT8_MIN, INT8_MAX, ndim=1)
             wgt = check_int_array(in_payload.get("wgt"), "in_payload.wgt", cfg.weight_min, INT8_MAX, ndim=1)
             if act.size != cfg.rows or wgt.size != cfg.out_lanes:
                 raise ValueError(f"in_payload.act must have rows = {cfg.rows} values and in_payload.wgt "
                                  f"out_lanes = {cfg.out_lanes} values, got {act.size} and {wgt.size}")
-        if params_valid:
+            if len(self._beats_act) >= cfg.max_k:
+                raise ValueError(f"tile {len(self.tiles)} has more than max_k = {cfg.max_k} reduction beats "
+                                 f"(the accumulators are exact only up to max_k): beat {cfg.max_k + 1} "
+                                 f"accepted on cycle {self.cycle}")
+        if params_fire:
             pp = check_params(params_payload, cfg.out_lanes, cfg.bias_width)
         if lut_valid:
-            if not isinstance(lut_payload, dict):
-                raise ValueError("lut_payload must be a dict {'addr', 'data'} when lut_valid = 1")
             addr = check_positive_int(lut_payload.get("addr"), "lut_payload.addr", 0, 255)
             data = check_positive_int(lut_payload.get("data"), "lut_payload.data", 0, 255)
-
-        # Rows reaching the lanes' input in this enabled-cycle index take the FIFO head now
-        # (the head cannot change before this index's enabled cycle: pops happen only then).
-        self._bind_entry()
-        if lut_valid:
-            for t, (lo, hi) in self._lut_windows.items():
-                if lo <= self.n < hi:
-                    raise ValueError(f"lut write on cycle {self.cycle} while rows of tile {t} (lut_en = 1) are "
-                                     "between the lanes' input and out: the contract forbids changing the table")
-
-        res = self.outputs(out_ready, in_last)
-        en = res["en"]
-        in_fire = in_valid & res["in_ready"]
-        params_fire = params_valid & res["params_ready"]
-        out_fire = res["out_valid"] & _bit(out_ready, "out_ready")
-        accepted = None
+            if self._lut_inflight:
+                raise ValueError(f"lut write on cycle {self.cycle} while rows of tile(s) "
+                                 f"{sorted(self._lut_inflight)} (lut_en = 1) are in flight: "
+                                 "the contract forbids changing the table")
 
         if out_fire:
             t, r = self._out[self.n]
             self.tiles[t].out_cycles.append(self.cycle)
+            if r == cfg.rows - 1:
+                self._lut_inflight.discard(t)
             self.transfers.append((self.cycle, t, r, res["out_payload"]["data"]))
         if en:
             ent = self._entry.pop(self.n, None)
@@ -397,10 +416,6 @@ class ArrayModel:
                 self.claimed -= 1                          # claimed - 1 from the next cycle
             self._out.pop(self.n, None)
             if in_fire:
-                if len(self._beats_act) >= cfg.max_k:
-                    raise ValueError(f"tile {len(self.tiles)} has more than max_k = {cfg.max_k} reduction beats "
-                                     f"(the accumulators are exact only up to max_k): beat {cfg.max_k + 1} "
-                                     f"offered on cycle {self.cycle}")
                 self._beats_act.append(act)
                 self._beats_wgt.append(wgt)
                 if in_last:
@@ -424,7 +439,11 @@ class ArrayModel:
         w = np.stack(self._beats_wgt, axis=0)              # K x out_lanes
         acc = a @ w                                        # exact int64 (|acc| <= 2**14 * max_k)
         t = len(self.tiles)
-        self.tiles.append(TileRecord(index=t, k=a.shape[1], accept_cycle=self.cycle, e=e, acc=acc))
+        # its params: the first FIFO entry not claimed by an earlier tile (param_credit guaranteed one)
+        p = self._fifo[self.claimed]
+        self.tiles.append(TileRecord(index=t, k=a.shape[1], accept_cycle=self.cycle, e=e, acc=acc, params=p))
+        if p["lut_en"]:
+            self._lut_inflight.add(t)
         for r in range(cfg.rows):
             self._entry[e + cfg.array_latency + r] = (t, r)
         self.claimed += 1
@@ -442,26 +461,14 @@ class ArrayModel:
             return                                         # bound on an earlier (stalled) cycle of this index
         if not self._fifo:
             raise RuntimeError(f"model invariant broken: no params at the FIFO head for tile {t} row {r}")
-        p = self._fifo[0]
-        if r == 0:
-            rec.params = p
-        elif p is not rec.params:
-            raise RuntimeError(f"model invariant broken: tile {t} row {r} sees another FIFO head than row 0")
-        if p["lut_en"]:
-            lo = self.n
-            # rows r' enter at e + array_latency + r' and are on out from e + latency + r':
-            # the table must stay unchanged for n in [e + array_latency, e + latency + rows - 1)
-            hi = self.n - r + (self.cfg.latency - self.cfg.array_latency) + self.cfg.rows - 1
-            old = self._lut_windows.get(t, (lo, hi))
-            self._lut_windows[t] = (min(old[0], lo), hi)
+        p = self._fifo[0]                                  # the row takes the FIFO head's params
+        if p is not rec.params:
+            raise RuntimeError(f"model invariant broken: tile {t} row {r} sees another FIFO head than its own entry")
         try:
-            rec.rows.append(postprocess(rec.acc[r], p, self.lut))
+            rec.rows.append(_lanes(rec.acc[r], p, self.lut))
         except ValueError as e:
             raise ValueError(f"tile {t} row {r} (lut_en = 1): {e}") from None
         self._out[self.n + self.cfg.latency - self.cfg.array_latency] = (t, r)
-        if r == self.cfg.rows - 1:
-            # prune windows that can no longer contain the current index
-            self._lut_windows = {k: v for k, v in self._lut_windows.items() if v[1] > self.n}
 
 
 # ---------------------------------------------------------------------------

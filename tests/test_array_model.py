@@ -447,28 +447,37 @@ def test_lut_visibility_and_contract_violation():
     rows = []
     step_until(m, e + LAT + R, rows)
     assert rows == table[q].tolist()
-    # a write on the cycle before row 0 enters the lanes is visible to the whole tile
-    m, e = start()
-    rows = []
-    step_until(m, e + AL - 1, rows)
     new = (int(table[a0]) + 1) % 256
-    m.step(lut_valid=1, lut_payload={"addr": a0, "data": new})
-    step_until(m, e + LAT + R, rows)
     t2 = table.copy()
     t2[a0] = new
-    assert rows == t2[q].tolist() and t2[q].tolist() != table[q].tolist()
-    # writes while a row is between the lanes' input and out break the contract
-    for n_write in (e + AL, e + LAT - 1, e + LAT + R - 2):
+    assert t2[q].tolist() != table[q].tolist()
+    # writes while the tile's rows are in flight (after the cycle accepting its last beat, up to the
+    # out transfer of its last row, stalls included) break the contract
+    for n_write in (e + 1, e + AL, e + LAT - 1, e + LAT + R - 1):
         m, e = start()
         step_until(m, n_write, [])
-        with pytest.raises(ValueError, match="contract"):
-            m.step(lut_valid=1, lut_payload={"addr": 0, "data": 0})
-    # once the last row is on out, the table may change; the rows keep their values
+        if n_write == e + LAT + R - 1:
+            r = m.step(out_ready=0)                      # last row on out, stalled
+            assert r["out_valid"] and r["out_payload"]["last"] == 1
+        with pytest.raises(ValueError, match="in flight"):
+            m.step(lut_valid=1, lut_payload={"addr": 0, "data": 0}, out_ready=0)
+    # on the cycle after the last row's transfer the table may change
     m, e = start()
     rows = []
-    step_until(m, e + LAT + R - 1, rows)
-    r = m.step(lut_valid=1, lut_payload={"addr": a0, "data": new}, out_ready=0)
-    assert r["out_valid"] and r["out_payload"]["data"] == table[q[R - 1]].tolist()
+    step_until(m, e + LAT + R, rows)
+    assert rows == table[q].tolist()
+    m.step(lut_valid=1, lut_payload={"addr": a0, "data": new})
+    # ... and on the very cycle accepting the last beat (visible before any row enters the lanes)
+    m = ArrayModel(cfg)
+    for a in range(256):
+        m.step(lut_valid=1, lut_payload={"addr": a, "data": int(table[a])})
+    m.step(params_valid=1, params_payload=p)
+    r = m.step(in_valid=1, in_payload={"act": act[:, 0], "wgt": wgt[0], "last": 1},
+               lut_valid=1, lut_payload={"addr": a0, "data": new})
+    assert r["in_fire"]
+    rows = []
+    step_until(m, m.n - 1 + LAT + R, rows)
+    assert rows == t2[q].tolist()
     # a lut_en row reading an entry never written is refused
     m, e = start(skip={a0})
     with pytest.raises(ValueError, match="never written"):
