@@ -533,3 +533,46 @@ def test_refuses_bad_input():
         tile_value(cfg, np.zeros((2, 3), np.int64), np.zeros((2, 2), np.int64), p)
     with pytest.raises(ValueError, match="lut is required"):
         postprocess(np.zeros((1, 2), np.int64), dict(p, lut_en=1))
+
+
+def test_conv_layer_through_the_array_equals_golden_layers():
+    """A uint8 3x3 conv (per-channel scales, ReLU) tiled onto the array (im2col, host-side MSB flip,
+    zero point folded into the bias) equals golden.layers.conv2d in tflite mode, code for code."""
+    from golden.layers import conv2d            # written by another helper; imported here only
+    cfg = ArrayConfig(rows=4, cols=3)           # 6 lanes: 20 channels -> 4 channel tiles (last partial)
+    rng = np.random.default_rng(12)
+    C, H, W, O = 5, 6, 7, 20
+    x = rng.integers(0, 256, (1, C, H, W)).astype(np.uint8)
+    zp_x, y_zp = 131, 9
+    w = rng.integers(-127, 128, (O, C, 3, 3)).astype(np.int8)
+    bias = rng.integers(-3000, 3000, O).astype(np.int32)
+    # float32-exact scales, so every implementation forms the same float64 multiplier
+    x_scale, y_scale = float(np.float32(0.0187)), float(np.float32(0.0731))
+    w_scale = rng.uniform(0.001, 0.02, O).astype(np.float32).astype(np.float64)
+    exp = conv2d(x, w, bias, zp_x, x_scale, w_scale, y_scale, y_zp, padding=1, act="relu", mode="tflite")
+
+    xp = np.pad(x[0].astype(np.int64), ((0, 0), (1, 1), (1, 1)), constant_values=zp_x)
+    patches = np.stack([xp[:, i:i + H, j:j + W] for i in range(3) for j in range(3)], axis=1)  # C, 9, H, W
+    patches = patches.reshape(C * 9, H * W).T - 128                      # pixels x K, int8 domain
+    wk = w.reshape(O, -1).astype(np.int64)                               # O x K, (c, i, j) order
+    mult = x_scale * w_scale / y_scale
+    tiles, plist, where = [], [], []
+    for p0 in range(0, H * W, cfg.rows):
+        act = np.full((cfg.rows, wk.shape[1]), zp_x - 128, np.int64)
+        blk = patches[p0:p0 + cfg.rows]
+        act[:len(blk)] = blk
+        for c0 in range(0, O, cfg.out_lanes):
+            ch = slice(c0, min(c0 + cfg.out_lanes, O))
+            wgt = np.zeros((wk.shape[1], cfg.out_lanes), np.int64)
+            wgt[:, :ch.stop - c0] = wk[ch].T
+            tiles.append((act, wgt))
+            plist.append(params_from_layer(cfg, mult[ch], bias=bias[ch], zp_out=y_zp, act_min=max(0, y_zp),
+                                           act_max=255, zp_in=zp_x - 128, w_sum=wk[ch].sum(axis=1)))
+            where.append((p0, len(blk), c0, ch.stop - c0))
+    out = simulate(cfg, tiles, plist, seed=3, in_valid=0.8, params_valid=0.5, out_ready=0.7)
+    got = np.zeros((H * W, O), np.int64)
+    for t, (p0, npix, c0, nch) in enumerate(where):
+        rows = np.array([out[t * cfg.rows + r][1]["data"] for r in range(cfg.rows)])
+        got[p0:p0 + npix, c0:c0 + nch] = rows[:npix, :nch]
+    assert np.array_equal(got.T.reshape(1, O, H, W), exp.astype(np.int64))
+    assert len(np.unique(exp)) > 50 and (exp == max(0, y_zp)).any()        # not all clamped: a real check
