@@ -1,0 +1,237 @@
+"""``ArrayCore``: the MACC array, its params FIFO and the post-processing lanes.
+
+Implements docs/array.md exactly (ports, global enable, ready rules, params
+FIFO, latency). Payload layouts are module-level functions so that every
+consumer (this module, the Amaranth tests, the cocotb testbench in sim/,
+firmware) packs and unpacks beats from the same definition:
+
+* ``input_layout(cfg)``  ``act``: ArrayLayout(signed(8), rows),
+  ``wgt``: ArrayLayout(signed(8), out_lanes), ``last``: 1
+* ``params_layout(cfg)`` ``lane``: ArrayLayout(lane_params_layout(cfg), out_lanes)
+  (each: ``bias``, ``mult``, ``shift``, ``zp``, ``act_min``, ``act_max``,
+  ``alpha_mult``, ``alpha_shift``, ``prelu``), ``lut_en``: 1
+* ``lut_layout()``       ``addr``: unsigned(8), ``data``: unsigned(8)
+* ``output_layout(cfg)`` ``data``: ArrayLayout(unsigned(8), out_lanes), ``last``: 1
+
+Fields are packed LSB first in the order listed (``lib.data.StructLayout``);
+``pack_payload(layout, value)`` / ``unpack_payload(layout, bits)`` convert
+between nested dicts/lists of Python ints and the flat integer.
+
+Verilog (``python -m hw.build --target verilog``, module ``array_core``)
+keeps Amaranth's default flattening of the ``wiring`` signature:
+
+====================  ======  =============================================
+port                  dir     width
+====================  ======  =============================================
+``clk``, ``rst``      in      1 (sync domain; ``rst`` synchronous, active high)
+``inp__valid``        in      1
+``inp__ready``        out     1
+``inp__payload``      in      ``input_layout(cfg).size``
+``params__valid``     in      1
+``params__ready``     out     1
+``params__payload``   in      ``params_layout(cfg).size``
+``lut__valid``        in      1
+``lut__ready``        out     1 (constant 1)
+``lut__payload``      in      16
+``out__valid``        out     1
+``out__ready``        in      1
+``out__payload``      out     ``output_layout(cfg).size``
+====================  ======  =============================================
+"""
+from __future__ import annotations
+
+from amaranth import Module, Shape, Signal, signed, unsigned
+from amaranth.lib import data, memory, stream, wiring
+from amaranth.lib.wiring import In, Out
+
+from golden.config import ArrayConfig
+
+from .mac_array import MacArray
+from .pe import check_hw_config, config_for
+from .requant_lane import CODE_WIDTH, RequantLane, lane_params_layout, lut_layout
+
+__all__ = ["ArrayCore", "input_layout", "params_layout", "lut_layout", "output_layout",
+           "lane_params_layout", "pack_payload", "unpack_payload"]
+
+
+def input_layout(cfg: ArrayConfig) -> data.StructLayout:
+    """Payload of ``inp``: one reduction beat (A[:, k], W[k, :], last)."""
+    return data.StructLayout({
+        # The array multiplies int8 by int8 only (uint8 activations are offset on the host).
+        "act": data.ArrayLayout(signed(8), cfg.rows),
+        "wgt": data.ArrayLayout(signed(8), cfg.out_lanes),
+        "last": unsigned(1),
+    })
+
+
+def params_layout(cfg: ArrayConfig) -> data.StructLayout:
+    """Payload of ``params``: one beat per tile, per-lane requantization plus ``lut_en``."""
+    return data.StructLayout({
+        "lane": data.ArrayLayout(lane_params_layout(cfg), cfg.out_lanes),
+        "lut_en": unsigned(1),
+    })
+
+
+def output_layout(cfg: ArrayConfig) -> data.StructLayout:
+    """Payload of ``out``: one output row's 8-bit codes and the tile's last-row flag."""
+    return data.StructLayout({
+        "data": data.ArrayLayout(unsigned(CODE_WIDTH), cfg.out_lanes),
+        "last": unsigned(1),
+    })
+
+
+def pack_payload(layout, value) -> int:
+    """Flatten nested dicts (struct fields) / sequences (array elements) of ints into one integer.
+
+    Every leaf must fit its field's shape exactly (ValueError names the field);
+    signed fields are stored in two's complement.
+    """
+    return _pack(data.Layout.cast(layout), value, "payload")
+
+
+def _pack(shape, value, path) -> int:
+    if isinstance(shape, data.Layout):
+        bits = 0
+        for key, field in shape:
+            try:
+                v = value[key]
+            except (KeyError, IndexError, TypeError):
+                raise ValueError(f"{path} is missing field {key!r}") from None
+            bits |= _pack(field.shape, v, f"{path}.{key}" if isinstance(key, str) else f"{path}[{key}]") \
+                << field.offset
+        return bits
+    s = Shape.cast(shape)
+    v = int(value)
+    lo, hi = (-(1 << (s.width - 1)), (1 << (s.width - 1)) - 1) if s.signed else (0, (1 << s.width) - 1)
+    if not lo <= v <= hi:
+        raise ValueError(f"{path} must be in [{lo}, {hi}], got {v}")
+    return v & ((1 << s.width) - 1)
+
+
+def unpack_payload(layout, bits: int):
+    """Inverse of ``pack_payload``: dicts for struct layouts, lists for array layouts."""
+    return _unpack(data.Layout.cast(layout), int(bits))
+
+
+def _unpack(shape, bits):
+    if isinstance(shape, data.ArrayLayout):
+        return [_unpack(f.shape, bits >> f.offset) for _, f in shape]
+    if isinstance(shape, data.Layout):
+        return {k: _unpack(f.shape, bits >> f.offset) for k, f in shape}
+    s = Shape.cast(shape)
+    v = bits & ((1 << s.width) - 1)
+    return v - (1 << s.width) if s.signed and v >> (s.width - 1) else v
+
+
+class ArrayCore(wiring.Component):
+    """The array core of docs/array.md.
+
+    Ports (all ``amaranth.lib.stream`` interfaces; payload layouts above):
+
+    * ``inp``    In(stream.Signature(input_layout(cfg)))   reduction beats;
+      ``ready = en & (~last | (tile_gap_ok & param_credit))``
+    * ``params`` In(stream.Signature(params_layout(cfg)))  one beat per tile,
+      in tile order; ``ready = level < cfg.param_fifo_depth`` (independent of en)
+    * ``lut``    In(stream.Signature(lut_layout()))        table writes, always ready
+    * ``out``    Out(stream.Signature(output_layout(cfg))) one beat per output row
+
+    Internal: ``en = ~out.valid | out.ready`` gates every datapath register.
+    """
+
+    def __init__(self, cfg: ArrayConfig):
+        self.cfg = config_for(self, cfg)
+        super().__init__({
+            "inp": In(stream.Signature(input_layout(cfg))),
+            "params": In(stream.Signature(params_layout(cfg))),
+            "lut": In(stream.Signature(lut_layout())),
+            "out": Out(stream.Signature(output_layout(cfg))),
+        })
+
+    def elaborate(self, platform):
+        cfg = check_hw_config(self.cfg)
+        m = Module()
+        depth = cfg.param_fifo_depth
+
+        en = Signal()
+        m.d.comb += en.eq(~self.out.valid | self.out.ready)
+
+        m.submodules.array = arr = MacArray(cfg)
+        lanes = []
+        for lane in range(cfg.out_lanes):
+            m.submodules[f"lane{lane}"] = ln = RequantLane(cfg)
+            lanes.append(ln)
+
+        # ---- params FIFO: registers level/claimed, a memory with an async read
+        # of the head (a push on cycle t is readable from t + 1).
+        level = Signal(range(depth + 1))
+        claimed = Signal(range(depth + 1))
+        wptr = Signal(range(depth))
+        rptr = Signal(range(depth))
+        m.submodules.param_fifo = fifo = memory.Memory(shape=params_layout(cfg), depth=depth, init=[])
+        wp = fifo.write_port()
+        head = fifo.read_port(domain="comb")
+
+        # ---- input acceptance.
+        gap = Signal(range(cfg.min_tile_cycles + 1), init=cfg.min_tile_cycles)
+        tile_gap_ok = gap >= cfg.min_tile_cycles
+        param_credit = level > claimed
+        m.d.comb += self.inp.ready.eq(en & (~self.inp.payload.last | (tile_gap_ok & param_credit)))
+        take = self.inp.valid & self.inp.ready          # implies en
+        take_last = take & self.inp.payload.last
+        # gap = enabled cycles since the previous accepted last beat (saturating).
+        with m.If(take_last):
+            m.d.sync += gap.eq(1)
+        with m.Elif(en & ~tile_gap_ok):
+            m.d.sync += gap.eq(gap + 1)
+
+        m.d.comb += [
+            arr.en.eq(en),
+            arr.valid.eq(take),
+            arr.last.eq(take_last),
+            arr.act.eq(self.inp.payload.act),
+            arr.wgt.eq(self.inp.payload.wgt),
+        ]
+
+        push = self.params.valid & self.params.ready
+        pop = en & arr.acc_valid & arr.acc_last       # the tile's last row enters the lanes
+        m.d.comb += [
+            self.params.ready.eq(level < depth),
+            wp.addr.eq(wptr), wp.data.eq(self.params.payload), wp.en.eq(push),
+            head.addr.eq(rptr),
+        ]
+        m.d.sync += [
+            level.eq(level + push - pop),
+            claimed.eq(claimed + take_last - pop),
+        ]
+        # Pointers wrap explicitly: any depth, not only powers of two.
+        with m.If(push):
+            with m.If(wptr == depth - 1):
+                m.d.sync += wptr.eq(0)
+            with m.Else():
+                m.d.sync += wptr.eq(wptr + 1)
+        with m.If(pop):
+            with m.If(rptr == depth - 1):
+                m.d.sync += rptr.eq(0)
+            with m.Else():
+                m.d.sync += rptr.eq(rptr + 1)
+
+        # ---- lanes: every row uses the FIFO head's params as it enters.
+        for lane, ln in enumerate(lanes):
+            m.d.comb += [
+                ln.en.eq(en),
+                ln.acc.eq(arr.acc[lane]),
+                ln.valid.eq(arr.acc_valid),
+                ln.last.eq(arr.acc_last),
+                ln.params.eq(head.data.lane[lane]),
+                ln.lut_en.eq(head.data.lut_en),
+                ln.lut.valid.eq(self.lut.valid),
+                ln.lut.payload.eq(self.lut.payload),
+                self.out.payload.data[lane].eq(ln.out_data),
+            ]
+        m.d.comb += [
+            self.lut.ready.eq(1),
+            # All lanes carry identical valid/last flags; lane 0's drive the port.
+            self.out.valid.eq(lanes[0].out_valid),
+            self.out.payload.last.eq(lanes[0].out_last),
+        ]
+        return m

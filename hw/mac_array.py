@@ -1,0 +1,135 @@
+"""The rows x cols output-stationary MACC array with its skew, drain and deskew.
+
+Timing (enabled cycles; docs/array.md). A beat accepted on enabled cycle e is
+
+* in PE(i, j)'s operand registers on e + INPUT_LATENCY + i + j: row i's
+  activation is delayed i registers (input skew) before PE(i, 0) and then
+  moves one PE per cycle to the right; column j's weights are delayed j
+  registers before PE(0, j) and then move one PE per cycle down;
+* for a tile's last beat, PE(i, j)'s result is valid PE_LATENCY later;
+* the bottom row's result-valid pulse parallel-loads column j's drain chain
+  (DRAIN_LATENCY = 1: row 0 is on the drain output the next enabled cycle),
+  which then shifts one row per enabled cycle, row 0 first; the other rows'
+  result registers still hold the tile because ``min_tile_cycles`` = rows
+  keeps the next tile's results at least ``rows`` cycles away;
+* the deskew delays column j by cols - 1 - j registers, so row r of every
+  column reaches the output ports on e + cfg.array_latency + r.
+"""
+from __future__ import annotations
+
+from amaranth import Module, Mux, Signal, signed
+from amaranth.lib import data, wiring
+from amaranth.lib.wiring import In, Out
+
+from golden.config import PACK_SHIFT, ArrayConfig
+
+from .pe import PackedPE, check_hw_config, config_for, weight_word_width
+
+
+class MacArray(wiring.Component):
+    """rows x cols PEs plus input skew, per-column drain chains and output deskew.
+
+    Ports (R = rows, L = ``cfg.out_lanes``, A = ``cfg.acc_width``):
+
+    * ``en``        In(1)   global enable: gates every register of the array
+    * ``act``       In(ArrayLayout(signed(8), R))   A[:, k] of the accepted beat
+    * ``wgt``       In(ArrayLayout(signed(8), L))   W[k, :] of the accepted beat
+    * ``valid``     In(1)   a beat is accepted this cycle (else: a bubble, contributes nothing)
+    * ``last``      In(1)   the accepted beat is its tile's last
+    * ``acc``       Out(ArrayLayout(signed(A), L))  one output row's accumulators;
+                    lane l = lanes_per_pe * j + s of PE column j
+    * ``acc_valid`` Out(1)  ``acc`` holds a row (row r of a tile whose last beat was
+                    accepted on enabled cycle e, on enabled cycle e + array_latency + r)
+    * ``acc_last``  Out(1)  that row is the tile's row R - 1
+    """
+
+    def __init__(self, cfg: ArrayConfig):
+        self.cfg = config_for(self, cfg)
+        super().__init__({
+            "en": In(1),
+            "act": In(data.ArrayLayout(signed(8), cfg.rows)),
+            "wgt": In(data.ArrayLayout(signed(8), cfg.out_lanes)),
+            "valid": In(1),
+            "last": In(1),
+            "acc": Out(data.ArrayLayout(signed(cfg.acc_width), cfg.out_lanes)),
+            "acc_valid": Out(1),
+            "acc_last": Out(1),
+        })
+
+    def elaborate(self, platform):
+        cfg = check_hw_config(self.cfg)
+        R, C, S = cfg.rows, cfg.cols, cfg.lanes_per_pe
+        m = Module()
+
+        def delay(value, n, name):
+            """``value`` through ``n`` en-gated registers (n = 0: the value itself)."""
+            for k in range(n):
+                reg = Signal(value.shape(), name=f"{name}_d{k}")
+                with m.If(self.en):
+                    m.d.sync += reg.eq(value)
+                value = reg
+            return value
+
+        pes = [[PackedPE(cfg) for _ in range(C)] for _ in range(R)]
+        for i in range(R):
+            for j in range(C):
+                m.submodules[f"pe_{i}_{j}"] = pe = pes[i][j]
+                m.d.comb += pe.en.eq(self.en)
+
+        # Input skew. Bubbles enter as a = 0 so no PE needs a valid mux in
+        # front of its multiplier; `last` only counts on an accepted beat.
+        a_in = Signal(data.ArrayLayout(signed(8), R))
+        for i in range(R):
+            m.d.comb += a_in[i].eq(Mux(self.valid, self.act[i], 0))
+        last_in = self.valid & self.last
+        for i in range(R):
+            pe = pes[i][0]
+            m.d.comb += [
+                pe.a.eq(delay(a_in[i], i, f"skew_a{i}")),
+                pe.valid.eq(delay(self.valid, i, f"skew_v{i}")),
+                pe.last.eq(delay(last_in, i, f"skew_l{i}")),
+            ]
+            for j in range(1, C):
+                left, pe = pes[i][j - 1], pes[i][j]
+                m.d.comb += [pe.a.eq(left.a_out), pe.valid.eq(left.valid_out), pe.last.eq(left.last_out)]
+
+        # Weight skew, then the packed word formed once per column at the top edge.
+        for j in range(C):
+            lanes = [delay(self.wgt[S * j + s], j, f"skew_w{j}_{s}") for s in range(S)]
+            top = pes[0][j]
+            if cfg.packing == "dual":
+                # (w_hi << 18) + w_lo: low 18 bits are sext(w_lo), the top bits
+                # are w_hi - (w_lo < 0): a 9-bit adder, not a 27-bit one.
+                word = Signal(signed(weight_word_width(cfg)), name=f"wpack{j}")
+                m.d.comb += word.eq((lanes[1].as_signed() << PACK_SHIFT) + lanes[0].as_signed())
+                m.d.comb += top.w.eq(word)
+            else:
+                m.d.comb += top.w.eq(lanes[0])
+            for i in range(1, R):
+                m.d.comb += pes[i][j].w.eq(pes[i - 1][j].w_out)
+
+        # Drain chains: parallel load on the bottom row's result pulse, then
+        # shift towards row 0's register (the chain output), one row per cycle.
+        drained = []
+        for j in range(C):
+            load = pes[R - 1][j].result_valid
+            regs = [Signal(pes[i][j].result.shape(), name=f"drain{j}_{i}") for i in range(R)]
+            vld = [Signal(name=f"drain{j}_{i}_valid") for i in range(R)]
+            lst = [Signal(name=f"drain{j}_{i}_last") for i in range(R)]
+            with m.If(self.en):
+                with m.If(load):
+                    for i in range(R):
+                        m.d.sync += [regs[i].eq(pes[i][j].result), vld[i].eq(1), lst[i].eq(i == R - 1)]
+                with m.Else():
+                    for i in range(R - 1):
+                        m.d.sync += [regs[i].eq(regs[i + 1]), vld[i].eq(vld[i + 1]), lst[i].eq(lst[i + 1])]
+                    m.d.sync += [vld[R - 1].eq(0), lst[R - 1].eq(0)]
+            # Deskew: column j reaches its drain output j cycles after column 0.
+            out = delay(regs[0], C - 1 - j, f"deskew{j}")
+            for s in range(S):
+                m.d.comb += self.acc[S * j + s].eq(out[s])
+            drained.append((vld[0], lst[0]))
+        # The last column needs no deskew, so its flags are already aligned
+        # (all columns carry identical flags; synthesis drops the others).
+        m.d.comb += [self.acc_valid.eq(drained[C - 1][0]), self.acc_last.eq(drained[C - 1][1])]
+        return m

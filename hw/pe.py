@@ -1,0 +1,231 @@
+"""The processing element of the output-stationary MACC array (docs/array.md).
+
+One ``PackedPE`` class covers both packing modes of ``golden.config.ArrayConfig``:
+
+* ``packing="dual"``: the PE receives the *packed* weight word
+  ``(w_hi << PACK_SHIFT) + w_lo`` (formed once per column at the array's top
+  edge, see ``hw.mac_array``), so its datapath is a single 27x18 signed
+  multiply feeding an accumulate register ``P``: exactly one DSP48E2
+  (A = packed word, B = activation, P with feedback) and no pre-adder.
+  ``P`` holds the exact packed sum of up to ``cfg.chain`` products
+  (arithmetic.md §4); every ``chain`` valid products, or at the tile's last
+  beat, it is unpacked into two saturating ``acc_width`` accumulators and
+  restarts.
+* ``packing="none"``: one signed 8x8 product per PE (one output lane), no
+  packed chain: the product register is unpacked (trivially) every valid beat.
+
+Pipeline (every register updates only when ``en`` = 1, the array's global
+enable):
+
+* operand registers ``a_out/w_out/valid_out/last_out`` (also forwarded to the
+  right / downwards neighbour: one register per hop, no fan-out);
+* stage 1: ``P`` (packed accumulate) and the flags ``flush``/``flush_last``;
+* stage 2: the wide accumulators, and at ``last`` the result register, whose
+  ``result_valid`` pulse is ``PE_LATENCY`` = 2 enabled cycles after the beat was
+  in the operand registers.
+
+This module also holds the small helpers the other ``hw`` blocks share
+(configuration check, exact signed widths).
+"""
+from __future__ import annotations
+
+from amaranth import Module, Mux, Signal, signed
+from amaranth.lib import data, wiring
+from amaranth.lib.wiring import In, Out
+
+from golden._check import INT8_MAX, INT8_MIN
+from golden.config import PACK_SHIFT, PACKING_MODES, ArrayConfig, packed_chain_bound
+
+#: Width of the DSP48E2 P register: the packed chain must accumulate inside it.
+DSP48E2_P_WIDTH = 48
+
+
+def signed_width(lo: int, hi: int) -> int:
+    """Fewest bits of a two's-complement signal that holds every integer in [lo, hi]."""
+    w = 1
+    while not (-(1 << (w - 1)) <= lo and hi <= (1 << (w - 1)) - 1):
+        w += 1
+    return w
+
+
+def check_hw_config(cfg) -> ArrayConfig:
+    """Validate ``cfg`` for elaboration; raise ``ValueError`` naming the parameter.
+
+    ``ArrayConfig.__post_init__`` already validates its fields, but a config
+    can reach the hardware without passing through it (a duck-typed object, or
+    a frozen dataclass modified with ``object.__setattr__``), and a wrong chain
+    length would silently corrupt the packed low field. So the hardware
+    re-checks every field it relies on, plus the hardware-only bound that the
+    packed chain fits the DSP48E2 P register.
+    """
+    if not isinstance(cfg, ArrayConfig):
+        raise ValueError(f"cfg must be a golden.config.ArrayConfig, got {type(cfg).__name__}")
+    for name in ("rows", "cols"):
+        v = getattr(cfg, name)
+        if isinstance(v, bool) or not isinstance(v, int) or not (1 <= v <= 256):
+            raise ValueError(f"{name} must be an integer in [1, 256], got {v!r}")
+    if cfg.packing not in PACKING_MODES:
+        raise ValueError(f"packing must be one of {PACKING_MODES}, got {cfg.packing!r}")
+    if cfg.weight_min not in (-127, -128):
+        raise ValueError(f"weight_min must be -127 or -128, got {cfg.weight_min!r}")
+    if cfg.packing == "dual":
+        bound = packed_chain_bound(cfg.weight_min)
+        if isinstance(cfg.chain, bool) or not isinstance(cfg.chain, int) or not (1 <= cfg.chain <= bound):
+            raise ValueError(f"chain must be an integer in [1, {bound}] for packing='dual' with "
+                             f"weight_min={cfg.weight_min}, got {cfg.chain!r}")
+        pw = packed_acc_width(cfg)
+        if pw > DSP48E2_P_WIDTH:
+            raise ValueError(f"chain={cfg.chain} needs a {pw}-bit packed accumulator, more than the "
+                             f"DSP48E2's {DSP48E2_P_WIDTH}-bit P register")
+    elif cfg.chain is not None:
+        raise ValueError(f"chain only applies to packing='dual', got chain={cfg.chain!r}")
+    for name, lo, hi in (("max_k", 1, 2**20), ("param_fifo_depth", 1, 64)):
+        v = getattr(cfg, name)
+        if isinstance(v, bool) or not isinstance(v, int) or not (lo <= v <= hi):
+            raise ValueError(f"{name} must be an integer in [{lo}, {hi}], got {v!r}")
+    return cfg
+
+
+def config_for(component, cfg) -> ArrayConfig:
+    """``check_hw_config`` for a component's constructor.
+
+    A rejected component is marked used, so Amaranth does not add an
+    "elaboratable created but never used" warning to the ValueError.
+    """
+    try:
+        return check_hw_config(cfg)
+    except ValueError:
+        component._MustUse__used = True
+        raise
+
+
+def _packed_word_range(cfg) -> tuple[int, int]:
+    """Range of the packed weight word (w_hi << PACK_SHIFT) + w_lo."""
+    return (cfg.weight_min << PACK_SHIFT) + cfg.weight_min, (INT8_MAX << PACK_SHIFT) + INT8_MAX
+
+
+def weight_word_width(cfg) -> int:
+    """Signed width of the weight word a PE receives: the packed word (27 = DSP A) or one int8."""
+    if cfg.packing == "dual":
+        return signed_width(*_packed_word_range(cfg))
+    return signed_width(INT8_MIN, INT8_MAX)
+
+
+def packed_acc_width(cfg) -> int:
+    """Signed width of P: the sum of ``chain`` packed products (word * int8 activation)."""
+    wlo, whi = _packed_word_range(cfg)
+    prods = (wlo * INT8_MIN, wlo * INT8_MAX, whi * INT8_MIN, whi * INT8_MAX)
+    return signed_width(cfg.chain * min(prods), cfg.chain * max(prods))
+
+
+def pack_weights(w_lo: int, w_hi: int) -> int:
+    """The packed weight word as an integer (test/reference helper; hw forms it in MacArray)."""
+    return (int(w_hi) << PACK_SHIFT) + int(w_lo)
+
+
+def saturate(value, width: int):
+    """Amaranth expression: ``value`` clamped to signed(``width``) (result is signed(width))."""
+    lo, hi = -(1 << (width - 1)), (1 << (width - 1)) - 1
+    return Mux(value > hi, hi, Mux(value < lo, lo, value))[:width].as_signed()
+
+
+class PackedPE(wiring.Component):
+    """One PE of the array (both packing modes).
+
+    Ports (W = ``weight_word_width(cfg)``: 27 for "dual", 8 for "none";
+    A = ``cfg.acc_width``; S = ``cfg.lanes_per_pe``):
+
+    * ``en``           In(1)          global enable: every register updates only when 1
+    * ``a``            In(signed(8))  activation (0 on bubbles: the array zeroes it)
+    * ``w``            In(signed(W))  weight word: packed (w_hi << 18) + w_lo, or one int8
+    * ``valid``        In(1)          the beat is a real (accepted) input beat
+    * ``last``         In(1)          final reduction beat of the tile (only with ``valid``)
+    * ``a_out``        Out(signed(8)) operand register: forwarded to the right neighbour
+    * ``w_out``        Out(signed(W)) operand register: forwarded to the neighbour below
+    * ``valid_out``    Out(1)         operand register, forwarded right
+    * ``last_out``     Out(1)         operand register, forwarded right
+    * ``result``       Out(ArrayLayout(signed(A), S))  the tile's sums; [0] = w_lo
+                       field, [1] = w_hi field; held until the next tile's result
+    * ``result_valid`` Out(1)         one enabled-cycle pulse, PE_LATENCY after the
+                       last beat was in the operand registers
+    """
+
+    def __init__(self, cfg: ArrayConfig):
+        self.cfg = config_for(self, cfg)
+        w = weight_word_width(cfg)
+        super().__init__({
+            "en": In(1),
+            "a": In(signed(8)),
+            "w": In(signed(w)),
+            "valid": In(1),
+            "last": In(1),
+            "a_out": Out(signed(8)),
+            "w_out": Out(signed(w)),
+            "valid_out": Out(1),
+            "last_out": Out(1),
+            "result": Out(data.ArrayLayout(signed(cfg.acc_width), cfg.lanes_per_pe)),
+            "result_valid": Out(1),
+        })
+
+    def elaborate(self, platform):
+        cfg = check_hw_config(self.cfg)
+        m = Module()
+        aw = cfg.acc_width
+        with m.If(self.en):
+            # Operand registers double as the systolic forwarding registers.
+            m.d.sync += [
+                self.a_out.eq(self.a),
+                self.w_out.eq(self.w),
+                self.valid_out.eq(self.valid),
+                self.last_out.eq(self.valid & self.last),
+            ]
+
+        # Stage 1. `flush` = P holds a completed chain (consumed by stage 2 in
+        # the next enabled cycle, when P restarts from the new product).
+        flush = Signal()
+        flush_last = Signal()
+        if cfg.packing == "dual":
+            p = Signal(signed(packed_acc_width(cfg)))
+            cnt = Signal(range(cfg.chain))
+            with m.If(self.en):
+                # Bubbles carry a = 0, so the product needs no valid mux: the
+                # DSP sees P <= (flush ? 0 : P) + A*B, its own accumulate loop.
+                m.d.sync += p.eq(Mux(flush, 0, p) + self.a_out * self.w_out)
+                with m.If(self.valid_out):
+                    done = self.last_out | (cnt == cfg.chain - 1)
+                    m.d.sync += [
+                        flush.eq(done),
+                        flush_last.eq(self.last_out),
+                        cnt.eq(Mux(done, 0, cnt + 1)),
+                    ]
+                with m.Else():
+                    m.d.sync += [flush.eq(0), flush_last.eq(0)]
+            # Exact unpack (arithmetic.md §4): the arithmetic shift borrows 1
+            # from the high field when the low field is negative; add it back.
+            lo = p[:PACK_SHIFT].as_signed()
+            hi = (p >> PACK_SHIFT) + p[PACK_SHIFT - 1]
+            fields = [lo, hi]
+        else:
+            p = Signal(signed(16))
+            with m.If(self.en):
+                # One product per beat (ECP5-style 18x18 multiplier with output register).
+                m.d.sync += [
+                    p.eq(self.a_out * self.w_out),
+                    flush.eq(self.valid_out),
+                    flush_last.eq(self.last_out),
+                ]
+            fields = [p]
+
+        # Stage 2: saturating wide accumulators; at the tile's last chain the
+        # sums go to the result register and the accumulators restart.
+        accs = [Signal(signed(aw), name=f"acc{s}") for s in range(cfg.lanes_per_pe)]
+        with m.If(self.en):
+            m.d.sync += self.result_valid.eq(flush & flush_last)
+            with m.If(flush):
+                for s, (acc, f) in enumerate(zip(accs, fields)):
+                    total = saturate(acc + f, aw)
+                    with m.If(flush_last):
+                        m.d.sync += [self.result[s].eq(total), acc.eq(0)]
+                    with m.Else():
+                        m.d.sync += acc.eq(total)
+        return m
