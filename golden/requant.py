@@ -122,3 +122,330 @@ def _along(v: np.ndarray, ref: np.ndarray, axis: int | None, name: str) -> np.nd
     shape = [1] * ref.ndim
     shape[ax] = v.size
     return v.reshape(shape)
+
+
+# ---------------------------------------------------------------------------
+# "ort" mode: onnxruntime's float32 requantization, emulated with integers.
+# ---------------------------------------------------------------------------
+#
+# onnxruntime (QLinearConv / QLinearMatMul on the CPU provider) computes, in
+# C++ float arithmetic,
+#
+#     scale32[c] = X_scale * W_scale[c] / Y_scale            (two float32 roundings)
+#     f = float32(acc) * scale32[c]                          (two more roundings)
+#     q = nearbyint(clamp(f, qmin - zp, qmax - zp)) + zp     (round half to even)
+#
+# (``ComputeOutputScale`` in ``core/providers/cpu/quantization/qlinearconv.cc``
+# and ``quantize_linear_matmul.cc``; ``MlasRequantizeOutput`` in
+# ``core/mlas/lib/quantize.cpp``; the AVX2 kernels do the same with
+# cvtdq2ps / mulps / cvtps2dq). ``requantize_ort`` reproduces this bit for bit
+# with integer operations only, in the form a hardware datapath can build.
+
+#: float32 significand width (incl. the hidden bit).
+F32_MANT_BITS = 24
+#: |qmin|, |qmax| bound for the ort mode: keeps qmin - zp, qmax - zp exact in float32.
+ORT_QBOUND = 2**23
+
+# bit_length of 0..8191, the priority encoder behind the normalisation steps.
+_BITLEN_LUT = np.zeros(8192, np.int64)
+for _i in range(1, 8192):
+    _BITLEN_LUT[_i] = _i.bit_length()
+del _i
+
+
+def _to_f32_scale(s, name: str) -> np.ndarray:
+    """A scale as onnxruntime sees it: rounded to float32, then finite and > 0."""
+    a = np.asarray(s)
+    if a.dtype.kind not in "fiu" or a.dtype == np.bool_:
+        raise ValueError(f"{name} must be a real number, got dtype {a.dtype}")
+    check_scale(a, name)  # finite and > 0 before rounding
+    with np.errstate(over="ignore", under="ignore"):
+        f = a.astype(np.float32)
+    check_scale(f, f"{name} (rounded to float32)")  # 1e-50 -> 0 and 1e39 -> inf are rejected
+    return f
+
+
+def ort_scale(x_scale, w_scale, y_scale) -> np.ndarray:
+    """onnxruntime's combined requantization scale ``float32(float32(x*w)/y)``.
+
+    All three scales are first rounded to float32 (that is how an ONNX model
+    stores them); ``x_scale`` and ``y_scale`` must be single values, ``w_scale``
+    a single value or one per output channel. The product and the quotient are
+    each rounded to float32 (round to nearest even), exactly as the C++
+    expression ``X_scale_value * W_scale_data[i] / Y_scale_value`` does on x86-64.
+    Returns a float32 array shaped like ``w_scale``. A combined scale that
+    underflows to 0 or overflows to inf in float32 raises ValueError.
+    """
+    xs = _to_f32_scale(x_scale, "x_scale")
+    ys = _to_f32_scale(y_scale, "y_scale")
+    ws = _to_f32_scale(w_scale, "w_scale")
+    if xs.size != 1:
+        raise ValueError(f"x_scale must be a single value, got shape {xs.shape}")
+    if ys.size != 1:
+        raise ValueError(f"y_scale must be a single value, got shape {ys.shape}")
+    if ws.ndim > 1:
+        raise ValueError(f"w_scale must be a scalar or a 1-D per-channel vector, got shape {ws.shape}")
+    with np.errstate(over="ignore", under="ignore"):
+        prod = (xs.reshape(()) * ws).astype(np.float32)  # float32 * float32 -> float32
+        out = (prod / ys.reshape(())).astype(np.float32)
+    if not np.all(np.isfinite(out)) or np.any(out <= 0):
+        raise ValueError(
+            "x_scale * w_scale / y_scale must be finite and > 0 in float32 "
+            f"(range [2**-149, 3.4e38]), got {out[~(np.isfinite(out) & (out > 0))][:4].tolist()}")
+    return out
+
+
+def _check_scale32(scale32) -> np.ndarray:
+    """``scale32`` must hold finite, positive values that are exact float32 numbers."""
+    a = np.asarray(scale32)
+    if a.dtype.kind != "f":
+        raise ValueError(f"scale32 must be a float array (use ort_scale), got dtype {a.dtype}")
+    check_scale(a, "scale32")
+    f = a.astype(np.float32)
+    if not np.array_equal(f.astype(a.dtype), a):
+        raise ValueError("scale32 must hold exact float32 values (use ort_scale), "
+                         f"got values not representable in float32: {a[f.astype(a.dtype) != a][:4].tolist()}")
+    return f
+
+
+def _check_out_range(zp_out, qmin, qmax, bound: int) -> np.ndarray:
+    """qmin <= qmax inside [-bound, bound]; zero point(s) integers in [qmin, qmax]."""
+    for nm, v in (("qmin", qmin), ("qmax", qmax)):
+        if isinstance(v, bool) or not isinstance(v, (int, np.integer)):
+            raise ValueError(f"{nm} must be an integer in [{-bound}, {bound}], got {v!r}")
+        if not -bound <= v <= bound:
+            raise ValueError(f"{nm} must lie in [{-bound}, {bound}], got {v}")
+    if qmin > qmax:
+        raise ValueError(f"qmin must be <= qmax, got qmin={qmin}, qmax={qmax}")
+    zp = np.asarray(zp_out)
+    if zp.dtype.kind == "f":
+        if not np.all(np.isfinite(zp)) or np.any(zp != np.round(zp)):
+            raise ValueError(f"zp_out must be an integer in [{qmin}, {qmax}], got {zp.ravel()[:4].tolist()}")
+        zp = zp.astype(np.int64)
+    return check_int_array(zp, "zp_out", int(qmin), int(qmax))
+
+
+def _bitlen(v: np.ndarray) -> np.ndarray:
+    """Bit length of non-negative int64 values below 2**26 (two-level priority encoder)."""
+    hi = v >> 13
+    return np.where(hi > 0, 13 + _BITLEN_LUT[hi & 8191], _BITLEN_LUT[v & 8191])
+
+
+def _rne_shift(v: np.ndarray, s) -> np.ndarray:
+    """``v / 2**s`` rounded half to even, for 0 <= v < 2**61 and 0 <= s <= 60.
+
+    ``(2v + 2**s - 1 + lsb) >> (s + 1)`` with ``lsb = (v >> s) & 1``: the
+    remainder r = v mod 2**s rounds up iff r > 2**(s-1), or r == 2**(s-1)
+    and the truncated quotient is odd. s = 0 returns v unchanged.
+    """
+    s = np.asarray(s, np.int64)
+    return ((v << 1) + (np.int64(1) << s) - 1 + ((v >> s) & 1)) >> (s + 1)
+
+
+def f32_decompose(scale32) -> tuple[np.ndarray, np.ndarray]:
+    """Split positive finite float32 values into ``(mant, exp)`` with ``value = mant * 2**exp``.
+
+    Normal numbers: mant in [2**23, 2**24) (hidden bit restored), exp = E - 150.
+    Subnormals: mant in [1, 2**23), exp = -149. Pure bit manipulation.
+    """
+    f = _check_scale32(scale32)
+    u = f.view(np.uint32).astype(np.int64)
+    e_field = (u >> 23) & 0xFF
+    frac = u & 0x7FFFFF
+    mant = np.where(e_field > 0, frac | (1 << 23), frac)
+    exp = np.where(e_field > 0, e_field - 150, -149)
+    return mant, exp
+
+
+def _requantize_ort_int(a_abs, neg, mant, exp, lo, hi):
+    """Core of ``requantize_ort`` on validated, broadcastable int64 arrays.
+
+    ``a_abs = |acc|`` (<= 2**31), ``neg = acc < 0``, ``(mant, exp)`` the
+    decomposed scale, ``lo = qmin - zp``, ``hi = qmax - zp``. Returns
+    ``clamp(rne(float32(float32(acc) * scale)), lo, hi)`` (before + zp).
+    """
+    # 1. float32(acc): keep 24 significant bits of |acc|, round half to even.
+    n = _BITLEN_LUT[a_abs >> F32_MANT_BITS]           # |acc| < 2**32 -> n in [0, 8]
+    ma = _rne_shift(a_abs, n)                          # <= 2**24, value = ma * 2**n
+    # 2. exact 24 x 24 -> 48-bit product.
+    p = ma * mant                                      # < 2**48
+    # 3. round the product to 24 significant bits (the float32 multiply).
+    k = _bitlen(p >> F32_MANT_BITS)                    # p >> 24 < 2**24 -> k in [0, 24]
+    pm = _rne_shift(p, k)                              # <= 2**24
+    e = n + k + exp                                    # |f| = pm * 2**e
+    # 4. to an integer, round half to even. Magnitudes >= 2**25 exceed every
+    #    allowed bound (|lo|, |hi| <= 2**24), so shifts are capped: results
+    #    that would overflow float32 (inf) clamp to the same bound.
+    #    (Products below 2**-126 would be float32 subnormals; they are < 0.5
+    #    either way and round to 0, so the 24-bit rounding used here agrees.)
+    up = pm << np.clip(e, 0, 25)
+    down = _rne_shift(pm, np.clip(-e, 0, 40))          # pm < 2**25: shifts >= 26 give 0
+    mag = np.where(e >= 0, up, down)
+    return np.clip(np.where(neg, -mag, mag), lo, hi)
+
+
+def requantize_ort(acc, scale32, zp_out, qmin, qmax, axis: int | None = None) -> np.ndarray:
+    """onnxruntime requantization, integer arithmetic only (arithmetic.md §3).
+
+    ``q = rne(clamp(float32(float32(acc) * scale32), qmin - zp_out, qmax - zp_out)) + zp_out``
+
+    computed without floating point: the scale is split into a 24-bit
+    significand and an exponent (``f32_decompose``), |acc| is rounded to 24
+    significant bits (round half to even, = int32 -> float32 conversion), the
+    24 x 24-bit product is formed exactly and rounded to 24 significant bits
+    (= the float32 multiply), and the result is shifted to an integer with
+    round half to even (= cvtps2dq / nearbyintf). Clamping the rounded integer
+    equals rounding the clamped float because the bounds are integers.
+
+    ``acc`` int32 values; ``scale32`` exact float32 values, scalar or one per
+    channel along ``axis`` (see ``ort_scale``); ``zp_out`` integer(s) in
+    [qmin, qmax]; |qmin|, |qmax| <= 2**23. Subnormal scales and products that
+    overflow float32 are handled exactly (the latter saturate). Returns int64.
+    """
+    acc = check_int_array(acc, "acc", INT32_MIN, INT32_MAX)
+    zp = _check_out_range(zp_out, qmin, qmax, ORT_QBOUND)
+    mant, exp = f32_decompose(scale32)
+    mant, exp = _along(mant, acc, axis, "scale32"), _along(exp, acc, axis, "scale32")
+    zp = _along(zp, acc, axis, "zp_out")
+    out = _requantize_ort_int(np.abs(acc), acc < 0, mant, exp, qmin - zp, qmax - zp)
+    return out + zp
+
+
+def _normalise_f32(mant: np.ndarray, exp: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Shift subnormal significands up to [2**23, 2**24) (same value, smaller exponent)."""
+    bl = np.zeros(mant.shape, np.int64)
+    for b in range(1, F32_MANT_BITS + 1):
+        bl += mant >= (1 << (b - 1))
+    sh = F32_MANT_BITS - bl
+    return mant << sh, exp - sh
+
+
+def _ort_fast_core(acc: np.ndarray, mant: np.ndarray, exp: np.ndarray, zp, lo, hi) -> np.ndarray:
+    """``requantize_ort`` with a cheap exact path for values far from a rounding tie.
+
+    ``acc`` int64 (valid int32 values), ``mant``/``exp`` the decomposed float32
+    scale broadcastable against ``acc``, ``lo = qmin - zp``, ``hi = qmax - zp``.
+    Returns the final codes (int64, zero point added), equal to ``requantize_ort``.
+
+    Why it is exact. With the significand normalised (mant in [2**23, 2**24))
+    and R = -exp >= 1, the exact real product is V = |acc| * scale = P / 2**R
+    with P = |acc| * mant (< 2**55, exact in int64). onnxruntime computes
+    f = fl(fl(|acc|) * scale) = V (1 + d1)(1 + d2) with |d1|, |d2| <= 2**-24
+    (no overflow is possible: V < 2**54; if the product underflows, V < 2**-125
+    and both results are 0), so |f - V| <= V (2**-23 + 2**-48) < V * 2**-22.
+    If the distance from V to the nearest half-integer exceeds V * 2**-22, no
+    half-integer lies between V and f and f is not one, so
+    rne(f) = rne(V) = floor(V + 1/2) = (P + 2**(R-1)) >> R. In units of 2**-R
+    that distance is min(z, 2**R - z) with z = (P + 2**(R-1)) mod 2**R, and
+    the test ``((P + 2**(R-1) + m) mod 2**R) > 2m`` with m = (P >> 22) + 1
+    >= P * 2**-22 is equivalent to min(z, 2**R - z) > m. Elements failing it
+    (a fraction of about 2**-21 * |V|) and channels with R < 1 (scale >= 2**23)
+    go through the bit-level emulation ``_requantize_ort_int``. R is capped at
+    57: then V < 2**-2, and both the fast path and onnxruntime give 0.
+    Clamping after rounding equals rounding after clamping (integer bounds).
+    """
+    mant, exp = _normalise_f32(np.asarray(mant, np.int64), np.asarray(exp, np.int64))
+    zp = np.asarray(zp, np.int64)
+    if np.any(exp > -1):
+        a = np.abs(acc)
+        return _requantize_ort_int(a, acc < 0, mant, exp, lo, hi) + zp
+    r = np.minimum(-exp, 57)
+    half = np.int64(1) << (r - 1)
+    mask = (np.int64(1) << r) - 1
+    p = np.abs(acc)
+    p *= mant
+    t = p + half
+    m = p >> 22
+    m += 1
+    q = t >> r
+    t += m
+    t &= mask
+    m <<= 1
+    unsafe = t <= m
+    sgn = acc >> 63             # 0 or -1: conditional negate as (q ^ sgn) - sgn
+    q ^= sgn
+    q -= sgn
+    np.maximum(q, lo, out=q)
+    np.minimum(q, hi, out=q)
+    if unsafe.any():
+        idx = np.nonzero(unsafe)
+        a = acc[idx]
+        bm = np.broadcast_to(mant, acc.shape)[idx]
+        be = np.broadcast_to(exp, acc.shape)[idx]
+        blo = np.broadcast_to(lo, acc.shape)[idx]
+        bhi = np.broadcast_to(hi, acc.shape)[idx]
+        q[idx] = _requantize_ort_int(np.abs(a), a < 0, bm, be, blo, bhi)
+    q += zp
+    return q
+
+
+def requantize_ort_fast(acc, scale32, zp_out, qmin, qmax, axis: int | None = None) -> np.ndarray:
+    """Same results as ``requantize_ort`` (bit for bit), several times faster.
+
+    Integer arithmetic only: a single exact 55-bit product and a rounding
+    shift for values provably away from a tie, the full float32 emulation for
+    the rest (see ``_ort_fast_core`` for the proof). Same arguments and checks
+    as ``requantize_ort``; this is what the layers use.
+    """
+    acc = check_int_array(acc, "acc", INT32_MIN, INT32_MAX)
+    zp = _check_out_range(zp_out, qmin, qmax, ORT_QBOUND)
+    mant, exp = f32_decompose(scale32)
+    mant, exp = _along(mant, acc, axis, "scale32"), _along(exp, acc, axis, "scale32")
+    zp = _along(zp, acc, axis, "zp_out")
+    return _ort_fast_core(acc, mant, exp, zp, qmin - zp, qmax - zp)
+
+
+def requantize_ort_float(acc, scale32, zp_out, qmin, qmax, axis: int | None = None) -> np.ndarray:
+    """Plain NumPy float32 statement of the "ort" mode, the reference for tests.
+
+    int32 -> float32 conversion and float32 multiply (IEEE round to nearest
+    even), clamp to [qmin - zp, qmax - zp] in float32, ``np.rint`` (half to
+    even), + zp. Not used by the layers: ``requantize_ort`` is the model.
+    """
+    acc = check_int_array(acc, "acc", INT32_MIN, INT32_MAX)
+    zp = _check_out_range(zp_out, qmin, qmax, ORT_QBOUND)
+    s = _along(_check_scale32(scale32), acc, axis, "scale32")
+    zp = _along(zp, acc, axis, "zp_out")
+    with np.errstate(over="ignore", under="ignore"):
+        f = acc.astype(np.int32).astype(np.float32) * s
+    f = np.clip(f, (qmin - zp).astype(np.float32), (qmax - zp).astype(np.float32))
+    return np.rint(f).astype(np.int64) + zp
+
+
+def tflite_multiplier(x_scale, w_scale, y_scale) -> np.ndarray:
+    """TFLite's real multiplier ``M = double(s_x) * double(s_w) / double(s_y)``.
+
+    The scales are float32 in a TFLite model, so they are rounded to float32
+    first; the product and quotient are taken in float64 (arithmetic.md §2).
+    """
+    xs = _to_f32_scale(x_scale, "x_scale").astype(np.float64)
+    ys = _to_f32_scale(y_scale, "y_scale").astype(np.float64)
+    ws = _to_f32_scale(w_scale, "w_scale").astype(np.float64)
+    if xs.size != 1:
+        raise ValueError(f"x_scale must be a single value, got shape {xs.shape}")
+    if ys.size != 1:
+        raise ValueError(f"y_scale must be a single value, got shape {ys.shape}")
+    if ws.ndim > 1:
+        raise ValueError(f"w_scale must be a scalar or a 1-D per-channel vector, got shape {ws.shape}")
+    return xs.reshape(()) * ws / ys.reshape(())
+
+
+REQUANT_MODES = ("tflite", "ort")
+
+
+def requantize(acc, mode: str, x_scale, w_scale, y_scale, zp_out, qmin, qmax,
+               axis: int | None = None) -> np.ndarray:
+    """Requantize int32 accumulators from the layer's scales in either mode.
+
+    ``mode="tflite"``: ``quantize_multiplier(tflite_multiplier(...))`` then
+    ``requantize_tflite``. ``mode="ort"``: ``ort_scale(...)`` then
+    ``requantize_ort``. ``w_scale`` may be per channel (along ``axis``).
+    ``zp_out`` must lie in [qmin, qmax]. Returns int64 values in [qmin, qmax].
+    """
+    if mode not in REQUANT_MODES:
+        raise ValueError(f"mode must be one of {REQUANT_MODES}, got {mode!r}")
+    if mode == "ort":
+        return requantize_ort_fast(acc, ort_scale(x_scale, w_scale, y_scale), zp_out, qmin, qmax, axis)
+    _check_out_range(zp_out, qmin, qmax, INT32_MAX)
+    q_fixed, shift = quantize_multiplier(tflite_multiplier(x_scale, w_scale, y_scale))
+    return requantize_tflite(acc, q_fixed, shift, zp_out, qmin, qmax, axis)
