@@ -98,8 +98,8 @@ class MacArray(wiring.Component):
             lanes = [delay(self.wgt[S * j + s], j, f"skew_w{j}_{s}") for s in range(S)]
             top = pes[0][j]
             if cfg.packing == "dual":
-                # (w_hi << 18) + w_lo: low 18 bits are sext(w_lo), the top bits
-                # are w_hi - (w_lo < 0): a 9-bit adder, not a 27-bit one.
+                # (w_hi << 18) + w_lo: the low 18 bits are sext(w_lo)'s, so only
+                # the top bits (w_hi - (w_lo < 0)) need an adder; synthesis trims it.
                 word = Signal(signed(weight_word_width(cfg)), name=f"wpack{j}")
                 m.d.comb += word.eq((lanes[1].as_signed() << PACK_SHIFT) + lanes[0].as_signed())
                 m.d.comb += top.w.eq(word)
