@@ -227,37 +227,38 @@ CONV_FLAVOURS = ("random", "pow2", "bigbias", "extreme")
 MATMUL_TYPES = (("int8", "int8"), ("uint8", "uint8"), ("uint8", "int8"))
 
 
-def compare_cases(seed: int, n_conv: int, n_matmul: int) -> dict:
-    """Run random cases through onnxruntime and golden (ort and tflite modes)."""
+def compare_cases(seed: int, n_conv: int, n_matmul: int, min_outputs: int = 0) -> dict:
+    """Run random cases through onnxruntime and golden (ort and tflite modes).
+
+    ``n_matmul`` QLinearMatMul cases, then QLinearConv cases: at least
+    ``n_conv``, and more until ``min_outputs`` outputs have been compared.
+    """
     rng = np.random.default_rng(seed)
-    compared = mismatches = lsb_diff = 0
-    max_diff = 0
-    big_acc = 0
-    for i in range(n_conv):
-        xdt = ("int8", "uint8")[i % 2]
-        case = random_conv_case(rng, xdt, CONV_KINDS[(i // 2) % 3], CONV_FLAVOURS[(i // 6) % 4])
-        y = ort_session(qlinearconv_model(case), xdt).run(None, {"x": case["x"]})[0]
-        g = golden_conv(case, "ort")
-        t = golden_conv(case, "tflite")
-        compared += y.size
-        mismatches += int(np.count_nonzero(g != y))
+    st = dict(compared=0, mismatches=0, lsb_diff=0, max_diff=0, acc_past_2_24=0, conv_cases=0,
+              matmul_cases=n_matmul)
+
+    def tally(y, g, t):
         d = np.abs(t.astype(np.int64) - y.astype(np.int64))
-        lsb_diff += int(np.count_nonzero(d))
-        max_diff = max(max_diff, int(d.max()))
-        big_acc += int(np.count_nonzero(np.abs(case["acc"]) >= 2**24))
+        st["compared"] += y.size
+        st["mismatches"] += int(np.count_nonzero(g != y))
+        st["lsb_diff"] += int(np.count_nonzero(d))
+        st["max_diff"] = max(st["max_diff"], int(d.max(initial=0)))
+
     for i in range(n_matmul):
         adt, bdt = MATMUL_TYPES[i % 3]
         case = random_matmul_case(rng, adt, bdt)
         y = ort_session(qlinearmatmul_model(case), adt).run(None, {"a": case["a"]})[0]
-        g = golden_matmul(case, "ort")
-        t = golden_matmul(case, "tflite")
-        compared += y.size
-        mismatches += int(np.count_nonzero(g != y))
-        d = np.abs(t.astype(np.int64) - y.astype(np.int64))
-        lsb_diff += int(np.count_nonzero(d))
-        max_diff = max(max_diff, int(d.max()))
-    return dict(compared=compared, mismatches=mismatches, lsb_diff=lsb_diff, max_diff=max_diff,
-                acc_past_2_24=big_acc)
+        tally(y, golden_matmul(case, "ort"), golden_matmul(case, "tflite"))
+    i = 0
+    while i < n_conv or st["compared"] < min_outputs:
+        xdt = ("int8", "uint8")[i % 2]
+        case = random_conv_case(rng, xdt, CONV_KINDS[(i // 2) % 3], CONV_FLAVOURS[(i // 6) % 4])
+        y = ort_session(qlinearconv_model(case), xdt).run(None, {"x": case["x"]})[0]
+        tally(y, golden_conv(case, "ort"), golden_conv(case, "tflite"))
+        st["acc_past_2_24"] += int(np.count_nonzero(np.abs(case["acc"]) >= 2**24))
+        i += 1
+    st["conv_cases"] = i
+    return st
 
 
 # --------------------------------------------------------------------------
@@ -315,9 +316,15 @@ def speed(reps: int, threads: int, seed: int = 0) -> dict:
             if tag == "s8s8" and not np.array_equal(g, y):
                 raise AssertionError(f"golden and onnxruntime differ on the speed case {row['shape']}")
             t_g, t_o = [], []
-            for _ in range(reps):  # interleaved so load changes hit both alike
-                t_g.append(_time(lambda: golden_conv(case, "ort")))
-                t_o.append(_time(lambda: sess.run(None, feed)))
+            # Alternate golden and onnxruntime in rounds (so slow load drifts hit both alike), each
+            # round starting with an untimed warm-up: onnxruntime's pool threads spin for a while after
+            # a run (and OpenBLAS's after a GEMM), which would otherwise be charged to the other side.
+            per_round = max(1, reps // 3)
+            for _ in range(max(1, -(-reps // per_round))):
+                golden_conv(case, "ort")
+                t_g += [_time(lambda: golden_conv(case, "ort")) for _ in range(per_round)]
+                sess.run(None, feed)
+                t_o += [_time(lambda: sess.run(None, feed)) for _ in range(per_round)]
             row[f"golden_{tag}_ms"] = round(float(np.median(t_g)) * 1e3, 3)
             row[f"ort_{tag}_ms"] = round(float(np.median(t_o)) * 1e3, 3)
             row[f"speed_vs_ort_{tag}"] = round(float(np.median(t_o) / np.median(t_g)), 3)
@@ -334,6 +341,8 @@ def speed(reps: int, threads: int, seed: int = 0) -> dict:
 
 def add_arguments(ap) -> None:
     ap.add_argument("--conv-cases", type=int, default=240, help="random QLinearConv models (default 240)")
+    ap.add_argument("--min-outputs", type=int, default=200_000,
+                    help="keep adding QLinearConv models until this many outputs are compared (default 200000)")
     ap.add_argument("--matmul-cases", type=int, default=60, help="random QLinearMatMul models (default 60)")
     ap.add_argument("--reps", type=int, default=9, help="timing repetitions per shape (default 9)")
     ap.add_argument("--seed", type=int, default=2024)
@@ -343,7 +352,7 @@ def run(args) -> dict:
     import onnxruntime as ort
     threads = int(getattr(args, "threads", 2))
     cmp = compare_cases(int(getattr(args, "seed", 2024)), int(getattr(args, "conv_cases", 240)),
-                        int(getattr(args, "matmul_cases", 60)))
+                        int(getattr(args, "matmul_cases", 60)), int(getattr(args, "min_outputs", 200_000)))
     if cmp["max_diff"] > 1:
         raise AssertionError(f"tflite and onnxruntime differ by {cmp['max_diff']} LSB (must be <= 1)")
     sp = speed(int(getattr(args, "reps", 9)), threads)
@@ -351,6 +360,7 @@ def run(args) -> dict:
         "ort_mode_outputs_compared": cmp["compared"],
         "ort_mode_mismatches": cmp["mismatches"],
         "ort_mode_accumulators_past_2_24": cmp["acc_past_2_24"],
+        "ort_mode_models": {"QLinearConv": cmp["conv_cases"], "QLinearMatMul": cmp["matmul_cases"]},
         "tflite_vs_ort_lsb_diff_rate": cmp["lsb_diff"] / cmp["compared"],
         "tflite_vs_ort_lsb_diffs": cmp["lsb_diff"],
         "tflite_vs_ort_max_abs_diff": cmp["max_diff"],

@@ -24,7 +24,8 @@ a chunk every value BLAS can form (a product, or any partial sum of a subset
 of the chunk's products, in any order or blocking, with or without FMA) is an
 integer of magnitude <= 2**24, hence exactly representable in float32: no
 operation ever rounds and the chunk result is the exact integer. Chunk
-results are added in int64. (This assumes a classical GEMM, i.e. each output
+results are added in float64 (exact: every total is an integer below 2**53)
+and converted to int64. (This assumes a classical GEMM, i.e. each output
 is a sum of the K products; OpenBLAS, MKL and BLIS are. Strassen-type
 algorithms would break it; none is used by NumPy's BLAS.) The centring is
 undone exactly in int64: sum((x - zp) * w) = sum(x' * w) + (c - zp) * sum(w)
@@ -33,6 +34,9 @@ with c = 128 for uint8 and 0 for int8; padded pixels hold the zero point
 per output channel.
 """
 from __future__ import annotations
+
+import os
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
@@ -151,7 +155,38 @@ def _exact_matmul(a: np.ndarray, b: np.ndarray, bound: int) -> np.ndarray:
 
 
 #: Elements per block in the post-GEMM pipeline (int64 temporaries stay in cache).
-_BLOCK = 1 << 15
+_BLOCK = 1 << 14
+
+
+def _num_threads() -> int:
+    """Worker threads for the NumPy (non-BLAS) stages: GOLDEN_NUM_THREADS, else the
+    OpenMP/OpenBLAS setting, else the CPU count."""
+    for var in ("GOLDEN_NUM_THREADS", "OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
+        v = os.environ.get(var, "")
+        if v.isdigit() and int(v) > 0:
+            return int(v)
+    return os.cpu_count() or 1
+
+
+_POOL: tuple[int, ThreadPoolExecutor] | None = None
+
+
+def _parallel(fn, items) -> None:
+    """Run ``fn`` over ``items`` on the worker threads (NumPy ufuncs release the GIL).
+
+    Every item writes a disjoint part of a preallocated output, so the result
+    does not depend on scheduling. Exceptions propagate.
+    """
+    global _POOL
+    n = _num_threads()
+    if n < 2 or len(items) < 2:
+        for it in items:
+            fn(it)
+        return
+    if _POOL is None or _POOL[0] != n:
+        _POOL = (n, ThreadPoolExecutor(n, thread_name_prefix="golden"))
+    for _ in _POOL[1].map(fn, items):
+        pass
 
 
 def _blockwise(s: np.ndarray, corr: np.ndarray, bound: int, fn, out_dtype) -> np.ndarray:
@@ -166,14 +201,17 @@ def _blockwise(s: np.ndarray, corr: np.ndarray, bound: int, fn, out_dtype) -> np
     cols = min(p, _BLOCK)
     rows = max(1, _BLOCK // cols)
     sat = bound > INT32_MAX
-    for r0 in range(0, o, rows):
-        rs = slice(r0, min(o, r0 + rows))
-        for c0 in range(0, p, cols):
-            a = s[rs, c0:c0 + cols].astype(np.int64)
-            a += corr[rs, None]
-            if sat:
-                np.clip(a, INT32_MIN, INT32_MAX, out=a)
-            out[rs, c0:c0 + cols] = fn(a, rs)
+
+    def work(blk):
+        rs, cs = blk
+        a = s[rs, cs].astype(np.int64)
+        a += corr[rs, None]
+        if sat:
+            np.clip(a, INT32_MIN, INT32_MAX, out=a)
+        np.copyto(out[rs, cs], fn(a, rs), casting="unsafe")  # values already in range
+
+    _parallel(work, [(slice(r0, min(o, r0 + rows)), slice(c0, c0 + cols))
+                     for r0 in range(0, o, rows) for c0 in range(0, p, cols)])
     return out
 
 
@@ -229,12 +267,14 @@ def _conv_sum(x: np.ndarray, w: np.ndarray, x_zp: int, gm: dict) -> tuple[np.nda
     p = n * ho * wo
     # im2col: col[g, (ci, i, j), (n, y, x)] = xp[n, g*cg + ci, y*sh + i*dh, x*sw + j*dw]
     col = np.empty((g, cg, kh, kw, n, ho, wo), np.float32)
-    for i in range(kh):
-        r0 = i * gm["dh"]
-        for j in range(kw):
-            c0_ = j * gm["dw"]
-            v = xp[:, :, r0:r0 + gm["sh"] * (ho - 1) + 1:gm["sh"], c0_:c0_ + gm["sw"] * (wo - 1) + 1:gm["sw"]]
-            col[:, :, i, j] = v.reshape(n, g, cg, ho, wo).transpose(1, 2, 0, 3, 4)
+
+    def tap(ij):
+        i, j = ij
+        r0, c0_ = i * gm["dh"], j * gm["dw"]
+        v = xp[:, :, r0:r0 + gm["sh"] * (ho - 1) + 1:gm["sh"], c0_:c0_ + gm["sw"] * (wo - 1) + 1:gm["sw"]]
+        col[:, :, i, j] = v.reshape(n, g, cg, ho, wo).transpose(1, 2, 0, 3, 4)
+
+    _parallel(tap, [(i, j) for i in range(kh) for j in range(kw)])
     col = col.reshape(g, k, p)
     s = _exact_matmul(w.reshape(g, og, k).astype(np.float32), col, bound).reshape(o, p)
     # undo the centring: + (c0 - x_zp) * sum(w) per output channel
@@ -315,7 +355,8 @@ def activation_range(act, y_scale, y_zp: int, out_dtype: str) -> tuple[int, int]
 
 
 class _Requantizer:
-    """Validated requantization parameters of one layer; ``q(acc, rows, axis)`` applies them.
+    """Validated requantization parameters of one layer; ``q(acc, rows, axis)`` applies them
+    and returns int64 codes (cast to ``out_dtype`` by the caller).
 
     Per-tensor or per-channel (``n_ch`` values of ``w_scale``); ``rows`` selects
     the channels of an accumulator block whose channel axis is ``axis``.
@@ -349,7 +390,7 @@ class _Requantizer:
                                self.lo - self.zp, self.hi - self.zp)
         else:
             q = requantize_tflite(acc, p0, p1, self.zp, self.lo, self.hi, axis=axis if p0.size > 1 else None)
-        return q.astype(self.out_dtype)
+        return q  # int64 codes in [lo, hi]
 
 
 def conv2d(x, w, bias, x_zp, x_scale, w_scale, y_scale, y_zp, *, stride=1, padding=0, dilation=1,
@@ -431,7 +472,7 @@ def qlinear_matmul(a, a_scale, a_zp, b, b_scale, b_zp, y_scale, y_zp, *, mode: s
     rq = _Requantizer(mode, a_scale, b_scale, y_scale, y_zp, a.dtype.name if out_dtype is None else out_dtype,
                       None, b.shape[-1])
     s, bound = _matmul_sum(a, b, azp, bzp)
-    return rq(_saturate(s, bound), axis=-1)
+    return rq(_saturate(s, bound), axis=-1).astype(rq.out_dtype)
 
 
 def fully_connected_acc(x, w, bias=None, x_zp=0) -> np.ndarray:
@@ -465,7 +506,7 @@ def fully_connected(x, w, bias, x_zp, x_scale, w_scale, y_scale, y_zp, *, mode: 
     x, w, b, zp = _fc_prepare(x, w, bias, x_zp)
     rq = _Requantizer(mode, x_scale, w_scale, y_scale, y_zp, x.dtype.name if out_dtype is None else out_dtype,
                       act, w.shape[0])
-    return rq(_fc_acc(x, w, b, zp), axis=1)
+    return rq(_fc_acc(x, w, b, zp), axis=1).astype(rq.out_dtype)
 
 
 # --------------------------------------------------------------------------
@@ -563,4 +604,4 @@ def conv_transpose2d(x, w, bias, x_zp, x_scale, w_scale, y_scale, y_zp, *, strid
     x, w, b, zp, gm = _convt_prepare(x, w, bias, x_zp, stride, padding, output_padding, dilation, groups)
     rq = _Requantizer(mode, x_scale, w_scale, y_scale, y_zp, x.dtype.name if out_dtype is None else out_dtype,
                       act, gm["o"])
-    return rq(_convt_acc(x, w, b, zp, gm), axis=1)
+    return rq(_convt_acc(x, w, b, zp, gm), axis=1).astype(rq.out_dtype)

@@ -326,45 +326,54 @@ def _ort_fast_core(acc: np.ndarray, mant: np.ndarray, exp: np.ndarray, zp, lo, h
     ``acc`` int64 (valid int32 values), ``mant``/``exp`` the decomposed float32
     scale broadcastable against ``acc``, ``lo = qmin - zp``, ``hi = qmax - zp``.
     Returns the final codes (int64, zero point added), equal to ``requantize_ort``.
+    """
+    return _ort_fast_split(acc, mant, exp, zp, lo, hi)[0]
+
+
+def _ort_fast_split(acc, mant, exp, zp, lo, hi) -> tuple[np.ndarray, np.ndarray | None]:
+    """``_ort_fast_core`` that also returns which elements took the slow path (None: all did).
 
     Why it is exact. With the significand normalised (mant in [2**23, 2**24))
-    and R = -exp >= 1, the exact real product is V = |acc| * scale = P / 2**R
-    with P = |acc| * mant (< 2**55, exact in int64). onnxruntime computes
-    f = fl(fl(|acc|) * scale) = V (1 + d1)(1 + d2) with |d1|, |d2| <= 2**-24
-    (no overflow is possible: V < 2**54; if the product underflows, V < 2**-125
-    and both results are 0), so |f - V| <= V (2**-23 + 2**-48) < V * 2**-22.
-    If the distance from V to the nearest half-integer exceeds V * 2**-22, no
-    half-integer lies between V and f and f is not one, so
-    rne(f) = rne(V) = floor(V + 1/2) = (P + 2**(R-1)) >> R. In units of 2**-R
-    that distance is min(z, 2**R - z) with z = (P + 2**(R-1)) mod 2**R, and
-    the test ``((P + 2**(R-1) + m) mod 2**R) > 2m`` with m = (P >> 22) + 1
-    >= P * 2**-22 is equivalent to min(z, 2**R - z) > m. Elements failing it
-    (a fraction of about 2**-21 * |V|) and channels with R < 1 (scale >= 2**23)
-    go through the bit-level emulation ``_requantize_ort_int``. R is capped at
-    57: then V < 2**-2, and both the fast path and onnxruntime give 0.
-    Clamping after rounding equals rounding after clamping (integer bounds).
+    and R = -exp >= 1, the exact real product is V = acc * scale = P / 2**R
+    with P = acc * mant (|P| < 2**55, exact in int64). onnxruntime computes
+    f = fl(fl(acc) * scale) = V (1 + d1)(1 + d2) with |d1|, |d2| <= 2**-24
+    (float rounding is sign-symmetric; no overflow is possible as |V| < 2**54;
+    if the product underflows, |V| < 2**-125 and both results are 0), so
+    |f - V| <= |V| (2**-23 + 2**-48) < |V| * 2**-22. If the distance from V to
+    the nearest half-integer exceeds |V| * 2**-22, no half-integer lies between
+    V and f and f is not one, so rne(f) = rne(V) = floor(V + 1/2)
+    = (P + 2**(R-1)) >> R (an arithmetic shift floors for either sign). In
+    units of 2**-R that distance is min(z, 2**R - z) with
+    z = (P + 2**(R-1)) mod 2**R (``& mask`` on two's complement), and the test
+    ``((P + 2**(R-1) + m) mod 2**R) > 2m`` is equivalent to min(z, 2**R - z) > m.
+    m = ((max|acc| * mant) >> 22) + 1 > |P| * 2**-22 for every element (one
+    margin per channel, from that channel's largest |accumulator|). Elements
+    failing the test (a fraction of about 2**-21 * max|V|) and channels with
+    R < 1 (scale >= 2**23) go through the bit-level emulation
+    ``_requantize_ort_int``. R is capped at 57: then |V| < 2**-2, and both the
+    fast path and onnxruntime give 0. Clamping after rounding equals rounding
+    after clamping (integer bounds).
     """
-    mant, exp = _normalise_f32(np.asarray(mant, np.int64), np.asarray(exp, np.int64))
+    mant, exp = np.asarray(mant, np.int64), np.asarray(exp, np.int64)
+    if np.any(mant < (1 << (F32_MANT_BITS - 1))):   # subnormal scales only
+        mant, exp = _normalise_f32(mant, exp)
     zp = np.asarray(zp, np.int64)
-    if np.any(exp > -1):
-        a = np.abs(acc)
-        return _requantize_ort_int(a, acc < 0, mant, exp, lo, hi) + zp
+    if np.any(exp > -1) or acc.size == 0:
+        return _requantize_ort_int(np.abs(acc), acc < 0, mant, exp, lo, hi) + zp, None
     r = np.minimum(-exp, 57)
     half = np.int64(1) << (r - 1)
     mask = (np.int64(1) << r) - 1
-    p = np.abs(acc)
-    p *= mant
-    t = p + half
-    m = p >> 22
-    m += 1
-    q = t >> r
+    # largest |acc| per channel: reduce over the axes along which the scale is constant
+    shape = (1,) * (acc.ndim - mant.ndim) + mant.shape
+    axes = tuple(i for i in range(acc.ndim) if shape[i] == 1 and acc.shape[i] != 1)
+    amax = np.maximum(acc.max(axis=axes, keepdims=True), -acc.min(axis=axes, keepdims=True))
+    m = ((amax * mant) >> 22) + 1                     # per channel, <= 2**33 + 1
+    t = acc * mant                                    # P, exact
+    t += half
+    q = t >> r                                        # floor(V + 1/2)
     t += m
     t &= mask
-    m <<= 1
-    unsafe = t <= m
-    sgn = acc >> 63             # 0 or -1: conditional negate as (q ^ sgn) - sgn
-    q ^= sgn
-    q -= sgn
+    unsafe = t <= (m << 1)
     np.maximum(q, lo, out=q)
     np.minimum(q, hi, out=q)
     if unsafe.any():
@@ -376,7 +385,7 @@ def _ort_fast_core(acc: np.ndarray, mant: np.ndarray, exp: np.ndarray, zp, lo, h
         bhi = np.broadcast_to(hi, acc.shape)[idx]
         q[idx] = _requantize_ort_int(np.abs(a), a < 0, bm, be, blo, bhi)
     q += zp
-    return q
+    return q, unsafe
 
 
 def requantize_ort_fast(acc, scale32, zp_out, qmin, qmax, axis: int | None = None) -> np.ndarray:

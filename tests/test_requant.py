@@ -292,6 +292,28 @@ def test_ort_integer_equals_float32_millions(seed):
     assert total > 4_000_000
 
 
+@pytest.mark.parametrize("seed", range(3))
+def test_ort_fast_path_is_taken_and_exact(seed):
+    """White box: with bounded accumulators the cheap path handles almost everything, every
+    exact tie and near-tie is sent to the bit-level emulation, and the results stay exact."""
+    rng = np.random.default_rng(300 + seed)
+    for _ in range(6):
+        s = (2.0 ** rng.uniform(-20, -4, 8)).astype(np.float32)              # per channel
+        s[::2] = 2.0 ** np.round(np.log2(s[::2]))                             # exact ties possible
+        lim = (400 / s).astype(np.int64)                                      # |V| up to ~400
+        acc = np.stack([rng.integers(-v, v + 1, 4096) for v in lim])
+        ties = np.stack([_tie_accs(c, rng, 200) for c in s])[:, :1000]       # at/near k + 1/2
+        acc = np.concatenate([acc, ties], axis=1)
+        zp = int(rng.integers(-128, 128))
+        mant, exp = R.f32_decompose(s)
+        q, unsafe = R._ort_fast_split(acc, mant[:, None], exp[:, None], zp, -128 - zp, 127 - zp)
+        want = R.requantize_ort_float(acc, s, zp, -128, 127, axis=0)
+        np.testing.assert_array_equal(q, want)
+        assert unsafe is not None and unsafe[:, :4096].mean() < 0.01
+        exact_tie = (acc.astype(object) * np.array([[Fraction(float(c))] for c in s]) * 2 % 2) == 1
+        assert unsafe[exact_tie].all() and exact_tie.sum() > 100
+
+
 def test_ort_exact_ties_round_half_to_even():
     s = np.float32(2.0**-4)                      # acc/16: ties every 16 accumulator units
     acc = np.arange(-4000, 4000)
