@@ -45,6 +45,8 @@ _MAX_PRODUCT = 128 * 128
 #: Low field of the packed product: signed 18 bits (arithmetic.md §4).
 PACK_SHIFT = 18
 PACKING_MODES = ("dual", "none")
+#: Banks per on-chip buffer (double buffering).
+BANKS = 2
 
 
 def packed_chain_bound(weight_min: int) -> int:
@@ -75,6 +77,15 @@ class ArrayConfig:
     chain        packed accumulation chain length; defaults to the proven bound
     max_k        longest reduction (beats per tile) the accumulators hold exactly
     param_fifo_depth  per-tile parameter sets buffered ahead of the lanes
+
+    Accelerator top (docs/top.md); every buffer has ``BANKS`` banks so that
+    loading job n+1 and draining job n-1 overlap computing job n:
+
+    bus_bytes    width of the data streams ``din``/``dout`` in bytes
+    act_depth    activation beats (``rows`` bytes each) per bank
+    wgt_depth    weight beats (``out_lanes`` bytes each) per bank
+    param_depth  per-tile parameter sets per bank
+    out_depth    output rows (``out_lanes`` bytes each) per bank
     """
 
     rows: int = 8
@@ -84,6 +95,11 @@ class ArrayConfig:
     chain: int | None = None
     max_k: int = 65536
     param_fifo_depth: int = 4
+    bus_bytes: int = 16
+    act_depth: int = 8192
+    wgt_depth: int = 4608
+    param_depth: int = 16
+    out_depth: int = 1024
 
     def __post_init__(self):
         for name in ("rows", "cols"):
@@ -109,6 +125,12 @@ class ArrayConfig:
         if isinstance(self.param_fifo_depth, bool) or not isinstance(self.param_fifo_depth, int) \
                 or not (1 <= self.param_fifo_depth <= 64):
             raise ValueError(f"param_fifo_depth must be an integer in [1, 64], got {self.param_fifo_depth!r}")
+
+        for name, hi in (("bus_bytes", 256), ("act_depth", 2**20), ("wgt_depth", 2**20),
+                         ("param_depth", 4096), ("out_depth", 2**20)):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int) or not (1 <= v <= hi):
+                raise ValueError(f"{name} must be an integer in [1, {hi}], got {v!r}")
 
     # ---- derived quantities: the single place they are computed ----
     @property
