@@ -1,0 +1,116 @@
+"""``Accelerator``: the accelerator top of docs/top.md.
+
+Blocks (one per file):
+
+* ``hw.decoder.Decoder``   commands, payload framing, checks, interlocks, responses
+* ``hw.sequencer.Sequencer`` job queue, beat streamer, params pusher, output writer
+* ``hw.buffers.BankedBuffer`` x 4: act, wgt, params, out (``BANKS`` banks each)
+* ``hw.core.ArrayCore``    the MACC array and its lanes (its LUT is the 5th "buffer")
+* the performance counters (here): ``COUNTER_BITS`` = 64 bits each, order
+  ``golden.isa.Slot``
+
+Ports (``wiring`` signature; the command format is golden/isa.py):
+
+* ``cmd``  In(stream.Signature(unsigned(128)))        command descriptors
+* ``din``  In(stream.Signature(bus_layout(cfg)))      ``data`` (bus_bytes*8), ``last``
+* ``dout`` Out(stream.Signature(bus_layout(cfg)))     ``data`` (bus_bytes*8), ``last``
+
+Verilog (``python -m hw.build --target verilog --top accelerator``, module
+``accelerator``) keeps Amaranth's default flattening:
+
+====================  ======  =============================================
+port                  dir     width
+====================  ======  =============================================
+``clk``, ``rst``      in      1 (sync domain; ``rst`` synchronous, active high)
+``cmd__valid``        in      1
+``cmd__ready``        out     1
+``cmd__payload``      in      128 (descriptor, opcode in bits [0, 8))
+``din__valid``        in      1
+``din__ready``        out     1
+``din__payload``      in      bus_bytes*8 + 1: ``data`` = bits [0, bus_bytes*8),
+                              ``last`` = bit bus_bytes*8
+``dout__valid``       out     1
+``dout__ready``       in      1
+``dout__payload``     out     bus_bytes*8 + 1 (same packing as ``din``)
+====================  ======  =============================================
+"""
+from __future__ import annotations
+
+from amaranth import Module, Signal, unsigned
+from amaranth.lib import stream, wiring
+from amaranth.lib.wiring import In, Out, connect
+
+from golden.config import ArrayConfig
+from golden.isa import COUNTER_BITS, DESC_BITS, STATUS_SLOTS, Slot, layout
+
+from .buffers import BankedBuffer
+from .core import ArrayCore, params_layout
+from .decoder import Decoder, bus_layout
+from .pe import check_hw_config, config_for
+from .sequencer import Sequencer
+
+__all__ = ["Accelerator", "bus_layout"]
+
+
+class Accelerator(wiring.Component):
+    """The accelerator top (module docstring); ``cfg`` must fit the ISA (``golden.isa.layout``)."""
+
+    def __init__(self, cfg: ArrayConfig):
+        self.cfg = config_for(self, cfg)
+        layout(cfg)
+        super().__init__({
+            "cmd": In(stream.Signature(unsigned(DESC_BITS))),
+            "din": In(stream.Signature(bus_layout(cfg))),
+            "dout": Out(stream.Signature(bus_layout(cfg))),
+        })
+
+    def elaborate(self, platform):
+        cfg = check_hw_config(self.cfg)
+        m = Module()
+        par_bits = params_layout(cfg).size
+        m.submodules.core = core = ArrayCore(cfg)
+        m.submodules.seq = seq = Sequencer(cfg)
+        m.submodules.dec = dec = Decoder(cfg, par_bits)
+        m.submodules.act = act = BankedBuffer(cfg.rows * 8, cfg.act_depth)
+        m.submodules.wgt = wgt = BankedBuffer(cfg.out_lanes * 8, cfg.wgt_depth)
+        m.submodules.par = par = BankedBuffer(par_bits, cfg.param_depth)
+        m.submodules.out = out = BankedBuffer(cfg.out_lanes * 8, cfg.out_depth)
+
+        connect(m, wiring.flipped(self.cmd), dec.cmd)
+        connect(m, wiring.flipped(self.din), dec.din)
+        connect(m, dec.dout, wiring.flipped(self.dout))
+        connect(m, dec.job, seq.job)
+        connect(m, dec.act_w, act.w)
+        connect(m, dec.wgt_w, wgt.w)
+        connect(m, dec.par_w, par.w)
+        connect(m, dec.out_r, out.r)
+        connect(m, dec.lut, core.lut)
+        connect(m, seq.act_r, act.r)
+        connect(m, seq.wgt_r, wgt.r)
+        connect(m, seq.par_r, par.r)
+        connect(m, seq.out_w, out.w)
+        connect(m, seq.core_inp, core.inp)
+        connect(m, seq.core_params, core.params)
+        connect(m, core.out, seq.core_out)
+        m.d.comb += [dec.act_busy.eq(seq.act_busy), dec.wgt_busy.eq(seq.wgt_busy),
+                     dec.par_busy.eq(seq.par_busy), dec.out_busy.eq(seq.out_busy), dec.jobs.eq(seq.jobs)]
+
+        # ---- performance counters (slots 1 .. STATUS_SLOTS - 1 of READ_STATUS)
+        inc = {
+            Slot.CYCLES: 1,
+            Slot.BUSY_CYCLES: seq.jobs != 0,
+            Slot.USEFUL_MACS: seq.macs_inc,
+            Slot.IN_STALL_CYCLES: core.inp.valid & ~core.inp.ready,
+            Slot.OUT_STALL_CYCLES: self.dout.valid & ~self.dout.ready,
+            Slot.CMDS_DROPPED: dec.dropped,
+            Slot.JOBS_DONE: seq.job_done,
+        }
+        assert set(inc) == set(Slot) - {Slot.STATUS} and STATUS_SLOTS == len(Slot)
+        for s, d in inc.items():
+            c = Signal(COUNTER_BITS, name=f"ctr_{s.name.lower()}")
+            with m.If(dec.clear_counters):
+                m.d.sync += c.eq(0)
+            with m.Else():
+                m.d.sync += c.eq(c + d)
+            m.d.comb += dec.counters[int(s) - 1].eq(c)
+        return m
