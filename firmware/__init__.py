@@ -1,0 +1,1 @@
+"""Host side of the accelerator: graph IR, compiler, devices, driver, reports (docs/firmware.md)."""
