@@ -43,7 +43,7 @@ import numpy as np
 from ._check import (INT32_MAX, INT32_MIN, check_dtype, check_int_array, check_positive_int,
                      check_zero_point, qrange)
 from .ops import relu6_range
-from .requant import (_ort_fast_core, f32_decompose, ort_scale, quantize_multiplier, requantize_tflite,
+from .requant import (OrtFast, _ort_fast_core, f32_decompose, ort_scale, quantize_multiplier, requantize_tflite,
                       tflite_multiplier)
 
 #: Largest chunk magnitude for which every float32 partial sum is exact.
@@ -189,22 +189,44 @@ def _parallel(fn, items) -> None:
         pass
 
 
-def _blockwise(s: np.ndarray, corr: np.ndarray, bound: int, fn, out_dtype) -> np.ndarray:
-    """``fn(saturate(s + corr[:, None]), rows)`` over cache-sized blocks of a (C, P) array.
+def _blockwise(get, shape: tuple[int, int], corr: np.ndarray, bound: int, fn, out_dtype,
+               block: int = _BLOCK, min_blocks: int = 1) -> np.ndarray:
+    """``fn(saturate(get(rows, cols) + corr[rows, None]), rows)`` over blocks of a (C, P) array.
 
-    ``s`` holds exact integers (float32/float64/int64), ``corr`` int64 per row,
-    ``bound`` a proven max |s + corr| (saturation is skipped if it fits int32).
-    ``fn(acc_int64_block, row_slice)`` returns the block's output values.
+    ``get(rows, cols)`` returns a block of exact integer sums (float32, float64
+    or int64), ``corr`` is int64 per row, ``bound`` a proven max of |sum| +
+    |corr| (saturation is skipped if it fits int32). ``fn(acc, rows)`` returns
+    the block's output values for the int64 accumulators ``acc``. When no
+    saturation is needed, ``fn.block(sum, rows, offset, amax)`` is used if
+    ``fn`` has it: it folds ``offset = corr[rows]`` into its own arithmetic,
+    returns ``(codes, unsafe)`` and the ``unsafe`` elements are finished in
+    one batch by ``fn.fix(acc_values, channels)`` after all blocks. Blocks hold
+    about ``block`` elements (cache-sized int64 temporaries); there are at
+    least ``min_blocks`` of them when the shape allows. They run on the worker
+    threads.
     """
-    o, p = s.shape
+    o, p = shape
     out = np.empty((o, p), out_dtype)
-    cols = min(p, _BLOCK)
-    rows = max(1, _BLOCK // cols)
+    cols = min(p, block)
+    rows = max(1, block // cols)
+    n_col = -(-p // cols)
+    if n_col * -(-o // rows) < min_blocks:
+        rows = max(1, -(-o // max(1, -(-min_blocks // n_col))))
     sat = bound > INT32_MAX
+    split = not sat and hasattr(fn, "block")
+    pending = []  # (flat output positions, accumulator values, channels) of deferred elements
 
     def work(blk):
         rs, cs = blk
-        a = s[rs, cs].astype(np.int64)
+        a = get(rs, cs).astype(np.int64)
+        if split:
+            q, unsafe = fn.block(a, rs, corr[rs], bound)
+            np.copyto(out[rs, cs], q, casting="unsafe")
+            if unsafe.any():
+                fi = np.flatnonzero(unsafe)
+                r_, c_ = np.divmod(fi, a.shape[1])
+                pending.append(((r_ + rs.start) * p + c_ + cs.start, a[r_, c_] + corr[rs][r_], r_ + rs.start))
+            return
         a += corr[rs, None]
         if sat:
             np.clip(a, INT32_MIN, INT32_MAX, out=a)
@@ -212,7 +234,19 @@ def _blockwise(s: np.ndarray, corr: np.ndarray, bound: int, fn, out_dtype) -> np
 
     _parallel(work, [(slice(r0, min(o, r0 + rows)), slice(c0, c0 + cols))
                      for r0 in range(0, o, rows) for c0 in range(0, p, cols)])
+    if pending:
+        pos, vals, ch = (np.concatenate(v) for v in zip(*pending))
+        out.reshape(-1)[pos] = fn.fix(vals, ch)
     return out
+
+
+def _blas_single_threaded() -> bool:
+    """True if the BLAS was told to use one thread (OPENBLAS_NUM_THREADS, else OMP_NUM_THREADS)."""
+    for var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS"):
+        v = os.environ.get(var, "")
+        if v:
+            return v == "1"
+    return False
 
 
 # --------------------------------------------------------------------------
@@ -242,11 +276,13 @@ def _conv_geometry(x, w, stride, padding, dilation, groups):
                 pt=pt, pl=pl, pb=pb, pr=pr, ho=ho, wo=wo)
 
 
-def _conv_sum(x: np.ndarray, w: np.ndarray, x_zp: int, gm: dict) -> tuple[np.ndarray, np.ndarray, int]:
-    """sum((x - x_zp) * w) as ``s + corr[:, None]``, laid out (O, N*Ho*Wo), and a bound.
+def _conv_sum(x: np.ndarray, w: np.ndarray, x_zp: int, gm: dict) -> tuple[tuple, np.ndarray, int]:
+    """sum((x - x_zp) * w), laid out (O, N*Ho*Wo), as ``gemm + corr[:, None]`` and a bound.
 
-    ``s``: exact integer-valued float array (the centred GEMM), ``corr``: int64
-    per output channel, bound >= max |s + corr|.
+    ``gemm = (a, col, b)``: the centred weights (G, Og, K) and im2col matrix
+    (G, K, P) as float32, whose exact product (``_exact_matmul(a, col, b)``)
+    is the centred sum; ``corr``: int64 per output channel; bound >= max
+    |sum|.
     """
     n, c, o, g, cg = gm["n"], gm["c"], gm["o"], gm["g"], gm["cg"]
     kh, kw, ho, wo = gm["kh"], gm["kw"], gm["ho"], gm["wo"]
@@ -260,8 +296,7 @@ def _conv_sum(x: np.ndarray, w: np.ndarray, x_zp: int, gm: dict) -> tuple[np.nda
     else:
         xp = xs
     bx = max(int(np.abs(xs.min(initial=0), dtype=np.int64)), int(xs.max(initial=0)), abs(pad_val))
-    w64 = w.astype(np.int64)
-    bw = int(np.abs(w64).max(initial=0))
+    bw = max(int(w.max(initial=0)), -int(w.min(initial=0)))
     k = cg * kh * kw
     bound = bx * bw
     p = n * ho * wo
@@ -275,12 +310,11 @@ def _conv_sum(x: np.ndarray, w: np.ndarray, x_zp: int, gm: dict) -> tuple[np.nda
         col[:, :, i, j] = v.reshape(n, g, cg, ho, wo).transpose(1, 2, 0, 3, 4)
 
     _parallel(tap, [(i, j) for i in range(kh) for j in range(kw)])
-    col = col.reshape(g, k, p)
-    s = _exact_matmul(w.reshape(g, og, k).astype(np.float32), col, bound).reshape(o, p)
     # undo the centring: + (c0 - x_zp) * sum(w) per output channel
-    wsum = w64.reshape(o, k).sum(axis=1)
+    wsum = w.reshape(o, k).sum(axis=1, dtype=np.int64)
     corr = (c0 - x_zp) * wsum
-    return s, corr, k * bound + int(np.abs(corr).max(initial=0))
+    return (w.reshape(g, og, k).astype(np.float32), col.reshape(g, k, p), bound), corr, \
+        k * bound + int(np.abs(corr).max(initial=0))
 
 
 def _conv_prepare(x, w, bias, x_zp, stride, padding, dilation, groups):
@@ -293,15 +327,33 @@ def _conv_prepare(x, w, bias, x_zp, stride, padding, dilation, groups):
 
 
 def _conv_blocks(x, w, b, zp, gm, fn, out_dtype) -> np.ndarray:
-    """(O, N*Ho*Wo) array of ``fn(acc_block, rows)`` over the saturated accumulators."""
-    s, corr, bound = _conv_sum(x, w, zp, gm)
+    """(O, N*Ho*Wo) array of ``fn(acc_block, rows)`` over the saturated accumulators.
+
+    With a multi-threaded BLAS, one GEMM call (BLAS-parallel), then the
+    post-processing in blocks on the worker threads. With a single-threaded
+    BLAS (OPENBLAS_NUM_THREADS=1) and groups == 1, each worker computes its
+    block's GEMM and post-processes it while it is in cache (one parallel
+    region per layer). Both give identical, exact results.
+    """
+    (a, col, chunk_bound), corr, bound = _conv_sum(x, w, zp, gm)
     corr += b
-    return _blockwise(s, corr, bound + int(np.abs(b).max(initial=0)), fn, out_dtype)
+    bound += int(np.abs(b).max(initial=0))
+    o, p = gm["o"], col.shape[2]
+    if gm["g"] == 1 and _blas_single_threaded() and _num_threads() > 1:
+        a0, c0 = a[0], col[0]
+        return _blockwise(lambda rs, cs: _exact_matmul(a0[rs], c0[:, cs], chunk_bound), (o, p), corr, bound,
+                          fn, out_dtype, block=1 << 16, min_blocks=2 * _num_threads())
+    s = _exact_matmul(a, col, chunk_bound).reshape(o, p)
+    return _blockwise(lambda rs, cs: s[rs, cs], (o, p), corr, bound, fn, out_dtype)
 
 
 def _to_nchw(a: np.ndarray, gm: dict) -> np.ndarray:
     """(O, N*Ho*Wo) -> (N, O, Ho, Wo)."""
     return np.ascontiguousarray(a.reshape(gm["o"], gm["n"], gm["ho"], gm["wo"]).transpose(1, 0, 2, 3))
+
+
+def _identity(acc, rows, offset=None, amax=None):
+    return acc if offset is None else acc + offset[:, None]
 
 
 def conv2d_acc(x, w, bias=None, x_zp=0, stride=1, padding=0, dilation=1, groups=1) -> np.ndarray:
@@ -317,7 +369,7 @@ def conv2d_acc(x, w, bias=None, x_zp=0, stride=1, padding=0, dilation=1, groups=
     groups >= 1 dividing C and O. Returns int32 (N, O, Ho, Wo).
     """
     x, w, b, zp, gm = _conv_prepare(x, w, bias, x_zp, stride, padding, dilation, groups)
-    return _to_nchw(_conv_blocks(x, w, b, zp, gm, lambda a, rows: a, np.int32), gm)
+    return _to_nchw(_conv_blocks(x, w, b, zp, gm, _identity, np.int32), gm)
 
 
 # --------------------------------------------------------------------------
@@ -377,18 +429,39 @@ class _Requantizer:
         if mode == "ort":
             mant, exp = f32_decompose(ort_scale(x_scale, ws, y_scale))
             self.p = (mant.reshape(-1), exp.reshape(-1))
+            # constants for (C, P) blocks (channel axis 0), see OrtFast
+            self.fast = OrtFast(self.p[0][:, None], self.p[1][:, None], np.int64(self.zp),
+                                self.lo - self.zp, self.hi - self.zp)
+            if self.fast.ok:
+                self.block = self._block
         else:
             q_fixed, shift = quantize_multiplier(tflite_multiplier(x_scale, ws, y_scale))
             self.p = (q_fixed.reshape(-1), shift.reshape(-1))
 
-    def __call__(self, acc: np.ndarray, rows=slice(None), axis: int = 0) -> np.ndarray:
+    def _block(self, acc: np.ndarray, rows: slice, offset: np.ndarray, amax: int):
+        """Fast-path codes of ``acc + offset[:, None]`` for channels ``rows`` (axis 0) and the
+        mask of elements left to ``fix`` (``OrtFast.kernel``)."""
+        return self.fast.take(rows).kernel(acc, offset[:, None], amax)
+
+    def fix(self, acc_values: np.ndarray, channels: np.ndarray) -> np.ndarray:
+        """Bit-level codes of single accumulators of the given channels (``OrtFast.slow``)."""
+        n = self.fast.mant.shape[0]
+        return self.fast.slow(acc_values, (channels if n > 1 else np.zeros_like(channels),
+                                           np.zeros_like(channels)), (n, 1))
+
+    def __call__(self, acc: np.ndarray, rows=slice(None), axis: int = 0, offset=None, amax=None) -> np.ndarray:
+        """Codes for ``acc`` (+ ``offset`` per channel, if given; the sums must be int32 values)."""
         p0, p1 = (v if v.size == 1 else v[rows] for v in self.p)
+        shape = [1] * acc.ndim
+        shape[axis] = -1
+        if offset is not None:
+            offset = np.asarray(offset, np.int64).reshape(shape)
         if self.mode == "ort":
-            shape = [1] * acc.ndim
-            shape[axis] = -1
             q = _ort_fast_core(acc, p0.reshape(shape), p1.reshape(shape), np.int64(self.zp),
-                               self.lo - self.zp, self.hi - self.zp)
+                               self.lo - self.zp, self.hi - self.zp, offset=offset, amax=amax)
         else:
+            if offset is not None:
+                acc = acc + offset
             q = requantize_tflite(acc, p0, p1, self.zp, self.lo, self.hi, axis=axis if p0.size > 1 else None)
         return q  # int64 codes in [lo, hi]
 

@@ -278,10 +278,10 @@ def _requantize_ort_int(a_abs, neg, mant, exp, lo, hi):
     #    that would overflow float32 (inf) clamp to the same bound.
     #    (Products below 2**-126 would be float32 subnormals; they are < 0.5
     #    either way and round to 0, so the 24-bit rounding used here agrees.)
-    up = pm << np.clip(e, 0, 25)
-    down = _rne_shift(pm, np.clip(-e, 0, 40))          # pm < 2**25: shifts >= 26 give 0
+    up = pm << np.minimum(np.maximum(e, 0), 25)
+    down = _rne_shift(pm, np.minimum(np.maximum(-e, 0), 40))   # pm < 2**25: shifts >= 26 give 0
     mag = np.where(e >= 0, up, down)
-    return np.clip(np.where(neg, -mag, mag), lo, hi)
+    return np.minimum(np.maximum(np.where(neg, -mag, mag), lo), hi)
 
 
 def requantize_ort(acc, scale32, zp_out, qmin, qmax, axis: int | None = None) -> np.ndarray:
@@ -320,71 +320,130 @@ def _normalise_f32(mant: np.ndarray, exp: np.ndarray) -> tuple[np.ndarray, np.nd
     return mant << sh, exp - sh
 
 
-def _ort_fast_core(acc: np.ndarray, mant: np.ndarray, exp: np.ndarray, zp, lo, hi) -> np.ndarray:
+def _ort_fast_core(acc: np.ndarray, mant: np.ndarray, exp: np.ndarray, zp, lo, hi, *, offset=None,
+                   amax=None) -> np.ndarray:
     """``requantize_ort`` with a cheap exact path for values far from a rounding tie.
 
-    ``acc`` int64 (valid int32 values), ``mant``/``exp`` the decomposed float32
-    scale broadcastable against ``acc``, ``lo = qmin - zp``, ``hi = qmax - zp``.
-    Returns the final codes (int64, zero point added), equal to ``requantize_ort``.
+    Requantizes ``acc + offset`` (``offset``: optional int64 per channel; the
+    sums must be valid int32 values; ``acc`` int64). ``mant``/``exp``: the
+    decomposed float32 scale, broadcastable against ``acc``; ``lo = qmin - zp``,
+    ``hi = qmax - zp``; ``amax``: optional proven bound on |acc + offset| per
+    channel (or scalar), computed from the data if omitted. Returns the final
+    codes (int64, zero point added), equal to ``requantize_ort``.
     """
-    return _ort_fast_split(acc, mant, exp, zp, lo, hi)[0]
+    return _ort_fast_split(acc, mant, exp, zp, lo, hi, offset=offset, amax=amax)[0]
 
 
-def _ort_fast_split(acc, mant, exp, zp, lo, hi) -> tuple[np.ndarray, np.ndarray | None]:
+class OrtFast:
+    """Per-channel constants of the fast "ort" path (see ``_ort_fast_split`` for the proof).
+
+    Built once per layer from the decomposed scale; every array is shaped to
+    broadcast against the accumulators (``None`` fields: the fast path does
+    not apply and ``slow`` must be used for everything). ``take(rows)``
+    selects the constants of some channels (leading axis).
+    """
+
+    FIELDS = ("mant", "exp", "zp", "lo", "hi", "r", "mask", "const", "qlo", "qhi")
+
+    def __init__(self, mant, exp, zp, lo, hi):
+        mant, exp = np.asarray(mant, np.int64), np.asarray(exp, np.int64)
+        if np.any(mant < (1 << (F32_MANT_BITS - 1))):   # subnormal scales only
+            mant, exp = _normalise_f32(mant, exp)
+        zp, lo, hi = (np.asarray(v, np.int64) for v in (zp, lo, hi))
+        self.mant, self.exp, self.zp, self.lo, self.hi = mant, exp, zp, lo, hi
+        self.ok = not np.any(exp > -1)
+        if not self.ok:
+            self.r = self.mask = self.const = self.qlo = self.qhi = None
+            return
+        r = np.minimum(-exp, 57)
+        self.r = r
+        self.mask = (np.int64(1) << r) - 1
+        # + 1/2 and + zp folded into the shifted sum: zp * 2**R < 2**61 when R <= 52, |zp| < 2**9
+        self.fold = bool(np.all(r <= 52)) and bool(np.all(np.abs(zp) < 2**9))
+        self.const = (np.int64(1) << (r - 1)) + ((zp << r) if self.fold else 0)
+        self.qlo, self.qhi = (lo + zp, hi + zp) if self.fold else (lo, hi)
+
+    def take(self, rows) -> "OrtFast":
+        new = object.__new__(OrtFast)
+        new.__dict__.update(self.__dict__)
+        for f in self.FIELDS:
+            v = getattr(self, f)
+            if v is not None and v.ndim and v.shape[0] > 1:
+                setattr(new, f, v[rows])
+        return new
+
+    def kernel(self, acc: np.ndarray, offset=None, amax=None) -> tuple[np.ndarray, np.ndarray]:
+        """Codes of ``acc + offset``, valid where the returned ``unsafe`` mask is False."""
+        const = self.const if offset is None else self.const + offset * self.mant   # |offset*mant| < 2**55
+        if amax is None:
+            a = acc if offset is None else acc + offset
+            shape = (1,) * (a.ndim - self.mant.ndim) + self.mant.shape
+            axes = tuple(i for i in range(a.ndim) if shape[i] == 1 and a.shape[i] != 1)
+            amax = np.maximum(a.max(axis=axes, keepdims=True), -a.min(axis=axes, keepdims=True))
+        m = ((np.asarray(amax, np.int64) * self.mant) >> 22) + 1    # per channel, <= 2**33 + 1
+        t = acc * self.mant                               # P (without the offset part)
+        t += const
+        q = t >> self.r                                   # floor(V + 1/2) (+ zp if folded)
+        t += m
+        t &= self.mask
+        unsafe = t <= (m << 1)
+        np.maximum(q, self.qlo, out=q)
+        np.minimum(q, self.qhi, out=q)
+        if not self.fold:
+            q += self.zp
+        return q, unsafe
+
+    def slow(self, a: np.ndarray, idx=None, shape=None) -> np.ndarray:
+        """Codes of the accumulators ``a`` by the bit-level emulation.
+
+        ``a`` holds the accumulators at positions ``idx`` (an index tuple) of an
+        array of ``shape`` the constants broadcast against; without ``idx``,
+        ``a`` itself has that shape.
+        """
+        def pick(v):
+            return v if idx is None else np.broadcast_to(v, shape)[idx]
+        return _requantize_ort_int(np.abs(a), a < 0, pick(self.mant), pick(self.exp), pick(self.lo),
+                                   pick(self.hi)) + pick(self.zp)
+
+
+def _ort_fast_split(acc, mant, exp, zp, lo, hi, *, offset=None, amax=None):
     """``_ort_fast_core`` that also returns which elements took the slow path (None: all did).
 
     Why it is exact. With the significand normalised (mant in [2**23, 2**24))
-    and R = -exp >= 1, the exact real product is V = acc * scale = P / 2**R
-    with P = acc * mant (|P| < 2**55, exact in int64). onnxruntime computes
-    f = fl(fl(acc) * scale) = V (1 + d1)(1 + d2) with |d1|, |d2| <= 2**-24
-    (float rounding is sign-symmetric; no overflow is possible as |V| < 2**54;
-    if the product underflows, |V| < 2**-125 and both results are 0), so
-    |f - V| <= |V| (2**-23 + 2**-48) < |V| * 2**-22. If the distance from V to
-    the nearest half-integer exceeds |V| * 2**-22, no half-integer lies between
-    V and f and f is not one, so rne(f) = rne(V) = floor(V + 1/2)
-    = (P + 2**(R-1)) >> R (an arithmetic shift floors for either sign). In
-    units of 2**-R that distance is min(z, 2**R - z) with
-    z = (P + 2**(R-1)) mod 2**R (``& mask`` on two's complement), and the test
-    ``((P + 2**(R-1) + m) mod 2**R) > 2m`` is equivalent to min(z, 2**R - z) > m.
-    m = ((max|acc| * mant) >> 22) + 1 > |P| * 2**-22 for every element (one
-    margin per channel, from that channel's largest |accumulator|). Elements
-    failing the test (a fraction of about 2**-21 * max|V|) and channels with
-    R < 1 (scale >= 2**23) go through the bit-level emulation
-    ``_requantize_ort_int``. R is capped at 57: then |V| < 2**-2, and both the
-    fast path and onnxruntime give 0. Clamping after rounding equals rounding
-    after clamping (integer bounds).
+    and R = -exp >= 1, the exact real product is V = a * scale = P / 2**R
+    with a = acc + offset and P = a * mant (|P| < 2**55, exact in int64).
+    onnxruntime computes f = fl(fl(a) * scale) = V (1 + d1)(1 + d2) with
+    |d1|, |d2| <= 2**-24 (float rounding is sign-symmetric; no overflow is
+    possible as |V| < 2**54; if the product underflows, |V| < 2**-125 and both
+    results are 0), so |f - V| <= |V| (2**-23 + 2**-48) < |V| * 2**-22. If the
+    distance from V to the nearest half-integer exceeds |V| * 2**-22, no
+    half-integer lies between V and f and f is not one, so rne(f) = rne(V)
+    = floor(V + 1/2) = (P + 2**(R-1)) >> R (an arithmetic shift floors for
+    either sign). In units of 2**-R that distance is min(z, 2**R - z) with
+    z = (P + 2**(R-1)) mod 2**R (``& mask`` on two's complement), and the
+    test ``((P + 2**(R-1) + m) mod 2**R) > 2m`` is equivalent to
+    min(z, 2**R - z) > m. m = ((amax * mant) >> 22) + 1 > |P| * 2**-22 for
+    every element, amax >= |a| being one bound per channel. Elements failing
+    the test (a fraction of about 2**-21 * max|V|) and channels with R < 1
+    (scale >= 2**23) go through the bit-level emulation ``_requantize_ort_int``.
+    R is capped at 57: then |V| < 2**-2, and both the fast path and
+    onnxruntime give 0. Clamping after rounding equals rounding after
+    clamping (integer bounds). Adding zp * 2**R (when it fits in int64) or
+    offset * mant to P before the shift only moves the result by zp or makes
+    P the product of the sum; the residue mod 2**R, hence the test, is unchanged.
     """
-    mant, exp = np.asarray(mant, np.int64), np.asarray(exp, np.int64)
-    if np.any(mant < (1 << (F32_MANT_BITS - 1))):   # subnormal scales only
-        mant, exp = _normalise_f32(mant, exp)
-    zp = np.asarray(zp, np.int64)
-    if np.any(exp > -1) or acc.size == 0:
-        return _requantize_ort_int(np.abs(acc), acc < 0, mant, exp, lo, hi) + zp, None
-    r = np.minimum(-exp, 57)
-    half = np.int64(1) << (r - 1)
-    mask = (np.int64(1) << r) - 1
-    # largest |acc| per channel: reduce over the axes along which the scale is constant
-    shape = (1,) * (acc.ndim - mant.ndim) + mant.shape
-    axes = tuple(i for i in range(acc.ndim) if shape[i] == 1 and acc.shape[i] != 1)
-    amax = np.maximum(acc.max(axis=axes, keepdims=True), -acc.min(axis=axes, keepdims=True))
-    m = ((amax * mant) >> 22) + 1                     # per channel, <= 2**33 + 1
-    t = acc * mant                                    # P, exact
-    t += half
-    q = t >> r                                        # floor(V + 1/2)
-    t += m
-    t &= mask
-    unsafe = t <= (m << 1)
-    np.maximum(q, lo, out=q)
-    np.minimum(q, hi, out=q)
+    prm = OrtFast(mant, exp, zp, lo, hi)
+    if offset is not None:
+        offset = np.asarray(offset, np.int64)
+    if not prm.ok or acc.size == 0:
+        return prm.slow(acc if offset is None else acc + offset), None
+    q, unsafe = prm.kernel(acc, offset, amax)
     if unsafe.any():
-        idx = np.nonzero(unsafe)
+        idx = np.unravel_index(np.flatnonzero(unsafe), unsafe.shape)
         a = acc[idx]
-        bm = np.broadcast_to(mant, acc.shape)[idx]
-        be = np.broadcast_to(exp, acc.shape)[idx]
-        blo = np.broadcast_to(lo, acc.shape)[idx]
-        bhi = np.broadcast_to(hi, acc.shape)[idx]
-        q[idx] = _requantize_ort_int(np.abs(a), a < 0, bm, be, blo, bhi)
-    q += zp
+        if offset is not None:
+            a = a + np.broadcast_to(offset, acc.shape)[idx]
+        q[idx] = prm.slow(a, idx, acc.shape)
     return q, unsafe
 
 
