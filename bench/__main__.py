@@ -8,12 +8,18 @@ PATH (parent directories are created).
 BLAS/OpenMP thread counts are fixed here, before any module imports NumPy
 (they cannot be changed afterwards): ``--threads N`` (default 2) sets
 OPENBLAS_NUM_THREADS, OMP_NUM_THREADS and MKL_NUM_THREADS unless they are
-already set in the environment. Benchmarks report what they ran with.
+already set in the environment. A benchmark module may ask for other values
+with a top-level literal ``ENV = {"VAR": "value", ...}`` (``{threads}`` in a
+value is replaced by N); it is read from the source, without importing the
+module, and applied first (again only where the environment does not set the
+variable). Benchmarks report what they ran with.
 """
 from __future__ import annotations
 
 import argparse
+import ast
 import importlib
+import importlib.util
 import json
 import os
 import pkgutil
@@ -27,6 +33,21 @@ def available() -> list[str]:
     """Benchmark names: the modules of this package other than __main__/private ones."""
     here = Path(__file__).resolve().parent
     return sorted(m.name for m in pkgutil.iter_modules([str(here)]) if not m.name.startswith("_"))
+
+
+def module_env(name: str, threads: int) -> dict[str, str]:
+    """The literal ``ENV`` dict of bench/<name>.py, formatted with ``threads`` ({} if absent)."""
+    spec = importlib.util.find_spec(f"bench.{name}")
+    if spec is None or not spec.origin:
+        return {}
+    tree = ast.parse(Path(spec.origin).read_text(), spec.origin)
+    for node in tree.body:
+        if isinstance(node, ast.Assign) and any(isinstance(t, ast.Name) and t.id == "ENV" for t in node.targets):
+            env = ast.literal_eval(node.value)
+            if not isinstance(env, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in env.items()):
+                raise ValueError(f"bench.{name}.ENV must be a literal dict of str to str")
+            return {k: v.format(threads=threads) for k, v in env.items()}
+    return {}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -46,7 +67,10 @@ def main(argv: list[str] | None = None) -> int:
     if known.threads < 1:
         print(f"--threads must be >= 1, got {known.threads}", file=sys.stderr)
         return 2
-    for var in THREAD_VARS:  # must happen before NumPy is imported
+    # must happen before NumPy is imported
+    for var, value in module_env(known.name, known.threads).items():
+        os.environ.setdefault(var, value)
+    for var in THREAD_VARS:
         os.environ.setdefault(var, str(known.threads))
 
     mod = importlib.import_module(f"bench.{known.name}")

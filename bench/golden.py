@@ -14,8 +14,10 @@
 * ``conv_speed_vs_onnxruntime``: golden ``conv2d`` (accumulate + requantize,
   ``mode="ort"``) throughput over onnxruntime ``QLinearConv`` throughput on
   CenterNet-ResNet18 3x3 layer shapes at reduced spatial size, int8
-  activations and int8 weights (the project's format), both with 2 threads,
-  measured interleaved in one process, median of ``--reps`` runs. The same
+  activations and int8 weights (the project's format), both with 2 threads
+  (onnxruntime intra_op_num_threads=2; golden: 2 worker threads running
+  single-threaded BLAS, see ``ENV``), measured in alternating rounds in one
+  process, median of ``--reps`` runs. The same
   ratio against onnxruntime's uint8 x int8 kernel (its fastest path on AVX2,
   which is not exact for |w| > 64, see below) is reported separately as
   ``conv_speed_vs_onnxruntime_u8s8``.
@@ -39,6 +41,14 @@ import time
 import numpy as np
 
 from golden import layers
+
+#: Read by ``python -m bench`` before NumPy is imported (see bench/__main__.py). The golden
+#: model gets its 2 threads (``--threads``) as 2 worker threads that each run single-threaded
+#: BLAS GEMMs on their own block of the layer and requantize it in cache
+#: (golden.layers._conv_blocks). Measured on the loaded 2-core VM this was written on,
+#: OpenBLAS's own 2-thread GEMM was up to 10x slower than single-threaded when other
+#: processes competed for the cores, and its spinning threads also slowed onnxruntime.
+ENV = {"OPENBLAS_NUM_THREADS": "1", "GOLDEN_NUM_THREADS": "{threads}", "OMP_NUM_THREADS": "{threads}"}
 
 # --------------------------------------------------------------------------
 # ONNX model builders (also used by tests/test_ort_exact.py)
@@ -355,6 +365,7 @@ def run(args) -> dict:
                         int(getattr(args, "matmul_cases", 60)), int(getattr(args, "min_outputs", 200_000)))
     if cmp["max_diff"] > 1:
         raise AssertionError(f"tflite and onnxruntime differ by {cmp['max_diff']} LSB (must be <= 1)")
+    load_before = os.getloadavg()[0]
     sp = speed(int(getattr(args, "reps", 9)), threads)
     return {
         "ort_mode_outputs_compared": cmp["compared"],
@@ -374,7 +385,9 @@ def run(args) -> dict:
                             "onnxruntime's default VPMADDUBSW kernel, which is faster but not exact for "
                             "|w| > 64 on CPUs without VNNI"),
         "threads": {"onnxruntime_intra_op": threads,
-                    **{v: os.environ.get(v) for v in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS")}},
+                    **{v: os.environ.get(v) for v in ("GOLDEN_NUM_THREADS", "OPENBLAS_NUM_THREADS",
+                                                      "OMP_NUM_THREADS")}},
+        "loadavg_1min_before_after_speed": [round(load_before, 2), round(os.getloadavg()[0], 2)],
         "versions": {"numpy": np.__version__, "onnxruntime": ort.__version__, "python": platform.python_version()},
         "cpu": platform.processor() or platform.machine(),
     }

@@ -190,7 +190,7 @@ def _parallel(fn, items) -> None:
 
 
 def _blockwise(get, shape: tuple[int, int], corr: np.ndarray, bound: int, fn, out_dtype,
-               block: int = _BLOCK, min_blocks: int = 1) -> np.ndarray:
+               block: int = _BLOCK, min_blocks: int = 1, gemm: bool = False) -> np.ndarray:
     """``fn(saturate(get(rows, cols) + corr[rows, None]), rows)`` over blocks of a (C, P) array.
 
     ``get(rows, cols)`` returns a block of exact integer sums (float32, float64
@@ -203,15 +203,25 @@ def _blockwise(get, shape: tuple[int, int], corr: np.ndarray, bound: int, fn, ou
     one batch by ``fn.fix(acc_values, channels)`` after all blocks. Blocks hold
     about ``block`` elements (cache-sized int64 temporaries); there are at
     least ``min_blocks`` of them when the shape allows. They run on the worker
-    threads.
+    threads. ``gemm=True``: ``get`` computes a GEMM, so blocks keep all rows
+    (weights) and split the columns while they stay >= 256 wide, else the rows.
     """
     o, p = shape
     out = np.empty((o, p), out_dtype)
-    cols = min(p, block)
-    rows = max(1, block // cols)
-    n_col = -(-p // cols)
-    if n_col * -(-o // rows) < min_blocks:
-        rows = max(1, -(-o // max(1, -(-min_blocks // n_col))))
+    if gemm:
+        rows, cols = o, min(p, max(256, block // o))
+        n_col = -(-p // cols)
+        if n_col < min_blocks:
+            if -(-p // min_blocks) >= 256:
+                cols = -(-p // min_blocks)
+            else:
+                rows = max(1, -(-o // -(-min_blocks // n_col)))
+    else:
+        cols = min(p, block)
+        rows = max(1, block // cols)
+        n_col = -(-p // cols)
+        if n_col * -(-o // rows) < min_blocks:
+            rows = max(1, -(-o // max(1, -(-min_blocks // n_col))))
     sat = bound > INT32_MAX
     split = not sat and hasattr(fn, "block")
     pending = []  # (flat output positions, accumulator values, channels) of deferred elements
@@ -342,7 +352,7 @@ def _conv_blocks(x, w, b, zp, gm, fn, out_dtype) -> np.ndarray:
     if gm["g"] == 1 and _blas_single_threaded() and _num_threads() > 1:
         a0, c0 = a[0], col[0]
         return _blockwise(lambda rs, cs: _exact_matmul(a0[rs], c0[:, cs], chunk_bound), (o, p), corr, bound,
-                          fn, out_dtype, block=1 << 16, min_blocks=2 * _num_threads())
+                          fn, out_dtype, block=1 << 16, min_blocks=2 * _num_threads(), gemm=True)
     s = _exact_matmul(a, col, chunk_bound).reshape(o, p)
     return _blockwise(lambda rs, cs: s[rs, cs], (o, p), corr, bound, fn, out_dtype)
 

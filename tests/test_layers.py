@@ -281,6 +281,32 @@ def test_conv2d_is_requant_of_acc(mode, act):
     np.testing.assert_array_equal(got1, want1)
 
 
+@pytest.mark.parametrize("shape", [(1, 8, 40, 52, 6), (2, 24, 4, 4, 40), (1, 3, 9, 130, 5)])
+def test_execution_strategies_agree(shape, monkeypatch):
+    """The BLAS-parallel path, the fused per-block GEMM path (single-threaded BLAS, worker
+    threads) and the sequential path give identical accumulators and codes."""
+    n, c, h, w_, o = shape
+    rng = np.random.default_rng(sum(shape))
+    x, _, _ = _rand_act(rng, "uint8", (n, c, h, w_))
+    w = rng.integers(-128, 128, (o, c, 3, 3)).astype(np.int8)
+    bias = rng.integers(-(2**16), 2**16, o)
+    ws = rng.uniform(0.001, 0.01, o).astype(np.float32)
+    results = []
+    for env in ({"OPENBLAS_NUM_THREADS": "4", "GOLDEN_NUM_THREADS": "2"},
+                {"OPENBLAS_NUM_THREADS": "1", "GOLDEN_NUM_THREADS": "2"},
+                {"OPENBLAS_NUM_THREADS": "1", "GOLDEN_NUM_THREADS": "3"},
+                {"OPENBLAS_NUM_THREADS": "1", "GOLDEN_NUM_THREADS": "1"}):
+        for k, v in env.items():
+            monkeypatch.setenv(k, v)
+        results.append((L.conv2d_acc(x, w, bias, 7, 1, 1),
+                        L.conv2d(x, w, bias, 7, 0.03, ws, 0.2, 128, padding=1, mode="ort"),
+                        L.conv2d(x, w, bias, 7, 0.03, ws, 0.2, 128, padding=1, mode="tflite")))
+    np.testing.assert_array_equal(results[0][0], _int64_conv(x, w, 7, 1) + bias[None, :, None, None])
+    for r in results[1:]:
+        for a, b in zip(results[0], r):
+            np.testing.assert_array_equal(a, b)
+
+
 def test_activation_ranges():
     assert L.activation_range(None, 0.1, 5, "int8") == (-128, 127)
     assert L.activation_range("relu", 0.1, 5, "int8") == (5, 127)
