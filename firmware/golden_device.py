@@ -164,7 +164,7 @@ class GoldenDevice(Device):
                 code = desc & ((1 << isa.OPCODE_BITS) - 1)
                 if errs & Flag.BAD_OPCODE:
                     self._drop(errs, rec)
-                    self._finish(None, {})
+                    self._finish(None, {}, dropped=True)
                     continue
                 op = Op(code)
                 f = self._fields(op, desc)
@@ -174,7 +174,7 @@ class GoldenDevice(Device):
                         self._cur = {"op": op, "fields": f, "label": _label(op, f), "drop": True,
                                      "words": [], "got": 0, "need": 0, "discard": True}
                     else:
-                        self._finish(op, f)
+                        self._finish(op, f, dropped=True)
                         continue
                 elif op in _WRITES:
                     buf = _WRITES[op]
@@ -193,10 +193,10 @@ class GoldenDevice(Device):
         if rec is not None:
             rec["state"], rec["flags"] = "dropped", errs
 
-    def _finish(self, op, f, din_words: int = 0, dout_words: int = 0) -> None:
+    def _finish(self, op, f, din_words: int = 0, dout_words: int = 0, dropped: bool = False) -> None:
         self._cmds.popleft()
         self._n_cmds += 1
-        self._timer.step(op, f, din_words, dout_words)
+        self._timer.step(op, f, din_words, dout_words, dropped=dropped)
 
     def _payload(self) -> bool:
         """Consume din for the current WRITE; True when the command is complete."""
@@ -229,7 +229,7 @@ class GoldenDevice(Device):
         if not cur["drop"] and not cur.get("written"):
             self._write(cur, len(cur["words"]))
         self._cur = None
-        self._finish(cur["op"], cur["fields"], din_words=cur["got"])
+        self._finish(cur["op"], cur["fields"], din_words=cur["got"], dropped=cur["drop"])
         return True
 
     def _write(self, cur: dict, n_words: int) -> None:

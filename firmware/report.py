@@ -50,64 +50,141 @@ def run_cycles(cfg: ArrayConfig, k: int, ntiles: int) -> int:
 
 
 class TopTimer:
-    """Incremental form of ``timeline``: feed commands one by one with ``step``; ``result()``.
+    """Cycle model of the accelerator top (hw/decoder.py, hw/sequencer.py) fed by an ideal host.
 
-    Used by ``timeline`` (whole programs) and by GoldenDevice (its CYCLES and
-    BUSY_CYCLES counters under the ideal-host assumption).
+    Feed commands in order with ``step(op, fields, din_words, dout_words)``;
+    read ``cycles``, ``busy_cycles`` or ``result()``. The host offers the next
+    descriptor on the cycle the decoder returns to IDLE, payload words every
+    cycle, and dout is always ready. Cycle by cycle this follows the RTL's
+    documented behaviour:
+
+    * decoder, per command taken on cycle c: CHECK on c+1, WAIT from c+2 until
+      its interlock clears on cycle w, then RUN: the job enters the queue on
+      w (IDLE on w+1); WRITE_*: words on w+1 .. w+n (IDLE on w+n+1);
+      READ_OUT: words on w+2 .. w+n+1 (IDLE on w+n+2); READ_STATUS/SYNC:
+      words on w+1 .. w+n; CLEAR_STATUS: IDLE on w+1; a dropped command goes
+      back to IDLE after CHECK (a dropped WRITE first discards its payload).
+    * interlocks: WRITE_ACT/WGT wait until every queued job reading that bank
+      has issued its final beat (``streamed``); WRITE_PARAMS until their final
+      params push; READ_OUT until the jobs writing that out bank retired;
+      WRITE_LUT and SYNC until no job is queued; RUN until the queue
+      (JOB_QUEUE_DEPTH entries, an entry freed when its job retires) has room.
+    * sequencer + core: the beat streamer and the params pusher run
+      back-to-back across jobs; a job entering the queue on q has its first
+      beat and params set on the core's inputs from q+2. Per tile t (global
+      order, k = its job's k, R = rows, D = param_fifo_depth, al =
+      array_latency): first beat F_t = L_{t-1} + 1 (first tile of a job:
+      max(L_{t-1} + 1, q + 2)); params push P_t = P_{t-1} + 1 (first tile of a
+      job: max(P_{t-1} + 1, q + 2)), and >= L_{t-D} + al + R (FIFO room);
+      last beat accepted L_t = max(F_t + k - 1, L_{t-1} + R, P_t + 1); the
+      job's final beat is issued on F + k - 2 of its last tile; its last row
+      is written on T = L_last + latency + R - 1 and it retires (entry free)
+      from T + 1. For a job alone this is exactly ``golden.isa.run_timing``.
+    * counters: BUSY_CYCLES = cycles with a job queued ([q+1, T] per job,
+      union); IN_STALL_CYCLES = sum of L_t - (F_t + k - 1); CYCLES from the
+      first command.
     """
 
     _BUF = {Op.WRITE_ACT: "act", Op.WRITE_WGT: "wgt", Op.WRITE_PARAMS: "params"}
 
-    def __init__(self, cfg: ArrayConfig):
+    def __init__(self, cfg: ArrayConfig, log_tiles: bool = False):
         self.cfg = cfg
-        self.t = 0                      # decoder time: the next descriptor is taken at t
-        self.din_free = self.dout_free = 0
-        self.run_ends: list[int] = []
-        self.release = {(b, k): 0 for b in ("act", "wgt", "params") for k in range(2)}
-        self.out_release = {0: 0, 1: 0}
-        self.array = self.stall = self.din = self.dout = 0
-        self._busy = 0                  # closed busy intervals
-        self._iv: list[int] | None = None   # open busy interval [start, end)
+        self.tile_log: list[int] | None = [] if log_tiles else None   # L_t of every tile (tests)
+        self.t = 0                       # cycle on which the decoder (IDLE) takes the next descriptor
+        self.jobs: list[dict] = []       # q, T, banks, streamed (act/wgt free from), pushed (params free from)
+        self._L: list[int] = []          # last-beat accept cycles of the most recent D tiles
+        self._last_L = None
+        self._last_P = None
+        self.array = self.stall = self.din = self.dout = self.beats = 0
+        self.first_beat: int | None = None
+        self._busy = 0
+        self._iv: list[int] | None = None
+        self.run_log: list[dict] = []    # per RUN: q, first beat, T
 
-    def step(self, op: Op, fields: dict, din_words: int = 0, dout_words: int = 0) -> None:
+    # ---- the sequencer/core recurrence for one job entering the queue on q ----
+    def _job(self, q: int, f: dict) -> dict:
+        cfg = self.cfg
+        k, nt, R = f["k"], f["ntiles"], cfg.rows
+        D, al = cfg.param_fifo_depth, cfg.array_latency
+        first_beat = None
+        for i in range(nt):
+            F = q + 2 if self._last_L is None else (self._last_L + 1 if i else max(self._last_L + 1, q + 2))
+            P = q + 2 if self._last_P is None else (self._last_P + 1 if i else max(self._last_P + 1, q + 2))
+            if len(self._L) >= D:
+                P = max(P, self._L[-D] + al + R)
+            offer = F + k - 1
+            L = offer
+            if self._last_L is not None:
+                L = max(L, self._last_L + R)
+            L = max(L, P + 1)
+            self.stall += L - offer
+            if first_beat is None:
+                first_beat = F
+                if self.first_beat is None:
+                    self.first_beat = F
+            self._L.append(L)
+            if len(self._L) > D:
+                del self._L[0]
+            self._last_L, self._last_P = L, P
+            if self.tile_log is not None:
+                self.tile_log.append(L)
+        T = self._last_L + cfg.latency + R - 1
+        return {"q": q, "T": T, "streamed": offer, "pushed": self._last_P + 1, "first_beat": first_beat,
+                "act": f["act_bank"], "wgt": f["wgt_bank"], "params": f["par_bank"], "out": f["out_bank"],
+                "k": k, "ntiles": nt}
+
+    def _release(self, key: str, bank: int, when: str) -> int:
+        r = 0
+        for j in self.jobs[-isa.JOB_QUEUE_DEPTH - 1:]:
+            if j[key] == bank:
+                r = max(r, j[when])
+        return r
+
+    def step(self, op, fields: dict, din_words: int = 0, dout_words: int = 0, dropped: bool = False) -> None:
+        c = self.t
         f = fields
-        self.t += 1                                  # descriptor beat
+        if dropped or op is None:
+            self.t = c + 2 + din_words          # CHECK, then DISCARD of a dropped WRITE's payload
+            return
+        w = c + 2                                # first WAIT cycle
         if op in self._BUF:
-            start = max(self.t, self.din_free, self.release[(self._BUF[op], f["bank"])])
-            self.t = self.din_free = start + din_words
+            buf = self._BUF[op]
+            w = max(w, self._release(buf, f["bank"], "pushed" if buf == "params" else "streamed"))
+            self.t = w + din_words + 1
             self.din += din_words
         elif op == Op.WRITE_LUT:
-            start = max(self.t, self.din_free, self.run_ends[-1] if self.run_ends else 0)
-            self.t = self.din_free = start + din_words
+            w = max(w, self.jobs[-1]["T"] + 1 if self.jobs else 0)
+            self.t = w + din_words + 1
             self.din += din_words
         elif op == Op.RUN:
             depth = isa.JOB_QUEUE_DEPTH
-            if len(self.run_ends) >= depth:
-                self.t = max(self.t, self.run_ends[-depth])     # a queue slot frees when that job ends
-            busy, st = _run_timing(self.cfg, f["k"], f["ntiles"])
-            start = max(self.t, self.run_ends[-1] if self.run_ends else 0)
-            end = start + busy
-            self.run_ends.append(end)
-            self.array += busy
-            self.stall += st
-            for buf, key in (("act", "act_bank"), ("wgt", "wgt_bank"), ("params", "par_bank")):
-                self.release[(buf, f[key])] = end
-            self.out_release[f["out_bank"]] = end
-            # busy: union of [enqueue, end) intervals
-            if self._iv is None or self.t > self._iv[1]:
+            if len(self.jobs) >= depth:
+                w = max(w, self.jobs[-depth]["T"] + 1)
+            j = self._job(w, f)
+            self.jobs.append(j)
+            if len(self.jobs) > 8:
+                del self.jobs[0]
+            self.array += run_cycles(self.cfg, f["k"], f["ntiles"])
+            self.beats += f["k"] * f["ntiles"]
+            self.run_log.append({"q": w, "first_beat": j["first_beat"], "T": j["T"]})
+            s, e = w + 1, j["T"] + 1
+            if self._iv is None or s > self._iv[1]:
                 if self._iv is not None:
                     self._busy += self._iv[1] - self._iv[0]
-                self._iv = [self.t, end]
+                self._iv = [s, e]
             else:
-                self._iv[1] = max(self._iv[1], end)
+                self._iv[1] = max(self._iv[1], e)
+            self.t = w + 1
         elif op == Op.READ_OUT:
-            start = max(self.t, self.dout_free, self.out_release[f["bank"]])
-            self.t = self.dout_free = start + dout_words
+            w = max(w, self._release("out", f["bank"], "T") + 1 if self.jobs else w)
+            self.t = w + dout_words + 2
             self.dout += dout_words
-        elif op == Op.SYNC:
-            self.t = max(self.t, self.run_ends[-1] if self.run_ends else 0) + dout_words
-        else:                                        # READ_STATUS, CLEAR_STATUS, dropped commands
-            self.t += dout_words
+        elif op in (Op.READ_STATUS, Op.SYNC):
+            if op == Op.SYNC and self.jobs:
+                w = max(w, self.jobs[-1]["T"] + 1)
+            self.t = w + dout_words + 1
+        else:                                    # CLEAR_STATUS
+            self.t = w + 1
 
     @property
     def busy_cycles(self) -> int:
@@ -115,12 +192,14 @@ class TopTimer:
 
     @property
     def cycles(self) -> int:
-        return max(self.t, self.run_ends[-1] if self.run_ends else 0, self.dout_free)
+        return max(self.t, self.jobs[-1]["T"] + 1 if self.jobs else 0)
 
     def result(self) -> dict:
         return {"cycles": self.cycles, "busy_cycles": self.busy_cycles, "array_cycles": self.array,
-                "din_words": self.din, "dout_words": self.dout, "runs": len(self.run_ends),
-                "in_stall_cycles": self.stall}
+                "din_words": self.din, "dout_words": self.dout, "runs": len(self.run_log),
+                "in_stall_cycles": self.stall, "beats": self.beats,
+                "first_beat": self.first_beat if self.first_beat is not None else 0,
+                "last_accept": self._last_L if self._last_L is not None else 0}
 
 
 def timeline(commands, cfg: ArrayConfig) -> dict:
@@ -172,28 +251,29 @@ def report_from_plan(plan, measured: dict | None = None) -> LayerReport:
 
     ``losses`` splits the gap between ``cycles`` and the compute bound, in
     cycles: ``edge`` (tile slots of rows beyond P or lanes beyond the
-    channels), ``packing`` (zero-weight lanes of packed groups), ``tile_gap``
-    (K < rows: the core holds each tile for rows cycles), ``fill_drain`` (per
-    RUN pipeline latency, parameter credit), ``stream`` (cycles the array
-    waits for the decoder/din/dout).
+    channels), ``packing`` (zero-weight lanes of packed groups), ``core_stall``
+    (last beats held by the tile gap, K < rows, or by parameter credit),
+    ``startup`` (before the first beat: the first chunks stream in),
+    ``drain`` (after the last beat: pipeline latency and the last READ_OUT),
+    ``starved`` (the core had no beat in between: decoder/stream bound).
     """
     cfg = plan.cfg
     peak = cfg.rows * cfg.out_lanes
     tl = timeline(plan.commands, cfg)
     macs = plan.macs
-    slots = lane = beats_gap = 0
+    slots = lane = 0
     for c in plan.runs:
         r = c.run
         k, nt = r["k"], r["ntiles"]
         slots += k * nt * peak
         lane += k * nt * r["rows_valid"] * r["lanes_valid"]
-        beats_gap += (nt - 1) * max(0, cfg.rows - k) if nt > 1 else 0
     comp = -(-macs // peak)
     stream = max(tl["din_words"], tl["dout_words"])
-    kbeats = slots // peak
-    losses = {"edge": (slots - lane) / peak, "packing": (lane - macs) / peak, "tile_gap": float(beats_gap),
-              "fill_drain": float(tl["array_cycles"] - kbeats - beats_gap),
-              "stream": float(tl["cycles"] - tl["array_cycles"])}
+    startup = tl["first_beat"]
+    drain = tl["cycles"] - tl["last_accept"] - 1
+    losses = {"edge": (slots - lane) / peak, "packing": (lane - macs) / peak,
+              "core_stall": float(tl["in_stall_cycles"]), "startup": float(startup), "drain": float(drain),
+              "starved": float(tl["cycles"] - tl["beats"] - tl["in_stall_cycles"] - startup - drain)}
     return LayerReport(
         name=plan.node.name, kind=type(plan.node).__name__, on_array=True, macs=macs, cycles=tl["cycles"],
         array_cycles=tl["array_cycles"], busy_cycles=tl["busy_cycles"], din_words=tl["din_words"],
