@@ -307,24 +307,35 @@ def _time(fn) -> float:
     return time.perf_counter() - t0
 
 
+#: onnxruntime configurations timed against golden: (tag, activation dtype, exact uint8 mode)
+#: s8s8: int8 x int8 (the project's format); u8s8: uint8 x int8, onnxruntime's default (fastest,
+#: VPMADDUBSW, not exact for |w| > 64 without VNNI); u8exact: uint8 activations with
+#: session.x64quantprecision=1 (weights converted to uint8, exact).
+ORT_CONFIGS = (("s8s8", "int8", False), ("u8s8", "uint8", False), ("u8exact", "uint8", True))
+
+
 def speed(reps: int, threads: int, seed: int = 0) -> dict:
-    """Golden conv2d vs onnxruntime QLinearConv, interleaved per shape, median of ``reps``."""
+    """Golden conv2d vs onnxruntime QLinearConv per shape and configuration, median of ``reps``."""
     import onnxruntime as ort
     rng = np.random.default_rng(seed)
     rows = []
     for cin, cout, hw, s in SPEED_SHAPES:
         row = dict(shape=f"{cin}->{cout} 3x3 s{s} @{hw}x{hw}", macs=cout * cin * 9 * ((hw - 1) // s + 1) ** 2)
-        for tag, xdt, precise in (("s8s8", "int8", False), ("u8s8", "uint8", False)):
-            case = _speed_case(rng, cin, cout, hw, s, xdt)
+        cases = {dt: _speed_case(rng, cin, cout, hw, s, dt) for dt in ("int8", "uint8")}
+        for tag, xdt, exact_u8 in ORT_CONFIGS:
+            case = cases[xdt]
             so = ort.SessionOptions()
             so.intra_op_num_threads = threads
             so.inter_op_num_threads = 1
+            if exact_u8:
+                so.add_session_config_entry("session.x64quantprecision", "1")
             sess = ort.InferenceSession(qlinearconv_model(case), so, providers=["CPUExecutionProvider"])
             feed = {"x": case["x"]}
             g = golden_conv(case, "ort")
             y = sess.run(None, feed)[0]
-            if tag == "s8s8" and not np.array_equal(g, y):
-                raise AssertionError(f"golden and onnxruntime differ on the speed case {row['shape']}")
+            row[f"equal_{tag}"] = bool(np.array_equal(g, y))
+            if tag != "u8s8" and not row[f"equal_{tag}"]:
+                raise AssertionError(f"golden and onnxruntime ({tag}) differ on the speed case {row['shape']}")
             t_g, t_o = [], []
             # Alternate golden and onnxruntime in rounds (so slow load drifts hit both alike), each
             # round starting with an untimed warm-up: onnxruntime's pool threads spin for a while after
@@ -339,9 +350,10 @@ def speed(reps: int, threads: int, seed: int = 0) -> dict:
             row[f"ort_{tag}_ms"] = round(float(np.median(t_o)) * 1e3, 3)
             row[f"speed_vs_ort_{tag}"] = round(float(np.median(t_o) / np.median(t_g)), 3)
         rows.append(row)
-    tot = {k: sum(r[k] for r in rows) for k in ("golden_s8s8_ms", "ort_s8s8_ms", "golden_u8s8_ms", "ort_u8s8_ms")}
-    return dict(rows=rows, ratio_s8s8=tot["ort_s8s8_ms"] / tot["golden_s8s8_ms"],
-                ratio_u8s8=tot["ort_u8s8_ms"] / tot["golden_u8s8_ms"], totals_ms=tot)
+    tags = [c[0] for c in ORT_CONFIGS]
+    tot = {f"{who}_{t}_ms": round(sum(r[f"{who}_{t}_ms"] for r in rows), 3) for t in tags for who in ("golden", "ort")}
+    return dict(rows=rows, totals_ms=tot,
+                ratio={t: tot[f"ort_{t}_ms"] / tot[f"golden_{t}_ms"] for t in tags})
 
 
 # --------------------------------------------------------------------------
@@ -375,15 +387,18 @@ def run(args) -> dict:
         "tflite_vs_ort_lsb_diff_rate": cmp["lsb_diff"] / cmp["compared"],
         "tflite_vs_ort_lsb_diffs": cmp["lsb_diff"],
         "tflite_vs_ort_max_abs_diff": cmp["max_diff"],
-        "conv_speed_vs_onnxruntime": round(sp["ratio_s8s8"], 3),
-        "conv_speed_vs_onnxruntime_u8s8": round(sp["ratio_u8s8"], 3),
+        "conv_speed_vs_onnxruntime": round(sp["ratio"]["s8s8"], 3),
+        "conv_speed_vs_onnxruntime_u8s8": round(sp["ratio"]["u8s8"], 3),
+        "conv_speed_vs_onnxruntime_u8exact": round(sp["ratio"]["u8exact"], 3),
         "conv_speed_totals_ms": sp["totals_ms"],
         "conv_speed_per_shape": sp["rows"],
-        "conv_speed_note": ("ratio = onnxruntime time / golden time over all shapes (golden conv2d mode='ort', "
-                            "accumulate + requantize, vs QLinearConv); s8s8 = int8 activations and weights "
-                            "(the project's format, outputs checked equal); u8s8 = uint8 activations with "
-                            "onnxruntime's default VPMADDUBSW kernel, which is faster but not exact for "
-                            "|w| > 64 on CPUs without VNNI"),
+        "conv_speed_note": ("ratio = onnxruntime time / golden time summed over all shapes (golden conv2d "
+                            "mode='ort', accumulate + requantize, vs QLinearConv). s8s8 = int8 activations "
+                            "and weights (the project's format; outputs checked equal); u8s8 = uint8 "
+                            "activations with onnxruntime's default VPMADDUBSW kernel (its fastest path, not "
+                            "exact for |w| > 64 on CPUs without VNNI; equal_u8s8 per shape says whether it "
+                            "matched); u8exact = uint8 activations with session.x64quantprecision=1 (exact, "
+                            "checked equal). Wall-clock medians; see loadavg for the machine's load."),
         "threads": {"onnxruntime_intra_op": threads,
                     **{v: os.environ.get(v) for v in ("GOLDEN_NUM_THREADS", "OPENBLAS_NUM_THREADS",
                                                       "OMP_NUM_THREADS")}},
