@@ -21,13 +21,15 @@ Counters (READ_STATUS slots):
   (exact, as the hardware counts);
 * JOBS_DONE, CMDS_DROPPED (every command that set a flag, incl. LENGTH_MISMATCH);
 * IN_STALL_CYCLES: ``isa.run_timing``'s in_stall_cycles per RUN;
-* BUSY_CYCLES and CYCLES: ``firmware.report.TopTimer``, the command-level
-  timing model of the top under an ideal host (cmd/din words offered every
-  cycle, dout always ready): each RUN lasts ``isa.run_timing`` busy cycles
-  (T + 2 alone, golden.array_model timing), jobs run one after another;
-  BUSY_CYCLES is the union of the jobs' queue intervals. The RTL's counters
-  depend on its testbench's host; compare RUN-alone busy cycles exactly and
-  the rest as the model says.
+* BUSY_CYCLES and CYCLES: ``firmware.report.TopTimer``, the cycle model of
+  the top (decoder states, interlocks, 2-job queue, back-to-back beat
+  streaming; per-tile core timing of golden.array_model, == isa.run_timing
+  for a RUN alone) under an ideal host (a descriptor offered whenever the
+  decoder is IDLE, din words every cycle, dout always ready). CYCLES is the
+  snapshot cycle of READ_STATUS (its WAIT cycle) counted from reset or from
+  the cycle after the clearing CLEAR_STATUS's WAIT cycle. The RTL's values
+  depend on its testbench's host timing; with an ideal host they should
+  match.
 * OUT_STALL_CYCLES: 0 (dout is always ready).
 
 ``hang_after`` (tests): after that many commands the device stops executing
@@ -86,6 +88,7 @@ class GoldenDevice(Device):
         self.flags = 0
         self.counters = {s: 0 for s in Slot if s != Slot.STATUS}
         self._timer = TopTimer(cfg)
+        self._origin = 0                                  # timer cycle from which CYCLES counts
         self._cmds: deque[tuple[int, dict]] = deque()     # (descriptor, answer record or None)
         self._din: deque[tuple[int, int]] = deque()       # (word, last)
         self._dout: deque[int] = deque()
@@ -287,11 +290,13 @@ class GoldenDevice(Device):
             self.flags = 0
             if f["counters"]:
                 self.counters = {s: 0 for s in Slot if s != Slot.STATUS}
-                self._timer = TopTimer(cfg)
+                self._timer = TopTimer(cfg)   # time 0 = this command's IDLE cycle; cleared in its WAIT
+                self._origin = 3
 
     def _slots(self) -> list[int]:
         c = dict(self.counters)
-        c[Slot.CYCLES] = self._timer.cycles
+        # READ_STATUS is taken on timer cycle t and snapshots on t + 2 (its WAIT cycle)
+        c[Slot.CYCLES] = self._timer.t + 2 - self._origin
         c[Slot.BUSY_CYCLES] = self._timer.busy_cycles
         mask = (1 << isa.COUNTER_BITS) - 1
         return [isa.status_word(self.flags, 0)] + [c[s] & mask for s in Slot if s != Slot.STATUS]
