@@ -1,23 +1,16 @@
 """Per-layer performance reports: modelled cycles, MACs, utilization and the roofline bound.
 
-Two timing sources:
-
-* ``golden.isa.run_timing`` -- the cycle-exact duration of one RUN (derived
-  from, and tested against, ``golden.array_model``): BUSY_CYCLES of a RUN
-  executed alone is ``T + 2``.
-* ``timeline`` -- this module's command-level model of the accelerator top
-  (docs/top.md) driven by an ideal host, used to pick a schedule and to
-  estimate a layer's wall-clock cycles including stream stalls. Its rules:
-  the decoder takes one command per cycle (the descriptor beat) and finishes
-  a WRITE_* when its payload has streamed at 1 ``din`` word per cycle and a
-  READ_OUT when its rows have streamed at 1 ``dout`` word per cycle; a WRITE
-  into a bank waits until every earlier RUN reading that bank has finished
-  (WRITE_LUT: every earlier RUN); a READ_OUT waits until every earlier RUN
-  writing that bank has finished; a RUN waits while JOB_QUEUE_DEPTH jobs are
-  queued or running; jobs execute one after another, each for its
-  ``run_timing`` busy cycles. (The RTL may start a job's beats while the
-  previous one drains; then the model is conservative by up to ~latency + rows
-  cycles per RUN. The RTL run fills ``bench.network.rtl_validation``.)
+Timing comes from ``TopTimer``, a cycle model of the accelerator top as
+hw/decoder.py and hw/sequencer.py document it (decoder states and
+interlocks, the 2-entry job queue, beats and params streamed back to back
+across jobs) with the core's per-tile timing from golden.array_model: for a
+RUN alone it equals ``golden.isa.run_timing`` (tested), for RUNs queued back
+to back it equals ``golden.array_model.simulate`` on the concatenated tiles
+(tested). The host is ideal (a descriptor whenever the decoder is IDLE, din
+words every cycle, dout always ready). ``timeline(commands, cfg)`` runs a
+whole program through it; the compiler uses it to pick a RUN order and
+bench/network.py to time CenterNet. (RTL validation of the model:
+``bench.network.rtl_validation``.)
 
 Roofline of a layer (both lower bounds on its cycles):
 
