@@ -468,11 +468,11 @@ def schedule(jobs: list[Job], cfg: ArrayConfig, order: tuple[str, int] | None = 
     slot: dict[int, list] = {}       # RUN index s -> pieces written after RUN s / READ_OUT(s-1)
     for f in fills:
         r, d = f["after"] + 1, f["deadline"]
-        n_slots = min(d - r, max_pieces, f["count"] * (f["K"] if f["buf"] == "act" else 1))
-        if n_slots <= 0:
-            before.setdefault(d, []).append((f, 0, f["count"] * f["K"], True))
-            continue
         total = f["count"] * f["K"]            # entries of the fill
+        n_slots = min(d - r, max_pieces, total)
+        if n_slots <= 0:
+            before.setdefault(d, []).append((f, 0, total, True))
+            continue
         for i, (e0, ne) in enumerate(_chunks(total, -(-total // n_slots))):
             # spread over the LAST slots of the window (closest to the deadline)
             s = d - n_slots + i
