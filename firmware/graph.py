@@ -41,7 +41,6 @@ a quantizer that wants the fused form emits ``prelu=`` on the conv node.
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Sequence
 
