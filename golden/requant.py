@@ -6,9 +6,17 @@ Two modes (../shared/spec/arithmetic.md):
   (SRDHM) + RoundingDivideByPOT (RDBPOT), TFLite's default double-rounding
   build. This is what the hardware's ``RequantUnit`` implements.
 * ``ort`` (§3): onnxruntime's float32 scale with round-half-to-even, emulated
-  with integer arithmetic only (see ``requantize_ort``).
+  with integer arithmetic only: ``ort_scale`` (the float32 combined scale),
+  ``requantize_ort`` (the bit-level datapath: 24-bit significands, exact
+  24 x 24 product, two round-to-nearest-even steps; the reference for RTL),
+  ``requantize_ort_fast`` (same results, a proven shortcut away from ties; used
+  by golden.layers) and ``requantize_ort_float`` (the plain float32 statement,
+  for tests only).
 
-All functions are vectorised over NumPy int64 arrays holding int32 values.
+``requantize(acc, mode, x_scale, w_scale, y_scale, ...)`` dispatches on the
+mode from a layer's scales. All functions are vectorised over NumPy int64
+arrays holding int32 values and check their arguments first (ValueError
+naming the parameter and its range).
 """
 from __future__ import annotations
 
