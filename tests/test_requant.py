@@ -250,8 +250,8 @@ def _corner_accs(rng) -> np.ndarray:
 
 def test_ort_integer_vs_exact_rational_reference():
     rng = np.random.default_rng(6)
-    accs = np.concatenate([_corner_accs(rng), rng.integers(I32_MIN, I32_MAX + 1, 150),
-                           rng.integers(-(2**25), 2**25, 150)])
+    accs = np.concatenate([_corner_accs(rng), rng.integers(I32_MIN, I32_MAX + 1, 100),
+                           rng.integers(-(2**25), 2**25, 100)])
     for s in SCALES:
         s32 = np.float32(s)
         sf = Fraction(float(s32))
@@ -275,7 +275,7 @@ def _tie_accs(s32: np.float32, rng, n: int) -> np.ndarray:
 @pytest.mark.parametrize("seed", range(4))
 def test_ort_integer_equals_float32_millions(seed):
     rng = np.random.default_rng(100 + seed)
-    n = 400_000
+    n = 200_000
     scales = [np.float32(s) for s in SCALES] + [np.float32(v) for v in 2.0 ** rng.uniform(-40, 3, 12)]
     total = 0
     for s32 in scales:
@@ -289,7 +289,7 @@ def test_ort_integer_equals_float32_millions(seed):
         np.testing.assert_array_equal(R.requantize_ort(acc, s32, zp, -128, 127), want)
         np.testing.assert_array_equal(R.requantize_ort_fast(acc, s32, zp, -128, 127), want)
         total += acc.size
-    assert total > 4_000_000
+    assert total > 2_000_000
 
 
 @pytest.mark.parametrize("seed", range(3))
