@@ -438,3 +438,47 @@ def check_stimulus(stim: Stimulus) -> None:
     for t in np.nonzero(stim.lut_en)[0]:
         if not any(stim.lut_load[p] for p in range(stim.phase[t] + 1)):
             raise ValueError(f"tile {t} has lut_en=1 before any LUT load")
+
+
+def coverage(stim: Stimulus) -> dict:
+    """Counts of the corner cases a stimulus exercises (so tests can insist none silently vanished).
+
+    Keys: tiles with K = 1, 1 < K < rows, K > 4 * chain (many packed chains); lanes x rows whose
+    exact ``acc + bias`` lies outside int32 below / above (saturated to INT32_MIN / MAX) or lands on
+    INT32_MIN exactly; the saturating left shift clipping; PReLU applied (prelu = 1 and v < 0) and
+    bypassed; results clamped at act_min / act_max; uint8 output ranges (act_max > 127); tiles with
+    lut_en; chains of the extreme products (-128 * weight_min); zero-point ends (zp = -128 / 255).
+    """
+    cfg = stim.cfg
+    R = cfg.rows
+    chain = cfg.chain or 1
+    cov = {"k1": int(np.sum(stim.k == 1)), "k_lt_rows": int(np.sum((stim.k > 1) & (stim.k < R))),
+           "k_long": int(np.sum(stim.k > 4 * chain)), "lut_tiles": int(stim.lut_en.sum()),
+           "sat_low": 0, "sat_high": 0, "int32_min_exact": 0, "lshift_sat": 0, "prelu_applied": 0,
+           "prelu_bypassed": 0, "clamp_low": 0, "clamp_high": 0, "uint8_range": 0, "extreme_chain": 0,
+           "zp_ends": 0}
+    b = 0
+    for t, acc in enumerate(tile_accumulators(stim)):
+        kk = int(stim.k[t])
+        p = {n: stim.params[n][t][None, :] for n in LANE_FIELDS}
+        s = acc + p["bias"]
+        cov["sat_low"] += int(np.sum(s < INT32_MIN))
+        cov["sat_high"] += int(np.sum(s > INT32_MAX))
+        cov["int32_min_exact"] += int(np.sum(s == INT32_MIN))
+        tt = np.clip(s, INT32_MIN, INT32_MAX)
+        left = np.maximum(p["shift"], 0)
+        cov["lshift_sat"] += int(np.sum((left > 0) & (tt != 0) & (np.abs(tt.astype(object) * 2 ** left.astype(object))
+                                                                  > INT32_MAX)))
+        v = multiply_by_quantized_multiplier(tt, p["mult"], p["shift"])
+        cov["prelu_applied"] += int(np.sum((p["prelu"] != 0) & (v < 0)))
+        cov["prelu_bypassed"] += int(np.sum((p["prelu"] == 0) & (v < 0)))
+        q = lane_postprocess(acc, **p)
+        cov["clamp_low"] += int(np.sum((q == p["act_min"]) & (p["act_min"] > -128)))
+        cov["clamp_high"] += int(np.sum((q == p["act_max"]) & (p["act_max"] < 255)))
+        cov["uint8_range"] += int(np.sum(np.broadcast_to(p["act_max"] > 127, q.shape)))
+        cov["zp_ends"] += int(np.sum(np.isin(p["zp"], (-128, 255))))
+        a, w = stim.act[:, b:b + kk], stim.wgt[b:b + kk, :]
+        if kk > chain and np.all(a == -128) and np.any(np.all(w == cfg.weight_min, axis=0)):
+            cov["extreme_chain"] += 1
+        b += kk
+    return cov
