@@ -574,8 +574,8 @@ def run_timing(cfg: ArrayConfig, k: int, ntiles: int) -> dict:
         L_t = max(L_{t-1} + max(k, R), p_t + 1)                 (gap rule, param credit)
         T   = L_{ntiles-1} + cfg.latency + R - 1                (last row on out)
 
-    Returns ``{"last_accept": [L_t], "last_row": T, "busy_cycles": T + 2,
-    "in_stall_cycles": ...}``: BUSY_CYCLES grows by ``T + 2`` (the job's
+    Returns ``{"last_accept": [L_t], "param_push": [p_t], "last_row": T,
+    "busy_cycles": T + 2, "in_stall_cycles": ...}``: BUSY_CYCLES grows by ``T + 2`` (the job's
     first queue cycle issues the first reads, whose data are on the core's
     inputs from model cycle 0; the last row is written on model cycle T);
     IN_STALL_CYCLES counts the cycles the sequencer's beat waits, which is the
@@ -596,7 +596,7 @@ def run_timing(cfg: ArrayConfig, k: int, ntiles: int) -> dict:
         stall += lt - offer
         last.append(lt)
     t_last = last[-1] + cfg.latency + rows - 1
-    return {"last_accept": last, "last_row": t_last, "busy_cycles": t_last + 2, "in_stall_cycles": stall}
+    return {"last_accept": last, "param_push": p, "last_row": t_last, "busy_cycles": t_last + 2, "in_stall_cycles": stall}
 
 
 # ---------------------------------------------------------------------------

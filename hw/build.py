@@ -1,7 +1,12 @@
-"""``python -m hw.build --target sim|verilog|ulx3s|xcup [--rows R --cols C --packing dual|none --out PATH]``.
+"""``python -m hw.build --target sim|verilog|ulx3s|xcup [--top accelerator|core] [--rows R --cols C ...] [--out PATH]``.
 
-* ``verilog``: elaborate ``hw.core.ArrayCore`` for the given shape and write
-  its Verilog (module ``array_core``; port names in ``hw.core``'s docstring).
+* ``verilog``: elaborate the chosen top for the given configuration and write
+  its Verilog: ``--top accelerator`` (default) ``hw.top.Accelerator``, module
+  ``accelerator`` (ports in ``hw.top``'s docstring, default path
+  build/accelerator.v); ``--top core`` ``hw.core.ArrayCore``, module
+  ``array_core`` (ports in ``hw.core``'s docstring, default path
+  build/array_core.v). Buffer depths and the bus width (``--bus-bytes``,
+  ``--act-depth``, ...) only shape the accelerator.
 * ``sim``: for now the same elaboration and Verilog, and an honest note: the
   INT8 detector demo on the simulated accelerator does not exist yet. The
   cycle-exact RTL-vs-golden regression runs under pytest (sim/, cocotb).
@@ -19,7 +24,8 @@ import sys
 
 from golden.config import PACKING_MODES, ArrayConfig
 
-DEFAULT_OUT = os.path.join("build", "array_core.v")
+TOPS = {"accelerator": "accelerator", "core": "array_core"}      # --top -> Verilog module name
+DEFAULT_OUT = {top: os.path.join("build", f"{name}.v") for top, name in TOPS.items()}
 _DEFAULTS = {f.name: f.default for f in dataclasses.fields(ArrayConfig)}
 
 
@@ -27,6 +33,8 @@ def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m hw.build", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--target", choices=["sim", "verilog", "ulx3s", "xcup"], default="sim")
+    p.add_argument("--top", choices=list(TOPS), default="accelerator",
+                   help="accelerator: hw.top.Accelerator (default); core: hw.core.ArrayCore")
     p.add_argument("--rows", type=int, default=_DEFAULTS["rows"], help="output pixels per tile")
     p.add_argument("--cols", type=int, default=_DEFAULTS["cols"], help="PE columns")
     p.add_argument("--packing", choices=PACKING_MODES, default=_DEFAULTS["packing"],
@@ -34,24 +42,45 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--weight-min", type=int, default=_DEFAULTS["weight_min"], help="-127 (chain 8) or -128 (chain 7)")
     p.add_argument("--max-k", type=int, default=_DEFAULTS["max_k"], help="longest reduction held exactly")
     p.add_argument("--param-fifo-depth", type=int, default=_DEFAULTS["param_fifo_depth"])
-    p.add_argument("--out", default=DEFAULT_OUT, help=f"Verilog output path (default {DEFAULT_OUT})")
+    for name, what in (("bus_bytes", "din/dout width in bytes"), ("act_depth", "activation beats per bank"),
+                       ("wgt_depth", "weight beats per bank"), ("param_depth", "params sets per bank"),
+                       ("out_depth", "output rows per bank")):
+        p.add_argument("--" + name.replace("_", "-"), type=int, default=_DEFAULTS[name], help=what)
+    p.add_argument("--out", default=None,
+                   help=f"Verilog output path (default {DEFAULT_OUT['accelerator']} or {DEFAULT_OUT['core']})")
     return p
 
 
-def write_verilog(cfg: ArrayConfig, path: str) -> str:
-    """Elaborate ArrayCore(cfg) and write its Verilog to ``path``; returns the text."""
+def write_verilog(cfg: ArrayConfig, path: str, top: str = "core") -> str:
+    """Elaborate ``top`` ("core": ArrayCore, "accelerator": Accelerator) for ``cfg`` and write its
+    Verilog to ``path``; returns the text. (The function's default stays "core" for existing callers.)"""
     from amaranth.back import verilog
 
-    from .core import ArrayCore
-    text = verilog.convert(ArrayCore(cfg), name="array_core")
+    if top not in TOPS:
+        raise ValueError(f"top must be one of {list(TOPS)}, got {top!r}")
+    if top == "core":
+        from .core import ArrayCore
+        dut = ArrayCore(cfg)
+    else:
+        from .top import Accelerator
+        dut = Accelerator(cfg)
+    text = verilog.convert(dut, name=TOPS[top])
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     with open(path, "w") as f:
         f.write(text)
     return text
 
 
-def _summary(cfg: ArrayConfig, path: str) -> str:
+def _summary(cfg: ArrayConfig, path: str, top: str = "core") -> str:
     from .core import input_layout, lut_layout, output_layout, params_layout
+    if top == "accelerator":
+        from golden.config import BANKS
+        from golden.isa import JOB_QUEUE_DEPTH
+        return (f"wrote {path}: module accelerator, {cfg.rows}x{cfg.cols} PEs, packing={cfg.packing}, "
+                f"{cfg.out_lanes} output lanes, {cfg.macs_per_cycle} MACs/cycle; cmd 128 bits, din/dout "
+                f"{cfg.bus_bytes * 8} data bits + last; banks x depth: act {BANKS}x{cfg.act_depth}, wgt {BANKS}x{cfg.wgt_depth}, "
+                f"params {BANKS}x{cfg.param_depth} ({params_layout(cfg).size} bits each), out {BANKS}x{cfg.out_depth}; "
+                f"job queue {JOB_QUEUE_DEPTH}")
     return (f"wrote {path}: module array_core, {cfg.rows}x{cfg.cols} PEs, packing={cfg.packing} "
             f"(chain {cfg.chain}), {cfg.out_lanes} output lanes, {cfg.macs_per_cycle} MACs/cycle, "
             f"latency {cfg.latency} enabled cycles (array {cfg.array_latency}); payload bits: "
@@ -63,19 +92,23 @@ def main(argv=None) -> int:
     args = _parser().parse_args(argv)
     if args.target in ("ulx3s", "xcup"):
         print(f"target {args.target}: not implemented yet (no board/FPGA build exists; "
-              "`--target verilog` writes the core's Verilog).", file=sys.stderr)
+              "`--target verilog` writes the accelerator's or the core's Verilog).", file=sys.stderr)
         return 2
     try:
         cfg = ArrayConfig(rows=args.rows, cols=args.cols, packing=args.packing, weight_min=args.weight_min,
-                          max_k=args.max_k, param_fifo_depth=args.param_fifo_depth)
-        write_verilog(cfg, args.out)
+                          max_k=args.max_k, param_fifo_depth=args.param_fifo_depth, bus_bytes=args.bus_bytes,
+                          act_depth=args.act_depth, wgt_depth=args.wgt_depth, param_depth=args.param_depth,
+                          out_depth=args.out_depth)
+        out = args.out or DEFAULT_OUT[args.top]
+        write_verilog(cfg, out, top=args.top)
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    print(_summary(cfg, args.out))
+    print(_summary(cfg, out, args.top))
     if args.target == "sim":
+        what = "Accelerator" if args.top == "accelerator" else "ArrayCore"
         print("target sim: the INT8 detector demo on the simulated accelerator is not there yet; this run "
-              "only elaborated ArrayCore and wrote its Verilog. The cycle-exact RTL-vs-golden checks run "
+              f"only elaborated {what} and wrote its Verilog. The cycle-exact RTL-vs-golden checks run "
               "under pytest (tests/test_hw_*.py and the cocotb regression in sim/).")
     return 0
 

@@ -346,32 +346,43 @@ def test_isolated_run_counters_equal_formula(cfg, k, ntiles):
 
 
 def test_overlap_and_interlock():
-    """WRITE into the other bank overlaps a RUN; a WRITE into the busy bank waits (result uncorrupted);
-    READ_OUT of the bank being written waits for the job."""
+    """A WRITE into the other bank overlaps a running RUN; commands touching a bank that a queued or
+    running job still uses wait for it (results uncorrupted): act of the running job, params of a job
+    queued behind another (its set not read yet), out rows still being written."""
     cfg = CFG
     rng = np.random.default_rng(5)
     cmds = load_all(cfg, rng, lut=False)
-    k, nt = 16, 2                                       # a long job: 32 beats + drain
-    new_act = rand_bytes(rng, cfg.act_depth, cfg.rows)
-    cmds += [run_cmd(cfg, act_bank=0, k=k, ntiles=nt, out_bank=1),
-             write_cmd(cfg, Op.WRITE_ACT, new_act[:4], bank=1),         # other bank: overlaps
-             simple(cfg, Op.READ_STATUS),                               # -> still busy
-             write_cmd(cfg, Op.WRITE_ACT, new_act[:4], bank=0),         # busy bank: waits for the streamer
-             simple(cfg, Op.READ_STATUS),
-             run_cmd(cfg, act_bank=1, k=2, ntiles=2, out_bank=0, out_offset=8),
-             simple(cfg, Op.READ_OUT, bank=0, offset=8, length=4),      # waits for job 2 (writes out bank 0)
+    k, nt = 4, 8                       # 32 beats over act[0][0:32], 16 out rows in bank 1
+    job_a = run_cmd(cfg, act_bank=0, k=k, ntiles=nt, out_bank=1)
+    n0 = len(cmds)
+    cmds += [job_a,
+             write_cmd(cfg, Op.WRITE_ACT, rand_bytes(rng, 4, cfg.rows), bank=1, offset=36),  # overlaps
+             simple(cfg, Op.READ_STATUS),                                                   # -> busy
+             write_cmd(cfg, Op.WRITE_ACT, rand_bytes(rng, 4, cfg.rows), bank=0, offset=28),  # A's last tile: waits
+             simple(cfg, Op.READ_OUT, bank=1, offset=nt * cfg.rows - 2, length=2),         # waits for A's rows
+             simple(cfg, Op.READ_OUT, bank=1, offset=0, length=nt * cfg.rows),
+             simple(cfg, Op.SYNC),
+             # phase 2: B queued behind A; its params set is read only after A's last push
+             job_a,
+             run_cmd(cfg, act_bank=1, k=2, ntiles=2, par_bank=1, par_index=1, wgt_bank=1, out_bank=0,
+                     out_offset=8),
+             write_cmd(cfg, Op.WRITE_PARAMS, isa.pack_params(cfg, [rand_params(cfg, rng)]), bank=1, offset=1),
+             write_cmd(cfg, Op.WRITE_ACT, rand_bytes(rng, 4, cfg.rows), bank=1, offset=0),
+             simple(cfg, Op.READ_OUT, bank=0, offset=8, length=4),
              simple(cfg, Op.READ_STATUS),
              simple(cfg, Op.READ_OUT, bank=1, offset=0, length=nt * cfg.rows),
              simple(cfg, Op.SYNC)]
     got, log, _ = check_session(cfg, cmds, seed=6, p_cmd=1.0, p_din=1.0, p_dout=1.0)
-    s1, s2, s3 = (isa.parse_status(cfg, got[i]) for i in (0, 1, 3))
-    assert s1["busy"] == 1 and s1["jobs"] == 1          # the bank-1 write completed while the job ran
-    # the bank-0 write had to wait until the job streamed its last beat: by then at least k*nt cycles
-    # passed since the RUN was queued
-    a_run, a_w1, a_st1, a_w0, a_st2 = log["cmd_accept"][len(cmds) - 10:len(cmds) - 5]
-    assert a_st2 - a_run >= k * nt
-    assert a_st1 - a_run < k * nt
-    assert s3["jobs"] == 0                              # READ_OUT of bank 0 waited for job 2 to retire
+    s1, s2 = isa.parse_status(cfg, got[0]), isa.parse_status(cfg, got[5])
+    assert s1["busy"] == 1 and s1["jobs"] == 1          # the bank-1 write completed while A ran
+    assert s2["jobs"] == 0                              # the READ_OUT before it waited for B to retire
+    acc = log["cmd_accept"][n0:]
+    t = isa.run_timing(cfg, k, nt)
+    # the write into A's act bank waited until A's last beat had been read: >= 32 cycles after A queued
+    assert acc[4] - (acc[0] + 3) >= k * nt
+    # the params write (accepted as acc[9]) waited for B's pushes, which follow A's last push (model
+    # cycle param_push[-1] = hardware cycle queue + 1 + that): the next command comes after it
+    assert acc[10] - (acc[7] + 3) >= t["param_push"][-1] + 2
 
 
 def _malformed_cases(cfg, rng):

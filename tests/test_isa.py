@@ -257,6 +257,7 @@ def test_run_timing_equals_array_model(cfg, k, ntiles):
     t = isa.run_timing(cfg, k, ntiles)
     assert [rec.accept_cycle for rec in m.tiles] == t["last_accept"]
     assert out[-1][0] == t["last_row"]
+    assert [r["cycle"] for r in trace if r["params_fire"]] == t["param_push"]
     assert sum(r["drive"]["in_valid"] and not r["in_ready"] for r in trace) == t["in_stall_cycles"]
     assert t["busy_cycles"] == t["last_row"] + 2
 
