@@ -77,6 +77,7 @@ BAD_RANGE (both may be set by one descriptor).
 from __future__ import annotations
 
 import enum
+import functools
 import re
 from dataclasses import dataclass
 
@@ -254,6 +255,12 @@ def layout(cfg: ArrayConfig) -> dict[Op, tuple[Field, ...]]:
 
     Raises ValueError when an opcode's fields do not fit ``DESC_BITS`` (very deep buffers).
     """
+    return dict(_layout(_check_cfg(cfg)))
+
+
+@functools.lru_cache(maxsize=64)
+def _layout(cfg: ArrayConfig) -> dict[Op, tuple[Field, ...]]:
+    """``layout`` for a checked (frozen, hashable) cfg; cached because encode/decode/checks call it per word."""
     w = field_widths(cfg)
     out = {}
     for op, names in FIELDS.items():

@@ -62,7 +62,10 @@ def write_verilog(cfg: ArrayConfig, path: str, top: str = "core") -> str:
         from .core import ArrayCore
         dut = ArrayCore(cfg)
     else:
+        from golden.isa import layout
+
         from .top import Accelerator
+        layout(cfg)                    # ValueError before any elaboratable exists
         dut = Accelerator(cfg)
     text = verilog.convert(dut, name=TOPS[top])
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)

@@ -371,6 +371,12 @@ def test_overlap_and_interlock():
              simple(cfg, Op.READ_OUT, bank=0, offset=8, length=4),
              simple(cfg, Op.READ_STATUS),
              simple(cfg, Op.READ_OUT, bank=1, offset=0, length=nt * cfg.rows),
+             simple(cfg, Op.SYNC),
+             # phase 3: the weights a running job reuses for every tile
+             run_cmd(cfg, act_bank=1, wgt_bank=1, k=k, ntiles=nt, par_bank=1, out_bank=0),
+             write_cmd(cfg, Op.WRITE_WGT, rand_bytes(rng, k, cfg.out_lanes), bank=0, offset=0),   # overlaps
+             write_cmd(cfg, Op.WRITE_WGT, rand_bytes(rng, k, cfg.out_lanes), bank=1, offset=0),   # waits
+             simple(cfg, Op.READ_OUT, bank=0, offset=0, length=nt * cfg.rows),
              simple(cfg, Op.SYNC)]
     got, log, _ = check_session(cfg, cmds, seed=6, p_cmd=1.0, p_din=1.0, p_dout=1.0)
     s1, s2 = isa.parse_status(cfg, got[0]), isa.parse_status(cfg, got[5])
@@ -542,7 +548,8 @@ def test_fuzz_sessions_equal_reference(seed):
 
 
 def test_descriptor_checks_exhaustive_fields_vs_isa():
-    """Hardware flags for many random raw descriptors == golden.isa.descriptor_errors (one session)."""
+    """Hardware flags for many random raw descriptors == golden.isa.descriptor_errors (one session;
+    each descriptor is followed by SYNC, whose status word carries the flags, and CLEAR_STATUS)."""
     cfg = CFG
     rng = np.random.default_rng(21)
     cmds = []
@@ -559,6 +566,35 @@ def test_descriptor_checks_exhaustive_fields_vs_isa():
                            offset=int(rng.integers(cfg.out_depth - 4, cfg.out_depth + 1)), length=ln)
         if op == 8:
             w &= ~(1 << 8)                                        # never clear the counters here
-        cmds += [Cmd(w), simple(cfg, Op.READ_STATUS), simple(cfg, Op.CLEAR_STATUS, counters=0)]
-    cmds.append(simple(cfg, Op.SYNC))
-    check_session(cfg, cmds, seed=4, p_cmd=1.0, p_dout=1.0)
+        cmds += [Cmd(w), simple(cfg, Op.SYNC), simple(cfg, Op.CLEAR_STATUS, counters=0)]   # SYNC: the flags
+    cmds.append(simple(cfg, Op.READ_STATUS))
+    _, _, ref = check_session(cfg, cmds, seed=4, p_cmd=1.0, p_dout=1.0)
+    assert ref.total_dropped >= 60
+
+
+def test_build_verilog_accelerator_ports(tmp_path, capsys):
+    """``python -m hw.build --target verilog --top accelerator`` writes module ``accelerator`` with the
+    documented flattened port names and widths (what the Verilator/cocotb testbench binds to)."""
+    import re
+
+    from hw import build
+    cfg = CFG
+    out = tmp_path / "acc.v"
+    rc = build.main(["--target", "verilog", "--top", "accelerator", "--rows", "2", "--cols", "2",
+                     "--weight-min", "-128", "--act-depth", str(cfg.act_depth), "--wgt-depth", str(cfg.wgt_depth),
+                     "--param-depth", str(cfg.param_depth), "--out-depth", str(cfg.out_depth),
+                     "--bus-bytes", str(cfg.bus_bytes), "--max-k", str(cfg.max_k),
+                     "--param-fifo-depth", str(cfg.param_fifo_depth), "--out", str(out)])
+    assert rc == 0 and "module accelerator" in capsys.readouterr().out
+    text = out.read_text()
+    head = text[text.index("module accelerator("):]
+    head = head[:head.index("endmodule")]
+    ports = {n: int(w) + 1 if w else 1
+             for w, n in re.findall(r"^\s*(?:input|output)\s+(?:\[(\d+):0\]\s+)?(\w+);", head, re.M)}
+    bits = cfg.bus_bytes * 8 + 1
+    assert ports == {"clk": 1, "rst": 1, "cmd__valid": 1, "cmd__ready": 1, "cmd__payload": 128,
+                     "din__valid": 1, "din__ready": 1, "din__payload": bits,
+                     "dout__valid": 1, "dout__ready": 1, "dout__payload": bits}
+    bad = build.main(["--target", "verilog", "--act-depth", str(2**20), "--wgt-depth", str(2**20),
+                      "--out-depth", str(2**20), "--max-k", str(2**20), "--out", str(tmp_path / "x.v")])
+    assert bad == 2 and "more than 128" in capsys.readouterr().err
