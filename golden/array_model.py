@@ -36,6 +36,12 @@ Timing rules implemented (docs/array.md):
   written). Within that window the table is constant, so the model looks it up
   when a row enters the lanes.
 
+Lanes run in either requantization mode, selected per lane by the ``mode``
+bit (docs/array.md, "ort mode"): 0 = TFLite fixed point (``mult``/``shift``,
+optional PReLU), 1 = onnxruntime's float32 scale (``scale_f32``, the raw
+IEEE-754 bits of ``golden.requant.ort_scale``), emulated with integers only
+(``golden.requant._requantize_ort_int``).
+
 Bad stimulus (values out of range, K > cfg.max_k, weights below
 cfg.weight_min, ...) raises ValueError naming the field and its range.
 """
@@ -49,13 +55,21 @@ import numpy as np
 
 from ._check import INT8_MAX, INT8_MIN, INT32_MAX, INT32_MIN, check_int_array, check_positive_int
 from .config import ArrayConfig
-from .requant import MAX_LEFT_SHIFT, MAX_RIGHT_SHIFT, multiply_by_quantized_multiplier, quantize_multiplier
+from .requant import (MAX_LEFT_SHIFT, MAX_RIGHT_SHIFT, _requantize_ort_int, f32_decompose,
+                      multiply_by_quantized_multiplier, quantize_multiplier)
 
-__all__ = ["LANE_FIELDS", "lane_field_ranges", "check_params", "postprocess", "tile_value",
-           "params_from_layer", "neutral_params", "ArrayModel", "TileRecord", "simulate"]
+__all__ = ["LANE_FIELDS", "ORT_LANE_FIELDS", "lane_field_shapes", "lane_field_ranges", "check_params",
+           "postprocess", "tile_value", "params_from_layer", "neutral_params", "f32_bits", "ArrayModel",
+           "TileRecord", "simulate"]
 
 #: Per-lane fields of a ``params`` beat, in docs/array.md order (plus the per-tile ``lut_en``).
-LANE_FIELDS = ("bias", "mult", "shift", "zp", "act_min", "act_max", "alpha_mult", "alpha_shift", "prelu")
+LANE_FIELDS = ("bias", "mult", "shift", "zp", "act_min", "act_max", "alpha_mult", "alpha_shift", "prelu",
+               "mode", "scale_f32")
+#: The fields the ort requantization mode added (docs/array.md, "ort mode"). A params payload
+#: without them (a hardware layout that predates ort mode) reads as mode = 0, scale_f32 = 0.
+ORT_LANE_FIELDS = ("mode", "scale_f32")
+#: Lane ``mode`` values.
+MODE_TFLITE, MODE_ORT = 0, 1
 _Q31_MAX = INT32_MAX                     # mult / alpha_mult: unsigned(31) q_fixed
 _SHIFT_RANGE = (-MAX_RIGHT_SHIFT, MAX_LEFT_SHIFT)
 _SIGNED9 = (-256, 255)
@@ -71,6 +85,44 @@ def _bit(v, name: str) -> int:
     raise ValueError(f"{name} must be 0 or 1, got {v!r}")
 
 
+def lane_field_shapes(bias_width: int) -> dict[str, tuple[bool, int]]:
+    """The shared definition of the lane params port: ``{field: (signed, width)}`` in LANE_FIELDS order.
+
+    docs/array.md "Ports" and "ort mode": bias signed(bias_width), mult unsigned(31),
+    shift signed(6), zp/act_min/act_max signed(9), alpha_mult unsigned(31),
+    alpha_shift signed(6), prelu 1 bit, mode 1 bit, scale_f32 unsigned(32). The
+    RTL's ``hw.requant_lane.lane_params_layout`` must hold exactly these fields
+    (golden.isa packs params entries by field name through that layout).
+    """
+    if isinstance(bias_width, bool) or not isinstance(bias_width, (int, np.integer)) or bias_width < 2:
+        raise ValueError(f"bias_width must be an integer >= 2, got {bias_width!r}")
+    return {"bias": (True, int(bias_width)), "mult": (False, 31), "shift": (True, 6), "zp": (True, 9),
+            "act_min": (True, 9), "act_max": (True, 9), "alpha_mult": (False, 31), "alpha_shift": (True, 6),
+            "prelu": (False, 1), "mode": (False, 1), "scale_f32": (False, 32)}
+
+
+def f32_bits(scale) -> np.ndarray:
+    """Raw IEEE-754 bits (int64 array) of float32 value(s): the lane's ``scale_f32`` encoding.
+
+    ``scale`` must already be float32 values (a float32 array, or floats exactly
+    representable in float32): a silent second rounding would break bit-exactness.
+    """
+    a = np.asarray(scale)
+    if a.dtype != np.float32:
+        f = np.asarray(a, np.float64)
+        with np.errstate(over="ignore"):
+            a = f.astype(np.float32)
+        if not np.array_equal(a.astype(np.float64), f, equal_nan=True):
+            raise ValueError("scale must hold float32 values (e.g. golden.requant.ort_scale output); got values "
+                             "that float32 cannot represent exactly")
+    return a.view(np.uint32).astype(np.int64)
+
+
+def _f32_ok(bits: np.ndarray) -> np.ndarray:
+    """True where ``bits`` encode a positive finite float32 (subnormals included, +0 excluded)."""
+    return (bits > 0) & (bits < 0x7F800000)
+
+
 def lane_field_ranges(bias_width: int | None = None) -> dict[str, tuple[int, int]]:
     """Allowed [lo, hi] of every lane field (docs/array.md port widths and value rules).
 
@@ -80,7 +132,8 @@ def lane_field_ranges(bias_width: int | None = None) -> dict[str, tuple[int, int
     b = (-(2**62), 2**62) if bias_width is None else (-(2**(bias_width - 1)), 2**(bias_width - 1) - 1)
     return {"bias": b, "mult": (0, _Q31_MAX), "shift": _SHIFT_RANGE, "zp": _SIGNED9,
             "act_min": (_CODE_MIN, _CODE_MAX), "act_max": (_CODE_MIN, _CODE_MAX),
-            "alpha_mult": (0, _Q31_MAX), "alpha_shift": _SHIFT_RANGE, "prelu": (0, 1)}
+            "alpha_mult": (0, _Q31_MAX), "alpha_shift": _SHIFT_RANGE, "prelu": (0, 1),
+            "mode": (0, 1), "scale_f32": (0, 2**32 - 1)}
 
 
 def check_params(params, n_lanes: int | None = None, bias_width: int | None = None) -> dict:
@@ -93,8 +146,11 @@ def check_params(params, n_lanes: int | None = None, bias_width: int | None = No
     * the RTL payload layout ``{"lane": [{"bias": .., ...}, ...], "lut_en": 0/1}``
       (``hw.core.params_layout``; what ``unpack_payload`` returns).
 
-    ``lut_en`` defaults to 0 when absent. Rules: every field in its range
-    (``lane_field_ranges``), act_min <= act_max and act_max - act_min <= 255.
+    ``lut_en`` defaults to 0 when absent; so do ``mode`` and ``scale_f32``
+    (``ORT_LANE_FIELDS``: a payload from a layout without them is all tflite).
+    Rules: every field in its range (``lane_field_ranges``), act_min <= act_max
+    and act_max - act_min <= 255; lanes with mode = 1 need ``scale_f32`` to
+    encode a positive finite float32 and prelu = 0.
     """
     if not isinstance(params, dict):
         raise ValueError(f"params must be a dict, got {type(params).__name__}")
@@ -102,19 +158,20 @@ def check_params(params, n_lanes: int | None = None, bias_width: int | None = No
         lanes = params["lane"]
         if not isinstance(lanes, (list, tuple)) or not all(isinstance(x, dict) for x in lanes):
             raise ValueError("params['lane'] must be a list of per-lane dicts")
+        present = [f for f in LANE_FIELDS if f not in ORT_LANE_FIELDS or any(f in ln for ln in lanes)]
         try:
-            src = {f: [ln[f] for ln in lanes] for f in LANE_FIELDS}
+            src = {f: [ln[f] for ln in lanes] for f in present}
         except KeyError as e:
             raise ValueError(f"params['lane'][i] is missing field {e.args[0]!r}") from None
     else:
-        missing = [f for f in LANE_FIELDS if f not in params]
+        missing = [f for f in LANE_FIELDS if f not in params and f not in ORT_LANE_FIELDS]
         if missing:
             raise ValueError(f"params is missing field(s) {missing}; needs {LANE_FIELDS} (+ optional lut_en)")
         src = params
     rng = lane_field_ranges(bias_width)
     out = {}
     for f in LANE_FIELDS:
-        a = check_int_array(src[f], f"params.{f}", *rng[f])
+        a = check_int_array(src[f] if f in src else 0, f"params.{f}", *rng[f])
         if a.ndim > 1:
             raise ValueError(f"params.{f} must be a scalar or a 1-D per-lane vector, got shape {a.shape}")
         if n_lanes is not None:
@@ -127,6 +184,17 @@ def check_params(params, n_lanes: int | None = None, bias_width: int | None = No
         bad = np.flatnonzero(np.atleast_1d((lo > hi) | (hi - lo > 255)))[:4].tolist()
         raise ValueError("params.act_min/act_max must satisfy act_min <= act_max and act_max - act_min <= 255 "
                          f"(an 8-bit code), violated in lane(s) {bad}")
+    ort = out["mode"] == MODE_ORT
+    if np.any(ort):
+        sb, pr = np.broadcast_arrays(out["scale_f32"], out["prelu"])
+        m = np.broadcast_to(ort, sb.shape)
+        bad = np.flatnonzero(np.atleast_1d(m & ~_f32_ok(sb)))[:4].tolist()
+        if bad:
+            raise ValueError("params.scale_f32 must encode a positive finite float32 (bits in [1, 0x7F7FFFFF]) "
+                             f"on lanes with mode = 1, violated in lane(s) {bad}")
+        bad = np.flatnonzero(np.atleast_1d(m & (pr != 0)))[:4].tolist()
+        if bad:
+            raise ValueError(f"params.prelu must be 0 on lanes with mode = 1 (ort), violated in lane(s) {bad}")
     out["lut_en"] = _bit(params.get("lut_en", 0), "params.lut_en")
     return out
 
@@ -147,6 +215,10 @@ def postprocess(acc, params: dict, lut=None) -> np.ndarray:
         q = clamp(v + zp, act_min, act_max)
         out = lut[q & 0xFF] if lut_en else q & 0xFF
 
+    and on lanes with mode = 1 (ort; mult, shift, prelu ignored)::
+
+        q = requantize_ort(t, scale_f32, zp=0, qmin=act_min - zp, qmax=act_max - zp) + zp
+
     ``params``: per-lane fields along the last axis of ``acc`` (see
     ``check_params``); ``lut``: the 256-entry table (values 0..255), required
     when ``params['lut_en']`` is 1 (an entry of -1 means "never written" and
@@ -165,16 +237,36 @@ def postprocess(acc, params: dict, lut=None) -> np.ndarray:
 def _lanes(a: np.ndarray, p: dict, table) -> np.ndarray:
     """``postprocess`` on checked inputs (int64 acc, ``check_params`` output, checked table)."""
     t = np.clip(a + p["bias"], INT32_MIN, INT32_MAX)                      # sat32 of the exact sum
-    v = multiply_by_quantized_multiplier(t, p["mult"], p["shift"])
-    neg = multiply_by_quantized_multiplier(v, p["alpha_mult"], p["alpha_shift"])
-    v = np.where((p["prelu"] != 0) & (v < 0), neg, v)
-    code = np.clip(v + p["zp"], p["act_min"], p["act_max"]) & 0xFF
+    ort = p["mode"] == MODE_ORT
+    if np.all(ort):
+        code = _ort_lanes(t, p)
+    else:
+        v = multiply_by_quantized_multiplier(t, p["mult"], p["shift"])
+        neg = multiply_by_quantized_multiplier(v, p["alpha_mult"], p["alpha_shift"])
+        v = np.where((p["prelu"] != 0) & (v < 0), neg, v)
+        code = np.clip(v + p["zp"], p["act_min"], p["act_max"])
+        if np.any(ort):
+            code = np.where(ort, _ort_lanes(t, p), code)
+    code = code & 0xFF
     if p["lut_en"]:
         unwritten = np.unique(code[table[code] < 0])
         if unwritten.size:
             raise ValueError(f"LUT entry(ies) {unwritten[:4].tolist()} are read but were never written")
         code = table[code]
     return code.astype(np.uint8)
+
+
+def _ort_lanes(t: np.ndarray, p: dict) -> np.ndarray:
+    """ort-mode codes of ``t = sat32(acc + bias)`` on every lane (lanes with mode 0 use a dummy scale).
+
+    ``clamp(rne(float32(float32(t) * scale32)), act_min - zp, act_max - zp) + zp`` by the
+    integer float32 emulation of golden.requant (the bounds are passed directly, so a
+    clamp range that excludes zp itself -- a fused ReLU above the zero point -- is fine).
+    """
+    bits = np.where(p["mode"] == MODE_ORT, p["scale_f32"], 0x3F800000).astype(np.uint32)   # 1.0f elsewhere
+    mant, exp = f32_decompose(bits.view(np.float32))
+    v = _requantize_ort_int(np.abs(t), t < 0, mant, exp, p["act_min"] - p["zp"], p["act_max"] - p["zp"])
+    return v + p["zp"]
 
 
 def _check_tile(cfg: ArrayConfig, act, wgt) -> tuple[np.ndarray, np.ndarray]:
@@ -203,20 +295,25 @@ def tile_value(cfg: ArrayConfig, act, wgt, params: dict, lut=None) -> np.ndarray
 
 
 def neutral_params(cfg: ArrayConfig) -> dict:
-    """A valid params beat that outputs code 0 on every lane (mult = 0), lut_en = 0."""
+    """A valid params beat that outputs code 0 on every lane (mode 0, mult = 0), lut_en = 0."""
     z = np.zeros(cfg.out_lanes, np.int64)
     return {"bias": z.copy(), "mult": z.copy(), "shift": z.copy(), "zp": z.copy(),
             "act_min": np.full(cfg.out_lanes, INT8_MIN, np.int64), "act_max": np.full(cfg.out_lanes, INT8_MAX, np.int64),
-            "alpha_mult": z.copy(), "alpha_shift": z.copy(), "prelu": z.copy(), "lut_en": 0}
+            "alpha_mult": z.copy(), "alpha_shift": z.copy(), "prelu": z.copy(), "mode": z.copy(),
+            "scale_f32": z.copy(), "lut_en": 0}
 
 
 def params_from_layer(cfg: ArrayConfig, multiplier, *, bias=0, zp_out=0, act_min=INT8_MIN, act_max=INT8_MAX,
-                      zp_in=0, w_sum=0, alpha=None, lut_en: bool = False) -> dict:
+                      zp_in=0, w_sum=0, alpha=None, lut_en: bool = False, mode: str = "tflite") -> dict:
     """Build one tile's params beat from per-channel layer quantities.
 
-    ``multiplier``: real M[c] = s_in * s_w[c] / s_out, one per channel
-    (1 .. out_lanes channels; scalars broadcast), quantized with
+    ``mode="tflite"``: ``multiplier`` is the real M[c] = s_in * s_w[c] / s_out,
+    one per channel (1 .. out_lanes channels; scalars broadcast), quantized with
     ``golden.requant.quantize_multiplier`` (ValueError outside (0, 2**15)).
+    ``mode="ort"``: ``multiplier`` is onnxruntime's float32 scale per channel,
+    ``golden.requant.ort_scale(x_scale, w_scale, y_scale)`` (float32 values,
+    positive, finite), stored as its raw bits in ``scale_f32`` with mode = 1;
+    ``alpha`` must be None (onnxruntime has no fused PReLU).
     ``bias``: int32 bias[c]; ``zp_in``: the input zero point in the array's
     int8 domain (uint8 inputs: zp - 128, the host flips the MSB of x);
     ``w_sum``: sum of channel c's weights; the lane bias is the folded
@@ -226,11 +323,24 @@ def params_from_layer(cfg: ArrayConfig, multiplier, *, bias=0, zp_out=0, act_min
     (applied to negative requantized values as a second Q31 multiply).
     Lanes beyond the given channels get ``neutral_params`` (code 0).
     """
-    m = np.atleast_1d(np.asarray(multiplier, np.float64))
+    if mode not in ("tflite", "ort"):
+        raise ValueError(f"mode must be 'tflite' or 'ort', got {mode!r}")
+    m = np.atleast_1d(np.asarray(multiplier, np.float32 if mode == "ort" and np.asarray(multiplier).dtype == np.float32
+                                 else np.float64))
     if m.ndim != 1 or not 1 <= m.size <= cfg.out_lanes:
         raise ValueError(f"multiplier must have 1 .. out_lanes = {cfg.out_lanes} per-channel values, got shape {m.shape}")
     c = m.size
-    q, s = quantize_multiplier(m)
+    if mode == "ort":
+        if alpha is not None:
+            raise ValueError("alpha (PReLU) cannot be fused in mode 'ort': onnxruntime applies PReLU after "
+                             "requantization in float; run it as a host node")
+        sb = f32_bits(m)
+        if not np.all(_f32_ok(sb)):
+            raise ValueError(f"multiplier (the ort float32 scale) must be positive and finite, got "
+                             f"{m[~_f32_ok(sb)][:4].tolist()}")
+        q = s = np.zeros(c, np.int64)
+    else:
+        q, s = quantize_multiplier(m)
 
     def per_ch(v, name, lo, hi):
         a = check_int_array(np.atleast_1d(v), name, lo, hi)
@@ -248,6 +358,8 @@ def params_from_layer(cfg: ArrayConfig, multiplier, *, bias=0, zp_out=0, act_min
     p["zp"][:c] = per_ch(zp_out, "zp_out", *_SIGNED9)
     p["act_min"][:c] = per_ch(act_min, "act_min", _CODE_MIN, _CODE_MAX)
     p["act_max"][:c] = per_ch(act_max, "act_max", _CODE_MIN, _CODE_MAX)
+    if mode == "ort":
+        p["mode"][:c], p["scale_f32"][:c] = MODE_ORT, sb
     if alpha is not None:
         am = np.atleast_1d(np.asarray(alpha, np.float64))
         if am.ndim != 1 or am.size not in (1, c):

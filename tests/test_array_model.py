@@ -12,12 +12,12 @@ import numpy as np
 import pytest
 
 from golden._check import INT32_MAX, INT32_MIN
-from golden.array_model import (LANE_FIELDS, ArrayModel, check_params, neutral_params, params_from_layer,
+from golden.array_model import (LANE_FIELDS, ORT_LANE_FIELDS, ArrayModel, check_params, neutral_params, params_from_layer,
                                 postprocess, simulate, tile_value)
 from golden.config import REQUANT_LATENCY, ArrayConfig
 from golden.ops import prelu_requantized
 from golden.packing import packed_dot
-from golden.requant import requantize_tflite
+from golden.requant import ort_scale, requantize_tflite
 
 CFGS = [ArrayConfig(), ArrayConfig(rows=3, cols=2), ArrayConfig(rows=1, cols=1, weight_min=-128),
         ArrayConfig(rows=4, cols=3, packing="none", param_fifo_depth=1), ArrayConfig(rows=5, cols=1, param_fifo_depth=2)]
@@ -26,12 +26,19 @@ CFGS = [ArrayConfig(), ArrayConfig(rows=3, cols=2), ArrayConfig(rows=1, cols=1, 
 # ---------------------------------------------------------------- references
 
 def ref_codes(acc, p, lut=None):
-    """Per-channel reference: requantize_tflite on sat32(acc + bias), PReLU from golden.ops, then & 0xFF / LUT."""
+    """Per-channel reference: requantize_tflite (or requantize_ort_float on mode-1 lanes) on sat32(acc + bias),
+    PReLU from golden.ops, then & 0xFF / LUT."""
     acc = np.asarray(acc, np.int64)
     out = np.zeros(acc.shape, np.int64)
     for lane in range(acc.shape[-1]):
         t = np.clip(acc[..., lane] + p["bias"][lane], INT32_MIN, INT32_MAX)
-        if p["prelu"][lane]:
+        if "mode" in p and p["mode"][lane]:
+            s32 = np.array([p["scale_f32"][lane]], np.uint32).view(np.float32)
+            zp, lo, hi = int(p["zp"][lane]), int(p["act_min"][lane]), int(p["act_max"][lane])
+            with np.errstate(over="ignore", under="ignore"):      # the float32 statement, vectorised
+                f = t.astype(np.int32).astype(np.float32) * s32[0]
+            q = np.rint(np.clip(f, np.float32(lo - zp), np.float32(hi - zp))).astype(np.int64) + zp
+        elif p["prelu"][lane]:
             v = requantize_tflite(t, p["mult"][lane], p["shift"][lane], 0, INT32_MIN, INT32_MAX)
             v = prelu_requantized(v, p["alpha_mult"][lane], p["alpha_shift"][lane], axis=None)
             q = np.clip(v + p["zp"][lane], p["act_min"][lane], p["act_max"][lane])
@@ -65,19 +72,32 @@ def _mbqm_py(x: int, m: int, s: int) -> int:
     return _rdbpot_py(_srdhm_py(shl, m), max(-s, 0))
 
 
+def _ort_py(t: int, bits: int, lo: int, hi: int) -> int:
+    """ort mode on one value as plain float32 arithmetic (NumPy scalars, IEEE RNE): the statement of docs/array.md."""
+    scale = np.array([bits], np.uint32).view(np.float32)[0]
+    with np.errstate(over="ignore", under="ignore"):
+        f = np.float32(np.float32(t) * scale)
+    f = min(max(f, np.float32(lo)), np.float32(hi))
+    return int(np.rint(f))
+
+
 def lane_py(acc: int, p: dict, lane: int, lut=None) -> int:
-    """docs/array.md lane semantics, one value, Python integers only."""
-    g = {f: int(p[f][lane]) for f in LANE_FIELDS}
+    """docs/array.md lane semantics, one value, Python integers (float32 scalars for ort mode)."""
+    g = {f: int(p[f][lane]) if f in p else 0 for f in LANE_FIELDS}
     t = max(min(acc + g["bias"], INT32_MAX), INT32_MIN)
-    v = _mbqm_py(t, g["mult"], g["shift"])
-    if g["prelu"] and v < 0:
-        v = _mbqm_py(v, g["alpha_mult"], g["alpha_shift"])
-    q = max(min(v + g["zp"], g["act_max"]), g["act_min"])
+    if g["mode"]:
+        q = _ort_py(t, g["scale_f32"], g["act_min"] - g["zp"], g["act_max"] - g["zp"]) + g["zp"]
+    else:
+        v = _mbqm_py(t, g["mult"], g["shift"])
+        if g["prelu"] and v < 0:
+            v = _mbqm_py(v, g["alpha_mult"], g["alpha_shift"])
+        q = max(min(v + g["zp"], g["act_max"]), g["act_min"])
     return int(lut[q & 0xFF]) if p.get("lut_en") else q & 0xFF
 
 
-def rand_params(rng, cfg, acc=None, lut_en=0, corner=False):
-    """Per-lane params; 'typical' scales map acc + bias onto ~8 bits, 'corner' hits saturations/edges."""
+def rand_params(rng, cfg, acc=None, lut_en=0, corner=False, ort=False):
+    """Per-lane params; 'typical' scales map acc + bias onto ~8 bits, 'corner' hits saturations/edges.
+    ``ort``: about half the lanes in ort mode (mode = 1, a float32 scale, prelu 0)."""
     L = cfg.out_lanes
     bl = 2**(cfg.bias_width - 1)
     zp, lo, hi = np.zeros(L, np.int64), np.zeros(L, np.int64), np.zeros(L, np.int64)
@@ -101,6 +121,14 @@ def rand_params(rng, cfg, acc=None, lut_en=0, corner=False):
         p["shift"] = rng.choice(np.array([-31, -30, -1, 0, 1, 14, 15]), L)
         p["alpha_mult"] = rng.choice(np.array([0, 1, 2**30, 2**31 - 1]), L)
         p["alpha_shift"] = rng.choice(np.array([-31, 0, 15]), L)
+    p["mode"] = rng.integers(0, 2, L) if ort else np.zeros(L, np.int64)
+    # float32 scale ~ 2**(shift - 8) (the typical magnitude), rounding ties included (power-of-two scales)
+    sc = (2.0 ** (p["shift"] - 8.0) * rng.choice([1.0, rng.uniform(0.5, 2.0)], L)).astype(np.float32)
+    if corner:
+        sc = rng.choice(np.array([1, 0x7F7FFFFF, 0x3F800000, 0x00800000, 0x2B800000, 0x4B000000],
+                                 np.uint32).view(np.float32), L)
+    p["scale_f32"] = sc.view(np.uint32).astype(np.int64)
+    p["prelu"] = np.where(p["mode"] == 1, 0, p["prelu"])
     return p
 
 
@@ -120,7 +148,7 @@ def test_postprocess_equals_requantize_tflite_and_scalar_reference():
     lut = rng.integers(0, 256, 256)
     for trial in range(60):
         acc = rng.integers(-2**34, 2**34, (16, cfg.out_lanes)) >> int(rng.integers(0, 34))
-        p = rand_params(rng, cfg, acc, lut_en=trial % 3 == 0, corner=trial % 4 == 1)
+        p = rand_params(rng, cfg, acc, lut_en=trial % 3 == 0, corner=trial % 4 == 1, ort=trial % 2 == 1)
         got = postprocess(acc, p, lut)
         assert got.dtype == np.uint8
         assert np.array_equal(got, ref_codes(acc, p, lut))
@@ -177,6 +205,67 @@ def test_params_layouts_agree_and_are_checked():
         check_params({"bias": p["bias"]}, 4)
     with pytest.raises(ValueError, match="lut_en"):
         check_params(dict(p, lut_en=2), 4)
+
+
+def test_ort_mode_fields_checked_and_optional():
+    """mode/scale_f32: ranges, a positive finite float32 on mode-1 lanes, prelu 0 there; a payload without
+    the two fields (a layout predating ort mode) reads as mode 0 in both layouts."""
+    cfg = ArrayConfig(rows=2, cols=2)
+    p = rand_params(np.random.default_rng(3), cfg, ort=True)
+    p["mode"] = np.array([1, 0, 1, 0])
+    p["prelu"] = np.array([0, 1, 0, 1])
+    for bits, msg in ((0, "positive finite"), (0x7F800000, "positive finite"), (0x7FC00000, "positive finite"),
+                      (0x80000001, "positive finite"), (2**32, "scale_f32")):
+        with pytest.raises(ValueError, match=msg):
+            check_params(dict(p, scale_f32=np.full(4, bits)), 4)
+    with pytest.raises(ValueError, match="prelu must be 0"):
+        check_params(dict(p, prelu=np.array([1, 1, 0, 0])), 4)
+    with pytest.raises(ValueError, match="mode"):
+        check_params(dict(p, mode=np.full(4, 2)), 4)
+    ok = check_params(dict(p, scale_f32=np.array([1, 0, 0x7F7FFFFF, 0])), 4)      # mode-0 lanes: any bits
+    assert ok["mode"].tolist() == [1, 0, 1, 0]
+    old = {f: p[f] for f in LANE_FIELDS if f not in ORT_LANE_FIELDS}
+    for q in (old, {"lane": [{f: int(old[f][i]) for f in old} for i in range(4)]}):
+        c = check_params(q, 4)
+        assert c["mode"].tolist() == [0] * 4 and c["scale_f32"].tolist() == [0] * 4
+    with pytest.raises(ValueError, match="missing field 'mode'"):          # some lanes with, some without
+        check_params({"lane": [dict({f: int(p[f][i]) for f in LANE_FIELDS}) if i else
+                               {f: int(old[f][i]) for f in old} for i in range(4)]}, 4)
+
+
+def test_ort_mode_lane_equals_requantize_ort():
+    """A mode-1 lane is golden.requant.requantize_ort of sat32(acc + bias) for any clamp (also one that
+    excludes the zero point), on every accumulator range incl. float32 rounding of |t| >= 2**24 and ties."""
+    from golden.requant import requantize_ort
+    cfg = ArrayConfig(rows=4, cols=4)
+    rng = np.random.default_rng(21)
+    for trial in range(40):
+        acc = rng.integers(-2**33, 2**33, (64, cfg.out_lanes)) >> int(rng.integers(0, 33))
+        scale = (2.0 ** rng.integers(-30, -2, cfg.out_lanes) * rng.choice([1.0, 1.5, rng.uniform(1, 2)],
+                                                                           cfg.out_lanes)).astype(np.float32)
+        zp = rng.integers(-128, 128, cfg.out_lanes)
+        lo = np.minimum(rng.integers(-128, 128, cfg.out_lanes), zp + rng.integers(-5, 40, cfg.out_lanes)).clip(-128, 127)
+        hi = np.maximum(lo, rng.integers(-128, 128, cfg.out_lanes))
+        bias = rng.integers(-2**30, 2**30, cfg.out_lanes)
+        p = params_from_layer(cfg, scale, bias=bias, zp_out=zp, act_min=lo, act_max=hi, mode="ort")
+        assert p["mode"].tolist() == [1] * cfg.out_lanes and p["mult"].tolist() == [0] * cfg.out_lanes
+        got = postprocess(acc, p).astype(np.int64)
+        t = np.clip(acc + bias, INT32_MIN, INT32_MAX)
+        for lane in range(cfg.out_lanes):
+            c = min(max(int(zp[lane]), int(lo[lane])), int(hi[lane]))
+            # requantize_ort needs zp in [qmin, qmax]: clamping after the rounding commutes with it
+            exp = np.clip(requantize_ort(t[:, lane], scale[lane], c, -2**23, 2**23) - c + zp[lane], lo[lane], hi[lane])
+            assert np.array_equal(got[:, lane], exp & 0xFF), (trial, lane)
+        for i, lane in zip(rng.integers(0, 64, 10), rng.integers(0, cfg.out_lanes, 10)):
+            assert int(got[i, lane]) == lane_py(int(acc[i, lane]), p, lane)
+    # mixed lanes: tflite and ort side by side, and ort refuses PReLU / non-float32 scales
+    p = params_from_layer(cfg, np.float32(0.25), mode="ort")
+    assert p["mode"].tolist() == [1] + [0] * 7 and p["scale_f32"][0] == 0x3E800000
+    for bad in ({"multiplier": 0.1, "mode": "ort"}, {"multiplier": np.float32(-1), "mode": "ort"},
+                {"multiplier": np.float32(0.5), "mode": "ort", "alpha": 0.1}, {"multiplier": 0.5, "mode": "x"}):
+        m = bad.pop("multiplier")
+        with pytest.raises(ValueError):
+            params_from_layer(cfg, m, **bad)
 
 
 # ---------------------------------------------------------------- tile values
@@ -287,7 +376,8 @@ def run_random(cfg, seed, n_tiles, p_in, p_par, p_out, lut=None, kmax=None):
         k = int(rng.choice([1, 2, cfg.rows - 1 if cfg.rows > 1 else 1, cfg.rows, int(rng.integers(1, kmax + 1))]))
         act, wgt = rand_tile(rng, cfg, k, ("random", "max", "min")[t % 3])
         tiles.append((act, wgt))
-        plist.append(rand_params(rng, cfg, act @ wgt, lut_en=int(lut is not None and t % 2 == 0), corner=t % 5 == 4))
+        plist.append(rand_params(rng, cfg, act @ wgt, lut_en=int(lut is not None and t % 2 == 0), corner=t % 5 == 4,
+                                 ort=t % 3 == 1))
     model, trace = ArrayModel(cfg), []
     out = simulate(cfg, tiles, plist, lut=lut, seed=seed, in_valid=p_in, params_valid=p_par, out_ready=p_out,
                    model=model, trace=trace)
@@ -535,9 +625,11 @@ def test_refuses_bad_input():
         postprocess(np.zeros((1, 2), np.int64), dict(p, lut_en=1))
 
 
-def test_conv_layer_through_the_array_equals_golden_layers():
+@pytest.mark.parametrize("mode", ["tflite", "ort"])
+def test_conv_layer_through_the_array_equals_golden_layers(mode):
     """A uint8 3x3 conv (per-channel scales, ReLU) tiled onto the array (im2col, host-side MSB flip,
-    zero point folded into the bias) equals golden.layers.conv2d in tflite mode, code for code."""
+    zero point folded into the bias) equals golden.layers.conv2d in either mode, code for code
+    (ort: the lanes get scale_f32 = ort_scale(x, w, y), the QLinearConv float32 scale)."""
     from golden.layers import conv2d            # written by another helper; imported here only
     cfg = ArrayConfig(rows=4, cols=3)           # 6 lanes: 20 channels -> 4 channel tiles (last partial)
     rng = np.random.default_rng(12)
@@ -549,13 +641,13 @@ def test_conv_layer_through_the_array_equals_golden_layers():
     # float32-exact scales, so every implementation forms the same float64 multiplier
     x_scale, y_scale = float(np.float32(0.0187)), float(np.float32(0.0731))
     w_scale = rng.uniform(0.001, 0.02, O).astype(np.float32).astype(np.float64)
-    exp = conv2d(x, w, bias, zp_x, x_scale, w_scale, y_scale, y_zp, padding=1, act="relu", mode="tflite")
+    exp = conv2d(x, w, bias, zp_x, x_scale, w_scale, y_scale, y_zp, padding=1, act="relu", mode=mode)
 
     xp = np.pad(x[0].astype(np.int64), ((0, 0), (1, 1), (1, 1)), constant_values=zp_x)
     patches = np.stack([xp[:, i:i + H, j:j + W] for i in range(3) for j in range(3)], axis=1)  # C, 9, H, W
     patches = patches.reshape(C * 9, H * W).T - 128                      # pixels x K, int8 domain
     wk = w.reshape(O, -1).astype(np.int64)                               # O x K, (c, i, j) order
-    mult = x_scale * w_scale / y_scale
+    mult = x_scale * w_scale / y_scale if mode == "tflite" else ort_scale(x_scale, w_scale, y_scale)
     tiles, plist, where = [], [], []
     for p0 in range(0, H * W, cfg.rows):
         act = np.full((cfg.rows, wk.shape[1]), zp_x - 128, np.int64)
@@ -567,7 +659,7 @@ def test_conv_layer_through_the_array_equals_golden_layers():
             wgt[:, :ch.stop - c0] = wk[ch].T
             tiles.append((act, wgt))
             plist.append(params_from_layer(cfg, mult[ch], bias=bias[ch], zp_out=y_zp, act_min=max(0, y_zp),
-                                           act_max=255, zp_in=zp_x - 128, w_sum=wk[ch].sum(axis=1)))
+                                           act_max=255, zp_in=zp_x - 128, w_sum=wk[ch].sum(axis=1), mode=mode))
             where.append((p0, len(blk), c0, ch.stop - c0))
     out = simulate(cfg, tiles, plist, seed=3, in_valid=0.8, params_valid=0.5, out_ready=0.7)
     got = np.zeros((H * W, O), np.int64)
