@@ -83,14 +83,14 @@ from typing import Callable
 import numpy as np
 
 from golden import isa
-from golden.array_model import params_from_layer
+from golden.array_model import ORT_LANE_FIELDS, params_from_layer
 from golden.config import ArrayConfig
 from golden.isa import Op
 
 from .graph import ArrayNode, Conv2d, ConvTranspose2d, FullyConnected
 
 __all__ = ["Job", "Command", "LayerPlan", "Program", "ORDERS", "kmax", "convt_phases", "lower", "schedule",
-           "plan_layer", "compile_layer", "device_lut"]
+           "plan_layer", "compile_layer", "device_lut", "hw_lane_fields", "check_mode_supported"]
 
 ORDERS = (("acts_outer", 1), ("acts_outer", 2), ("weights_outer", 1), ("weights_outer", 2))
 
@@ -312,8 +312,10 @@ def lower(node: ArrayNode, in_shape, cfg: ArrayConfig, x: np.ndarray | None = No
 
 
 def _job_params(node: ArrayNode, job: Job, zpc: int, cfg: ArrayConfig) -> list[dict]:
-    """One lane-params beat per channel block: tflite per-channel requant, zp folded into the bias."""
-    mult = node.multipliers()
+    """One lane-params beat per channel block, zp folded into the bias: tflite per-channel requant
+    (Q31 multiplier + shift) or, for ``node.mode == "ort"``, onnxruntime's float32 scale per channel
+    (lane mode 1, ``scale_f32``; docs/array.md "ort mode")."""
+    mult = node.lane_scales()
     wsum = job.W.astype(np.int64).sum(axis=0)
     lo, hi = node.act_range
     out = []
@@ -323,8 +325,31 @@ def _job_params(node: ArrayNode, job: Job, zpc: int, cfg: ArrayConfig) -> list[d
         out.append(params_from_layer(cfg, mult[ch], bias=node.bias.astype(np.int64)[ch], zp_out=node.out.zp,
                                      act_min=lo, act_max=hi, zp_in=zpc, w_sum=wsum[sl],
                                      alpha=None if node.prelu is None else node.prelu[ch],
-                                     lut_en=node.lut is not None))
+                                     lut_en=node.lut is not None, mode=node.mode))
     return out
+
+
+def hw_lane_fields(cfg: ArrayConfig) -> tuple[str, ...]:
+    """Names of the per-lane params fields the hardware layout (``hw.core.params_layout``) carries.
+
+    golden.isa packs params entries by field name through that layout, so a field the
+    layout lacks would be silently dropped from the bus words: ``check_mode_supported``
+    refuses such layers instead.
+    """
+    from hw.core import params_layout    # lazy, as golden.isa does
+    lane = params_layout(cfg).members["lane"]
+    return tuple(name for name, _ in lane.elem_shape)
+
+
+def check_mode_supported(node: ArrayNode, cfg: ArrayConfig) -> None:
+    """ValueError naming the layer if its requantization mode needs params fields the hardware lacks."""
+    if getattr(node, "mode", "tflite") != "ort":
+        return
+    missing = [f for f in ORT_LANE_FIELDS if f not in hw_lane_fields(cfg)]
+    if missing:
+        raise ValueError(f"layer {node.name!r}: requantization mode 'ort' needs the lane params fields {missing}, "
+                         "which the hardware params layout (hw.requant_lane.lane_params_layout) does not have "
+                         "(docs/array.md, 'ort mode')")
 
 
 def device_lut(node: ArrayNode) -> np.ndarray:
@@ -616,6 +641,7 @@ def compile_layer(node: ArrayNode, x: np.ndarray, cfg: ArrayConfig, order=None) 
     ``x``: the layer input (int8/uint8, the node's input dtype and shape).
     """
     x = node._check_inputs([x])[0]
+    check_mode_supported(node, cfg)
     in_shape = tuple(x.shape)
     jobs = lower(node, in_shape, cfg, x)
     cmds, od = schedule(jobs, cfg, order, lut=node.lut is not None, name=node.name)

@@ -48,10 +48,13 @@ import numpy as np
 
 from golden import layers, ops
 from golden._check import check_dtype, check_int_array, check_positive_int, check_scale, qrange
-from golden.requant import MAX_LEFT_SHIFT, multiply_by_quantized_multiplier, quantize_multiplier, tflite_multiplier
+from golden.requant import (MAX_LEFT_SHIFT, REQUANT_MODES, multiply_by_quantized_multiplier, ort_scale,
+                            quantize_multiplier, tflite_multiplier)
 
 __all__ = ["Q", "LutSpec", "Node", "ArrayNode", "Conv2d", "FullyConnected", "ConvTranspose2d", "MaxPool",
-           "DirectionalMax", "Add", "Concat", "Upsample", "Relu", "PRelu", "LeakyRelu", "Lut", "Graph"]
+           "DirectionalMax", "Add", "Concat", "Upsample", "Relu", "PRelu", "LeakyRelu", "Lut", "Clamp", "ChannelLut",
+           "AddTable", "Resize", "Reshape", "Transpose", "OrtConvTranspose", "ort_float_conv_transpose", "fma_f32",
+           "SGEMM_STRIDE_K", "Graph"]
 
 
 # --------------------------------------------------------------------------- quantization of a tensor
@@ -189,8 +192,11 @@ class ArrayNode(Node):
     on_array = True
 
     def __init__(self, name, inputs, in_q, weight, bias, w_scale, out: Q, *, act=None, prelu=None,
-                 lut: LutSpec | None = None, n_out: int):
+                 lut: LutSpec | None = None, n_out: int, mode: str = "tflite"):
         super().__init__(name, inputs, in_q)
+        if mode not in REQUANT_MODES:
+            raise ValueError(f"{name}.mode must be one of {REQUANT_MODES}, got {mode!r}")
+        self.mode = mode
         self.weight = np.array(check_dtype(weight, f"{name}.weight", ("int8",)))
         self.n_out = n_out
         if bias is None:
@@ -216,6 +222,9 @@ class ArrayNode(Node):
                                  f"lane (unsigned Q31 multiplier), got {a.ravel()[:4].tolist()}; run a "
                                  "non-positive slope as a host PRelu node")
             prelu = np.broadcast_to(a.reshape(-1), (n_out,)).copy()
+            if mode == "ort":
+                raise ValueError(f"{name}.prelu cannot be fused in mode 'ort' (onnxruntime applies PReLU in float "
+                                 "after requantizing); run it as a host PRelu/ChannelLut node")
         self.prelu = prelu
         if lut is not None:
             if not isinstance(lut, LutSpec):
@@ -232,6 +241,15 @@ class ArrayNode(Node):
         m = tflite_multiplier(self.in_q[0].scale, self.w_scale, self.out.scale)
         return np.broadcast_to(np.asarray(m, np.float64).reshape(-1), (self.n_out,)).copy()
 
+    def ort_scales(self) -> np.ndarray:
+        """Per-channel float32 scale of mode "ort": float32(float32(s_in * s_w[c]) / s_out) (QLinearConv)."""
+        s = ort_scale(self.in_q[0].scale, self.w_scale, self.out.scale)
+        return np.broadcast_to(s.reshape(-1), (self.n_out,)).copy()
+
+    def lane_scales(self) -> np.ndarray:
+        """What the lanes get per channel: ``multipliers()`` (tflite) or ``ort_scales()`` (ort)."""
+        return self.ort_scales() if self.mode == "ort" else self.multipliers()
+
     # ---- reference ----
     def _requant_prelu(self, acc: np.ndarray, axis: int) -> np.ndarray:
         """The lane with PReLU, from golden primitives: MBQM, golden.ops.prelu_requantized, + zp, clamp."""
@@ -245,7 +263,7 @@ class ArrayNode(Node):
         return np.clip(w + self.out.zp, lo, hi).astype(self.out.dtype)
 
     def reference(self, inputs) -> np.ndarray:
-        """Bit-exact output from golden.layers (+ golden.ops for PReLU/LUT)."""
+        """Bit-exact output from golden.layers in the node's mode (+ golden.ops for PReLU/LUT)."""
         (x,) = self._check_inputs(inputs)
         if self.prelu is None:
             y = self._plain(x)
@@ -257,7 +275,7 @@ class ArrayNode(Node):
 
     def _layer_kw(self) -> dict:
         return dict(x_zp=self.in_q[0].zp, x_scale=self.in_q[0].scale, w_scale=self.w_scale,
-                    y_scale=self.out.scale, y_zp=self.out.zp, mode="tflite", act=self.act_range,
+                    y_scale=self.out.scale, y_zp=self.out.zp, mode=self.mode, act=self.act_range,
                     out_dtype=self.out.dtype)
 
 
@@ -285,12 +303,12 @@ class Conv2d(ArrayNode):
     """
 
     def __init__(self, name, x: str, in_q: Q, weight, bias, w_scale, out: Q, *, stride=1, padding=0,
-                 dilation=1, groups=1, act=None, prelu=None, lut=None):
+                 dilation=1, groups=1, act=None, prelu=None, lut=None, mode="tflite"):
         w = np.asarray(weight)
         if w.ndim != 4:
             raise ValueError(f"{name}.weight must be (O, C/groups, kh, kw), got shape {w.shape}")
         super().__init__(name, (x,), (in_q,), w, bias, w_scale, out, act=act, prelu=prelu, lut=lut,
-                         n_out=w.shape[0])
+                         n_out=w.shape[0], mode=mode)
         self.stride = _pair(stride, f"{name}.stride", 1)
         self.dilation = _pair(dilation, f"{name}.dilation", 1)
         self.padding = _pads(padding, f"{name}.padding")
@@ -333,12 +351,13 @@ class FullyConnected(ArrayNode):
     Reference: ``golden.layers.fully_connected`` / ``fully_connected_acc`` + the PReLU lane.
     """
 
-    def __init__(self, name, x: str, in_q: Q, weight, bias, w_scale, out: Q, *, act=None, prelu=None, lut=None):
+    def __init__(self, name, x: str, in_q: Q, weight, bias, w_scale, out: Q, *, act=None, prelu=None, lut=None,
+                 mode="tflite"):
         w = np.asarray(weight)
         if w.ndim != 2:
             raise ValueError(f"{name}.weight must be (O, K), got shape {w.shape}")
         super().__init__(name, (x,), (in_q,), w, bias, w_scale, out, act=act, prelu=prelu, lut=lut,
-                         n_out=w.shape[0])
+                         n_out=w.shape[0], mode=mode)
 
     def out_shape(self, in_shapes):
         s = tuple(in_shapes[0])
@@ -366,13 +385,13 @@ class ConvTranspose2d(ArrayNode):
     """
 
     def __init__(self, name, x: str, in_q: Q, weight, bias, w_scale, out: Q, *, stride=1, padding=0,
-                 output_padding=0, dilation=1, groups=1, act=None, prelu=None, lut=None):
+                 output_padding=0, dilation=1, groups=1, act=None, prelu=None, lut=None, mode="tflite"):
         w = np.asarray(weight)
         if w.ndim != 4:
             raise ValueError(f"{name}.weight must be (C_in, C_out/groups, kh, kw), got shape {w.shape}")
         groups = check_positive_int(groups, f"{name}.groups")
         super().__init__(name, (x,), (in_q,), w, bias, w_scale, out, act=act, prelu=prelu, lut=lut,
-                         n_out=w.shape[1] * groups)
+                         n_out=w.shape[1] * groups, mode=mode)
         self.groups = groups
         self.stride = _pair(stride, f"{name}.stride", 1)
         self.dilation = _pair(dilation, f"{name}.dilation", 1)
@@ -479,14 +498,36 @@ class Add(Node):
 
 
 class Concat(Node):
-    """Channel (or any axis) concatenation with per-input requantization: ``golden.ops.concat_requant``."""
+    """Channel (or any axis) concatenation with per-input requantization.
+
+    Default: ``golden.ops.concat_requant`` (TFLite fixed point). With ``tables``
+    (one entry per input: None = copy the codes, or a 256-entry table of the
+    output dtype in ``golden.ops.make_lut`` order) each input is mapped through
+    its table first: onnxruntime's QLinearConcat, which copies inputs whose
+    scale and zero point equal the output's and requantizes the others with a
+    per-input lookup table built in float (firmware.onnx_import builds them).
+    """
 
     n_inputs = None
 
-    def __init__(self, name, xs: Sequence[str], in_q: Sequence[Q], out: Q, axis: int = 1):
+    def __init__(self, name, xs: Sequence[str], in_q: Sequence[Q], out: Q, axis: int = 1, tables=None):
         super().__init__(name, tuple(xs), tuple(in_q))
         self.out = _q(out, f"{name}.out")
         self.axis = int(axis)
+        if tables is not None:
+            if len(tables) != len(self.inputs):
+                raise ValueError(f"{name}.tables must have one entry per input ({len(self.inputs)}), got {len(tables)}")
+            tabs = []
+            for i, (t, q) in enumerate(zip(tables, self.in_q)):
+                if t is None:
+                    if q.dtype != self.out.dtype:
+                        raise ValueError(f"{name}.tables[{i}] is None (copy) but input {i} is {q.dtype}, "
+                                         f"the output {self.out.dtype}")
+                    tabs.append(None)
+                    continue
+                tabs.append(LutSpec(t, self.out).table)
+            tables = tabs
+        self.tables = tables
 
     @property
     def out_q(self):
@@ -499,6 +540,9 @@ class Concat(Node):
 
     def reference(self, inputs):
         xs = self._check_inputs(inputs)
+        if self.tables is not None:
+            parts = [x if t is None else ops.apply_lut(x, t, q.dtype) for x, t, q in zip(xs, self.tables, self.in_q)]
+            return np.concatenate(parts, axis=self.axis)
         return ops.concat_requant(xs, [q.scale for q in self.in_q], [q.zp for q in self.in_q], self.axis,
                                   self.out.scale, self.out.zp, self.out.dtype)
 
@@ -592,6 +636,312 @@ class Lut(Node):
     def reference(self, inputs):
         (x,) = self._check_inputs(inputs)
         return ops.apply_lut(x, self.lut.table, self.in_q[0].dtype)
+
+
+class Clamp(Node):
+    """A clamp of codes to [lo, hi] (same quantization in and out): a fused ReLU/ReLU6/Clip range.
+
+    ``Graph.fuse`` folds it into the array node feeding it like ``Relu``.
+    """
+
+    def __init__(self, name, x, in_q: Q, lo: int, hi: int):
+        super().__init__(name, (x,), (in_q,))
+        q = self.in_q[0]
+        for nm, v in (("lo", lo), ("hi", hi)):
+            if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or not q.qmin <= v <= q.qmax:
+                raise ValueError(f"{name}.{nm} must be an integer in [{q.qmin}, {q.qmax}], got {v!r}")
+        if lo > hi:
+            raise ValueError(f"{name}: lo must be <= hi, got ({lo}, {hi})")
+        self.lo, self.hi = int(lo), int(hi)
+
+    def clamp(self) -> tuple[int, int]:
+        return self.lo, self.hi
+
+    def reference(self, inputs):
+        (x,) = self._check_inputs(inputs)
+        return np.clip(x, self.lo, self.hi).astype(x.dtype)
+
+
+class ChannelLut(Node):
+    """A per-channel unary op as tables: ``out[n, c, ...] = tables[c, x[n, c, ...] - qmin(in dtype)]``.
+
+    ``tables``: (C, 256) of ``out.dtype`` (rows in golden.ops.make_lut order); the
+    channel axis is ``axis`` (1 for NCHW). onnxruntime's float PRelu with
+    per-channel slopes between DequantizeLinear and QuantizeLinear is exactly
+    such a map (firmware.onnx_import builds the rows by running it on every code).
+    """
+
+    def __init__(self, name, x, in_q: Q, tables, out: Q, axis: int = 1):
+        super().__init__(name, (x,), (in_q,))
+        self.out = _q(out, f"{name}.out")
+        t = check_dtype(tables, f"{name}.tables", ("int8", "uint8"))
+        if t.ndim != 2 or t.shape[1] != 256:
+            raise ValueError(f"{name}.tables must have shape (C, 256), got {t.shape}")
+        if t.dtype.name != self.out.dtype:
+            raise ValueError(f"{name}.tables dtype {t.dtype} must equal out.dtype {self.out.dtype}")
+        self.tables = np.array(t)
+        self.axis = int(axis)
+
+    @property
+    def out_q(self):
+        return self.out
+
+    def out_shape(self, in_shapes):
+        s = tuple(in_shapes[0])
+        if len(s) <= self.axis or s[self.axis] != self.tables.shape[0]:
+            raise ValueError(f"{self.name}: input shape {s} must have {self.tables.shape[0]} channels on axis {self.axis}")
+        return s
+
+    def reference(self, inputs):
+        (x,) = self._check_inputs(inputs)
+        idx = x.astype(np.int64) - self.in_q[0].qmin
+        ch = np.arange(x.shape[self.axis]).reshape([-1 if d == self.axis else 1 for d in range(x.ndim)])
+        return self.tables[ch, idx]
+
+
+class AddTable(Node):
+    """Elementwise add of two code tensors through a 256 x 256 table (NumPy broadcasting).
+
+    ``out = table[a - qmin(a), b - qmin(b)]``. onnxruntime runs a QDQ Add as
+    QLinearAdd, an elementwise float32 function of the two codes (MLAS), so
+    the table holds it exactly for every code pair (firmware.onnx_import
+    fills it by running onnxruntime on all 65536 pairs).
+    """
+
+    n_inputs = 2
+
+    def __init__(self, name, a, b, in_q: Sequence[Q], out: Q, table):
+        super().__init__(name, (a, b), in_q)
+        self.out = _q(out, f"{name}.out")
+        t = check_dtype(table, f"{name}.table", ("int8", "uint8"))
+        if t.shape != (256, 256):
+            raise ValueError(f"{name}.table must have shape (256, 256), got {t.shape}")
+        if t.dtype.name != self.out.dtype:
+            raise ValueError(f"{name}.table dtype {t.dtype} must equal out.dtype {self.out.dtype}")
+        self.table = np.array(t)
+
+    @property
+    def out_q(self):
+        return self.out
+
+    def out_shape(self, in_shapes):
+        return tuple(np.broadcast_shapes(tuple(in_shapes[0]), tuple(in_shapes[1])))
+
+    def reference(self, inputs):
+        a, b = self._check_inputs(inputs)
+        qa, qb = self.in_q
+        return self.table[a.astype(np.int64) - qa.qmin, b.astype(np.int64) - qb.qmin]
+
+
+class Resize(Node):
+    """Nearest-neighbour resize of NCHW codes by explicit source indices: ``x[:, :, rows][:, :, :, cols]``.
+
+    ``rows``/``cols``: the input row/column each output row/column copies
+    (firmware.onnx_import computes them with onnxruntime's coordinate rules).
+    Pure data movement, exact in any quantized type.
+    """
+
+    def __init__(self, name, x, in_q: Q, rows, cols):
+        super().__init__(name, (x,), (in_q,))
+        self.rows = check_int_array(rows, f"{name}.rows", 0, 2**31, ndim=1).astype(np.int64)
+        self.cols = check_int_array(cols, f"{name}.cols", 0, 2**31, ndim=1).astype(np.int64)
+        if self.rows.size == 0 or self.cols.size == 0:
+            raise ValueError(f"{name}: rows and cols must not be empty")
+
+    def out_shape(self, in_shapes):
+        n, c, h, w = in_shapes[0]
+        if self.rows.max() >= h or self.cols.max() >= w:
+            raise ValueError(f"{self.name}: source indices exceed the {h}x{w} input")
+        return (n, c, self.rows.size, self.cols.size)
+
+    def reference(self, inputs):
+        (x,) = self._check_inputs(inputs)
+        return np.ascontiguousarray(x[:, :, self.rows][:, :, :, self.cols])
+
+
+class Reshape(Node):
+    """Reshape of codes to ``shape`` (all dims given; row-major, ONNX Reshape/Flatten/Squeeze)."""
+
+    def __init__(self, name, x, in_q: Q, shape):
+        super().__init__(name, (x,), (in_q,))
+        self.shape = tuple(check_positive_int(int(v), f"{name}.shape", 1) for v in shape)
+
+    def out_shape(self, in_shapes):
+        if int(np.prod(in_shapes[0])) != int(np.prod(self.shape)):
+            raise ValueError(f"{self.name}: cannot reshape {tuple(in_shapes[0])} to {self.shape}")
+        return self.shape
+
+    def reference(self, inputs):
+        (x,) = self._check_inputs(inputs)
+        return x.reshape(self.shape)
+
+
+class Transpose(Node):
+    """Axis permutation of codes (ONNX Transpose): ``x.transpose(perm)``."""
+
+    def __init__(self, name, x, in_q: Q, perm):
+        super().__init__(name, (x,), (in_q,))
+        self.perm = tuple(int(v) for v in perm)
+        if sorted(self.perm) != list(range(len(self.perm))):
+            raise ValueError(f"{name}.perm must be a permutation of 0..{len(self.perm) - 1}, got {self.perm}")
+
+    def out_shape(self, in_shapes):
+        s = tuple(in_shapes[0])
+        if len(s) != len(self.perm):
+            raise ValueError(f"{self.name}: perm {self.perm} does not match the rank of {s}")
+        return tuple(s[p] for p in self.perm)
+
+    def reference(self, inputs):
+        (x,) = self._check_inputs(inputs)
+        return np.ascontiguousarray(x.transpose(self.perm))
+
+
+# --------------------------------------------------------------------------- onnxruntime's float ConvTranspose
+
+#: MLAS SGEMM's K block (MLAS_SGEMM_STRIDEK): partial sums over K restart every 128 terms and are added.
+SGEMM_STRIDE_K = 128
+
+
+def fma_f32(a: np.ndarray, b: np.ndarray, c: np.ndarray) -> np.ndarray:
+    """float32 fused multiply-add ``round_f32(a*b + c)`` with ONE rounding, vectorised.
+
+    a*b of two float32 values is exact in float64; the float64 sum is turned
+    into round-to-odd (TwoSum gives its exact error; an inexact even result is
+    nudged one ulp toward the error), and rounding a round-to-odd value with
+    53 >= 24 + 2 bits to float32 equals rounding the exact sum once.
+    """
+    p = a.astype(np.float64) * b.astype(np.float64)
+    c64 = c.astype(np.float64)
+    s = p + c64
+    bb = s - p
+    err = (p - (s - bb)) + (c64 - bb)
+    fix = (err != 0) & ((s.view(np.int64) & 1) == 0)
+    if fix.any():
+        s = np.where(fix, np.nextafter(s, np.where(err > 0, np.inf, -np.inf)), s)
+    return s.astype(np.float32)
+
+
+def ort_float_conv_transpose(x, x_q: Q, w, w_scale, bias, bias_scale, out: Q, *, stride, padding, output_padding,
+                             dilation, groups) -> np.ndarray:
+    """onnxruntime's CPU path for DequantizeLinear -> ConvTranspose (float) -> QuantizeLinear, bit for bit.
+
+    onnxruntime has no integer kernel for a QDQ ConvTranspose: it dequantizes
+    (``float32(q - zp) * scale``, per output channel for the weights), runs its
+    float ConvTranspose and quantizes. Its float kernel, per image and group,
+    is an MLAS SGEMM ``col = W^T X`` (one thread: each output an FMA chain over
+    the input channels in ascending order, restarted every ``SGEMM_STRIDE_K``
+    terms, the partial chains added in order), then col2im (the kh*kw taps of
+    an output pixel added in tap order (i, j) into a zeroed buffer), then
+    ``+ bias`` and QuantizeLinear (float32 division, round half to even,
+    saturate). Each step is reproduced here in float32 (``fma_f32``). Valid
+    for the single-threaded session (``intra_op_num_threads = 1``) on x86-64
+    with FMA; inputs of one pixel (H*W = 1) take another MLAS kernel and are
+    refused. ``w``: (C_in, C_out/groups, kh, kw) int8 (zero point 0);
+    ``w_scale``: C_out float32 scales; ``bias``: C_out int32 or None with
+    ``bias_scale`` (C_out float32).
+    """
+    n, ci, h, wd = x.shape
+    cin, og, kh, kw = w.shape
+    g = groups
+    cg = ci // g
+    sh, sw = stride
+    dh, dw = dilation
+    pt, pl, pb, pr = padding
+    oph, opw = output_padding
+    if h * wd == 1:
+        raise ValueError("onnxruntime uses its M1 SGEMM kernel for a 1-pixel ConvTranspose input; not emulated")
+    hf = (h - 1) * sh + dh * (kh - 1) + 1 + oph
+    wf_ = (wd - 1) * sw + dw * (kw - 1) + 1 + opw
+    ho, wo = hf - pt - pb, wf_ - pl - pr
+    xf = (x.astype(np.int32) - x_q.zp).astype(np.float32) * np.float32(x_q.scale)
+    ws = np.asarray(w_scale, np.float32).reshape(g, og)
+    y = np.empty((n, g * og, ho, wo), np.float32)
+    for gi in range(g):
+        wg = w[gi * cg:(gi + 1) * cg].astype(np.float32) * ws[gi][None, :, None, None]     # cg, og, kh, kw
+        a = wg.reshape(cg, og * kh * kw)                                                  # K x M
+        for ni in range(n):
+            b = xf[ni, gi * cg:(gi + 1) * cg].reshape(cg, h * wd)                          # K x N
+            col = None
+            for k0 in range(0, cg, SGEMM_STRIDE_K):
+                part = np.zeros((og * kh * kw, h * wd), np.float32)
+                for k in range(k0, min(cg, k0 + SGEMM_STRIDE_K)):
+                    part = fma_f32(a[k][:, None], b[k][None, :], part)
+                col = part if col is None else col + part
+            col = col.reshape(og, kh, kw, h, wd)
+            full = np.zeros((og, hf, wf_), np.float32)
+            for i in range(kh):
+                for j in range(kw):
+                    r0, c0 = i * dh, j * dw
+                    full[:, r0:r0 + sh * (h - 1) + 1:sh, c0:c0 + sw * (wd - 1) + 1:sw] += col[:, i, j]
+            y[ni, gi * og:(gi + 1) * og] = full[:, pt:pt + ho, pl:pl + wo]
+    if bias is not None:
+        bf = np.asarray(bias, np.int32).astype(np.float32) * np.asarray(bias_scale, np.float32)
+        y = y + bf[None, :, None, None]
+    with np.errstate(over="ignore", invalid="ignore"):
+        r = np.rint(y / np.float32(out.scale))
+    return (np.clip(r, out.qmin - out.zp, out.qmax - out.zp).astype(np.int64) + out.zp).astype(out.dtype)
+
+
+class OrtConvTranspose(Node):
+    """A QDQ ConvTranspose exactly as onnxruntime's CPU provider runs it: in float (host node).
+
+    Reference: ``ort_float_conv_transpose``. The integer alternative is a
+    ``ConvTranspose2d(mode="ort")`` on the array: the exact accumulator
+    requantized with onnxruntime's scale, which differs from onnxruntime's
+    float32 accumulation by 1 LSB on outputs within ~1e-5 LSB of a rounding
+    tie (about 1 in 1e5 outputs on random data).
+    """
+
+    def __init__(self, name, x, in_q: Q, weight, w_scale, bias, bias_scale, out: Q, *, stride=1, padding=0,
+                 output_padding=0, dilation=1, groups=1):
+        super().__init__(name, (x,), (in_q,))
+        self.weight = np.array(check_dtype(weight, f"{name}.weight", ("int8",)))
+        if self.weight.ndim != 4:
+            raise ValueError(f"{name}.weight must be (C_in, C_out/groups, kh, kw), got shape {self.weight.shape}")
+        self.groups = check_positive_int(groups, f"{name}.groups")
+        n_out = self.weight.shape[1] * self.groups
+        ws = np.asarray(w_scale, np.float32).reshape(-1)
+        if ws.size not in (1, n_out) or not np.all(np.isfinite(ws)) or np.any(ws <= 0):
+            raise ValueError(f"{name}.w_scale must hold 1 or {n_out} positive float32 scales, got shape {ws.shape}")
+        self.w_scale = np.broadcast_to(ws, (n_out,)).copy()
+        if bias is None:
+            self.bias = self.bias_scale = None
+        else:
+            self.bias = check_int_array(bias, f"{name}.bias", -(2**31), 2**31 - 1, ndim=1).astype(np.int32)
+            bs = np.asarray(bias_scale, np.float32).reshape(-1)
+            if self.bias.size != n_out or bs.size not in (1, n_out):
+                raise ValueError(f"{name}: bias and bias_scale must have {n_out} values")
+            self.bias_scale = np.broadcast_to(bs, (n_out,)).copy()
+        self.out = _q(out, f"{name}.out")
+        self.stride = _pair(stride, f"{name}.stride", 1)
+        self.dilation = _pair(dilation, f"{name}.dilation", 1)
+        self.padding = _pads(padding, f"{name}.padding")
+        self.output_padding = _pair(output_padding, f"{name}.output_padding", 0)
+
+    @property
+    def out_q(self):
+        return self.out
+
+    def out_shape(self, in_shapes):
+        n, c, h, wd = in_shapes[0]
+        ci, og, kh, kw = self.weight.shape
+        if ci != c or c % self.groups:
+            raise ValueError(f"{self.name}: input has {c} channels, weight expects {ci} (groups {self.groups})")
+        if h * wd == 1:
+            raise ValueError(f"{self.name}: a 1x1 input takes onnxruntime's M1 SGEMM kernel, which is not emulated")
+        pt, pl, pb, pr = self.padding
+        ho = (h - 1) * self.stride[0] + self.dilation[0] * (kh - 1) + 1 + self.output_padding[0] - pt - pb
+        wo = (wd - 1) * self.stride[1] + self.dilation[1] * (kw - 1) + 1 + self.output_padding[1] - pl - pr
+        if ho < 1 or wo < 1:
+            raise ValueError(f"{self.name}: padding leaves an empty output")
+        return (n, og * self.groups, ho, wo)
+
+    def reference(self, inputs):
+        (x,) = self._check_inputs(inputs)
+        return ort_float_conv_transpose(x, self.in_q[0], self.weight, self.w_scale, self.bias, self.bias_scale,
+                                        self.out, stride=self.stride, padding=self.padding,
+                                        output_padding=self.output_padding, dilation=self.dilation,
+                                        groups=self.groups)
 
 
 # --------------------------------------------------------------------------- the graph
@@ -732,7 +1082,7 @@ class Graph:
             src = produced.get(n.inputs[0]) if len(n.inputs) == 1 else None
             fusable = (isinstance(src, ArrayNode) and len(self.consumers(n.inputs[0])) == 1
                        and n.inputs[0] not in self.outputs)
-            if fusable and isinstance(n, Relu) and src.lut is None:
+            if fusable and isinstance(n, (Relu, Clamp)) and src.lut is None:
                 lo1, hi1 = src.act_range
                 lo2, hi2 = n.clamp()
                 f = copy.copy(src)
