@@ -25,9 +25,11 @@ from amaranth.lib import data, memory, stream, wiring
 from amaranth.lib.wiring import In, Out
 
 from golden._check import INT8_MIN, INT32_MAX, INT32_MIN, UINT8_MAX, UINT8_MIN
+from golden.array_model import MODE_ORT, lane_field_shapes
 from golden.config import REQUANT_STAGES, ArrayConfig
 from golden.requant import MAX_LEFT_SHIFT, MAX_RIGHT_SHIFT
 
+from . import ort_requant as ort_dp
 from .pe import check_hw_config, config_for, saturate, signed_width
 
 #: Width of the int32 datapath of the lane.
@@ -41,21 +43,32 @@ CODE_BOUND_WIDTH = signed_width(INT8_MIN, UINT8_MAX)
 #: Output code and LUT geometry: an 8-bit pattern indexes a 256-entry table.
 CODE_WIDTH = UINT8_MAX.bit_length()
 LUT_DEPTH = UINT8_MAX - UINT8_MIN + 1
+#: ort mode: the raw IEEE-754 bits of the float32 scale.
+SCALE_WIDTH = 32
 
 
 def lane_params_layout(cfg: ArrayConfig) -> data.StructLayout:
-    """Per-lane fields of a ``params`` beat (docs/array.md, "Ports")."""
-    return data.StructLayout({
-        "bias": signed(cfg.bias_width),
-        "mult": unsigned(MULT_WIDTH),
-        "shift": signed(SHIFT_WIDTH),
-        "zp": signed(CODE_BOUND_WIDTH),
-        "act_min": signed(CODE_BOUND_WIDTH),
-        "act_max": signed(CODE_BOUND_WIDTH),
-        "alpha_mult": unsigned(MULT_WIDTH),
-        "alpha_shift": signed(SHIFT_WIDTH),
-        "prelu": unsigned(1),
-    })
+    """Per-lane fields of a ``params`` beat (docs/array.md, "Ports" and "ort mode").
+
+    Derived from ``golden.array_model.lane_field_shapes`` (the single definition
+    of the fields, their order and shapes, shared with golden.isa's packing);
+    ``_check_lane_widths`` ties the lane's internal widths to it.
+    """
+    return data.StructLayout({f: (signed if sgn else unsigned)(w)
+                              for f, (sgn, w) in lane_field_shapes(cfg.bias_width).items()})
+
+
+def _check_lane_widths(cfg: ArrayConfig) -> None:
+    """The datapath below is sized by module constants: they must match the shared field shapes."""
+    want = {"mult": (False, MULT_WIDTH), "alpha_mult": (False, MULT_WIDTH), "shift": (True, SHIFT_WIDTH),
+            "alpha_shift": (True, SHIFT_WIDTH), "zp": (True, CODE_BOUND_WIDTH),
+            "act_min": (True, CODE_BOUND_WIDTH), "act_max": (True, CODE_BOUND_WIDTH),
+            "prelu": (False, 1), "mode": (False, 1), "scale_f32": (False, SCALE_WIDTH)}
+    got = lane_field_shapes(cfg.bias_width)
+    bad = {f: got.get(f) for f, sh in want.items() if got.get(f) != sh}
+    if bad:
+        raise ValueError(f"golden.array_model.lane_field_shapes changed field(s) {bad}; hw.requant_lane "
+                         f"is built for {want}")
 
 
 def lut_layout() -> data.StructLayout:
@@ -82,6 +95,22 @@ def _satshl32(m, x, left, name):
     return saturate(wide, _W32)
 
 
+#: SRDHM rounding nudge, 2**30: see ``_srdhm``.
+_NUDGE = 1 << (_W32 - 2)
+
+
+def _product(m, a, b, nudge, name):
+    """a * b + nudge as a signed(64) signal (a int32, b unsigned(31), nudge 0 or _NUDGE)."""
+    prod = Signal(signed(2 * _W32), name=f"{name}_prod")
+    m.d.comb += prod.eq(a * b + nudge)
+    return prod
+
+
+def _high_word(prod):
+    """The SRDHM result in a nudged product: bits [31, 63) as int32."""
+    return prod[_W32 - 1:2 * _W32 - 1].as_signed()
+
+
 def _srdhm(m, a, b, name):
     """SaturatingRoundingDoublingHighMul(a, b) for int32 a and b in [0, INT32_MAX].
 
@@ -94,9 +123,7 @@ def _srdhm(m, a, b, name):
     unsigned(31) port (<= INT32_MAX), so it cannot occur; the result range is
     [INT32_MIN + 1, INT32_MAX - 1].
     """
-    prod = Signal(signed(2 * _W32), name=f"{name}_prod")
-    m.d.comb += prod.eq(a * b + (1 << (_W32 - 2)))
-    return prod[_W32 - 1:2 * _W32 - 1].as_signed()
+    return _high_word(_product(m, a, b, _NUDGE, name))
 
 
 def _rdbpot(m, x, e, name):
@@ -136,17 +163,26 @@ class RequantLane(wiring.Component):
     * ``valid``     In(1)          ``acc`` holds a row
     * ``last``      In(1)          that row is its tile's last (carried to ``out_last``)
     * ``params``    In(lane_params_layout(cfg))  bias, mult, shift, zp, act_min,
-                    act_max, alpha_mult, alpha_shift, prelu: sampled with ``acc``
+                    act_max, alpha_mult, alpha_shift, prelu, mode, scale_f32:
+                    sampled with ``acc`` (``mode`` selects the requantization per row)
     * ``lut_en``    In(1)          sampled with ``acc``: output through the table
     * ``lut``       In(stream.Signature(lut_layout()))  table write port, always
                     ready, not gated by ``en``; a write on cycle t is read from t + 1
     * ``out_data``  Out(8)         the output code (value & 0xFF, or its LUT entry)
     * ``out_valid`` Out(1)         ``valid`` delayed by REQUANT_LATENCY enabled cycles
     * ``out_last``  Out(1)         ``last`` delayed likewise
+
+    ``ort=False`` elaborates the tflite-only lane (``mode`` and ``scale_f32``
+    ignored): it exists to measure the cost of the ort path
+    (``python -m hw.ort_requant --synth``); the array uses the default.
     """
 
-    def __init__(self, cfg: ArrayConfig):
+    def __init__(self, cfg: ArrayConfig, *, ort: bool = True):
         self.cfg = config_for(self, cfg)
+        if not isinstance(ort, bool):
+            self._MustUse__used = True
+            raise ValueError(f"ort must be a bool, got {ort!r}")
+        self.ort = ort
         super().__init__({
             "en": In(1),
             "acc": In(signed(cfg.acc_width)),
@@ -162,11 +198,13 @@ class RequantLane(wiring.Component):
 
     def elaborate(self, platform):
         check_hw_config(self.cfg)
+        _check_lane_widths(self.cfg)
         m = Module()
         en, p = self.en, self.params
-        i32, sw, cw = signed(_W32), signed(SHIFT_WIDTH), signed(CODE_BOUND_WIDTH)
-        mw = unsigned(MULT_WIDTH)
+        i32 = signed(_W32)
+        u1 = unsigned(1)
         u8 = unsigned(CODE_WIDTH)
+        ort = self.ort
 
         def carry(prev, *keys):
             """Forward parameters a later stage still needs."""
@@ -178,45 +216,80 @@ class RequantLane(wiring.Component):
              "alpha_shift": p.alpha_shift, "prelu": p.prelu, "lut_en": self.lut_en}
         late = ("zp", "act_min", "act_max", "lut_en")
         alpha = ("prelu", "alpha_mult", "alpha_shift")
-        flags = ("valid", "last")
+        flags = ("valid", "last") + (("mode",) if ort else ())
+        ort_in = {}
+        if ort:
+            # ort: the scale's significand takes the place of `mult` (they share the
+            # srdhm multiplier); its exponent field rides along for stage lshift.
+            mant, efield, subnormal = ort_dp.scale_fields(p.scale_f32)
+            s["mode"] = p.mode
+            s["mult"] = Mux(p.mode == MODE_ORT, mant, p.mult)
+            ort_in = {"efield": (efield.shape(), efield), "subnormal": (u1, subnormal)}
 
         # bias: the exact sum (acc_width + bias_width fit in one more bit), saturated once.
         s = stages["bias"] = _stage_regs(m, en, "bias", {
             "v": (i32, saturate(self.acc + p.bias, _W32)),
-            **carry(s, *flags, "shift", "mult", *alpha, *late)})
-        # lshift: saturating left shift by max(shift, 0).
+            **{"mult": (unsigned(MULT_WIDTH), s["mult"])},
+            **carry(s, *flags, "shift", *alpha, *late), **ort_in})
+        # lshift: tflite: saturating left shift by max(shift, 0). ort: |t| normalised to
+        # a 24-bit significand (RNE), the multiplier operand in place of the shifted t.
+        v = _satshl32(m, s["v"], _left_amount(s["shift"]), "lshift")
+        ort_regs = {}
+        if ort:
+            o = ort_dp.normalise_abs(m, s["v"], s["efield"], "ort_lshift")
+            v = Mux(s["mode"] == MODE_ORT, o["ma"], v)
+            ort_regs = {"neg": (u1, o["neg"]), "zero": (u1, o["tzero"] | s["subnormal"]),
+                        "epart": (o["epart"].shape(), o["epart"])}
         s = stages["lshift"] = _stage_regs(m, en, "lshift", {
-            "v": (i32, _satshl32(m, s["v"], _left_amount(s["shift"]), "lshift")),
-            **carry(s, *flags, "shift", "mult", *alpha, *late)})
-        # srdhm: 64-bit product with the nudge, high word.
+            "v": (i32, v), **carry(s, *flags, "shift", "mult", *alpha, *late), **ort_regs})
+        # srdhm: 64-bit product with the nudge, high word. ort: the same multiplier gives
+        # the exact product of the significands (no nudge); the register keeps it whole.
+        if ort:
+            prod = _product(m, s["v"], s["mult"], Mux(s["mode"] == MODE_ORT, 0, _NUDGE), "srdhm")
+            first = {"prod": (prod.shape(), prod)}
+            ort_regs = carry(s, "neg", "zero", "epart")
+        else:
+            first = {"v": (i32, _srdhm(m, s["v"], s["mult"], "srdhm"))}
         s = stages["srdhm"] = _stage_regs(m, en, "srdhm", {
-            "v": (i32, _srdhm(m, s["v"], s["mult"], "srdhm")),
-            **carry(s, *flags, "shift", *alpha, *late)})
-        # rdbpot: rounding right shift by max(-shift, 0).
+            **first, **carry(s, *flags, "shift", *alpha, *late), **ort_regs})
+        # rdbpot: rounding right shift by max(-shift, 0). ort: the product rounded to
+        # 24 significant bits (RNE) and its exponent.
+        v = s["v"] if not ort else _high_word(s["prod"])
+        if ort:
+            o = ort_dp.round_product(m, s["prod"][:ort_dp.PROD_WIDTH], s["epart"], "ort_rdbpot")
+            ort_regs = {"pm": (o["pm"].shape(), o["pm"]), "e": (o["e"].shape(), o["e"]), **carry(s, "neg", "zero")}
         s = stages["rdbpot"] = _stage_regs(m, en, "rdbpot", {
-            "v": (i32, _rdbpot(m, s["v"], _right_amount(s["shift"]), "rdbpot")),
-            **carry(s, *flags, *alpha, *late)})
+            "v": (i32, _rdbpot(m, v, _right_amount(s["shift"]), "rdbpot")),
+            **carry(s, *flags, *alpha, *late), **ort_regs})
         # prelu_mul: negative values with prelu: SRDHM(satshl32(v, alpha left), alpha_mult).
+        # ort: |f| rounded half to even to an integer, saturated.
+        if ort:
+            mag = ort_dp.to_integer(m, s["pm"], s["e"], s["zero"], "ort_prelu_mul")
+            ort_regs = {"mag": (mag.shape(), mag), **carry(s, "neg")}
         neg = s["prelu"] & s["v"][-1]
         alpha_v = _srdhm(m, _satshl32(m, s["v"], _left_amount(s["alpha_shift"]), "prelu_shl"),
                          s["alpha_mult"], "prelu_srdhm")
         s = stages["prelu_mul"] = _stage_regs(m, en, "prelu_mul", {
             "v": (i32, Mux(neg, alpha_v, s["v"])),
-            "neg": (unsigned(1), neg),
-            **carry(s, *flags, "alpha_shift", *late)})
+            "neg_alpha": (u1, neg),
+            **carry(s, *flags, "alpha_shift", *late), **ort_regs})
         # prelu_div: the rounding right shift of the alpha multiplication.
+        # ort: the signed result replaces the tflite value (the mode select).
         alpha_d = _rdbpot(m, s["v"], _right_amount(s["alpha_shift"]), "prelu_div")
+        v = Mux(s["neg_alpha"], alpha_d, s["v"])
+        if ort:
+            v = Mux(s["mode"] == MODE_ORT, ort_dp.apply_sign(s["mag"], s["neg"]), v)
         s = stages["prelu_div"] = _stage_regs(m, en, "prelu_div", {
-            "v": (i32, Mux(s["neg"], alpha_d, s["v"])),
-            **carry(s, *flags, *late)})
+            "v": (i32, v), **carry(s, "valid", "last", *late)})
         # clamp: + zero point, then np.clip order (max with act_min, then min with
-        # act_max); the register keeps only the 8-bit code.
+        # act_max); the register keeps only the 8-bit code. Shared by both modes:
+        # clamp(v, act_min - zp, act_max - zp) + zp = clamp(v + zp, act_min, act_max).
         z = Signal(signed(_W32 + 1), name="clamp_z")
         zl = Signal(signed(_W32 + 1), name="clamp_zl")
         m.d.comb += [z.eq(s["v"] + s["zp"]), zl.eq(Mux(z < s["act_min"], s["act_min"], z))]
         q = Mux(zl > s["act_max"], s["act_max"], zl)
         s = stages["clamp"] = _stage_regs(m, en, "clamp", {
-            "v": (u8, q[:CODE_WIDTH]), **carry(s, *flags, "lut_en")})
+            "v": (u8, q[:CODE_WIDTH]), **carry(s, "valid", "last", "lut_en")})
 
         # lut: the table is written by the `lut` stream regardless of `en`
         # (a write on cycle t is read from t + 1: asynchronous read port).
@@ -229,7 +302,7 @@ class RequantLane(wiring.Component):
             rp.addr.eq(s["v"]),
         ]
         s = stages["lut"] = _stage_regs(m, en, "lut", {
-            "v": (u8, Mux(s["lut_en"], rp.data, s["v"])), **carry(s, *flags)})
+            "v": (u8, Mux(s["lut_en"], rp.data, s["v"])), **carry(s, "valid", "last")})
 
         # Implemented stages, in order, must be exactly the configured ones:
         # a change to REQUANT_STAGES (and so REQUANT_LATENCY) must change this code.

