@@ -292,13 +292,21 @@ def build_core(cfg: ArrayConfig, *, opt: str = "-O0", force: bool = False, verbo
     CACHE_ROOT.mkdir(parents=True, exist_ok=True)
     if not force and (final / _STAMP).exists():
         return _load(cfg, key, final, fresh=False, t0=t0)
+    model = _build_locked(cfg, key, final, opt=opt, force=force, verbose=verbose, t0=t0)
+    _prune()
+    return model
+
+
+def _build_locked(cfg: ArrayConfig, key: str, final: Path, *, opt: str, force: bool, verbose: bool,
+                  t0: float) -> BuiltModel:
     with open(CACHE_ROOT / f"{key}.lock", "w") as lockf:
         fcntl.flock(lockf, fcntl.LOCK_EX)
         try:
             if not force and (final / _STAMP).exists():      # another process built it meanwhile
                 return _load(cfg, key, final, fresh=False, t0=t0)
+            for stale in CACHE_ROOT.glob(f".tmp-{key}-*"):     # left by a killed build of this key
+                shutil.rmtree(stale, ignore_errors=True)
             tmp = CACHE_ROOT / f".tmp-{key}-{os.getpid()}"
-            shutil.rmtree(tmp, ignore_errors=True)
             tmp.mkdir(parents=True)
             vpath = generate_verilog(cfg, tmp / f"{TOPLEVEL}.v")
             lz4_args, trace_format = _lz4_build_args()
@@ -317,6 +325,10 @@ def build_core(cfg: ArrayConfig, *, opt: str = "-O0", force: bool = False, verbo
                     raise RuntimeError(f"Verilator build of {_label(cfg)} failed ({e}); log {log}:\n{tail}") from e
             meta = {"cfg": dataclasses.asdict(cfg), "key": key, "trace_format": trace_format, "opt": opt,
                     "seconds": round(time.perf_counter() - t0, 2), "verilator": verilator_version()}
+            # Only the executable, the Verilog and the log are needed to run: drop the C++ intermediates.
+            for f in tmp.iterdir():
+                if f.suffix in (".o", ".a", ".gch", ".cpp", ".h", ".d", ".dat", ".mk"):
+                    f.unlink()
             (tmp / _STAMP).write_text(json.dumps(meta, indent=1))
             if final.exists():
                 shutil.rmtree(final)
@@ -326,8 +338,35 @@ def build_core(cfg: ArrayConfig, *, opt: str = "-O0", force: bool = False, verbo
     return _load(cfg, key, final, fresh=True, t0=t0)
 
 
+#: Models kept in the cache (least recently used ones beyond this are deleted).
+CACHE_KEEP = int(os.environ.get("ANCHORLESS_VERILATOR_KEEP", "24"))
+
+
+def _prune(keep: int | None = None) -> None:
+    """Delete the least recently used models beyond ``keep`` (skipping any whose lock is held).
+
+    Lock files are never deleted: a process may be waiting on one.
+    """
+    keep = CACHE_KEEP if keep is None else keep
+    entries = sorted((p for p in CACHE_ROOT.iterdir() if (p / _STAMP).exists()),
+                     key=lambda p: (p / _STAMP).stat().st_mtime, reverse=True)
+    for old in entries[keep:]:
+        with open(CACHE_ROOT / f"{old.name}.lock", "w") as lockf:
+            try:
+                fcntl.flock(lockf, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                continue
+            try:
+                shutil.rmtree(old, ignore_errors=True)
+            finally:
+                fcntl.flock(lockf, fcntl.LOCK_UN)
+
+
 def _load(cfg: ArrayConfig, key: str, d: Path, *, fresh: bool, t0: float) -> BuiltModel:
-    meta = json.loads((d / _STAMP).read_text())
+    stamp = d / _STAMP
+    meta = json.loads(stamp.read_text())
+    with contextlib.suppress(OSError):
+        os.utime(stamp)                       # least-recently-used bookkeeping for _prune
     return BuiltModel(cfg=cfg, key=key, build_dir=d, verilog=d / f"{TOPLEVEL}.v", toplevel=TOPLEVEL,
                       trace_format=meta["trace_format"], fresh=fresh,
                       build_seconds=time.perf_counter() - t0)

@@ -42,7 +42,10 @@ from golden.config import ArrayConfig
 from golden.requant import multiply_by_quantized_multiplier
 
 #: Per-lane parameter fields of a ``params`` beat, in docs/array.md order.
-LANE_FIELDS = ("bias", "mult", "shift", "zp", "act_min", "act_max", "alpha_mult", "alpha_shift", "prelu")
+LANE_FIELDS = ("bias", "mult", "shift", "zp", "act_min", "act_max", "alpha_mult", "alpha_shift", "prelu",
+               "mode", "scale_f32")
+#: Lane ``mode`` values (docs/array.md "ort mode").
+MODE_TFLITE, MODE_ORT = 0, 1
 #: Allowed range of each lane field (the port widths of docs/array.md; bias depends on cfg).
 MULT_MAX = 2**31 - 1
 SHIFT_RANGE = (-31, 15)
@@ -133,16 +136,39 @@ def tile_accumulators(stim: Stimulus) -> list[np.ndarray]:
     return out
 
 
-def lane_postprocess(acc, bias, mult, shift, zp, act_min, act_max, alpha_mult, alpha_shift, prelu):
+def ort_float_requant(t, scale_f32, zp, act_min, act_max) -> np.ndarray:
+    """ort-mode lanes in plain NumPy float32: ``rint(clamp(float32(t) * scale, act_min - zp, act_max - zp)) + zp``.
+
+    The hardware and the golden model emulate this with integers; this is the
+    floating-point statement itself (IEEE float32 multiply, round half to
+    even), an independent reference. ``scale_f32`` holds the float32 bits.
+    """
+    t = np.asarray(t, np.int64)
+    s = np.asarray(scale_f32, np.int64).astype(np.uint32).view(np.float32)
+    lo = (np.asarray(act_min) - zp).astype(np.float32)
+    hi = (np.asarray(act_max) - zp).astype(np.float32)
+    with np.errstate(over="ignore", under="ignore"):
+        f = t.astype(np.int32).astype(np.float32) * s
+    return np.rint(np.clip(f, lo, hi)).astype(np.int64) + zp
+
+
+def lane_postprocess(acc, bias, mult, shift, zp, act_min, act_max, alpha_mult, alpha_shift, prelu,
+                     mode=MODE_TFLITE, scale_f32=0x3F800000):
     """docs/array.md lane semantics up to the clamp: returns q (int64), before the LUT and the & 0xFF.
 
     Every argument broadcasts (acc is rows x out_lanes, the rest per lane).
+    Lanes with mode = 1 (ort) use ``ort_float_requant`` and ignore mult,
+    shift and the PReLU fields.
     """
     t = np.clip(np.asarray(acc, np.int64) + bias, INT32_MIN, INT32_MAX)
     v = multiply_by_quantized_multiplier(t, mult, shift)
     va = multiply_by_quantized_multiplier(v, alpha_mult, alpha_shift)
     v = np.where((np.asarray(prelu) != 0) & (v < 0), va, v)
-    return np.clip(v + zp, act_min, act_max)
+    q = np.clip(v + zp, act_min, act_max)
+    ort = np.asarray(mode) == MODE_ORT
+    if np.any(ort):
+        q = np.where(ort, ort_float_requant(t, np.where(ort, scale_f32, 0x3F800000), zp, act_min, act_max), q)
+    return q
 
 
 def active_table(stim: Stimulus, phase: int) -> int:
@@ -230,6 +256,21 @@ class _Gen:
         shift = np.clip(7 - bl + r.integers(-2, 3, n), *SHIFT_RANGE)
         return mult, shift
 
+    def ort_scales(self, t_abs: np.ndarray, edge: bool) -> np.ndarray:
+        """float32 bits per lane: a scale mapping |t| ~ t_abs onto ~8 bits, or (edge) extreme/tie scales."""
+        r = self.rng
+        n = t_abs.size
+        bl = np.array([_bitlen(v) for v in t_abs])
+        f = (1.0 + r.random(n)) * np.exp2(6.0 - bl + r.integers(-2, 3, n))
+        bits = f.astype(np.float32).view(np.uint32).astype(np.int64)
+        if edge:
+            # exact ties (x.5 products: round half to even), 1.0, the smallest subnormal, a subnormal,
+            # the largest finite float32 (saturates), a huge and a tiny normal scale
+            special = np.array([0x3F000000, 0x3E800000, 0x3FC00000, 0x3F800000, 0x00000001, 0x00345678,
+                                0x7F7FFFFF, 0x5F000000, 0x20000000], np.int64)
+            bits = np.where(r.random(n) < 0.8, special[r.integers(0, special.size, n)], bits)
+        return bits
+
     def params(self, mode: str, acc: np.ndarray) -> dict:
         r, L = self.rng, self.L
         col_sum_w = None  # filled by caller for folding
@@ -237,7 +278,9 @@ class _Gen:
         bias = r.integers(-2**20, 2**20, L)
         p = {"bias": bias, "zp": zp, "act_min": lo, "act_max": hi,
              "alpha_mult": r.integers(2**30, 2**31, L), "alpha_shift": r.integers(-8, 1, L),
-             "prelu": r.integers(0, 2, L)}
+             "prelu": r.integers(0, 2, L), "mode": np.zeros(L, np.int64),
+             # ignored on tflite lanes: any 32-bit pattern (the RTL must not look at it)
+             "scale_f32": r.integers(0, 2**32, L)}
         if mode == "typical":
             t_abs = np.abs(acc + bias).max(axis=0)
             p["mult"], p["shift"] = self.scale_for(t_abs)
@@ -260,6 +303,15 @@ class _Gen:
             p["shift"] = r.choice(np.array([-31, -30, 0, 14, 15]), L)
             p["alpha_mult"] = r.choice(np.array([0, 1, 2**30, MULT_MAX]), L)
             p["alpha_shift"] = r.choice(np.array([-31, 0, 15]), L)
+        elif mode in ("ort", "ort_edge"):
+            # ort lanes (a random subset, at least one): mult/shift/alpha ignored (random), prelu = 0
+            ort = r.random(L) < 0.7
+            ort[int(r.integers(0, L))] = True
+            p["mult"], p["shift"] = r.integers(0, 2**31, L), r.integers(SHIFT_RANGE[0], SHIFT_RANGE[1] + 1, L)
+            p["mode"] = ort.astype(np.int64)
+            p["prelu"] = np.where(ort, 0, p["prelu"])
+            p["scale_f32"] = np.where(ort, self.ort_scales(np.abs(acc + bias).max(axis=0), mode == "ort_edge"),
+                                      p["scale_f32"])
         else:
             raise ValueError(f"unknown params mode {mode!r}")
         p = {k: np.asarray(v, np.int64) for k, v in p.items()}
@@ -283,6 +335,10 @@ class _Gen:
             p = self.fold_zero_point(act, wgt, p)
             if pmode == "typical":
                 p["mult"], p["shift"] = self.scale_for(np.abs(acc + p["bias"]).max(axis=0))
+            elif pmode == "ort":
+                ort = p["mode"] == MODE_ORT
+                p["scale_f32"] = np.where(ort, self.ort_scales(np.abs(acc + p["bias"]).max(axis=0), False),
+                                          p["scale_f32"])
         self.tiles.append((act, wgt, p, lut_en, f"{kind}/K={K}/{pmode}{'/fold' if fold else ''}"
                                                   f"{'/lut' if lut_en else ''}"))
 
@@ -326,7 +382,7 @@ def make_stimulus(cfg: ArrayConfig, seed: int, *, n_random: int = 24, long_k: in
             K = (int(rng.choice(k_choices)) if c == 0 else int(rng.integers(2, 4 * R + 2)) if c == 1
                  else int(rng.integers(1, 65)))
             kind = str(rng.choice(["random", "random", "random", "extremes", "zero"]))
-            pmode = str(rng.choice(["typical", "typical", "typical", "mult_edge"]))
+            pmode = str(rng.choice(["typical", "typical", "typical", "mult_edge", "ort", "ort", "ort_edge"]))
             g.add(kind, K, pmode, fold=bool(rng.random() < 0.4), lut_en=int(lut and rng.random() < 0.5))
 
     # phase 0: corners without the LUT
@@ -342,6 +398,10 @@ def make_stimulus(cfg: ArrayConfig, seed: int, *, n_random: int = 24, long_k: in
     g.add("random", R + 3, "mult_edge")
     g.add("zero", 3, "sat_pos", fold=True)
     g.add("random", long_k, "typical", fold=True)
+    g.add("random", R + 2, "ort")
+    g.add("extremes", 2 * R + 1, "ort_edge")
+    g.add("chain_max", long_k // 2 + 3, "ort_edge")
+    g.add("random", 1, "ort", fold=True)
     random_tiles(n_random, lut=False)
     phase_of += [0] * len(g.tiles)
     # phase 1 and 2: LUT loaded, tiles with and without lut_en
@@ -350,6 +410,7 @@ def make_stimulus(cfg: ArrayConfig, seed: int, *, n_random: int = 24, long_k: in
         g.add("random", 5, "typical", lut_en=1)
         g.add("extremes", R + 1, "sat_neg", lut_en=1)
         g.add("random", 1, "mult_edge", lut_en=1)
+        g.add("random", R, "ort", lut_en=1)
         random_tiles(n_random // 2 + 1, lut=True)
         phase_of += [ph] * (len(g.tiles) - n0)
 
@@ -422,7 +483,7 @@ def check_stimulus(stim: Stimulus) -> None:
     lim = 2 ** (cfg.bias_width - 1)
     ranges = {"bias": (-lim, lim - 1), "mult": (0, MULT_MAX), "shift": SHIFT_RANGE, "zp": (-256, 255),
               "act_min": (-128, 255), "act_max": (-128, 255), "alpha_mult": (0, MULT_MAX),
-              "alpha_shift": SHIFT_RANGE, "prelu": (0, 1)}
+              "alpha_shift": SHIFT_RANGE, "prelu": (0, 1), "mode": (0, 1), "scale_f32": (0, 2**32 - 1)}
     for n in LANE_FIELDS:
         if stim.params[n].shape != (T, L):
             raise ValueError(f"params[{n!r}] must have shape {(T, L)}, got {stim.params[n].shape}")
@@ -430,6 +491,12 @@ def check_stimulus(stim: Stimulus) -> None:
     lo, hi = stim.params["act_min"], stim.params["act_max"]
     if np.any(lo > hi) or np.any(hi - lo > 255):
         raise ValueError("params act_min/act_max must satisfy act_min <= act_max <= act_min + 255")
+    ort = stim.params["mode"] == MODE_ORT
+    sf = stim.params["scale_f32"]
+    if np.any(ort & ((sf < 1) | (sf > 0x7F7FFFFF))):
+        raise ValueError("params['scale_f32'] must encode a positive finite float32 on ort lanes (mode = 1)")
+    if np.any(ort & (stim.params["prelu"] != 0)):
+        raise ValueError("params['prelu'] must be 0 on ort lanes (mode = 1)")
     rng_check("lut_en", stim.lut_en, 0, 1)
     if np.any(np.diff(stim.phase) < 0):
         raise ValueError("phase must be non-decreasing")
@@ -447,7 +514,9 @@ def coverage(stim: Stimulus) -> dict:
     exact ``acc + bias`` lies outside int32 below / above (saturated to INT32_MIN / MAX) or lands on
     INT32_MIN exactly; the saturating left shift clipping; PReLU applied (prelu = 1 and v < 0) and
     bypassed; results clamped at act_min / act_max; uint8 output ranges (act_max > 127); tiles with
-    lut_en; chains of the extreme products (-128 * weight_min); zero-point ends (zp = -128 / 255).
+    lut_en; chains of the extreme products (-128 * weight_min); zero-point ends (zp = -128 / 255);
+    ort lanes (mode = 1): lane-rows, exact float32 ties (x.5 products, round half to even), products
+    clamped, subnormal scales.
     """
     cfg = stim.cfg
     R = cfg.rows
@@ -456,7 +525,7 @@ def coverage(stim: Stimulus) -> dict:
            "k_long": int(np.sum(stim.k > 4 * chain)), "lut_tiles": int(stim.lut_en.sum()),
            "sat_low": 0, "sat_high": 0, "int32_min_exact": 0, "lshift_sat": 0, "prelu_applied": 0,
            "prelu_bypassed": 0, "clamp_low": 0, "clamp_high": 0, "uint8_range": 0, "extreme_chain": 0,
-           "zp_ends": 0}
+           "zp_ends": 0, "ort_lanes": 0, "ort_ties": 0, "ort_clamped": 0, "ort_subnormal_scale": 0}
     b = 0
     for t, acc in enumerate(tile_accumulators(stim)):
         kk = int(stim.k[t])
@@ -470,8 +539,22 @@ def coverage(stim: Stimulus) -> dict:
         cov["lshift_sat"] += int(np.sum((left > 0) & (tt != 0) & (np.abs(tt.astype(object) * 2 ** left.astype(object))
                                                                   > INT32_MAX)))
         v = multiply_by_quantized_multiplier(tt, p["mult"], p["shift"])
-        cov["prelu_applied"] += int(np.sum((p["prelu"] != 0) & (v < 0)))
-        cov["prelu_bypassed"] += int(np.sum((p["prelu"] == 0) & (v < 0)))
+        ort = np.broadcast_to(p["mode"] == MODE_ORT, tt.shape)
+        cov["prelu_applied"] += int(np.sum((p["prelu"] != 0) & (v < 0) & ~ort))
+        cov["prelu_bypassed"] += int(np.sum((p["prelu"] == 0) & (v < 0) & ~ort))
+        cov["ort_lanes"] += int(ort.sum())
+        if ort.any():
+            sc = np.where(p["mode"] == MODE_ORT, p["scale_f32"], 0x3F800000).astype(np.uint32).view(np.float32)
+            with np.errstate(over="ignore", under="ignore"):
+                f = tt.astype(np.int32).astype(np.float32) * sc
+            fin = np.isfinite(f)
+            frac = np.where(fin, f - np.floor(np.where(fin, f, 0)), 0)
+            cov["ort_ties"] += int(np.sum(ort & fin & (frac == 0.5)))
+            out_lo = f < (p["act_min"] - p["zp"])
+            out_hi = f > (p["act_max"] - p["zp"])
+            cov["ort_clamped"] += int(np.sum(ort & (out_lo | out_hi)))
+            cov["ort_subnormal_scale"] += int(np.sum(ort & np.broadcast_to(
+                (p["mode"] == MODE_ORT) & (p["scale_f32"] < 0x00800000), tt.shape)))
         q = lane_postprocess(acc, **p)
         cov["clamp_low"] += int(np.sum((q == p["act_min"]) & (p["act_min"] > -128)))
         cov["clamp_high"] += int(np.sum((q == p["act_max"]) & (p["act_max"] < 255)))

@@ -8,7 +8,7 @@ Inputs (environment of the simulator process, set by ``sim.build.run_cocotb``):
 * ``ANCHORLESS_PROFILE``  optional: write a cProfile of the run there
 * ``ANCHORLESS_INJECT``   optional fault injection proving the checks can fail:
   ``payload:N`` flips bit 0 of the RTL's ``out.payload`` as read on its N-th
-  valid cycle; ``ready:N`` on the first cycle >= N with ``out.valid`` drives
+  output transfer; ``ready:N`` on the first cycle >= N with ``out.valid`` drives
   the RTL's ``out.ready`` inverted while the model gets the pattern's value
 
 Every clock cycle the testbench
@@ -32,7 +32,10 @@ Every clock cycle the testbench
 
 LUT tables are loaded at the start of each phase that has one, after the core
 has drained (the contract forbids changing the table under LUT rows in
-flight). ``macs_checked`` adds ``K * out_lanes`` for every output row compared
+flight). The result also counts what held beats back (``gap_stalls``: a last
+beat refused by the tile gap rule; ``credit_stalls``: by the params credit;
+``out_stalls``; ``params_full_stalls``) so tests can insist every rule was
+exercised. ``macs_checked`` adds ``K * out_lanes`` for every output row compared
 with the reference. The result JSON has the counters, the first mismatches and
 the simulation speed (``cycles_per_second``, cocotb-driven wall clock).
 """
@@ -80,7 +83,8 @@ class _Result:
                   "expected_out_beats": stim.n_tiles * stim.cfg.rows, "out_beats": 0,
                   "macs_checked": 0, "value_mismatches": 0, "cycle_mismatches": 0, "ref_mismatches": 0,
                   "model_ref_mismatches": 0, "extra_out_beats": 0, "cycles": 0, "seconds": 0.0,
-                  "cycles_per_second": 0.0, "timeout": False, "error": None, "mismatches": [], "passed": False}
+                  "cycles_per_second": 0.0, "gap_stalls": 0, "credit_stalls": 0, "out_stalls": 0,
+                  "params_full_stalls": 0, "lut_writes": 0, "timeout": False, "error": None, "mismatches": [], "passed": False}
 
     def note(self, msg: str):
         if len(self.d["mismatches"]) < 40:
@@ -148,6 +152,12 @@ async def _run(dut, stim: Stimulus, res: _Result, max_mismatch: int, inject=None
             raise ValueError(f"{name} is {width} bits but the stimulus' cfg needs {data_size(lay)}: "
                              "model built for another configuration")
 
+    lane_fields = {name for name, _ in data_layout(params_layout(cfg))["lane"].shape.elem_shape}
+    missing = [f for f in LANE_FIELDS if f not in lane_fields and np.any(stim.params[f] != 0)]
+    if missing:
+        raise ValueError(f"the RTL's params layout has no field(s) {missing} but the stimulus uses them "
+                         "(hw/ predates the ort lane mode?)")
+
     # ---- pre-pack every beat once (the per-cycle loop only moves Python ints) ----
     last = stim.beat_last()
     in_lay, par_lay, lut_lay = input_layout(cfg), params_layout(cfg), lut_layout()
@@ -205,7 +215,7 @@ async def _run(dut, stim: Stimulus, res: _Result, max_mismatch: int, inject=None
     lut_addr = 0
     loaded = set()
     out_count = 0
-    out_valid_cycles = 0
+    out_transfers = 0
     bad_cycles = 0
     done_at = None
     cur = {"iv": 0, "ip": 0, "pv": 0, "pp": 0, "lv": 0, "lp": 0, "or": 0}   # last written values
@@ -255,12 +265,12 @@ async def _run(dut, stim: Stimulus, res: _Result, max_mismatch: int, inject=None
         r_pr = int(h_pr.value)
         r_ov = int(h_ov.value)
         r_op = int(h_op.value) if r_ov else None
-        if r_ov:
-            if inject is not None and inject[0] == "payload" and out_valid_cycles == inject[1]:
+        if r_ov and rtl_rdy:
+            if inject is not None and inject[0] == "payload" and out_transfers == inject[1]:
                 r_op ^= 1
                 inject = None
                 res.note(f"cycle {c}: injected fault: out.payload bit 0 flipped")
-            out_valid_cycles += 1
+            out_transfers += 1
         # ---- the model, same inputs ----
         # params.ready depends only on the FIFO level, so a params beat offered to a full FIFO has no
         # effect on the model; it is offered only when it can be accepted (saves re-validating the
@@ -305,6 +315,17 @@ async def _run(dut, stim: Stimulus, res: _Result, max_mismatch: int, inject=None
                 d["model_ref_mismatches"] += 1
                 res.note(f"cycle {c}: MODEL out beat {mi} {m_op:#x} differs from the functional reference "
                          f"{ref_bits[mi]:#x} (golden model bug?)")
+        # handshake coverage (what held a beat back), from the model's view of the same cycle
+        if hold_in and last[bi] and m["en"] and not r_ir:
+            if not m["tile_gap_ok"]:
+                d["gap_stalls"] += 1
+            elif not m["param_credit"]:
+                d["credit_stalls"] += 1
+        if r_ov and not rtl_rdy:
+            d["out_stalls"] += 1
+        if hold_par and not r_pr:
+            d["params_full_stalls"] += 1
+        d["lut_writes"] += lut_valid
         if hold_in and r_ir:
             bi += 1
             hold_in = False
@@ -336,6 +357,11 @@ async def _run(dut, stim: Stimulus, res: _Result, max_mismatch: int, inject=None
     d["cycles"] = c
     d["seconds"] = round(dt, 3)
     d["cycles_per_second"] = round(c / dt, 1) if dt > 0 else 0.0
+
+
+def data_layout(layout):
+    from amaranth.lib import data
+    return dict(iter(data.Layout.cast(layout)))
 
 
 def data_size(layout) -> int:
