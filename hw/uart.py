@@ -1,0 +1,547 @@
+"""UART link to the accelerator: bit-level receiver/transmitter and the framed bridge (docs/fpga.md).
+
+The ULX3S talks to its host through the FT231X USB serial port: two wires, no
+hardware flow control reaching the FPGA. This module carries the three
+streams of ``hw.top.Accelerator`` (``cmd``, ``din``, ``dout``, docs/top.md)
+over that byte pipe:
+
+* ``UartRx`` / ``UartTx``: 8N1 at ``divisor`` clock cycles per bit. The
+  receiver synchronises ``rx`` (2 flip-flops), samples mid-bit, and reports
+  a *break* (the line held low for a whole frame: start, 8 zero data bits and
+  a zero stop bit) instead of a byte; after any framing error it waits for
+  the line to return high.
+* ``UartBridge``: the framing. Host -> device bytes go into a receive FIFO
+  of ``fifo_bytes`` bytes; a parser turns frames into ``cmd`` descriptors and
+  ``din`` words. Device -> host frames carry ``dout`` words, credit returns,
+  the identification frame and error reports. Flow control is by credit:
+  the host never has more than ``fifo_bytes`` bytes unaccounted for, and the
+  bridge returns one ``D_CREDIT`` byte per ``credit_unit`` bytes it has taken
+  out of the FIFO, so the FIFO cannot overflow however long the accelerator
+  holds ``cmd``/``din`` back (an interlocked WRITE, a full job queue).
+  A break resets the bridge (FIFO, parser, transmitter) and the accelerator
+  (``acc_rst`` pulse): that is how a host recovers a link in any state (a
+  program killed mid-frame). The host then discards what it has received,
+  sends ``H_HELLO`` with a fresh nonce and waits for the ``D_HELLO`` echoing
+  it (stale bytes still in flight cannot be mistaken for the answer).
+* ``UartAccelerator``: ``UartBridge`` + ``hw.top.Accelerator`` (reset by the
+  bridge's break), ports ``rx``/``tx``: what the board top instantiates and
+  what the simulation test drives bit by bit.
+* ``UartSim``: ``UartAccelerator`` in the Amaranth simulator as a byte pipe
+  (``write``/``read``/``send_break``), the same transport interface as
+  ``firmware.uart_device.SerialLink``, so ``firmware.uart_device.UartDevice``
+  and ``firmware.driver`` run unchanged against the simulated UART.
+
+Frames (all multi-byte fields little-endian; ``B`` = ``cfg.bus_bytes``):
+
+==========  =====  ============================================================
+frame       type   body
+==========  =====  ============================================================
+host -> device
+``H_CMD``   0x01   16 bytes: one 128-bit ``cmd`` descriptor
+``H_DATA``  0x02   flags (1 byte: bit 0 = ``last`` on the burst's final word,
+                   other bits ignored), ``n - 1`` (u16), then ``n * B`` bytes:
+                   ``n`` ``din`` words (1 <= n <= 65536)
+``H_HELLO`` 0x03   nonce (1 byte): the device answers ``D_HELLO``
+device -> host
+``D_WORD``  0x11   ``B`` bytes: one ``dout`` word with ``last`` = 0
+``D_LAST``  0x12   ``B`` bytes: one ``dout`` word with ``last`` = 1
+``D_CREDIT`` 0x13  none: the host may send ``credit_unit`` more bytes
+``D_HELLO`` 0x14   "ANL", ``BRIDGE_VERSION``, the nonce, ``config_id(cfg)``
+                   (u32), log2(``fifo_bytes``), log2(``credit_unit``)
+``D_ERROR`` 0x15   the byte the parser found where a frame type was expected
+                   (the byte is skipped)
+==========  =====  ============================================================
+
+Every byte the host sends (type bytes included) counts against its credit,
+which is ``fifo_bytes`` after a break (the FIFO is empty).
+"""
+from __future__ import annotations
+
+import dataclasses
+import zlib
+from collections import deque
+
+from amaranth import Cat, Const, Module, Mux, ResetInserter, Signal, unsigned
+from amaranth.lib import fifo, stream, wiring
+from amaranth.lib.wiring import In, Out, connect
+
+from golden.config import ArrayConfig
+from golden.isa import DESC_BITS
+
+from .decoder import bus_layout
+
+__all__ = [
+    "BRIDGE_VERSION", "H_CMD", "H_DATA", "H_HELLO", "D_WORD", "D_LAST", "D_CREDIT", "D_HELLO", "D_ERROR",
+    "DATA_LAST", "MAX_BURST", "HELLO_MAGIC", "HELLO_BYTES", "DESC_BYTES", "FIFO_BYTES", "CREDIT_UNIT",
+    "config_id", "hello_frame", "baud_divisor",
+    "UartRx", "UartTx", "UartBridge", "UartAccelerator", "UartSim",
+]
+
+BRIDGE_VERSION = 1
+H_CMD, H_DATA, H_HELLO = 0x01, 0x02, 0x03
+D_WORD, D_LAST, D_CREDIT, D_HELLO, D_ERROR = 0x11, 0x12, 0x13, 0x14, 0x15
+#: H_DATA flags bit: ``last`` = 1 on the burst's final word.
+DATA_LAST = 0x01
+#: Most words in one H_DATA burst (the count field is n - 1 in 16 bits).
+MAX_BURST = 1 << 16
+HELLO_MAGIC = b"ANL"
+DESC_BYTES = DESC_BITS // 8
+#: Board defaults: one DP16KD (2048 x 9) of receive FIFO, a credit byte per 64 bytes consumed.
+FIFO_BYTES = 2048
+CREDIT_UNIT = 64
+#: Largest tolerated baud-rate error of the integer divisor (sampling mid-bit over 10 bits).
+MAX_BAUD_ERROR = 0.02
+
+
+def config_id(cfg: ArrayConfig) -> int:
+    """CRC-32 of every ``ArrayConfig`` field (name=value, declaration order): the board's
+    D_HELLO carries it so a host refuses to drive a bitstream built for another config."""
+    if not isinstance(cfg, ArrayConfig):
+        raise ValueError(f"cfg must be a golden.config.ArrayConfig, got {type(cfg).__name__}")
+    text = ",".join(f"{f.name}={getattr(cfg, f.name)!r}" for f in dataclasses.fields(cfg))
+    return zlib.crc32(text.encode())
+
+
+def _log2(v: int, name: str) -> int:
+    if isinstance(v, bool) or not isinstance(v, int) or v < 1 or v & (v - 1):
+        raise ValueError(f"{name} must be a power of two, got {v!r}")
+    return v.bit_length() - 1
+
+
+#: Bytes of a D_HELLO frame, type byte included.
+HELLO_BYTES = 1 + len(HELLO_MAGIC) + 1 + 1 + 4 + 2
+
+
+def hello_frame(cfg: ArrayConfig, nonce: int, fifo_bytes: int = FIFO_BYTES, credit_unit: int = CREDIT_UNIT) -> bytes:
+    """The exact D_HELLO frame the bridge for ``cfg`` answers to ``H_HELLO nonce`` (type byte included)."""
+    if isinstance(nonce, bool) or not isinstance(nonce, int) or not 0 <= nonce <= 255:
+        raise ValueError(f"nonce must be an integer in [0, 255], got {nonce!r}")
+    return (bytes([D_HELLO]) + HELLO_MAGIC + bytes([BRIDGE_VERSION, nonce]) + config_id(cfg).to_bytes(4, "little")
+            + bytes([_log2(fifo_bytes, "fifo_bytes"), _log2(credit_unit, "credit_unit")]))
+
+
+def baud_divisor(clk_hz: float, baud: int) -> int:
+    """Clock cycles per bit for ``baud`` at ``clk_hz``; ValueError if the rounding error exceeds
+    MAX_BAUD_ERROR or fewer than 4 cycles per bit remain (the receiver samples mid-bit)."""
+    if not clk_hz > 0 or isinstance(baud, bool) or not isinstance(baud, int) or baud < 1:
+        raise ValueError(f"clk_hz and baud must be positive, got clk_hz={clk_hz!r}, baud={baud!r}")
+    div = round(clk_hz / baud)
+    if div < 4:
+        raise ValueError(f"baud must be <= clk_hz / 4 = {clk_hz / 4:.0f} (4 clock cycles per bit), got {baud}")
+    err = abs(clk_hz / div - baud) / baud
+    if err > MAX_BAUD_ERROR:
+        raise ValueError(f"baud {baud} at {clk_hz / 1e6:g} MHz: divisor {div} gives {100 * err:.2f}% error, "
+                         f"more than {100 * MAX_BAUD_ERROR:g}%; choose a clock that is a near multiple of the baud")
+    return div
+
+
+def _check_divisor(divisor) -> int:
+    """The RTL samples mid-bit for any divisor >= 2 on a clean synchronous line (the simulation
+    uses 2 or 3 to save cycles); a real line needs margin: ``baud_divisor`` asks for >= 4."""
+    if isinstance(divisor, bool) or not isinstance(divisor, int) or divisor < 2:
+        raise ValueError(f"divisor must be an integer >= 2 (clock cycles per bit), got {divisor!r}")
+    return divisor
+
+
+class UartRx(wiring.Component):
+    """8N1 receiver. ``data``: a one-cycle ``valid`` pulse per byte (no backpressure: a UART
+    cannot wait). ``brk``: one-cycle pulse when a break (all-zero frame, zero stop bit) ends."""
+
+    def __init__(self, divisor: int):
+        self.divisor = _check_divisor(divisor)
+        super().__init__({"rx": In(1, init=1), "data": Out(stream.Signature(unsigned(8))), "brk": Out(1)})
+
+    def elaborate(self, platform):
+        m = Module()
+        d = self.divisor
+        s1, line = Signal(init=1), Signal(init=1)
+        m.d.sync += [s1.eq(self.rx), line.eq(s1)]          # 2-FF synchroniser
+        cnt = Signal(range(d))
+        nbit = Signal(range(8))
+        sh = Signal(8)
+        m.d.sync += [self.data.valid.eq(0), self.brk.eq(0)]
+        with m.FSM():
+            with m.State("IDLE"):
+                with m.If(~line):
+                    m.d.sync += cnt.eq(d // 2 - 1)
+                    m.next = "START"
+            with m.State("START"):                          # mid start bit: still low?
+                with m.If(cnt != 0):
+                    m.d.sync += cnt.eq(cnt - 1)
+                with m.Elif(line):
+                    m.next = "IDLE"                         # a glitch, not a start bit
+                with m.Else():
+                    m.d.sync += [cnt.eq(d - 1), nbit.eq(0)]
+                    m.next = "DATA"
+            with m.State("DATA"):
+                with m.If(cnt != 0):
+                    m.d.sync += cnt.eq(cnt - 1)
+                with m.Else():
+                    m.d.sync += [sh.eq(Cat(sh[1:], line)), cnt.eq(d - 1), nbit.eq(nbit + 1)]
+                    with m.If(nbit == 7):
+                        m.next = "STOP"
+            with m.State("STOP"):
+                with m.If(cnt != 0):
+                    m.d.sync += cnt.eq(cnt - 1)
+                with m.Elif(line):
+                    m.d.sync += [self.data.payload.eq(sh), self.data.valid.eq(1)]
+                    m.next = "IDLE"
+                with m.Else():                              # framing error; all zero: a break
+                    m.d.sync += self.brk.eq(sh == 0)
+                    m.next = "WAIT_HIGH"
+            with m.State("WAIT_HIGH"):
+                with m.If(line):
+                    m.next = "IDLE"
+        return m
+
+
+class UartTx(wiring.Component):
+    """8N1 transmitter: takes a byte from ``data`` whenever idle; ``tx`` idles high."""
+
+    def __init__(self, divisor: int):
+        self.divisor = _check_divisor(divisor)
+        super().__init__({"data": In(stream.Signature(unsigned(8))), "tx": Out(1, init=1)})
+
+    def elaborate(self, platform):
+        m = Module()
+        d = self.divisor
+        sh = Signal(10, init=0x3FF)                         # bit 0 drives the line
+        left = Signal(range(11))
+        cnt = Signal(range(d))
+        m.d.comb += [self.tx.eq(sh[0]), self.data.ready.eq(left == 0)]
+        with m.If(self.data.valid & self.data.ready):
+            m.d.sync += [sh.eq(Cat(Const(0, 1), self.data.payload, Const(1, 1))), left.eq(10), cnt.eq(d - 1)]
+        with m.Elif(left != 0):
+            with m.If(cnt != 0):
+                m.d.sync += cnt.eq(cnt - 1)
+            with m.Else():
+                m.d.sync += [sh.eq(Cat(sh[1:], Const(1, 1))), left.eq(left - 1), cnt.eq(d - 1)]
+        return m
+
+
+class _BridgeCore(wiring.Component):
+    """Everything of the bridge that a break resets: receive FIFO, parser, credit counter, transmitter."""
+
+    def __init__(self, cfg: ArrayConfig, divisor: int, fifo_bytes: int, credit_unit: int):
+        self.cfg, self.divisor, self.fifo_bytes, self.credit_unit = cfg, divisor, fifo_bytes, credit_unit
+        super().__init__({
+            "byte_in": In(stream.Signature(unsigned(8))),
+            "tx": Out(1, init=1),
+            "cmd": Out(stream.Signature(unsigned(DESC_BITS))),
+            "din": Out(stream.Signature(bus_layout(cfg))),
+            "dout": In(stream.Signature(bus_layout(cfg))),
+            "overrun": Out(1),
+        })
+
+    def elaborate(self, platform):
+        cfg = self.cfg
+        m = Module()
+        bb = cfg.bus_bytes
+        bus_bits = 8 * bb
+
+        # ---- receive FIFO (credit flow control keeps it from overflowing; overrun is sticky)
+        m.submodules.fifo = rxf = fifo.SyncFIFOBuffered(width=8, depth=self.fifo_bytes)
+        m.d.comb += [rxf.w_en.eq(self.byte_in.valid), rxf.w_data.eq(self.byte_in.payload)]
+        with m.If(self.byte_in.valid & ~rxf.w_rdy):
+            m.d.sync += self.overrun.eq(1)
+        byte = rxf.r_data
+        pop = Signal()
+        m.d.comb += rxf.r_en.eq(pop)
+        popped = pop & rxf.r_rdy
+
+        # ---- parser
+        desc = Signal(DESC_BITS)
+        word = Signal(bus_bits)
+        hdr = Signal(24)
+        cnt = Signal(range(max(DESC_BYTES, bb, 3)))
+        left = Signal(16)
+        flag_last = Signal()
+        hello_req = Signal()
+        nonce = Signal(8)
+        err_req = Signal()
+        err_byte = Signal(8)
+        hello_sent = Signal()
+        err_sent = Signal()
+        with m.If(hello_sent):
+            m.d.sync += hello_req.eq(0)
+        with m.If(err_sent):
+            m.d.sync += err_req.eq(0)
+        m.d.comb += [self.cmd.payload.eq(desc), self.din.payload.data.eq(word),
+                     self.din.payload.last.eq(flag_last & (left == 0))]
+        with m.FSM():
+            with m.State("TYPE"):
+                m.d.comb += pop.eq(1)
+                with m.If(rxf.r_rdy):
+                    with m.Switch(byte):
+                        with m.Case(H_CMD):
+                            m.d.sync += cnt.eq(DESC_BYTES - 1)
+                            m.next = "CMD_BYTES"
+                        with m.Case(H_DATA):
+                            m.d.sync += cnt.eq(2)
+                            m.next = "DATA_HDR"
+                        with m.Case(H_HELLO):
+                            m.next = "HELLO_NONCE"
+                        with m.Default():
+                            m.d.sync += [err_req.eq(1), err_byte.eq(byte)]
+            with m.State("HELLO_NONCE"):
+                m.d.comb += pop.eq(1)
+                with m.If(rxf.r_rdy):
+                    m.d.sync += [nonce.eq(byte), hello_req.eq(1)]
+                    m.next = "TYPE"
+            with m.State("CMD_BYTES"):
+                m.d.comb += pop.eq(1)
+                with m.If(rxf.r_rdy):
+                    m.d.sync += [desc.eq(Cat(desc[8:], byte)), cnt.eq(cnt - 1)]
+                    with m.If(cnt == 0):
+                        m.next = "CMD_OUT"
+            with m.State("CMD_OUT"):
+                m.d.comb += self.cmd.valid.eq(1)
+                with m.If(self.cmd.ready):
+                    m.next = "TYPE"
+            with m.State("DATA_HDR"):
+                m.d.comb += pop.eq(1)
+                with m.If(rxf.r_rdy):
+                    m.d.sync += [hdr.eq(Cat(hdr[8:], byte)), cnt.eq(cnt - 1)]
+                    with m.If(cnt == 0):
+                        # hdr[8:] now holds flags and count low; byte is count high
+                        m.d.sync += [flag_last.eq(hdr[8]), left.eq(Cat(hdr[16:], byte)),   # DATA_LAST = bit 0
+                                     cnt.eq(bb - 1)]
+                        m.next = "WORD_BYTES"
+            with m.State("WORD_BYTES"):
+                m.d.comb += pop.eq(1)
+                with m.If(rxf.r_rdy):
+                    m.d.sync += [word.eq(Cat(word[8:], byte)), cnt.eq(cnt - 1)]
+                    with m.If(cnt == 0):
+                        m.next = "WORD_OUT"
+            with m.State("WORD_OUT"):
+                m.d.comb += self.din.valid.eq(1)
+                with m.If(self.din.ready):
+                    m.d.sync += [left.eq(left - 1), cnt.eq(bb - 1)]
+                    with m.If(left == 0):
+                        m.next = "TYPE"
+                    with m.Else():
+                        m.next = "WORD_BYTES"
+
+        # ---- credit: one D_CREDIT per credit_unit bytes taken out of the FIFO
+        ccnt = Signal(range(self.credit_unit))
+        credits = Signal(range(self.fifo_bytes // self.credit_unit + 2))
+        credit_sent = Signal()
+        unit_done = Signal()
+        with m.If(popped):
+            m.d.sync += ccnt.eq(Mux(ccnt == self.credit_unit - 1, 0, ccnt + 1))
+            m.d.comb += unit_done.eq(ccnt == self.credit_unit - 1)
+        m.d.sync += credits.eq(credits + unit_done - credit_sent)
+
+        # ---- transmitter: one frame at a time from a byte shift register
+        m.submodules.utx = utx = UartTx(self.divisor)
+        m.d.comb += self.tx.eq(utx.tx)
+        hello = hello_frame(cfg, 0, self.fifo_bytes, self.credit_unit)
+        nmax = max(HELLO_BYTES, 1 + bb, 2)
+        tbuf = Signal(8 * nmax)
+        tleft = Signal(range(nmax + 1))
+        m.d.comb += [utx.data.payload.eq(tbuf[:8]), utx.data.valid.eq(tleft != 0)]
+        with m.If(tleft != 0):
+            with m.If(utx.data.ready):
+                m.d.sync += [tbuf.eq(tbuf >> 8), tleft.eq(tleft - 1)]
+        with m.Elif(hello_req):
+            m.d.sync += [tbuf.eq(int.from_bytes(hello, "little") | (nonce << 40)), tleft.eq(HELLO_BYTES)]
+            m.d.comb += hello_sent.eq(1)
+        with m.Elif(err_req):
+            m.d.sync += [tbuf.eq(Cat(Const(D_ERROR, 8), err_byte)), tleft.eq(2)]
+            m.d.comb += err_sent.eq(1)
+        with m.Elif(credits != 0):
+            m.d.sync += [tbuf.eq(D_CREDIT), tleft.eq(1)]
+            m.d.comb += credit_sent.eq(1)
+        with m.Else():
+            m.d.comb += self.dout.ready.eq(1)
+            tag = Signal(8)
+            m.d.comb += tag.eq(Mux(self.dout.payload.last, D_LAST, D_WORD))
+            with m.If(self.dout.valid):
+                m.d.sync += [tbuf.eq(Cat(tag, self.dout.payload.data)), tleft.eq(1 + bb)]
+        return m
+
+
+class UartBridge(wiring.Component):
+    """The framed UART bridge (module docstring). Ports: ``rx``/``tx`` (the serial lines),
+    ``cmd``/``din`` (Out: to the accelerator), ``dout`` (In: from it), ``acc_rst`` (one-cycle
+    pulse after a break: reset the accelerator), ``overrun`` (sticky: a byte arrived with the
+    FIFO full, i.e. the host broke the credit rule; cleared by a break)."""
+
+    def __init__(self, cfg: ArrayConfig, divisor: int, fifo_bytes: int = FIFO_BYTES,
+                 credit_unit: int = CREDIT_UNIT):
+        if not isinstance(cfg, ArrayConfig):
+            raise ValueError(f"cfg must be a golden.config.ArrayConfig, got {type(cfg).__name__}")
+        _check_divisor(divisor)
+        _log2(fifo_bytes, "fifo_bytes")
+        _log2(credit_unit, "credit_unit")
+        if not 2 <= credit_unit <= fifo_bytes // 2:
+            raise ValueError(f"credit_unit must be in [2, fifo_bytes / 2 = {fifo_bytes // 2}], got {credit_unit}")
+        if not 16 <= fifo_bytes <= 1 << 16:
+            raise ValueError(f"fifo_bytes must be in [16, 65536], got {fifo_bytes}")
+        self.cfg, self.divisor, self.fifo_bytes, self.credit_unit = cfg, divisor, fifo_bytes, credit_unit
+        super().__init__({
+            "rx": In(1, init=1), "tx": Out(1, init=1),
+            "cmd": Out(stream.Signature(unsigned(DESC_BITS))),
+            "din": Out(stream.Signature(bus_layout(cfg))),
+            "dout": In(stream.Signature(bus_layout(cfg))),
+            "acc_rst": Out(1),
+            "overrun": Out(1),
+        })
+
+    def elaborate(self, platform):
+        m = Module()
+        m.submodules.urx = urx = UartRx(self.divisor)
+        core = _BridgeCore(self.cfg, self.divisor, self.fifo_bytes, self.credit_unit)
+        brk = Signal()
+        m.d.sync += brk.eq(urx.brk)
+        m.submodules.core = ResetInserter(brk)(core)
+        m.d.comb += [urx.rx.eq(self.rx), self.tx.eq(core.tx), self.acc_rst.eq(brk), self.overrun.eq(core.overrun)]
+        connect(m, urx.data, core.byte_in)
+        connect(m, core.cmd, wiring.flipped(self.cmd))
+        connect(m, core.din, wiring.flipped(self.din))
+        connect(m, wiring.flipped(self.dout), core.dout)
+        return m
+
+
+class UartAccelerator(wiring.Component):
+    """``hw.top.Accelerator(cfg)`` behind a ``UartBridge``; a break resets both.
+
+    Ports: ``rx`` In(1), ``tx`` Out(1), ``overrun`` Out(1) (the bridge's sticky flag), ``stalled``
+    Out(1) (the bridge holds a descriptor or word the accelerator is not taking: an LED shows a
+    decoder waiting on an interlock)."""
+
+    def __init__(self, cfg: ArrayConfig, divisor: int, fifo_bytes: int = FIFO_BYTES,
+                 credit_unit: int = CREDIT_UNIT):
+        self.bridge = UartBridge(cfg, divisor, fifo_bytes, credit_unit)
+        self.cfg = cfg
+        super().__init__({"rx": In(1, init=1), "tx": Out(1, init=1), "overrun": Out(1), "stalled": Out(1)})
+
+    def elaborate(self, platform):
+        from .top import Accelerator
+        m = Module()
+        m.submodules.bridge = br = self.bridge
+        acc = Accelerator(self.cfg)
+        m.submodules.acc = ResetInserter(br.acc_rst)(acc)
+        connect(m, br.cmd, acc.cmd)
+        connect(m, br.din, acc.din)
+        connect(m, acc.dout, br.dout)
+        m.d.comb += [br.rx.eq(self.rx), self.tx.eq(br.tx), self.overrun.eq(br.overrun),
+                     self.stalled.eq((br.cmd.valid & ~br.cmd.ready) | (br.din.valid & ~br.din.ready))]
+        return m
+
+
+class UartSim:
+    """``UartAccelerator(cfg, divisor, ...)`` in the Amaranth simulator, seen as a byte pipe.
+
+    The same transport interface as ``firmware.uart_device.SerialLink``:
+    ``write(data)`` queues bytes that a testbench drives onto ``rx`` bit by bit
+    (8N1, ``divisor`` cycles per bit, back to back); ``read(n, timeout_s)``
+    advances the simulation until a byte decoded from ``tx`` is there or
+    ``timeout_s`` *simulated* seconds passed (one cycle = ``1 / clk_hz``) and
+    returns the bytes received (at most ``n``); ``send_break()``
+    holds ``rx`` low for ``break_bits`` bit times after the queued bytes and,
+    like pyserial's, returns when the break is over; ``drain(settle_s)`` lets
+    ``settle_s`` pass and discards everything received; ``cycles`` is the
+    simulated cycle count. The ``tx`` decoder checks every stop bit (a
+    framing error raises AssertionError: the test must fail).
+    """
+
+    def __init__(self, cfg: ArrayConfig, divisor: int = 4, fifo_bytes: int = 64, credit_unit: int = 8,
+                 clk_hz: float = 1e6, break_bits: int = 24, vcd: str | None = None, dut=None):
+        from amaranth.sim import Simulator
+        self.divisor, self.clk_hz, self.break_bits = _check_divisor(divisor), float(clk_hz), break_bits
+        # ``dut``: any component with ``rx``/``tx`` ports at this divisor (tests pass a bare
+        # UartBridge and drive its streams with their own testbenches via ``self.sim``).
+        self.dut = UartAccelerator(cfg, divisor, fifo_bytes, credit_unit) if dut is None else dut
+        self.sim = Simulator(self.dut)
+        self.sim.add_clock(1 / self.clk_hz)
+        self._out: deque = deque()          # ('byte', value) | ('break', bit times)
+        self._in = bytearray()
+        self.cycles = 0
+        self._vcd = None
+        if vcd:
+            self._vcd = self.sim.write_vcd(vcd)
+            self._vcd.__enter__()
+        self.sim.add_testbench(self._drive_rx, background=True)
+        self.sim.add_testbench(self._watch_tx, background=True)
+
+    # Both testbenches wait with ``ctx.delay`` on whole multiples of the clock period from time
+    # 0 (mid-cycle: the clock's edges are at P/2 + kP), so a value set here is taken at the next
+    # edge and a value read here is the one that edge registered; one wake-up per bit.
+    async def _drive_rx(self, ctx):
+        P = 1 / self.clk_hz
+        bit_t = self.divisor * P
+        rx = self.dut.rx
+        ctx.set(rx, 1)
+        while True:
+            if not self._out:
+                await ctx.delay(bit_t)
+                continue
+            kind, v = self._out[0]
+            if kind == "break":
+                ctx.set(rx, 0)
+                await ctx.delay(v * bit_t)
+                ctx.set(rx, 1)
+                await ctx.delay(2 * bit_t)
+            else:
+                for bit in [0] + [(v >> i) & 1 for i in range(8)] + [1]:
+                    ctx.set(rx, bit)
+                    await ctx.delay(bit_t)
+            self._out.popleft()
+
+    async def _watch_tx(self, ctx):
+        P = 1 / self.clk_hz
+        d = self.divisor
+        tx = self.dut.tx
+        while True:
+            if ctx.get(tx):
+                await ctx.changed(tx)                  # the edge that started the start bit
+            await ctx.delay((d // 2 + 0.5) * P)       # middle of the start bit, mid-cycle
+            assert ctx.get(tx) == 0, "UartSim: tx start bit glitch"
+            v = 0
+            for i in range(8):
+                await ctx.delay(d * P)
+                v |= ctx.get(tx) << i
+            await ctx.delay(d * P)
+            assert ctx.get(tx) == 1, f"UartSim: tx framing error (stop bit 0) after byte {v:#04x}"
+            self._in.append(v)                         # tx stays high >= 1 cycle after a stop bit
+
+    # ---- transport interface
+    def write(self, data: bytes) -> None:
+        for b in bytes(data):
+            self._out.append(("byte", b))
+
+    def send_break(self) -> None:
+        self._out.append(("break", self.break_bits))
+        while self._out:
+            self.run(self.divisor)
+
+    def drain(self, settle_s: float) -> None:
+        self.run(max(1, round(settle_s * self.clk_hz)))
+        self._in.clear()
+
+    def run(self, cycles: int) -> None:
+        """Advance the simulation by ``cycles`` clock cycles."""
+        self.cycles += int(cycles)
+        self.sim.run_until(self.cycles / self.clk_hz)
+
+    def read(self, n: int, timeout_s: float) -> bytes:
+        """Wait (simulated time) up to ``timeout_s`` for the first byte; return what is there (<= n)."""
+        deadline = self.cycles + round(timeout_s * self.clk_hz)
+        while not self._in and self.cycles < deadline:
+            self.run(min(deadline - self.cycles, 16 * self.divisor))
+        out = bytes(self._in[:n])
+        del self._in[:n]
+        return out
+
+    def in_waiting(self) -> int:
+        return len(self._in)
+
+    def pending_tx(self) -> int:
+        """Bytes queued for ``rx`` that the simulated line has not started yet."""
+        return sum(1 for k, _ in self._out if k == "byte")
+
+    def close(self) -> None:
+        if self._vcd is not None:
+            self._vcd.__exit__(None, None, None)
+            self._vcd = None

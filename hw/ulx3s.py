@@ -1,0 +1,147 @@
+"""The ULX3S board top: ``hw.uart.UartAccelerator`` on the USB serial port, clocked by a PLL.
+
+``ULX3STop(cfg, freq_hz, baud)`` for ``amaranth_boards.ulx3s.ULX3S_85F_Platform``
+(LFE5U-85F-6BG381C):
+
+* clock: the board's 25 MHz oscillator (``clk25``, pin G2) into one
+  ``EHXPLLL``; CLKOP at ``ecp5_pll(25e6, freq_hz)`` (dividers chosen by
+  ``ecp5_pll``: the closest frequency not above the request), fed back from
+  CLKOP. The ``sync`` domain runs on CLKOP; its reset is held until the PLL
+  locks (``ResetSynchronizer``: asserted asynchronously, released on the
+  clock). ``freq_hz`` = None: no PLL, ``sync`` on clk25 directly.
+* serial: ``uart`` resource 0 (the FT231X: ``rx`` M1, ``tx`` L4) at ``baud``
+  (``hw.uart.baud_divisor``: integer divisor, <= 2 % error).
+* LEDs 0..7: heartbeat (~1 Hz), PLL lock, bridge overrun, bridge stalled
+  (a command/word waiting on the accelerator), rx activity, tx activity, 0, 0.
+* ESP32 GPIO0 driven high (the usual ULX3S practice: keeps the ESP32 from
+  pulling the board into its boot mode).
+"""
+from __future__ import annotations
+
+from amaranth import ClockDomain, Elaboratable, Instance, Module, Signal
+from amaranth.lib.cdc import ResetSynchronizer
+
+from golden.config import ArrayConfig
+
+from .uart import CREDIT_UNIT, FIFO_BYTES, UartAccelerator, baud_divisor
+
+__all__ = ["ULX3STop", "ecp5_pll", "platform", "CLK_IN_HZ", "DEFAULT_BAUD"]
+
+#: The ULX3S's oscillator.
+CLK_IN_HZ = 25e6
+#: FT231X's fastest standard rate (3 MHz / 1).
+DEFAULT_BAUD = 3_000_000
+
+# EHXPLLL limits (Lattice TN1263 / Project Trellis' ecppll).
+_PFD_MIN, _PFD_MAX = 3.125e6, 400e6
+_VCO_MIN, _VCO_MAX = 400e6, 800e6
+_OUT_MIN, _OUT_MAX = 3.125e6 * 1.0, 400e6
+
+
+def ecp5_pll(fin_hz: float, fout_hz: float) -> dict:
+    """EHXPLLL dividers for CLKOP <= ``fout_hz`` as close as possible, feedback from CLKOP.
+
+    f_pfd = fin / CLKI_DIV in [3.125, 400] MHz, f_vco = f_pfd * CLKFB_DIV * CLKOP_DIV in
+    [400, 800] MHz, f_out = f_pfd * CLKFB_DIV. Returns {clki_div, clkfb_div, clkop_div,
+    freq_hz (achieved), vco_hz}; ValueError when nothing in [3.125, 400] MHz is <= fout_hz.
+    """
+    if not (_OUT_MIN <= fout_hz <= _OUT_MAX):
+        raise ValueError(f"fout_hz must be in [{_OUT_MIN / 1e6:g}, {_OUT_MAX / 1e6:g}] MHz, got {fout_hz / 1e6:g} MHz")
+    best = None
+    for clki in range(1, 129):
+        pfd = fin_hz / clki
+        if pfd < _PFD_MIN:
+            break
+        if pfd > _PFD_MAX:
+            continue
+        for fb in range(1, 81):
+            f = pfd * fb
+            if f > fout_hz * (1 + 1e-12):
+                break
+            for op in range(1, 129):
+                vco = f * op
+                if vco > _VCO_MAX:
+                    break
+                if vco >= _VCO_MIN:
+                    key = (f, -abs(vco - 600e6))           # highest output, VCO near mid-range
+                    if best is None or key > best[0]:
+                        best = (key, dict(clki_div=clki, clkfb_div=fb, clkop_div=op, freq_hz=f, vco_hz=vco))
+    if best is None:
+        raise ValueError(f"no EHXPLLL setting gives <= {fout_hz / 1e6:g} MHz from {fin_hz / 1e6:g} MHz")
+    return best[1]
+
+
+def platform():
+    """The ULX3S-85F platform object (amaranth-boards)."""
+    from amaranth_boards.ulx3s import ULX3S_85F_Platform
+    return ULX3S_85F_Platform()
+
+
+class ULX3STop(Elaboratable):
+    """Board top (module docstring). ``fifo_bytes``/``credit_unit``: the bridge's receive FIFO."""
+
+    def __init__(self, cfg: ArrayConfig, freq_hz: float | None = 150e6, baud: int = DEFAULT_BAUD,
+                 fifo_bytes: int = FIFO_BYTES, credit_unit: int = CREDIT_UNIT):
+        if not isinstance(cfg, ArrayConfig):
+            raise ValueError(f"cfg must be a golden.config.ArrayConfig, got {type(cfg).__name__}")
+        self.cfg = cfg
+        self.pll = None if freq_hz is None else ecp5_pll(CLK_IN_HZ, freq_hz)
+        self.freq_hz = CLK_IN_HZ if self.pll is None else self.pll["freq_hz"]
+        self.baud = baud
+        self.divisor = baud_divisor(self.freq_hz, baud)
+        self.fifo_bytes, self.credit_unit = fifo_bytes, credit_unit
+
+    def elaborate(self, platform):
+        m = Module()
+        clk25 = platform.request("clk25", 0)
+        m.domains.sync = cd = ClockDomain("sync")
+        locked = Signal()
+        if self.pll is None:
+            m.d.comb += [cd.clk.eq(clk25.i), locked.eq(1)]
+        else:
+            p = self.pll
+            fin_mhz, fout_mhz = CLK_IN_HZ / 1e6, p["freq_hz"] / 1e6
+            m.submodules.pll = Instance(
+                "EHXPLLL",
+                a_FREQUENCY_PIN_CLKI=f"{fin_mhz:g}", a_FREQUENCY_PIN_CLKOP=f"{fout_mhz:.6g}",
+                a_ICP_CURRENT="12", a_LPF_RESISTOR="8", a_MFG_ENABLE_FILTEROPAMP="1", a_MFG_GMCREF_SEL="2",
+                p_PLLRST_ENA="DISABLED", p_INTFB_WAKE="DISABLED", p_STDBY_ENABLE="DISABLED",
+                p_DPHASE_SOURCE="DISABLED", p_OUTDIVIDER_MUXA="DIVA", p_OUTDIVIDER_MUXB="DIVB",
+                p_OUTDIVIDER_MUXC="DIVC", p_OUTDIVIDER_MUXD="DIVD",
+                p_CLKI_DIV=p["clki_div"], p_CLKOP_ENABLE="ENABLED", p_CLKOP_DIV=p["clkop_div"],
+                p_CLKOP_CPHASE=p["clkop_div"] - 1, p_CLKOP_FPHASE=0, p_FEEDBK_PATH="CLKOP",
+                p_CLKFB_DIV=p["clkfb_div"],
+                i_RST=0, i_STDBY=0, i_CLKI=clk25.i, o_CLKOP=cd.clk, i_CLKFB=cd.clk,
+                i_PHASESEL0=0, i_PHASESEL1=0, i_PHASEDIR=1, i_PHASESTEP=1, i_PHASELOADREG=1,
+                i_PLLWAKESYNC=0, i_ENCLKOP=0, o_LOCK=locked)
+            # no add_clock_constraint: nextpnr derives CLKOP's constraint from the PLL's dividers
+            # and clk25's 25 MHz (the platform's), and the net name would not survive synthesis
+        m.submodules.rst_sync = ResetSynchronizer(~locked, domain="sync")
+
+        m.submodules.acc = acc = UartAccelerator(self.cfg, self.divisor, self.fifo_bytes, self.credit_unit)
+        uart = platform.request("uart", 0)
+        m.d.comb += [acc.rx.eq(uart.rx.i), uart.tx.o.eq(acc.tx)]
+
+        esp = platform.request("esp32", 0)
+        m.d.comb += [esp.gpio0.o.eq(1), esp.gpio0.oe.eq(1)]
+
+        # LEDs: heartbeat, lock, overrun, stalled, rx/tx activity (stretched ~20 ms)
+        leds = [platform.request("led", i).o for i in range(8)]
+        hb = Signal(range(int(self.freq_hz) // 2 + 1))
+        hb_led = Signal()
+        with m.If(hb == 0):
+            m.d.sync += [hb.eq(int(self.freq_hz) // 2), hb_led.eq(~hb_led)]
+        with m.Else():
+            m.d.sync += hb.eq(hb - 1)
+        stretch = int(self.freq_hz) // 50
+        acts = []
+        for line in (acc.rx, acc.tx):
+            c = Signal(range(stretch + 1))
+            with m.If(~line):
+                m.d.sync += c.eq(stretch)
+            with m.Elif(c != 0):
+                m.d.sync += c.eq(c - 1)
+            acts.append(c != 0)
+        m.d.comb += [leds[0].eq(hb_led), leds[1].eq(locked), leds[2].eq(acc.overrun), leds[3].eq(acc.stalled),
+                     leds[4].eq(acts[0]), leds[5].eq(acts[1]), leds[6].eq(0), leds[7].eq(0)]
+        return m

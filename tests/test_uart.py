@@ -1,0 +1,434 @@
+"""The UART link (hw/uart.py, firmware/uart_device.py) and the FPGA flow helpers (hw/fpga.py, hw/ulx3s.py).
+
+* Bit level: UartTx -> UartRx loopback in the Amaranth simulator (random
+  bytes, odd and even divisors, back to back and with gaps), break
+  detection, start-bit glitch rejection.
+* The bridge alone (UartBridge, bit-level serial lines) under a fake
+  accelerator that stalls cmd/din for thousands of cycles: every descriptor
+  and word arrives intact and in order, `last` where the host put it, dout
+  words come back with their `last`, and the credit flow control keeps the
+  small receive FIFO from ever overflowing (the sticky overrun flag stays 0).
+* End to end: firmware.driver.run_layer -> UartDevice -> bytes -> simulated
+  UART (bit level) -> UartBridge -> hw.top.Accelerator -> back, for a small
+  conv layer, bit-exact against the same layer on firmware.golden_device;
+  counters (USEFUL_MACS, JOBS_DONE, CMDS_DROPPED) equal too. A host killed
+  mid-frame is recovered by reset() (break), a bad frame type byte is
+  reported, a board built for another ArrayConfig is refused.
+* Pure helpers: EHXPLLL dividers within the datasheet limits, baud divisor
+  errors, frame layout, yosys stat / nextpnr report parsing, and the tool
+  runner's errors (nonzero exit, timeout) carrying the tool's last lines.
+* Synthesis smoke check (yosys synth_ecp5, < 1 min): the bridge maps its
+  2 KiB FIFO to one DP16KD and uses no multiplier.
+"""
+from __future__ import annotations
+
+import dataclasses
+import stat
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+from amaranth import Module
+from amaranth.sim import Simulator
+
+from firmware.device import DeviceError, DeviceTimeout
+from firmware.driver import read_status, run_layer
+from firmware.golden_device import GoldenDevice
+from firmware.graph import Conv2d, Q
+from firmware.uart_device import UartDevice, frame_command, frame_data
+from golden import isa
+from golden.config import ArrayConfig
+from golden.isa import Op
+from hw import fpga, uart
+from hw.uart import UartBridge, UartRx, UartSim, UartTx
+from hw.ulx3s import ecp5_pll
+
+# Small enough for the Python simulator: 2 rows x 1 dual PE (2 lanes), 2-byte bus.
+CFG = ArrayConfig(rows=2, cols=1, weight_min=-128, act_depth=32, wgt_depth=16, param_depth=2, out_depth=16,
+                  bus_bytes=2, max_k=16, param_fifo_depth=2)
+
+
+async def ticks(ctx, n):
+    """n clock edges (plain awaits: a background testbench left suspended at the end of a test
+    must not sit inside one of Amaranth's async generators)."""
+    for _ in range(n):
+        await ctx.tick()
+
+
+# --------------------------------------------------------------------------- bit level
+@pytest.mark.parametrize("divisor", [4, 5])
+def test_tx_rx_loopback_break_and_glitch(divisor):
+    rng = np.random.default_rng(divisor)
+    data = [0x00, 0xFF, 0x55, 0xAA] + [int(v) for v in rng.integers(0, 256, 40)]
+    m = Module()
+    m.submodules.tx = tx = UartTx(divisor)
+    m.submodules.rx = rx = UartRx(divisor)
+    sel_tx = [True]            # testbench switch: line = tx, or driven directly
+    line = {"v": 1}
+    got, brks = [], []
+
+    async def drive(ctx):
+        for i, b in enumerate(data):
+            ctx.set(tx.data.payload, b)
+            ctx.set(tx.data.valid, 1)
+            await ctx.tick().until(tx.data.ready)
+            ctx.set(tx.data.valid, 0)
+            if i % 7 == 3:
+                await ctx.tick().repeat(int(rng.integers(1, 3 * divisor)))
+        await ctx.tick().until(tx.data.ready)
+        await ctx.tick().repeat(3 * divisor)
+        sel_tx[0] = False
+        # a 1-cycle low glitch: no byte, no break
+        line["v"] = 0
+        await ctx.tick()
+        line["v"] = 1
+        await ctx.tick().repeat(20 * divisor)
+        # a break: low for 15 bit times
+        line["v"] = 0
+        await ctx.tick().repeat(15 * divisor)
+        line["v"] = 1
+        await ctx.tick().repeat(3 * divisor)
+        # the receiver works again after the break
+        sel_tx[0] = True
+        ctx.set(tx.data.payload, 0x3C)
+        ctx.set(tx.data.valid, 1)
+        await ctx.tick().until(tx.data.ready)
+        ctx.set(tx.data.valid, 0)
+        await ctx.tick().repeat(12 * divisor)
+
+    async def wire(ctx):
+        while True:
+            await ctx.tick()
+            ctx.set(rx.rx, ctx.get(tx.tx) if sel_tx[0] else line["v"])
+            if ctx.get(rx.data.valid):
+                got.append(ctx.get(rx.data.payload))
+            if ctx.get(rx.brk):
+                brks.append(len(got))
+
+    sim = Simulator(m)
+    sim.add_clock(1e-6)
+    sim.add_testbench(drive)
+    sim.add_testbench(wire, background=True)
+    sim.run()
+    assert got == data + [0x3C]
+    assert brks == [len(data)]
+
+
+# --------------------------------------------------------------------------- bridge alone
+def test_bridge_framing_and_credit_flow_control():
+    """UartDevice -> bits -> UartBridge -> (fake accelerator with long stalls) -> bits -> UartDevice."""
+    cfg = ArrayConfig(rows=2, cols=1, bus_bytes=3, act_depth=16, wgt_depth=16, param_depth=2, out_depth=16)
+    fifo_bytes, unit = 32, 4
+    dut = UartBridge(cfg, 3, fifo_bytes, unit)
+    link = UartSim(cfg, divisor=3, dut=dut)
+    rng = np.random.default_rng(7)
+    seen_cmd, seen_din = [], []
+    dout_words = [(int(rng.integers(0, 1 << 24)), int(i % 3 == 2)) for i in range(9)]
+    state = {"overrun": 0}
+
+    async def fake_accelerator(ctx):
+        k = 0
+        while True:
+            stall = 2500 if k in (0, 3) else int(rng.integers(0, 40))      # long stalls: the FIFO fills
+            await ticks(ctx, stall + 1)
+            ctx.set(dut.cmd.ready, 1)
+            ctx.set(dut.din.ready, 1)
+            if ctx.get(dut.cmd.valid):                                      # transfers at the next edge
+                seen_cmd.append(ctx.get(dut.cmd.payload))
+            if ctx.get(dut.din.valid):
+                seen_din.append((ctx.get(dut.din.payload.data), ctx.get(dut.din.payload.last)))
+            await ctx.tick()
+            ctx.set(dut.cmd.ready, 0)
+            ctx.set(dut.din.ready, 0)
+            state["overrun"] |= ctx.get(dut.overrun)
+            k += 1
+
+    async def fake_dout(ctx):
+        await ticks(ctx, 4000)
+        for w, last in dout_words:
+            ctx.set(dut.dout.payload.data, w)
+            ctx.set(dut.dout.payload.last, last)
+            ctx.set(dut.dout.valid, 1)
+            while not ctx.get(dut.dout.ready):
+                await ctx.tick()
+            await ctx.tick()
+            ctx.set(dut.dout.valid, 0)
+
+    link.sim.add_testbench(fake_accelerator, background=True)
+    link.sim.add_testbench(fake_dout, background=True)
+    dev = UartDevice(cfg, link, settle_s=1e-4, credit_timeout_s=0.5, hello_timeout_s=0.05)
+    assert (dev.fifo_bytes, dev.credit_unit) == (fifo_bytes, unit)
+    descs = [int(rng.integers(0, 1 << 62)) << 66 | int(rng.integers(0, 1 << 62)) for _ in range(3)]
+    words = [[int(v) for v in rng.integers(0, 1 << 24, n)] for n in (1, 12, 5)]
+    for d, ws, last in zip(descs, words, (True, False, True)):
+        dev.send_command(d)
+        dev.send_data(ws, last_on_final=last)
+    got = dev.receive(len(dout_words), timeout_s=0.2)
+    assert got == [w for w, _ in dout_words]
+    link.run(4000)                                       # the fake accelerator's last stall
+    assert seen_cmd == descs
+    exp_din = []
+    for ws, last in zip(words, (True, False, True)):
+        exp_din += [(w, int(last and i == len(ws) - 1)) for i, w in enumerate(ws)]
+    assert seen_din == exp_din
+    assert state["overrun"] == 0
+    # the host really was throttled: far more bytes went through than the FIFO holds
+    sent = sum(len(frame_command(d)) for d in descs) + sum(len(frame_data(w, 3, la)) for w, la in
+                                                            zip(words, (True, False, True)))
+    assert sent > 2 * fifo_bytes
+
+
+def test_bridge_overrun_flag_when_host_ignores_credit():
+    """A host that ignores credit overflows the FIFO: the bridge flags it (no silent loss)."""
+    cfg = ArrayConfig(rows=2, cols=1, bus_bytes=2, act_depth=16, wgt_depth=16, param_depth=2, out_depth=16)
+    dut = UartBridge(cfg, 2, 16, 4)
+    link = UartSim(cfg, divisor=2, dut=dut)
+    seen = {"overrun": []}
+
+    async def probe(ctx):
+        while True:
+            await ticks(ctx, 100)
+            seen["overrun"].append(ctx.get(dut.overrun))
+
+    link.sim.add_testbench(probe, background=True)
+    link.write(frame_data(list(range(4)), 2))        # 12 bytes: fits the 16-byte FIFO
+    link.run(12 * 10 * 2 + 100)
+    assert set(seen["overrun"]) == {0}
+    link.write(frame_data(list(range(30)), 2))       # 64 more bytes, din never ready
+    link.run(64 * 10 * 2 + 100)
+    assert seen["overrun"][-1] == 1
+
+
+# --------------------------------------------------------------------------- end to end
+def _conv(rng):
+    w = rng.integers(-128, 128, (2, 1, 3, 3)).astype(np.int8)
+    b = rng.integers(-3000, 3000, 2).astype(np.int32)
+    ws = np.asarray(rng.uniform(0.002, 0.02, 2), np.float32).astype(np.float64)
+    node = Conv2d("conv3x3", "x", Q(float(np.float32(0.021)), 131, "uint8"), w, b, ws,
+                  Q(float(np.float32(0.09)), 5, "int8"), padding=1, act="relu")
+    x = rng.integers(0, 256, (1, 1, 3, 3)).astype(np.uint8)
+    return node, x
+
+
+@pytest.fixture(scope="module")
+def sim_link():
+    link = UartSim(CFG, divisor=2, fifo_bytes=64, credit_unit=8)
+    yield link
+    link.close()
+
+
+def test_run_layer_over_simulated_uart_is_bit_exact(sim_link):
+    rng = np.random.default_rng(3)
+    node, x = _conv(rng)
+    ref, ref_rep = run_layer(GoldenDevice(CFG), node, x)
+    dev = UartDevice(CFG, sim_link, settle_s=1e-4, hello_timeout_s=0.05)
+    out, rep = run_layer(dev, node, x, timeout_s=0.1)
+    assert out.dtype == ref.dtype and np.array_equal(out, ref)
+    for k in ("USEFUL_MACS", "JOBS_DONE", "CMDS_DROPPED"):
+        assert rep.measured[k] == ref_rep.measured[k], k
+    assert rep.measured["JOBS_DONE"] >= 1 and rep.measured["CMDS_DROPPED"] == 0
+
+
+def test_break_recovers_a_host_killed_mid_frame(sim_link):
+    dev = UartDevice(CFG, sim_link, settle_s=1e-4, hello_timeout_s=0.05)
+    # a WRITE_ACT whose payload frame stops after 3 of its bytes (the host "died")
+    desc = isa.encode(CFG, Op.WRITE_ACT, bank=0, offset=0, length=4)
+    sim_link.write(frame_command(desc) + frame_data([1, 2, 3, 4], CFG.bus_bytes)[:7])
+    sim_link.run(400)
+    dev.reset()
+    st = read_status(dev, timeout_s=0.05)
+    assert st["flags"] == 0 and st["CMDS_DROPPED"] == 0 and st["CYCLES"] < 2000     # a fresh accelerator
+    # framing is intact again: the same WRITE_ACT, now whole, is accepted without any flag
+    dev.send_command(desc)
+    dev.send_data(isa.pack_entries(np.arange(8).reshape(4, 2), CFG.bus_bytes))
+    dev.send_command(isa.encode(CFG, Op.SYNC))
+    sync = dev.receive(isa.sync_response_words(CFG), timeout_s=0.05)
+    word = int.from_bytes(b"".join(w.to_bytes(CFG.bus_bytes, "little") for w in sync), "little")
+    assert word & isa.ERROR_MASK == 0
+
+
+def test_bad_frame_type_is_reported_and_reset_recovers(sim_link):
+    dev = UartDevice(CFG, sim_link, settle_s=1e-4, hello_timeout_s=0.05)
+    sim_link.write(bytes([0x7E]))
+    with pytest.raises(DeviceError, match="0x7e"):
+        dev.receive(1, timeout_s=0.01)
+    dev.reset()
+    dev.send_command(isa.encode(CFG, Op.SYNC))
+    assert dev.receive(isa.sync_response_words(CFG), timeout_s=0.05) == [0, 0]      # idle, no flags
+
+
+def test_receive_timeout_names_the_command(sim_link):
+    dev = UartDevice(CFG, sim_link, settle_s=1e-4, hello_timeout_s=0.05)
+    dev.send_command(isa.encode(CFG, Op.READ_OUT, bank=0, offset=0, length=3))
+    with pytest.raises(DeviceTimeout, match="READ_OUT bank=0 offset=0 length=3"):
+        dev.receive(4, timeout_s=0.002)        # 3 words come, the 4th never does
+
+
+def test_board_for_another_config_is_refused(sim_link):
+    other = ArrayConfig(rows=2, cols=1, weight_min=-128, act_depth=32, wgt_depth=16, param_depth=2, out_depth=16,
+                        bus_bytes=2, max_k=16, param_fifo_depth=3)
+    with pytest.raises(DeviceError, match="another ArrayConfig"):
+        UartDevice(other, sim_link, settle_s=1e-4, hello_timeout_s=0.05)
+
+
+# --------------------------------------------------------------------------- pure helpers
+@pytest.mark.parametrize("mhz", [150, 125, 100, 83.3, 75, 60, 48, 33.3, 10])
+def test_ecp5_pll_within_limits(mhz):
+    p = ecp5_pll(25e6, mhz * 1e6)
+    pfd = 25e6 / p["clki_div"]
+    assert 1 <= p["clki_div"] <= 128 and 1 <= p["clkfb_div"] <= 80 and 1 <= p["clkop_div"] <= 128
+    assert 3.125e6 <= pfd <= 400e6 and 400e6 <= p["vco_hz"] <= 800e6
+    assert p["freq_hz"] == pytest.approx(pfd * p["clkfb_div"]) and p["vco_hz"] == pytest.approx(p["freq_hz"] * p["clkop_div"])
+    assert p["freq_hz"] <= mhz * 1e6 * (1 + 1e-12)
+    # nothing achievable lies between the choice and the request
+    best = max(25e6 / r * f for r in range(1, 9) for f in range(1, 81)
+               if 25e6 / r >= 3.125e6 and 25e6 / r * f <= mhz * 1e6 * (1 + 1e-12)
+               and any(400e6 <= 25e6 / r * f * o <= 800e6 for o in range(1, 129)))
+    assert p["freq_hz"] >= best * (1 - 1e-12)
+    if mhz in (150, 100, 75):
+        assert p["freq_hz"] == mhz * 1e6
+
+
+def test_baud_divisor_and_frames():
+    assert uart.baud_divisor(150e6, 3_000_000) == 50
+    assert uart.baud_divisor(75e6, 115200) == 651
+    with pytest.raises(ValueError, match="error"):
+        uart.baud_divisor(40e6, 3_000_000)           # 13.33 -> 13: 3.077 Mbaud, 2.6 % fast
+    with pytest.raises(ValueError, match="baud must be"):
+        uart.baud_divisor(10e6, 3_000_000)
+    d = (0x1234 << 100) | 0xAB
+    f = frame_command(d)
+    assert f[0] == uart.H_CMD and len(f) == 17 and int.from_bytes(f[1:], "little") == d
+    f = frame_data([0x0102, 0xA0B0], 2)
+    assert f == bytes([uart.H_DATA, uart.DATA_LAST, 1, 0, 0x02, 0x01, 0xB0, 0xA0])
+    assert frame_data([5], 2, last_on_final=False)[1] == 0
+    with pytest.raises(ValueError, match="words must be"):
+        frame_data([1 << 16], 2)
+    h = uart.hello_frame(CFG, 0x5A, 64, 8)
+    assert len(h) == uart.HELLO_BYTES and h[:6] == bytes([uart.D_HELLO]) + b"ANL" + bytes([1, 0x5A])
+    assert int.from_bytes(h[6:10], "little") == uart.config_id(CFG) and h[10:] == bytes([6, 3])
+    assert uart.config_id(CFG) != uart.config_id(dataclasses.replace(CFG, out_depth=32))
+
+
+def test_frame_data_splits_long_bursts(monkeypatch):
+    import firmware.uart_device as ud
+    monkeypatch.setattr(ud, "MAX_BURST", 4)
+    f = ud.frame_data(list(range(10)), 1)
+    # bursts of 4, 4, 2 words; only the final one carries last
+    assert f == (bytes([uart.H_DATA, 0, 3, 0, 0, 1, 2, 3]) + bytes([uart.H_DATA, 0, 3, 0, 4, 5, 6, 7])
+                 + bytes([uart.H_DATA, uart.DATA_LAST, 1, 0, 8, 9]))
+
+
+STAT_TABLE = """
+3. Printing statistics.
+
+=== accelerator ===
+
+        +----------Local Count, excluding submodules.
+        |
+    44230 wires
+    48810 cells
+     4821   CCU2C
+       36   DP16KD
+    22254   LUT4
+      130   MULT18X18D
+    19424   TRELLIS_FF
+"""
+
+STAT_HIER = """
+=== accelerator.core.arr.pe_0_0 ===
+
+   Number of cells:                 12
+     DSP48E2                         1
+     FDRE                           40
+     LUT2                            3
+
+=== accelerator.core.arr.pe_0_1 ===
+
+   Number of cells:                 12
+     DSP48E2                         1
+     FDRE                           40
+
+=== design hierarchy ===
+
+   Number of cells:               1000
+     DSP48E2                        34
+     FDRE                          900
+     LUT2                           30
+     LUT6                           10
+     RAMB36E2                        3
+     RAMB18E2                        1
+"""
+
+
+def test_parse_yosys_stat_both_formats():
+    c = fpga.parse_yosys_stat(STAT_TABLE)
+    assert c == {"CCU2C": 4821, "DP16KD": 36, "LUT4": 22254, "MULT18X18D": 130, "TRELLIS_FF": 19424}
+    h = fpga.parse_yosys_stat(STAT_HIER)
+    assert h["DSP48E2"] == 34 and h["RAMB36E2"] == 3 and h["LUT6"] == 10
+    mods = fpga.parse_yosys_stat_modules(STAT_HIER)
+    assert mods["accelerator.core.arr.pe_0_1"] == {"DSP48E2": 1, "FDRE": 40}
+    with pytest.raises(ValueError, match="stat"):
+        fpga.parse_yosys_stat("nothing here")
+
+
+def test_critical_path_summary():
+    rep = {"critical_paths": [
+        {"from": "clk", "to": "clk", "path": [
+            {"type": "clk-to-q", "from": {"cell": "a"}, "to": {"cell": "a"}, "delay": 0.5},
+            {"type": "routing", "from": {"cell": "a"}, "to": {"cell": "m"}, "delay": 1.5},
+            {"type": "logic", "from": {"cell": "m"}, "to": {"cell": "m"}, "delay": 4.0},
+            {"type": "routing", "from": {"cell": "m"}, "to": {"cell": "b"}, "delay": 1.0},
+            {"type": "setup", "from": {"cell": "b"}, "to": {"cell": "b"}, "delay": 0.1}]},
+        {"from": "clk", "to": "clk", "path": [{"type": "logic", "from": {"cell": "x"}, "to": {"cell": "y"},
+                                                "delay": 1.0}]}]}
+    cp = fpga._critical_path(rep)
+    assert cp["delay_ns"] == 7.1 and cp["routing_ns"] == 2.5 and cp["logic_ns"] == 4.6
+    assert cp["start"] == "a" and cp["end"] == "b" and cp["cells"] == ["a", "m", "b"]
+
+
+def _fake_tool(tmp_path, monkeypatch, body):
+    exe = tmp_path / "bin" / "fake-tool"
+    exe.parent.mkdir()
+    exe.write_text(f"#!{sys.executable}\n" + textwrap.dedent(body))
+    exe.chmod(exe.stat().st_mode | stat.S_IEXEC)
+    monkeypatch.setattr(fpga, "_BIN", exe.parent)
+    return exe.name
+
+
+def test_tool_failure_carries_its_last_lines(tmp_path, monkeypatch):
+    name = _fake_tool(tmp_path, monkeypatch, """
+        import sys
+        open("tool.log", "w").write("\\n".join(f"step {i}" for i in range(50)) + "\\nERROR: no fit: 170 MULT18X18D > 156\\n")
+        sys.exit(3)
+    """)
+    with pytest.raises(fpga.ToolError) as e:
+        fpga.run_tool(name, [], tmp_path, 30, log="tool.log")
+    msg = str(e.value)
+    assert "exited with code 3" in msg and "ERROR: no fit: 170 MULT18X18D > 156" in msg and "step 49" in msg
+    assert "step 10" not in msg and e.value.returncode == 3
+
+
+def test_tool_timeout_is_killed_with_its_last_lines(tmp_path, monkeypatch):
+    name = _fake_tool(tmp_path, monkeypatch, """
+        import time
+        print("placing...", flush=True)
+        time.sleep(60)
+    """)
+    with pytest.raises(fpga.ToolError) as e:
+        fpga.run_tool(name, [], tmp_path, 1.5)
+    assert "did not finish within 2 s" in str(e.value) and "placing..." in str(e.value)
+    assert e.value.returncode is None
+
+
+# --------------------------------------------------------------------------- synthesis smoke
+def test_bridge_synthesises_for_ecp5(tmp_path):
+    """yosys synth_ecp5 of the bridge alone: the 2 KiB FIFO is one DP16KD, no multipliers."""
+    from amaranth.back import rtlil
+    cfg = ArrayConfig(rows=2, cols=1, bus_bytes=4, act_depth=16, wgt_depth=16, param_depth=2, out_depth=16)
+    (tmp_path / "b.il").write_text(rtlil.convert(UartBridge(cfg, 50), name="bridge"))
+    stat_text, _ = fpga._yosys(tmp_path, "read_rtlil b.il\nsynth_ecp5 -top bridge\ntee -q -o stat.txt stat\n", 300)
+    cells = fpga.parse_yosys_stat(stat_text)
+    assert cells.get("DP16KD") == 1 and cells.get("MULT18X18D", 0) == 0
+    assert 50 < cells.get("TRELLIS_FF", 0) < 600
