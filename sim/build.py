@@ -236,10 +236,36 @@ def _lz4_build_args() -> tuple[list[str], str]:
 # ---------------------------------------------------------------------------
 # Cache key and Verilog generation
 # ---------------------------------------------------------------------------
+def _module_deps(root: str = "hw/core.py") -> list[Path]:
+    """The repo modules ``root`` imports, transitively (``from .x``, ``hw.x``, ``golden.x`` references).
+
+    Static (regex over import statements, including indented lazy imports) so the cache key does not
+    depend on what happens to be imported in this process; a superset is harmless (a spurious
+    rebuild), a missed dependency is not.
+    """
+    import re
+    todo = [REPO / root]
+    seen: list[Path] = []
+    while todo:
+        f = todo.pop()
+        if f in seen or not f.exists():
+            continue
+        seen.append(f)
+        text = f.read_text()
+        pkg = f.parent.name
+        names = [(pkg, m) for m in re.findall(r"(?m)^\s*from\s+\.(\w+)\s+import", text)]
+        names += [(pkg, m) for g in re.findall(r"(?m)^\s*from\s+\.\s+import\s+([\w\s,()]+)", text)
+                  for m in re.findall(r"\w+", g)]
+        names += re.findall(r"(?m)^\s*(?:from|import)\s+(hw|golden)\.(\w+)", text)
+        names += [(p, m) for p, g in re.findall(r"(?m)^\s*from\s+(hw|golden)\s+import\s+([\w\s,()]+)", text)
+                  for m in re.findall(r"\w+", g)]
+        todo += [REPO / p / f"{m}.py" for p, m in names]
+    return sorted(seen)
+
+
 def _source_files() -> list[Path]:
-    files = sorted((REPO / "hw").rglob("*.py"))
-    files += [REPO / "golden" / "config.py", REPO / "golden" / "_check.py", Path(__file__).resolve()]
-    return [f for f in files if f.exists()]
+    """Everything the generated Verilog can depend on: hw.core's module closure, and this file."""
+    return _module_deps() + [Path(__file__).resolve()]
 
 
 def cache_key(cfg: ArrayConfig, opt: str = "-O0") -> str:
