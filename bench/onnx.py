@@ -17,8 +17,9 @@ imported with ``firmware.onnx_import.import_qdq`` and run three ways:
 
 Result keys: ``models`` (number of model variants), ``outputs_compared``
 (output elements compared against onnxruntime, both paths), ``mismatches_vs_onnxruntime``
-(must be 0), ``per_model`` (per variant: nodes, array/host layers, MACs,
-modelled array cycles, mismatches golden / device, seconds).
+(must be 0), ``per_model`` (per variant: ONNX nodes, array/host layers (after
+fusion), MACs of the array layers, modelled array cycles of one inference
+(firmware.report, GoldenDevice's cycle model), mismatches golden / device, seconds).
 
 Model builders (``residual_net``, ``classifier``, ``mixed_net``,
 ``detector_net``) are shared with tests/test_onnx_import.py.
@@ -105,8 +106,8 @@ def residual_net(seed: int = 0):
 
 
 def classifier(seed: int = 0):
-    """Classifier, 2x3x16x16: two convs (+ReLU), Transpose to NHWC, Reshape, Gemm logits (transB = 1);
-    a second head Flatten -> MatMul."""
+    """Classifier, 2x3x16x16: conv + LeakyReLU (a table fused into the conv's lanes), conv + ReLU,
+    Transpose to NHWC, Reshape, Gemm logits (transB = 1); a second head Flatten -> MatMul."""
     _, _, helper, nh = _helpers()
     rng = np.random.default_rng(seed + 1)
     I = [_init(nh, "c1.w", _w(rng, 8, 3, 3)), _init(nh, "c1.b", rng.standard_normal(8) * 0.1),
@@ -116,7 +117,7 @@ def classifier(seed: int = 0):
          _init(nh, "mm.w", rng.standard_normal((1024, 5)) * np.sqrt(1 / 1024)),
          nh.from_array(np.array([2, -1], np.int64), "shape")]
     N = [helper.make_node("Conv", ["x", "c1.w", "c1.b"], ["c1"], name="c1", kernel_shape=[3, 3], pads=[1] * 4),
-         helper.make_node("Relu", ["c1"], ["r1"], name="r1"),
+         helper.make_node("LeakyRelu", ["c1"], ["r1"], name="r1", alpha=0.2),
          helper.make_node("Conv", ["r1", "c2.w", "c2.b"], ["c2"], name="c2", kernel_shape=[3, 3], pads=[1] * 4,
                           strides=[2, 2]),
          helper.make_node("Relu", ["c2"], ["r2"], name="r2"),
@@ -131,7 +132,8 @@ def classifier(seed: int = 0):
 def mixed_net(seed: int = 0):
     """Small conv net, 1x3x16x16, with the other supported ops: MaxPool ceil, Add, Sigmoid, LeakyRelu,
     Tanh (float on onnxruntime), Concat of differently quantized inputs, Resize nearest 2x,
-    ConvTranspose k4 s2 p1, Clip (a graph output), PRelu per channel, Transpose/Reshape, Gemm."""
+    ConvTranspose k4 s2 p1, Clip (a graph output), PRelu per channel, Transpose/Reshape, Gemm, and
+    a 1x1 conv + Sigmoid (the table fused into the conv's lanes)."""
     _, _, helper, nh = _helpers()
     rng = np.random.default_rng(seed + 2)
     I = [_init(nh, "w1", _w(rng, 8, 3, 3)), _init(nh, "b1", rng.standard_normal(8) * 0.1),
@@ -141,7 +143,8 @@ def mixed_net(seed: int = 0):
          _init(nh, "mn", np.array(0.0)), _init(nh, "mx", np.array(6.0)),
          _init(nh, "slope", rng.uniform(0.05, 0.3, (4, 1, 1))),
          nh.from_array(np.array([1, -1], np.int64), "shp"),
-         _init(nh, "wg", rng.standard_normal((10, 4 * 32 * 32)) * 0.02), _init(nh, "bg", rng.standard_normal(10) * 0.1)]
+         _init(nh, "wg", rng.standard_normal((10, 4 * 32 * 32)) * 0.02), _init(nh, "bg", rng.standard_normal(10) * 0.1),
+         _init(nh, "w3", _w(rng, 4, 8, 1)), _init(nh, "b3", rng.standard_normal(4) * 0.1)]
     N = [helper.make_node("Conv", ["x", "w1", "b1"], ["c1"], pads=[1] * 4, name="conv1"),
          helper.make_node("Relu", ["c1"], ["r1"], name="relu1"),
          helper.make_node("MaxPool", ["r1"], ["p1"], kernel_shape=[3, 3], strides=[2, 2], ceil_mode=1, name="pool1"),
@@ -157,8 +160,10 @@ def mixed_net(seed: int = 0):
          helper.make_node("PRelu", ["ct", "slope"], ["pr"], name="prelu1"),
          helper.make_node("Transpose", ["pr"], ["tr"], perm=[0, 2, 3, 1], name="tr1"),
          helper.make_node("Reshape", ["tr", "shp"], ["fl"], name="rs1"),
-         helper.make_node("Gemm", ["fl", "wg", "bg"], ["y"], transB=1, name="fc")]
-    return _model(N, [("x", [1, 3, 16, 16])], [("y", [1, 10]), ("cl", [1, 4, 32, 32])], I)
+         helper.make_node("Gemm", ["fl", "wg", "bg"], ["y"], transB=1, name="fc"),
+         helper.make_node("Conv", ["a1", "w3", "b3"], ["c3"], name="conv3"),
+         helper.make_node("Sigmoid", ["c3"], ["s3"], name="sig3")]
+    return _model(N, [("x", [1, 3, 16, 16])], [("y", [1, 10]), ("cl", [1, 4, 32, 32]), ("s3", [1, 4, 8, 8])], I)
 
 
 def detector_net(seed: int = 0):
@@ -256,13 +261,20 @@ def quantize_ort(model, calib: list[dict], activation_dtype: str):
         def get_next(self):
             return next(self.it, None)
 
-    with tempfile.TemporaryDirectory() as d:
-        src, dst = os.path.join(d, "f.onnx"), os.path.join(d, "q.onnx")
-        onnx.save(model, src)
-        quantize_static(src, dst, Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
-                        activation_type=QuantType.QInt8 if activation_dtype == "int8" else QuantType.QUInt8,
-                        weight_type=QuantType.QInt8)
-        return onnx.load(dst)
+    import logging
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(logging.ERROR)          # quantize_static's "consider pre-processing" advice
+    try:
+        with tempfile.TemporaryDirectory() as d:
+            src, dst = os.path.join(d, "f.onnx"), os.path.join(d, "q.onnx")
+            onnx.save(model, src)
+            quantize_static(src, dst, Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
+                            activation_type=QuantType.QInt8 if activation_dtype == "int8" else QuantType.QUInt8,
+                            weight_type=QuantType.QInt8)
+            return onnx.load(dst)
+    finally:
+        root.setLevel(level)
 
 
 def compare(qmodel, feeds, device=None, name: str = "model") -> dict:
@@ -274,7 +286,7 @@ def compare(qmodel, feeds, device=None, name: str = "model") -> dict:
     names = [o.name for o in sess.get_outputs()]
     g = om.graph.fuse()
     res = {"nodes": len(qmodel.graph.node), "array_layers": sum(n.on_array for n in g.nodes),
-           "host_layers": sum(not n.on_array for n in g.nodes), "macs": g.macs(),
+           "host_layers": sum(not n.on_array for n in g.nodes), "array_macs": g.macs(),
            "host_kinds": sorted({type(n).__name__ for n in g.nodes if not n.on_array}),
            "outputs_compared": 0, "mismatches_golden": 0, "mismatches_device": 0, "array_cycles": 0}
     for f in feeds:

@@ -26,12 +26,23 @@ The fused semantics are one requantization::
     v = MBQM(acc, M[c]);  v = MBQM(v, alpha[c]) if prelu and v < 0
     q = clamp(v + zp_out, act range);  out = lut[q] if lut
 
+``mode`` selects the lanes' requantization (docs/array.md): "tflite" (above;
+the default) or "ort", onnxruntime's QLinearConv/QGemm/QLinearMatMul rule
+``q = clamp(rne(float32(float32(acc) * scale32[c])) + zp_out)`` with
+``scale32 = golden.requant.ort_scale(s_in, s_w, s_out)`` (no PReLU), which
+makes imported ONNX models bit-exact with onnxruntime (firmware.onnx_import).
+
 Host nodes (``on_array = False``; memory-bound, no MACs -- see
 firmware/compiler.py): ``MaxPool``, ``DirectionalMax``, ``Add`` (TFLite
-requantizing add), ``Concat`` (requantizing), ``Upsample`` (nearest),
-``Relu`` (ReLU/ReLU6 clamp), ``PRelu``, ``LeakyRelu``, ``Lut``.
+requantizing add), ``Concat`` (requantizing; or per-input tables, onnxruntime's
+QLinearConcat), ``Upsample`` (nearest), ``Relu`` (ReLU/ReLU6 clamp), ``PRelu``,
+``LeakyRelu``, ``Lut``; for ONNX models (firmware.onnx_import): ``Clamp`` (a
+code clamp, fused like Relu), ``ChannelLut`` (per-channel tables), ``AddTable``
+(an add as a 256 x 256 table), ``Resize`` (nearest, explicit indices),
+``Reshape``, ``Transpose`` and ``OrtConvTranspose`` (onnxruntime's float
+ConvTranspose path, emulated bit for bit).
 
-``Graph.fuse()`` folds a ``Relu`` or ``Lut`` node into the accelerator node
+``Graph.fuse()`` folds a ``Relu``/``Clamp`` or ``Lut`` node into the accelerator node
 producing its input when the result is bit-identical (a clamp after a clamp is
 their intersection; a table after the clamp is the lane's LUT stage). A
 standalone ``PRelu``/``LeakyRelu`` is NOT folded: it requantizes the already
@@ -1062,10 +1073,10 @@ class Graph:
 
     # ---- fusion ----
     def fuse(self) -> "Graph":
-        """A new graph with Relu/Lut nodes folded into the array node that feeds them (bit-identical).
+        """A new graph with Relu/Clamp/Lut nodes folded into the array node that feeds them (bit-identical).
 
         Folded when the producer is an ArrayNode with this node as its only
-        consumer and is not a declared graph output, and: for ``Relu``, the
+        consumer and is not a declared graph output, and: for ``Relu``/``Clamp``, the
         producer has no LUT (the clamp then intersects the lane clamp); for
         ``Lut``, the producer has no LUT yet. The fused node takes the
         consumer's name (its output tensor), so downstream names are unchanged.

@@ -976,7 +976,6 @@ class _Importer:
 
     def probe_chain(self, src, chain, qin: Q, shp, n_ch, qn=None):
         """Run DQ -> chain [-> Q] in onnxruntime on every code (per channel): (C, 256) tables."""
-        import onnx
         from onnx import helper
         rank = len(shp)
         codes = np.arange(qin.qmin, qin.qmax + 1).astype(qin.dtype)
@@ -1355,8 +1354,7 @@ def quantize_float_model(model, calibration_inputs: Sequence[dict] | dict, *, ac
                 dq_of[o] = dq_of[r] = qdq(o, r if r in outputs else f"{o}_dq")
             elif o in act:
                 dq_of[o] = qdq(o, o if o in outputs else f"{o}_dq")
-    final_nodes = new_nodes
-    graph = helper.make_graph(final_nodes, g.name or "quantized", list(g.input), list(g.output), new_inits)
+    graph = helper.make_graph(new_nodes, g.name or "quantized", list(g.input), list(g.output), new_inits)
     qm = helper.make_model(graph, opset_imports=list(m.opset_import), ir_version=m.ir_version)
     onnx.checker.check_model(qm)
     return qm
