@@ -205,6 +205,8 @@ def run_regression(args) -> dict:
     from sim.build import BUILD_ROOT, build_core, run_core_test
     from sim.stimulus import make_stimulus, make_throughput_stimulus
     rows, cols = _size(args.regress_size, "--regress-size")
+    if args.macs < 1:
+        raise ValueError(f"--macs must be >= 1, got {args.macs}")
     cfg = ArrayConfig(rows, cols)
     model = build_core(cfg)
     runs = BUILD_ROOT / "bench_array"

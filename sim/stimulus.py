@@ -442,11 +442,11 @@ def make_stimulus(cfg: ArrayConfig, seed: int, *, n_random: int = 24, long_k: in
 
 
 def make_throughput_stimulus(cfg: ArrayConfig, seed: int, n_tiles: int, k: int) -> Stimulus:
-    """Random full-rate tiles of one K (no backpressure, no LUT): the regression bench's workload."""
+    """Random full-rate tiles of one K (no backpressure, no LUT; tflite and ort lanes): the bench's workload."""
     rng = np.random.default_rng(seed)
     g = _Gen(cfg, rng)
     for _ in range(n_tiles):
-        g.add("random", k, "typical", fold=bool(rng.random() < 0.3))
+        g.add("random", k, "typical" if rng.random() < 0.6 else "ort", fold=bool(rng.random() < 0.3))
     act = np.concatenate([t[0] for t in g.tiles], axis=1).astype(np.int64)
     wgt = np.concatenate([t[1] for t in g.tiles], axis=0).astype(np.int64)
     ks = np.full(n_tiles, k, np.int64)
@@ -457,7 +457,7 @@ def make_throughput_stimulus(cfg: ArrayConfig, seed: int, n_tiles: int, k: int) 
                     lut_en=np.zeros(n_tiles, np.int64), phase=np.zeros(n_tiles, np.int64),
                     lut_tables=np.zeros((1, 256), np.int64), lut_load=np.zeros(1, np.int64),
                     inp_valid=ones, par_valid=ones, lut_valid=ones, out_ready=ones,
-                    kinds=[f"random/K={k}"] * n_tiles)
+                    kinds=[t[4] for t in g.tiles])
     check_stimulus(stim)
     return stim
 
