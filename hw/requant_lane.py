@@ -1,7 +1,8 @@
-"""One output channel's post-processing lane: int32 requantization, PReLU, clamp, LUT.
+"""One output channel's post-processing lane: int32 requantization (tflite or ort mode), PReLU, clamp, LUT.
 
-Bit-exact with ``golden.requant`` (TFLite double-rounding MultiplyByQuantizedMultiplier,
-arithmetic.md §2) and the lane semantics at the bottom of docs/array.md::
+Bit-exact with ``golden.requant`` and the lane semantics at the bottom of
+docs/array.md. tflite mode (``mode`` = 0; TFLite double-rounding
+MultiplyByQuantizedMultiplier, arithmetic.md §2)::
 
     t = sat32(acc + bias)
     v = RDBPOT(SRDHM(satshl32(t, max(shift,0)), mult), max(-shift,0))
@@ -10,13 +11,41 @@ arithmetic.md §2) and the lane semantics at the bottom of docs/array.md::
     q = clamp(v + zp, act_min, act_max)
     out = lut[q & 0xFF] if lut_en else q & 0xFF
 
+ort mode (``mode`` = 1, per row; onnxruntime's float32 requantization emulated
+with integers, ``golden.requant._requantize_ort_int``; ``mult``, ``shift`` and
+``prelu`` ignored)::
+
+    v = clamp(rne(f32(f32(t) * scale_f32)), act_min - zp, act_max - zp);  q = v + zp
+
 One register per stage of ``golden.config.REQUANT_STAGES``, so the latency is
-``REQUANT_LATENCY``; each stage carries forward only the parameters the later
-stages still need (the params FIFO pops as soon as a tile's last row has
-entered the lane, so later stages cannot read the FIFO head).
+``REQUANT_LATENCY`` in both modes; each stage carries forward only the
+parameters the later stages still need (the params FIFO pops as soon as a
+tile's last row has entered the lane, so later stages cannot read the FIFO
+head). The ort datapath (``hw.ort_requant``) runs beside the tflite one and
+shares its bias adder, its first multiplier, the clamp and the LUT:
+
+==========  ====================================  ======================================
+stage       tflite                                ort (mode = 1)
+==========  ====================================  ======================================
+bias        t = sat32(acc + bias)                 same t; scale significand muxed into
+                                                  the ``mult`` register, exponent field
+lshift      satshl32(t, max(shift, 0))            |t| normalised to 24 bits, RNE (the
+                                                  int32 -> float32 conversion), muxed
+                                                  into the same multiplier operand
+srdhm       a * mult + 2**30, high word           the same multiplier: exact 24 x 24
+                                                  product (no nudge), kept whole
+rdbpot      rounding right shift                  product rounded to 24 bits (RNE),
+                                                  exponent
+prelu_mul   alpha SRDHM (prelu, v < 0)            to an integer (RNE), saturated at 2**10
+prelu_div   alpha RDBPOT                          sign; the mode selects the value
+clamp       + zp, clamp to [act_min, act_max]     shared
+lut         optional table                        shared
+==========  ====================================  ======================================
 
 Every representable parameter is handled exactly, not only the documented
-ranges: left shifts up to 31 (``shift`` is signed(6)), right shifts up to 32.
+ranges: left shifts up to 31 (``shift`` is signed(6)), right shifts up to 32;
+in ort mode any act_min/act_max/zp of their signed(9) fields and any 32-bit
+``scale_f32`` (sign ignored; see ``hw.ort_requant`` for the non-finite bits).
 """
 from __future__ import annotations
 
@@ -221,10 +250,10 @@ class RequantLane(wiring.Component):
         if ort:
             # ort: the scale's significand takes the place of `mult` (they share the
             # srdhm multiplier); its exponent field rides along for stage lshift.
-            mant, efield, subnormal = ort_dp.scale_fields(p.scale_f32)
+            mant, efield = ort_dp.scale_fields(p.scale_f32)
             s["mode"] = p.mode
             s["mult"] = Mux(p.mode == MODE_ORT, mant, p.mult)
-            ort_in = {"efield": (efield.shape(), efield), "subnormal": (u1, subnormal)}
+            ort_in = {"efield": (efield.shape(), efield)}
 
         # bias: the exact sum (acc_width + bias_width fit in one more bit), saturated once.
         s = stages["bias"] = _stage_regs(m, en, "bias", {
@@ -238,7 +267,7 @@ class RequantLane(wiring.Component):
         if ort:
             o = ort_dp.normalise_abs(m, s["v"], s["efield"], "ort_lshift")
             v = Mux(s["mode"] == MODE_ORT, o["ma"], v)
-            ort_regs = {"neg": (u1, o["neg"]), "zero": (u1, o["tzero"] | s["subnormal"]),
+            ort_regs = {"neg": (u1, o["neg"]), "zero": (u1, o["tzero"]),
                         "epart": (o["epart"].shape(), o["epart"])}
         s = stages["lshift"] = _stage_regs(m, en, "lshift", {
             "v": (i32, v), **carry(s, *flags, "shift", "mult", *alpha, *late), **ort_regs})

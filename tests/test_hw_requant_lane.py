@@ -276,14 +276,16 @@ def _ort_corners(rng):
                     if j >= 0:
                         t = ((1 << 23) + j) * (1 << n) + (1 << (n - 1))
                         add([t, -t, t + 1, -t + 1], (127 - n - s) << 23)
-    # 3. Product ties: P = c * 2**w +- 1 with 25 significant bits (so the 24-bit rounding is a
-    #    tie) factored as P = a * b; t = +-a * 2**i, scale significand b; rounded product c/2.
+    # 3. Product ties: P = c * 2**w +- 1 with 25 significant bits (the 24-bit rounding is a
+    #    tie), and P = c * 2**w + 3 or - 1 with 26 bits (dropped bits 11: just above a tie),
+    #    factored as P = a * b; t = +-a * 2**i, scale significand b; the rounded product is
+    #    about c/2, a final tie.
     for c in range(3, 256, 2):
-        w = 25 - c.bit_length()
-        for delta in (1, -1):
+        for bits, delta in ((25, 1), (25, -1), (26, 3), (26, -1)):
+            w = bits - c.bit_length()
             big_p = c * (1 << w) + delta
             f = next((d for d in range(3, 4096, 2) if big_p % d == 0), None)
-            if f is None or big_p.bit_length() != 25:
+            if f is None or big_p.bit_length() != bits:
                 continue
             a, b = (f, big_p // f) if rng.random() < 0.5 else (big_p // f, f)
             if a.bit_length() > 24 or b.bit_length() > 24:
