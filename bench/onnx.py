@@ -12,8 +12,9 @@ imported with ``firmware.onnx_import.import_qdq`` and run three ways:
 * golden: ``OnnxModel.reference`` (golden/ alone, no device);
 * the backend device (``--backend``): ``golden`` = firmware.GoldenDevice
   (array layers through the ISA, host layers on the host), ``rtl`` = the RTL
-  device (``firmware.__main__.make_device``; refused with a clear error until
-  firmware/rtl_device.py exists -- no numbers are invented for it).
+  device through the hook ``firmware.__main__.make_device`` (the factory
+  ``firmware.rtl_device.make_host_device(cfg)``); until the hook is wired the
+  result is ``{"available": False, "error": ...}`` -- no numbers are invented.
 
 Result keys: ``models`` (number of model variants), ``outputs_compared``
 (output elements compared against onnxruntime, both paths), ``mismatches_vs_onnxruntime``
@@ -314,7 +315,10 @@ def run(args) -> dict:
     seed = int(getattr(args, "seed", 0))
     backend = getattr(args, "backend", "golden")
     cfg = ArrayConfig()
-    device = make_device(backend, cfg)
+    try:
+        device = make_device(backend, cfg)
+    except RuntimeError as e:                 # the rtl hook is not wired: report it, measure nothing
+        return {"backend": backend, "available": False, "error": str(e), "models": 0, "outputs_compared": 0}
     per = []
     t0 = time.perf_counter()
     for name in names:

@@ -19,10 +19,11 @@ many outputs differ (exit status 1 if any).
 .npy/.npz; the first axis of each array enumerates calibration samples).
 
 Backends (``make_device``): ``golden`` = firmware.golden_device.GoldenDevice;
-``rtl`` = ``firmware.rtl_device.RtlDevice(cfg)``, available once
-firmware/rtl_device.py exists (checked at run time; until then the CLI
-refuses with a clear error). Exit status 2 for bad input (malformed or
-unsupported model, bad input file), 0 on success.
+``rtl`` = ``firmware.rtl_device.make_host_device(cfg)`` (the hook the RTL
+backend plugs into, checked at run time; until it exists the CLI refuses with
+a clear error -- ``RtlDevice(dut, cfg)`` itself runs inside a cocotb
+simulation). Exit status 2 for bad input (malformed or unsupported model,
+bad input file, unavailable backend), 0 on success.
 """
 from __future__ import annotations
 
@@ -39,24 +40,34 @@ from golden.config import ArrayConfig
 BACKENDS = ("golden", "rtl")
 
 
+#: The hook the RTL backend plugs into: a function of firmware/rtl_device.py returning a
+#: firmware.device.Device usable from a plain Python process (``RtlDevice`` itself lives inside a
+#: cocotb simulation: ``RtlDevice(dut, cfg)`` in sim.tb_top).
+RTL_FACTORY = "make_host_device"
+
+
 def make_device(backend: str, cfg: ArrayConfig):
     """A firmware.device.Device for ``backend`` ("golden" | "rtl").
 
-    "rtl" needs the module firmware/rtl_device.py (class ``RtlDevice(cfg)``, a
-    firmware.device.Device); without it this raises RuntimeError saying so.
+    "golden": firmware.golden_device.GoldenDevice(cfg). "rtl": the factory
+    ``firmware.rtl_device.make_host_device(cfg)`` (``RTL_FACTORY``): the RTL
+    simulation behind a Device a host program can drive. Until that module and
+    factory exist this raises RuntimeError saying which is missing.
     """
     if backend == "golden":
         from .golden_device import GoldenDevice
         return GoldenDevice(cfg)
     if backend == "rtl":
         if importlib.util.find_spec("firmware.rtl_device") is None:
-            raise RuntimeError("backend 'rtl' is not available: firmware/rtl_device.py (class RtlDevice(cfg), a "
-                               "firmware.device.Device driving the RTL) does not exist yet; use --backend golden")
+            raise RuntimeError("backend 'rtl' is not available: firmware/rtl_device.py does not exist yet; "
+                               "use --backend golden")
         mod = importlib.import_module("firmware.rtl_device")
-        cls = getattr(mod, "RtlDevice", None)
-        if cls is None:
-            raise RuntimeError("firmware.rtl_device has no RtlDevice class (expected RtlDevice(cfg), a Device)")
-        return cls(cfg)
+        factory = getattr(mod, RTL_FACTORY, None)
+        if factory is None:
+            raise RuntimeError(f"backend 'rtl' is not wired yet: firmware.rtl_device has no {RTL_FACTORY}(cfg) "
+                               "(RtlDevice(dut, cfg) runs inside a cocotb simulation, sim.tb_top, and cannot be "
+                               "driven from this process); use --backend golden")
+        return factory(cfg)
     raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
 
 

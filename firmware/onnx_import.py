@@ -539,8 +539,6 @@ class _Importer:
         handler = {"Conv": self.conv, "ConvTranspose": self.conv_transpose, "Gemm": self.gemm,
                    "MatMul": self.matmul, "Add": self.add_op, "Concat": self.concat, "MaxPool": self.maxpool_dq,
                    "Resize": self.resize}.get(op)
-        if handler is None and op in MOVEMENT_OPS:
-            handler = self.movement_dq
         if handler is None:
             self.fail(p, "operator not supported" if op not in ELEMENTWISE_OPS else
                       "elementwise op whose input is not (a chain from) one DequantizeLinear")
@@ -879,19 +877,6 @@ class _Importer:
         except ValueError as e:
             raise _Skip(str(e)) from None
         self.claim(n)
-
-    def movement_dq(self, p, qn, out: Q) -> None:
-        x = self.dq_input(p.input[0], f"{p.op_type} input")
-        same = self._same_q(self.q_of(x), out)
-        mid = qn.output[0] if same else p.output[0] + "/codes"
-        node = self.move_node(p, x, mid)
-        try:
-            self.add(node, [p], qn.output[0] if same else None)
-        except ValueError as e:
-            raise _Skip(str(e)) from None
-        self.finish_requant(mid, qn.output[0], (qn, out), [p])
-        self.claim_dq(p.input[0])
-        self.claim(p)
 
     # ---- elementwise chains -> tables ----
     def elementwise_src(self, n):

@@ -353,12 +353,22 @@ def test_cli_run_and_quantize(tmp_path, capsys):
 
 
 def test_make_device_backends(monkeypatch):
+    import sys
+    import types
     assert isinstance(cli.make_device("golden", ArrayConfig()), GoldenDevice)
-    monkeypatch.setattr(cli.importlib.util, "find_spec", lambda name: None)
-    with pytest.raises(RuntimeError, match="rtl_device.py"):
-        cli.make_device("rtl", ArrayConfig())
     with pytest.raises(ValueError, match="backend"):
         cli.make_device("fpga", ArrayConfig())
+    # the rtl hook: a module without the factory, then one with it, then no module at all
+    fake = types.ModuleType("firmware.rtl_device")
+    monkeypatch.setitem(sys.modules, "firmware.rtl_device", fake)
+    monkeypatch.setattr(cli.importlib.util, "find_spec", lambda name: object())
+    with pytest.raises(RuntimeError, match="make_host_device"):
+        cli.make_device("rtl", ArrayConfig())
+    fake.make_host_device = lambda cfg: GoldenDevice(cfg)
+    assert isinstance(cli.make_device("rtl", ArrayConfig()), GoldenDevice)
+    monkeypatch.setattr(cli.importlib.util, "find_spec", lambda name: None)
+    with pytest.raises(RuntimeError, match="rtl_device.py does not exist"):
+        cli.make_device("rtl", ArrayConfig())
 
 
 # --------------------------------------------------------------------------- the quantizer
