@@ -10,9 +10,16 @@
 * ``sim``: for now the same elaboration and Verilog, and an honest note: the
   INT8 detector demo on the simulated accelerator does not exist yet. The
   cycle-exact RTL-vs-golden regression runs under pytest (sim/, cocotb).
-* ``ulx3s``, ``xcup``: board/FPGA builds are not implemented yet (exit code 2).
+* ``ulx3s``, ``xcup``: the FPGA flows of ``hw.fpga`` (docs/fpga.md), with
+  their own options (``python -m hw.fpga ulx3s --help``): ``ulx3s`` builds
+  the ULX3S-85F bitstream (yosys, nextpnr-ecp5, ecppack from YoWASP) of the
+  accelerator behind the UART bridge and reports Fmax, the critical path and
+  LUT4/FF/MULT18X18D/DP16KD use; ``xcup`` is the synth_xilinx -family xcup
+  resource estimate (no vendor place and route). Shape options default to
+  ``hw.fpga.ULX3S_CFG`` / ``ArrayConfig()``. Exit code 1: a tool failed (its
+  last lines are printed).
 
-Exit codes: 0 done, 2 not implemented or bad arguments (the ValueError's
+Exit codes: 0 done, 1 an FPGA tool failed, 2 bad arguments (the ValueError's
 message names the offending parameter).
 """
 from __future__ import annotations
@@ -92,11 +99,12 @@ def _summary(cfg: ArrayConfig, path: str, top: str = "core") -> str:
 
 
 def main(argv=None) -> int:
-    args = _parser().parse_args(argv)
+    args, extra = _parser().parse_known_args(argv)
     if args.target in ("ulx3s", "xcup"):
-        print(f"target {args.target}: not implemented yet (no board/FPGA build exists; "
-              "`--target verilog` writes the accelerator's or the core's Verilog).", file=sys.stderr)
-        return 2
+        from .fpga import cli
+        return cli(args.target, sys.argv[1:] if argv is None else list(argv))
+    if extra:
+        _parser().error(f"unrecognized arguments: {' '.join(extra)}")
     try:
         cfg = ArrayConfig(rows=args.rows, cols=args.cols, packing=args.packing, weight_min=args.weight_min,
                           max_k=args.max_k, param_fifo_depth=args.param_fifo_depth, bus_bytes=args.bus_bytes,

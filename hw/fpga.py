@@ -48,7 +48,7 @@ from golden.config import ArrayConfig
 
 __all__ = ["ToolError", "ULX3S_CFG", "ULX3S_CFG_DUAL", "TARGET_MHZ", "ECP5_DEVICE", "ECP5_AVAILABLE",
            "run_tool", "parse_yosys_stat", "synth_ecp5_resources", "build_ulx3s", "estimate_xcup",
-           "XCUP_NOTE", "macs_per_dsp48e2"]
+           "XCUP_NOTE", "macs_per_dsp48e2", "summary_lines", "cli"]
 
 #: Timing target of the whole top (MHz).
 TARGET_MHZ = 150.0
@@ -234,6 +234,8 @@ def _short(name: str) -> str:
 def _critical_path(report: dict) -> dict | None:
     """Summary of the worst critical path in a nextpnr --report JSON."""
     paths = report.get("critical_paths") or []
+    clocked = [p for p in paths if "<async>" not in (p.get("from", ""), p.get("to", ""))]
+    paths = clocked or paths             # the clock-to-clock paths set Fmax; I/O paths are unconstrained
     if not paths:
         return None
     best = None
@@ -252,10 +254,22 @@ def _critical_path(report: dict) -> dict | None:
             c = s.get(end, {}).get("cell")
             if c and (not cells or cells[-1] != c):
                 cells.append(c)
+    # the blocks the path crosses: hierarchy prefixes of its cells, in order (e.g. acc.acc.core.lane1)
+    blocks = []
+    for c in cells:
+        if c.startswith("$"):                       # nextpnr's own cells (split carry chains)
+            continue
+        b = c.split("$")[0].rsplit(".", 1)[0] if "." in c else c
+        if not blocks or blocks[-1] != b:
+            blocks.append(b)
+    logic_cells = [c for c in cells if "$CCU2_COMB" not in c]
+    mults = sum(1 for s in steps if s.get("type") == "logic" and "MULT18X18D" in s.get("from", {}).get("cell", "")
+                and s.get("delay", 0) > 1.0)
     return {"from_clock": p.get("from"), "to_clock": p.get("to"), "delay_ns": round(total, 3),
             "logic_ns": round(logic, 3), "routing_ns": round(route, 3), "steps": len(steps),
             "start": _short(cells[0]) if cells else None, "end": _short(cells[-1]) if cells else None,
-            "cells": [_short(c) for c in cells]}
+            "blocks": blocks, "mult18_on_path": mults,
+            "cells": [_short(c) for c in logic_cells[:40]] + (["..."] if len(logic_cells) > 40 else [])}
 
 
 def _nextpnr(workdir: Path, name: str, freq_mhz: float | None, timeout_s: float, seed: int = 1) -> dict:
@@ -430,3 +444,124 @@ def estimate_xcup(cfg: ArrayConfig | None = None, out_dir="build/xcup", *, timeo
     }
     (out / "report.json").write_text(json.dumps(report, indent=2))
     return report
+
+
+# ---------------------------------------------------------------------------- command line
+_SHAPE = ("rows", "cols", "packing", "weight_min", "max_k", "param_fifo_depth", "bus_bytes", "act_depth",
+          "wgt_depth", "param_depth", "out_depth")
+
+
+def _fmt_resources(res: dict) -> str:
+    return ", ".join(f"{k} {v['used']}/{v['available']} ({100 * v['used'] / max(1, v['available']):.0f}%)"
+                     for k, v in res.items())
+
+
+def summary_lines(report: dict) -> list[str]:
+    """Human-readable lines of a build_ulx3s / estimate_xcup report."""
+    c = report["cfg"]
+    head = (f"{c['rows']}x{c['cols']} packing={c['packing']} ({report['macs_per_cycle']} MACs/cycle), "
+            f"buffers act {c['act_depth']} wgt {c['wgt_depth']} params {c['param_depth']} out {c['out_depth']}, "
+            f"bus {c['bus_bytes']} bytes")
+    if report["target"] == "xcup":
+        r = report["resources"]
+        return [f"xcup (UltraScale+): {head}", f"  {report['note']}",
+                f"  DSP48E2 {r['DSP48E2']}, LUT {r['LUT']}, FF {r['FF']}, BRAM {r['BRAM36']:g} x 36Kb "
+                f"(RAMB36E2 {r['RAMB36E2']}, RAMB18E2 {r['RAMB18E2']}), URAM {r['URAM288']}",
+                f"  PE array: {report['pe_count']} PEs on {report['pe_dsp48e2']} DSP48E2 -> "
+                f"{report['macs_per_dsp48e2']:g} INT8 MACs per DSP48E2 (whole design incl. requant lanes: "
+                f"{report['macs_per_dsp48e2_whole_design']:g})"]
+    out = [f"ulx3s ({report['device']}): {head}"]
+    for i, p in enumerate(report["passes"], 1):
+        fm = ", ".join(f"{k}: {v['achieved_mhz']:.2f} MHz (constraint {v['constraint_mhz']:.2f})"
+                       for k, v in p["fmax"].items())
+        out.append(f"  pass {i}: PLL {p['clock_mhz']:.3f} MHz -> Fmax {fm} -> {'met' if p['met'] else 'NOT met'}")
+    out.append(f"  Fmax {report['fmax_mhz']:.2f} MHz vs target {report['target_mhz']:g} MHz: "
+               f"{'met' if report['target_met'] else 'NOT met'}")
+    out.append(f"  resources: {_fmt_resources(report['resources'])}")
+    cp = report.get("critical_path")
+    if cp:
+        out.append(f"  critical path: {cp['delay_ns']} ns ({cp['logic_ns']} logic + {cp['routing_ns']} routing, "
+                   f"{cp['steps']} steps) from {cp['start']} to {cp['end']}")
+    out.append(f"  bitstream {report['bitstream']} ({report['bitstream_bytes']} bytes) clocked at "
+               f"{report['bitstream_clock_mhz']:.3f} MHz ({'timing met' if report['bitstream_timing_met'] else 'timing NOT met'}), "
+               f"UART {report['baud']} baud (divisor {report['uart_divisor']})")
+    pc = report.get("packing_comparison")
+    if pc and "error" not in pc:
+        for k in ("none", "dual"):
+            if k in pc:
+                cells = pc[k]["synth_cells"]
+                out.append(f"  packing={k} ({pc[k]['cfg']['rows']}x{pc[k]['cfg']['cols']}, "
+                           f"{pc[k]['macs_per_cycle']} MACs): yosys MULT18X18D {cells.get('MULT18X18D', 0)}, "
+                           f"LUT4 {cells.get('LUT4', 0)}, CCU2C {cells.get('CCU2C', 0)}, "
+                           f"FF {cells.get('TRELLIS_FF', 0)}, DP16KD {cells.get('DP16KD', 0)}")
+    elif pc:
+        out.append(f"  packing comparison failed: {pc['error'].splitlines()[0]}")
+    return out
+
+
+def cli(target: str, argv=None) -> int:
+    """``python -m hw.build --target ulx3s|xcup [options]`` (also ``python -m hw.fpga ulx3s|xcup``).
+
+    Shape options default to ``ULX3S_CFG`` (ulx3s) or ``ArrayConfig()`` (xcup: the full array).
+    Exit codes: 0 built (timing met or not: the report says), 1 a tool failed, 2 bad arguments.
+    """
+    import argparse
+    if target not in ("ulx3s", "xcup"):
+        raise ValueError(f"target must be 'ulx3s' or 'xcup', got {target!r}")
+    p = argparse.ArgumentParser(prog=f"python -m hw.build --target {target}",
+                                description=(build_ulx3s if target == "ulx3s" else estimate_xcup).__doc__)
+    p.add_argument("--target", default=target, help=argparse.SUPPRESS)
+    p.add_argument("--top", choices=["accelerator"], default="accelerator",
+                   help="FPGA builds take the whole accelerator top")
+    for name in _SHAPE:
+        kw = {"choices": ["dual", "none"]} if name == "packing" else {"type": int}
+        p.add_argument("--" + name.replace("_", "-"), default=None, **kw,
+                       help=f"ArrayConfig.{name} (default: {'ULX3S_CFG' if target == 'ulx3s' else 'ArrayConfig()'})")
+    p.add_argument("--out-dir", default=os.path.join("build", target), help="build directory")
+    p.add_argument("--json", default=None, help="also write the report here")
+    p.add_argument("--yosys-timeout", type=float, default=3600, help="seconds")
+    if target == "ulx3s":
+        p.add_argument("--freq", type=float, default=TARGET_MHZ, help="target clock, MHz (PLL and nextpnr)")
+        p.add_argument("--baud", type=int, default=None, help="UART baud rate (default 3000000)")
+        p.add_argument("--no-compare", action="store_true", help="skip the other packing's synthesis")
+        p.add_argument("--no-rebuild", action="store_true",
+                       help="keep the first pass's bitstream even if it misses timing")
+        p.add_argument("--seed", type=int, default=1, help="nextpnr seed")
+        p.add_argument("--nextpnr-timeout", type=float, default=5400, help="seconds")
+    p.add_argument("--out", default=None, help=argparse.SUPPRESS)      # hw.build's Verilog path: unused here
+    args = p.parse_args(argv)
+    base = ULX3S_CFG if target == "ulx3s" else ArrayConfig()
+    given = {k: getattr(args, k) for k in _SHAPE if getattr(args, k) is not None}
+    try:
+        if "packing" in given or "weight_min" in given:
+            given["chain"] = None
+        cfg = dataclasses.replace(base, **given)
+        from golden.isa import layout
+        layout(cfg)
+        if target == "ulx3s":
+            rep = build_ulx3s(cfg, args.out_dir, target_mhz=args.freq, baud=args.baud,
+                              compare_packing=not args.no_compare, rebuild_at_fmax=not args.no_rebuild,
+                              timeouts={"yosys": args.yosys_timeout, "nextpnr": args.nextpnr_timeout}, seed=args.seed)
+        else:
+            rep = estimate_xcup(cfg, args.out_dir, timeout_s=args.yosys_timeout)
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except ToolError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    for ln in summary_lines(rep):
+        print(ln)
+    print(f"report: {os.path.join(args.out_dir, 'report.json')}")
+    if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(json.dumps(rep, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    if len(sys.argv) < 2 or sys.argv[1] not in ("ulx3s", "xcup"):
+        print("usage: python -m hw.fpga ulx3s|xcup [options]  (same as python -m hw.build --target ...)",
+              file=sys.stderr)
+        sys.exit(2)
+    sys.exit(cli(sys.argv[1], sys.argv[2:]))

@@ -1,0 +1,92 @@
+"""``python -m bench fpga [--json PATH]``: the FPGA numbers (docs/fpga.md).
+
+Runs ``hw.fpga.build_ulx3s`` (yosys + nextpnr-ecp5 + ecppack for the
+ULX3S-85F, ``hw.fpga.ULX3S_CFG`` unless ``--rows``/``--cols``/``--packing``
+say otherwise) and ``hw.fpga.estimate_xcup`` (synth_xilinx -family xcup of
+the full default ArrayConfig), and returns::
+
+    fmax_mhz           Fmax of the ULX3S top (best place-and-route pass), per nextpnr
+    fmax_target_mhz    the target (150)
+    ecp5               {LUT4, FF, MULT18X18D, DP16KD: {used, available}}, bitstream pass
+    ecp5_critical_path nextpnr's worst clock-to-clock path (delay, blocks it crosses)
+    bitstream_bytes    size of ulx3s.bit (ecppack --compress)
+    xcup               {DSP48E2, LUT, FF, BRAM36, ...} (yosys mapping; no vendor P&R here)
+    macs_per_dsp48e2   INT8 MACs per cycle per DSP48E2 of the PE array
+    ...                configs, per-pass details, tool run times
+
+The flows take a long time (tens of minutes on two cores); every tool runs
+with a timeout (``--yosys-timeout``, ``--nextpnr-timeout``), and a failing
+tool ends the benchmark with its own last lines (``hw.fpga.ToolError``).
+``--reuse DIR`` takes the reports an earlier ``python -m hw.build --target
+ulx3s|xcup --out-dir DIR/ulx3s|DIR/xcup`` wrote instead of rebuilding (they
+must be for the same configurations).
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+
+
+def add_arguments(p) -> None:
+    p.add_argument("--out-dir", default="build/bench_fpga", help="build directory of both flows")
+    p.add_argument("--rows", type=int, default=None)
+    p.add_argument("--cols", type=int, default=None)
+    p.add_argument("--packing", choices=["dual", "none"], default=None)
+    p.add_argument("--freq", type=float, default=None, help="ULX3S target MHz (default hw.fpga.TARGET_MHZ)")
+    p.add_argument("--skip-xcup", action="store_true")
+    p.add_argument("--skip-ulx3s", action="store_true")
+    p.add_argument("--no-compare", action="store_true", help="skip the ECP5 packing comparison synthesis")
+    p.add_argument("--reuse", default=None, help="read DIR/ulx3s/report.json and DIR/xcup/report.json")
+    p.add_argument("--yosys-timeout", type=float, default=3600)
+    p.add_argument("--nextpnr-timeout", type=float, default=5400)
+
+
+def _load(path: Path, cfg) -> dict:
+    rep = json.loads(path.read_text())
+    if rep["cfg"] != dataclasses.asdict(cfg):
+        raise ValueError(f"{path} was built for {rep['cfg']}, not {dataclasses.asdict(cfg)}")
+    return rep
+
+
+def run(args) -> dict:
+    from golden.config import ArrayConfig
+    from hw import fpga
+
+    given = {k: v for k, v in (("rows", args.rows), ("cols", args.cols), ("packing", args.packing)) if v is not None}
+    if "packing" in given:
+        given["chain"] = None
+    cfg = dataclasses.replace(fpga.ULX3S_CFG, **given)
+    xcfg = ArrayConfig()
+    target = fpga.TARGET_MHZ if args.freq is None else args.freq
+    out = Path(args.out_dir)
+    result = {"fmax_target_mhz": target}
+    if not args.skip_ulx3s:
+        if args.reuse:
+            u = _load(Path(args.reuse) / "ulx3s" / "report.json", cfg)
+        else:
+            u = fpga.build_ulx3s(cfg, out / "ulx3s", target_mhz=target, compare_packing=not args.no_compare,
+                                 timeouts={"yosys": args.yosys_timeout, "nextpnr": args.nextpnr_timeout})
+        result.update({
+            "fmax_mhz": u["fmax_mhz"], "fmax_target_met": u["target_met"],
+            "ecp5": {k: v for k, v in u["resources"].items()},
+            "ecp5_device": u["device"], "ecp5_cfg": u["cfg"], "ecp5_macs_per_cycle": u["macs_per_cycle"],
+            "ecp5_critical_path": {k: v for k, v in (u["critical_path"] or {}).items() if k != "cells"},
+            "bitstream_bytes": u["bitstream_bytes"], "bitstream_clock_mhz": u["bitstream_clock_mhz"],
+            "bitstream_timing_met": u["bitstream_timing_met"],
+            "ecp5_passes": [{k: p[k] for k in ("clock_mhz", "fmax_mhz", "met", "synth_seconds", "pnr_seconds")}
+                            for p in u["passes"]],
+            "ecp5_packing_comparison": {k: ({"macs_per_cycle": v["macs_per_cycle"], "synth_cells": v["synth_cells"]}
+                                            if isinstance(v, dict) and "synth_cells" in v else v)
+                                        for k, v in (u.get("packing_comparison") or {}).items()},
+        })
+    if not args.skip_xcup:
+        if args.reuse:
+            x = _load(Path(args.reuse) / "xcup" / "report.json", xcfg)
+        else:
+            x = fpga.estimate_xcup(xcfg, out / "xcup", timeout_s=args.yosys_timeout)
+        result.update({"xcup": x["resources"], "xcup_note": x["note"], "xcup_cfg": x["cfg"],
+                       "xcup_macs_per_cycle": x["macs_per_cycle"], "macs_per_dsp48e2": x["macs_per_dsp48e2"],
+                       "macs_per_dsp48e2_whole_design": x["macs_per_dsp48e2_whole_design"],
+                       "xcup_pe_dsp48e2": x["pe_dsp48e2"]})
+    return result
