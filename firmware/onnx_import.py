@@ -309,8 +309,12 @@ class OnnxModel:
                                   + "\n  ".join(errs))
 
     def layer_names(self, tensor: str) -> str:
-        """'conv1 (Conv) + relu1 (Relu)' for a graph tensor (fused nodes: each part's tensor)."""
-        parts = self.origin.get(tensor, [])
+        """'conv1 (Conv) + sig1 (Sigmoid) + ...' for a graph tensor, or for a node of the fused graph
+        (the ONNX nodes of every graph node folded into it)."""
+        if not hasattr(self, "_fused_parts"):
+            self._fused_parts = {n.name: getattr(n, "fused", (n.name,)) for n in self.graph.fuse().nodes}
+        parts = [p for t in self._fused_parts.get(tensor, (tensor,)) for p in self.origin.get(t, [])
+                 if p[1] not in ("QuantizeLinear", "DequantizeLinear")]
         return " + ".join(f"{n} ({op})" for n, op in parts) if parts else tensor
 
 
