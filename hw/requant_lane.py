@@ -258,7 +258,7 @@ class RequantLane(wiring.Component):
         # bias: the exact sum (acc_width + bias_width fit in one more bit), saturated once.
         s = stages["bias"] = _stage_regs(m, en, "bias", {
             "v": (i32, saturate(self.acc + p.bias, _W32)),
-            **{"mult": (unsigned(MULT_WIDTH), s["mult"])},
+            "mult": (unsigned(MULT_WIDTH), s["mult"]),
             **carry(s, *flags, "shift", *alpha, *late), **ort_in})
         # lshift: tflite: saturating left shift by max(shift, 0). ort: |t| normalised to
         # a 24-bit significand (RNE), the multiplier operand in place of the shifted t.
