@@ -136,6 +136,11 @@ class RtlDevice(Device):
         self.framing_errors: list[str] = []
         self.receive_log: list[tuple[int, int, int]] = []
         self.sim_seconds = 0.0          # wall time spent inside the simulation (receive/reset)
+        #: Fault injection for tests (a broken link): din words beyond this many since reset are lost.
+        self.drop_din_after: int | None = None
+        #: Fault injection for tests (proves the comparisons can fail): bit 0 of the data of the dout
+        #: word with this index (since reset) is flipped as it is received.
+        self.flip_dout_word: int | None = None
         self._started = False
         self._started_reset = False
         self._clear_host()
@@ -265,6 +270,8 @@ class RtlDevice(Device):
     def _got_word(self, payload: int, mask: int) -> None:
         data, last = payload & mask, payload >> self._bus_bits
         i = self._dout_total
+        if i == self.flip_dout_word:
+            data ^= 1
         self._dout_total += 1
         self._words.append(data)
         ans = self._answers
@@ -319,8 +326,11 @@ class RtlDevice(Device):
                                  f"(bus_bytes = {self.cfg.bus_bytes}), got {w!r}")
         last_bit = 1 << self._bus_bits
         n = len(ws)
-        self._dinq.extend(int(w) | (last_bit if (last_on_final and i == n - 1) else 0) for i, w in enumerate(ws))
-        self._din_sent += n
+        beats = [int(w) | (last_bit if (last_on_final and i == n - 1) else 0) for i, w in enumerate(ws)]
+        if self.drop_din_after is not None:
+            beats = beats[:max(self.drop_din_after - self._din_sent, 0)]
+        self._dinq.extend(beats)
+        self._din_sent += len(beats)
 
     def receive(self, n_words: int, timeout_s: float = 5.0) -> list[int]:
         if isinstance(n_words, bool) or not isinstance(n_words, (int, np.integer)) or n_words < 0:
@@ -363,11 +373,12 @@ class RtlDevice(Device):
             return DeviceTimeout(dropped[-1]["label"] if dropped else "(no pending command)", have, n_words,
                                  timeout_s, f"{why}; {state}")
         if awaited["cmd"] >= self._taken:
-            blocker = self._sent[self._taken] if self._taken < len(self._sent) else "?"
-            why = (f"it is still queued behind {blocker}" if awaited["cmd"] > self._taken
-                   else "the decoder has not taken it")
-            if self._din_taken == self._din_sent and self._taken < len(self._sent):
-                why += " (the decoder may be waiting for din words that were never sent)"
+            busy = self._sent[self._taken - 1] if self._taken else None
+            why = "it was not taken yet" + (f": the decoder is still executing {busy}" if busy else "")
+            if awaited["cmd"] > self._taken:
+                why += f" ({awaited['cmd'] - self._taken} more command(s) queued before it)"
+            if self._din_taken == self._din_sent and busy is not None and busy.startswith("WRITE"):
+                why += ", probably waiting for din words that were never sent"
         else:
             why = "the decoder took it but the response stopped"
         return DeviceTimeout(awaited["label"], have, n_words, timeout_s, f"{why}; {state}")

@@ -10,8 +10,9 @@ key, and one extra C++ flag set.
 
 Cache key: the configuration, the C++ optimisation level, the Amaranth /
 Verilator / Python versions, the Verilator arguments and make flags, and the
-sources the Verilog depends on: ``hw/**.py`` plus the golden/ modules hw/
-imports (config, isa, _check, array_model, requant). Models live next to the
+sources the Verilog depends on: the hw/ and golden/ modules loaded by
+importing ``hw.top`` (plus golden's config, isa, _check, array_model,
+requant), not unrelated hw/ files such as the FPGA flows. Models live next to the
 core models as ``build/verilator/top-<key>/``.
 
 Speed (measured, see ``docs`` in the report of the RTL-top helper): the
@@ -64,9 +65,19 @@ PORTS_VLT = f'`verilator_config\npublic_flat_rw -module "{TOPLEVEL}" -var "*"\n'
 
 
 def _source_files() -> list[Path]:
-    files = sorted((REPO / "hw").rglob("*.py"))
-    files += [REPO / "golden" / n for n in _GOLDEN_DEPS]
-    return [f for f in files if f.exists()]
+    """The hw/ and golden/ modules the elaborated top is made of (those loaded by importing hw.top).
+
+    Other hw/ files (FPGA flows, the UART bridge, ...) do not change the model and are left out so
+    that editing them does not invalidate the cache.
+    """
+    import sys as _sys
+
+    import hw.top  # noqa: F401 - loads the top's module tree
+    roots = (REPO / "hw", REPO / "golden")
+    files = {Path(m.__file__).resolve() for m in list(_sys.modules.values())
+             if getattr(m, "__file__", None) and Path(m.__file__).resolve().parent in roots}
+    files |= {REPO / "golden" / n for n in _GOLDEN_DEPS}
+    return sorted(f for f in files if f.exists())
 
 
 def top_cache_key(cfg: ArrayConfig, opt: str = "-O1") -> str:

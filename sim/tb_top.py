@@ -8,8 +8,9 @@ Inputs (environment of the simulator process, set by ``sim.build_top.run_top``):
 ``host`` holds ``firmware.rtl_device.RtlDevice`` keyword arguments (``dout_ready_prob``,
 ``din_valid_prob``, ``cmd_valid_prob``, ``seed``, ``timeout_cycles``, ``wall_timeout_s``). Tasks
 run in order in ONE simulation (one model start-up for many layers); each is a dict with
-``name``, ``kind``, optional ``reset`` (reset the device first) and optional ``host`` (pattern
-probabilities for this task only):
+``name``, ``kind``, optional ``reset`` (reset the device first) and optional ``host``
+(overrides for this task only: the three probabilities, ``timeout_cycles``, and the fault
+injections ``drop_din_after`` / ``flip_dout_word``, see ``RtlDevice``):
 
 * ``kind = "layer"``: ``node``, ``x``, optional ``order`` and ``timeout_s`` ->
   ``firmware.driver.run_layer(device, node, x)``; records ``output`` and ``report``
@@ -45,18 +46,21 @@ from firmware.rtl_device import RtlDevice
 _HOST_KEYS = ("dout_ready_prob", "din_valid_prob", "cmd_valid_prob")
 
 
-def _set_host(dev: RtlDevice, host: dict) -> None:
+def _set_host(dev: RtlDevice, host: dict, default_timeout: int) -> None:
     dev.p_ready = float(host.get("dout_ready_prob", 1.0))
     dev.p_din = float(host.get("din_valid_prob", 1.0))
     dev.p_cmd = float(host.get("cmd_valid_prob", 1.0))
+    dev.timeout_cycles = int(host.get("timeout_cycles", default_timeout))
+    dev.drop_din_after = host.get("drop_din_after")
+    dev.flip_dout_word = host.get("flip_dout_word")
 
 
-def _run_task(dev: RtlDevice, task: dict, base_host: dict) -> dict:
+def _run_task(dev: RtlDevice, task: dict, base_host: dict, default_timeout: int) -> dict:
     """One task in the bridge thread (blocking calls into the device)."""
     rec = {"name": task["name"], "kind": task["kind"], "error": None}
-    _set_host(dev, {**base_host, **task.get("host", {})})
     if task.get("reset"):
-        dev.reset()
+        dev.reset()                            # (clears the host queues and the din fault counter)
+    _set_host(dev, {**base_host, **task.get("host", {})}, default_timeout)
     c0, t0, s0 = dev.cycles, time.perf_counter(), dev.out_stall_cycles
     log0, fr0 = len(dev.receive_log), len(dev.framing_errors)
     action = None
@@ -85,12 +89,14 @@ def _run_task(dev: RtlDevice, task: dict, base_host: dict) -> dict:
     except Exception as e:  # noqa: BLE001 - recorded for the test to judge, then the device is reset
         rec["error"] = {"type": type(e).__name__, "message": str(e), "action": action,
                         "traceback": traceback.format_exc()[-2000:]}
+        dev.drop_din_after = dev.flip_dout_word = None
         dev.reset()
     rec["receive_log"] = dev.receive_log[log0:]
     rec["framing_errors"] = dev.framing_errors[fr0:]
     rec["host_out_stall_cycles"] = dev.out_stall_cycles - s0
     rec["cycles"] = dev.cycles - c0
     rec["seconds"] = round(time.perf_counter() - t0, 3)
+    dev.drop_din_after = dev.flip_dout_word = None
     return rec
 
 
@@ -117,6 +123,7 @@ async def accelerator_programs(dut):
     host = dict(spec.get("host", {}))
     kw = {k: host[k] for k in ("seed", "timeout_cycles", "wall_timeout_s") if k in host}
     dev = RtlDevice(dut, spec["cfg"], wall_timeout_s=kw.pop("wall_timeout_s", 120.0), **kw)
+    default_timeout = dev.timeout_cycles
     res = {"tasks": [], "error": None}
     t0 = time.perf_counter()
     try:
@@ -125,7 +132,7 @@ async def accelerator_programs(dut):
         @bridge
         def program():
             for task in spec["tasks"]:
-                res["tasks"].append(_run_task(dev, task, host))
+                res["tasks"].append(_run_task(dev, task, host, default_timeout))
 
         await program()
     except Exception as e:  # noqa: BLE001
