@@ -9,7 +9,8 @@ firmware) packs and unpacks beats from the same definition:
   ``wgt``: ArrayLayout(signed(8), out_lanes), ``last``: 1
 * ``params_layout(cfg)`` ``lane``: ArrayLayout(lane_params_layout(cfg), out_lanes)
   (each: ``bias``, ``mult``, ``shift``, ``zp``, ``act_min``, ``act_max``,
-  ``alpha_mult``, ``alpha_shift``, ``prelu``), ``lut_en``: 1
+  ``alpha_mult``, ``alpha_shift``, ``prelu``, ``mode``, ``scale_f32`` — the shared
+  ``golden.array_model.lane_field_shapes``), ``lut_en``: 1
 * ``lut_layout()``       ``addr``: unsigned(8), ``data``: unsigned(8)
 * ``output_layout(cfg)`` ``data``: ArrayLayout(unsigned(8), out_lanes), ``last``: 1
 

@@ -26,12 +26,13 @@ from amaranth.sim import Simulator
 
 from golden._check import INT32_MAX, INT32_MIN
 from golden.config import ArrayConfig
+from golden.array_model import LANE_FIELDS
 from golden.requant import multiply_by_quantized_multiplier
 from hw.core import (ArrayCore, input_layout, lut_layout, output_layout, pack_payload, params_layout,
                      unpack_payload)
 from hw.mac_array import MacArray
 
-FIELDS = ("bias", "mult", "shift", "zp", "act_min", "act_max", "alpha_mult", "alpha_shift", "prelu")
+FIELDS = LANE_FIELDS  # the shared lane params definition (golden.array_model)
 
 
 def _tile(rng, cfg, k):
@@ -57,6 +58,10 @@ def _params(rng, cfg):
         "alpha_mult": rng.integers(2**30, 2**31, L),
         "alpha_shift": rng.integers(-4, 1, L),
         "prelu": rng.integers(0, 2, L),
+        # This file checks the core's plumbing in tflite mode; ort lanes are covered by
+        # tests/test_hw_requant_lane.py and the Verilator regression.
+        "mode": np.zeros(L, np.int64),
+        "scale_f32": np.zeros(L, np.int64),
     }
     return {k: v.astype(np.int64) for k, v in p.items()}, int(rng.integers(0, 2))
 
@@ -303,7 +308,8 @@ def test_core_ports_and_layouts():
     # pack/unpack are inverses and check ranges, naming the field.
     lay = params_layout(cfg)
     value = {"lane": [{"bias": -5, "mult": 2**31 - 1, "shift": -31, "zp": -256, "act_min": -128, "act_max": 255,
-                       "alpha_mult": 0, "alpha_shift": 15, "prelu": 1}] * cfg.out_lanes, "lut_en": 1}
+                       "alpha_mult": 0, "alpha_shift": 15, "prelu": 1, "mode": 1,
+                       "scale_f32": 0x3F800000}] * cfg.out_lanes, "lut_en": 1}
     assert unpack_payload(lay, pack_payload(lay, value)) == value
     with pytest.raises(ValueError, match=r"payload\.lane\[0\]\.shift"):
         pack_payload(lay, {"lane": [dict(value["lane"][0], shift=32)] * cfg.out_lanes, "lut_en": 0})
