@@ -33,7 +33,9 @@ Verilator, lock-step against ``golden.array_model.ArrayModel`` and the
 functional reference, every cycle: a full-rate run of random tiles sized to
 reach ``--macs`` checked MACs plus the mixed corner/backpressure stimulus of
 the tests. ``sim_cycles_per_second`` is the cocotb-driven speed of the
-full-rate run (testbench + model + Verilator, wall clock).
+full-rate run (testbench + model + Verilator, wall clock);
+``sim_cycles_per_cpu_second`` is the same per CPU second of the simulator
+process (load-independent: wall-clock numbers on a shared machine are not).
 """
 from __future__ import annotations
 
@@ -237,10 +239,12 @@ def run_regression(args) -> dict:
         "rtl_passed": all(r.get("passed") for r in results.values()),
         "rtl_errors": [r["error"] for r in results.values() if r.get("error")],
         "sim_cycles_per_second": fr.get("cycles_per_second", 0.0),
+        "sim_cycles_per_cpu_second": fr.get("cycles_per_cpu_second", 0.0),
         "sim_cycles_per_second_all": round(cycles / secs, 1) if secs else 0.0,
         "sim_cycles": cycles,
         "sim_full_rate_macs_per_cycle": round(fr.get("macs_checked", 0) / fr["cycles"], 2) if fr.get("cycles") else 0,
         "rtl_runs": {n: {k2: r.get(k2) for k2 in ("tiles", "beats", "cycles", "macs_checked", "cycles_per_second",
+                                                  "cycles_per_cpu_second", "cpu_seconds",
                                                   "wall_seconds", "passed", "log")} for n, r in results.items()},
     }
 

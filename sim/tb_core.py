@@ -37,7 +37,9 @@ beat refused by the tile gap rule; ``credit_stalls``: by the params credit;
 ``out_stalls``; ``params_full_stalls``) so tests can insist every rule was
 exercised. ``macs_checked`` adds ``K * out_lanes`` for every output row compared
 with the reference. The result JSON has the counters, the first mismatches and
-the simulation speed (``cycles_per_second``, cocotb-driven wall clock).
+the simulation speed (``cycles_per_second``, cocotb-driven wall clock, and
+``cycles_per_cpu_second``, the same per CPU second of the simulator process,
+which does not depend on how loaded the machine is).
 """
 from __future__ import annotations
 
@@ -83,7 +85,8 @@ class _Result:
                   "expected_out_beats": stim.n_tiles * stim.cfg.rows, "out_beats": 0,
                   "macs_checked": 0, "value_mismatches": 0, "cycle_mismatches": 0, "ref_mismatches": 0,
                   "model_ref_mismatches": 0, "extra_out_beats": 0, "cycles": 0, "seconds": 0.0,
-                  "cycles_per_second": 0.0, "gap_stalls": 0, "credit_stalls": 0, "out_stalls": 0,
+                  "cycles_per_second": 0.0, "cpu_seconds": 0.0, "cycles_per_cpu_second": 0.0,
+                  "gap_stalls": 0, "credit_stalls": 0, "out_stalls": 0,
                   "params_full_stalls": 0, "lut_writes": 0, "timeout": False, "error": None, "mismatches": [], "passed": False}
 
     def note(self, msg: str):
@@ -228,7 +231,7 @@ async def _run(dut, stim: Stimulus, res: _Result, max_mismatch: int, inject=None
     bad_cycles = 0
     done_at = None
     cur = {"iv": 0, "ip": 0, "pv": 0, "pp": 0, "lv": 0, "lp": 0, "or": 0}   # last written values
-    t0 = time.perf_counter()
+    t0, cpu0 = time.perf_counter(), time.process_time()
     c = 0
     while True:
         if c:
@@ -361,11 +364,14 @@ async def _run(dut, stim: Stimulus, res: _Result, max_mismatch: int, inject=None
             res.note(f"timeout after {c} cycles: beats {bi}/{stim.n_beats}, params {pi}/{T}, "
                      f"out beats {out_count}/{T * R}")
             break
-    dt = time.perf_counter() - t0
+    dt, cpu = time.perf_counter() - t0, time.process_time() - cpu0
     d["out_beats"] = min(out_count, T * R)
     d["cycles"] = c
     d["seconds"] = round(dt, 3)
     d["cycles_per_second"] = round(c / dt, 1) if dt > 0 else 0.0
+    # the simulator process runs Verilator and Python on one thread: CPU time is the load-independent cost
+    d["cpu_seconds"] = round(cpu, 3)
+    d["cycles_per_cpu_second"] = round(c / cpu, 1) if cpu > 0 else 0.0
 
 
 def layout_leaves(layout, base: int = 0, path: tuple = ()):
