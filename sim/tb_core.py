@@ -163,7 +163,7 @@ async def _run(dut, stim: Stimulus, res: _Result, max_mismatch: int, inject=None
 
     # ---- pre-pack every beat once (the per-cycle loop only moves Python ints) ----
     last = stim.beat_last()
-    in_lay, par_lay = input_layout(cfg), params_layout(cfg)
+    in_lay, par_lay, lut_lay = input_layout(cfg), params_layout(cfg), lut_layout()
     in_cols = {("act", i): stim.act[i] for i in range(R)}
     in_cols.update({("wgt", lane): stim.wgt[:, lane] for lane in range(L)})
     in_cols[("last",)] = last
@@ -199,7 +199,6 @@ async def _run(dut, stim: Stimulus, res: _Result, max_mismatch: int, inject=None
     n_pat = len(pin)
     max_cycles = n_pat + 64 * (cfg.latency + R) + 4096
     tail = cfg.latency + 2 * R + 16
-    fifo_depth = cfg.param_fifo_depth
 
     # ---- handles, triggers ----
     clk, rst = dut.clk, dut.rst
@@ -263,7 +262,7 @@ async def _run(dut, stim: Stimulus, res: _Result, max_mismatch: int, inject=None
         ip = beat_bits[bi] if bi < stim.n_beats else 0
         in_model = beat_model[bi] if bi < stim.n_beats else None
         pp = par_bits[pi] if pi < T else 0
-        lp = (lut_payload["addr"] | (lut_payload["data"] << 8)) if lut_valid else cur["lp"]
+        lp = pack_payload(lut_lay, lut_payload) if lut_valid else cur["lp"]
         new = {"iv": int(hold_in), "ip": ip, "pv": int(hold_par), "pp": pp, "lv": lut_valid, "lp": lp,
                "or": rtl_rdy}
         for key, h in (("iv", h_iv), ("ip", h_ip), ("pv", h_pv), ("pp", h_pp), ("lv", h_lv), ("lp", h_lp),
@@ -284,12 +283,8 @@ async def _run(dut, stim: Stimulus, res: _Result, max_mismatch: int, inject=None
                 res.note(f"cycle {c}: injected fault: out.payload bit 0 flipped")
             out_transfers += 1
         # ---- the model, same inputs ----
-        # params.ready depends only on the FIFO level, so a params beat offered to a full FIFO has no
-        # effect on the model; it is offered only when it can be accepted (saves re-validating the
-        # held beat on every stalled cycle; the RTL still sees valid = 1 throughout).
-        par_offer = hold_par and model.level < fifo_depth
-        m = model.step(in_valid=int(hold_in), in_payload=in_model, params_valid=int(par_offer),
-                       params_payload=par_model[pi] if par_offer else None, lut_valid=lut_valid,
+        m = model.step(in_valid=int(hold_in), in_payload=in_model, params_valid=int(hold_par),
+                       params_payload=par_model[pi] if hold_par else None, lut_valid=lut_valid,
                        lut_payload=lut_payload, out_ready=o_rdy)
         bad = False
         if (r_ir, r_pr, r_ov) != (m["in_ready"], m["params_ready"], m["out_valid"]):
