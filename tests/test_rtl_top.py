@@ -519,10 +519,14 @@ def task_results(res: dict) -> dict:
     return {t["name"]: t for t in res["tasks"]}
 
 
-def explain(model, spec: dict, names, cfg_name: str, problems: list[str]) -> str:
-    """Re-run the failing tasks with tracing on; the message names the waveform and the log."""
+def explain(model, spec: dict, names, cfg_name: str, problems: list[str], tag: str = "") -> str:
+    """Re-run the failing tasks with tracing on; the message names the waveform and the log.
+
+    ``tag`` (default: the current test's name) keeps concurrent failures in separate directories.
+    """
     sub = {**spec, "tasks": [dict(t, reset=True) for t in spec["tasks"] if t["name"] in set(names)]}
-    run_dir = RUNS / f"top-{cfg_name}-waves"
+    tag = tag or os.environ.get("PYTEST_CURRENT_TEST", "").split("::")[-1].split(" ")[0]
+    run_dir = RUNS / f"top-{cfg_name}-waves-{''.join(c if c.isalnum() else '_' for c in tag)[:60]}"
     wres = run_top(model, sub, run_dir, waves=True)
     waves = Path(wres["waves"])
     where = (f"waveform: {waves}" if waves.exists() and waves.stat().st_size > 0
@@ -730,11 +734,15 @@ def test_fuzz_program_is_well_formed():
     assert isa.parse_status(cfg, got[-1])[Slot.JOBS_DONE.name] == len(prog.jobs)
 
 
-def test_injected_fault_is_caught():
-    """A flipped bit on dout must show up as exactly one wrong output code (the checks above can fail)."""
-    _, spec, _, res = sim_result("small")
+def test_injected_fault_is_caught_and_explained_with_a_waveform():
+    """A flipped bit on dout must show up as exactly one wrong output code (the checks above can fail),
+    and the failure path re-runs the task with tracing and names a non-empty FST."""
+    model, spec, _, res = sim_result("small")
     r = task_results(res)["inject-flip"]
     task = next(t for t in spec["tasks"] if t["name"] == "inject-flip")
     assert r["error"] is None
     ref = task["node"].reference([task["x"]])
     assert np.count_nonzero(r["output"] != ref) == 1
+    msg = explain(model, spec, ["inject-flip"], "small", ["inject-flip: 1 code differs"], tag="inject")
+    wave = RUNS / "top-small-waves-inject" / f"waves.{model.trace_format}"
+    assert f"waveform: {wave}" in msg and wave.stat().st_size > 1000, msg
