@@ -305,8 +305,8 @@ class RtlDevice(Device):
             if errs:
                 n = 0
             elif code == int(Op.READ_OUT):
-                n = ((desc >> isa.layout(self.cfg)[Op.READ_OUT][2].offset)
-                     & ((1 << isa.layout(self.cfg)[Op.READ_OUT][2].width) - 1)) * self._wpe_out
+                ln = next(fl for fl in isa.layout(self.cfg)[Op.READ_OUT] if fl.name == "length")
+                n = ((desc >> ln.offset) & ((1 << ln.width) - 1)) * self._wpe_out
             elif code == int(Op.READ_STATUS):
                 n = isa.status_response_words(self.cfg)
             else:
