@@ -20,8 +20,7 @@ Counters (READ_STATUS slots):
 * USEFUL_MACS: sum over a RUN's k*ntiles beats of rows_valid * lanes_valid
   (exact, as the hardware counts);
 * JOBS_DONE, CMDS_DROPPED (every command that set a flag, incl. LENGTH_MISMATCH);
-* IN_STALL_CYCLES: ``isa.run_timing``'s in_stall_cycles per RUN;
-* BUSY_CYCLES and CYCLES: ``firmware.report.TopTimer``, the cycle model of
+* IN_STALL_CYCLES, BUSY_CYCLES and CYCLES: ``firmware.report.TopTimer``, the cycle model of
   the top (decoder states, interlocks, 2-job queue, back-to-back beat
   streaming; per-tile core timing of golden.array_model, == isa.run_timing
   for a RUN alone) under an ideal host (a descriptor offered whenever the
@@ -273,9 +272,7 @@ class GoldenDevice(Device):
                 a = self.act[f["act_bank"], a0:a0 + k].T                 # rows x k
                 o0 = f["out_offset"] + t * cfg.rows
                 self.out[f["out_bank"], o0:o0 + cfg.rows] = tile_value(cfg, a, w, p, self.lut)
-            tm = isa.run_timing(cfg, k, nt)
             self.counters[Slot.USEFUL_MACS] += k * nt * f["rows_valid"] * f["lanes_valid"]
-            self.counters[Slot.IN_STALL_CYCLES] += tm["in_stall_cycles"]
             self.counters[Slot.JOBS_DONE] += 1
         elif op == Op.READ_OUT:
             rows = self.out[f["bank"], f["offset"]:f["offset"] + f["length"]]
@@ -298,6 +295,9 @@ class GoldenDevice(Device):
         # READ_STATUS is taken on timer cycle t and snapshots on t + 2 (its WAIT cycle)
         c[Slot.CYCLES] = self._timer.t + 2 - self._origin
         c[Slot.BUSY_CYCLES] = self._timer.busy_cycles
+        # Stalls of back-to-back jobs depend on their neighbours: take them from the
+        # same top-level timeline as BUSY_CYCLES, not from each RUN alone.
+        c[Slot.IN_STALL_CYCLES] = self._timer.stall
         mask = (1 << isa.COUNTER_BITS) - 1
         return [isa.status_word(self.flags, 0)] + [c[s] & mask for s in Slot if s != Slot.STATUS]
 
