@@ -63,6 +63,9 @@ def add_arguments(ap) -> None:
     ap.add_argument("--no-core-synth", action="store_true", help="skip the full-core DSP count")
     ap.add_argument("--regress-size", default="8x8", help="rows x cols of the regression core (default 8x8)")
     ap.add_argument("--macs", type=int, default=1_000_000, help="MACs the regression must check (default 1e6)")
+    ap.add_argument("--opt", default="-O1", choices=["-O0", "-O1", "-O2", "-Os"],
+                    help="C++ optimisation of the regression model (default -O1: ~2.4x the -O0 speed "
+                         "for ~30 s more CPU in its one-time, cached build)")
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--no-regress", action="store_true", help="skip the RTL regression")
 
@@ -210,7 +213,7 @@ def run_regression(args) -> dict:
     if args.macs < 1:
         raise ValueError(f"--macs must be >= 1, got {args.macs}")
     cfg = ArrayConfig(rows, cols)
-    model = build_core(cfg)
+    model = build_core(cfg, opt=args.opt)
     runs = BUILD_ROOT / "bench_array"
     mixed = make_stimulus(cfg, args.seed)
     k = max(64, cfg.rows)
@@ -230,6 +233,7 @@ def run_regression(args) -> dict:
         "regress_size": f"{rows}x{cols}", "regress_cfg": {"packing": cfg.packing, "weight_min": cfg.weight_min,
                                                          "chain": cfg.chain},
         "regress_build_seconds": round(model.build_seconds, 1), "regress_build_cached": not model.fresh,
+        "regress_opt": args.opt,
         "rtl_macs_checked": tot("macs_checked"),
         "rtl_value_mismatches": tot("value_mismatches") + tot("ref_mismatches"),
         "rtl_cycle_mismatches": tot("cycle_mismatches") + tot("extra_out_beats")

@@ -57,6 +57,8 @@ CACHE_ROOT = BUILD_ROOT / "verilator"
 #: Verilog module name of the generated top level.
 TOPLEVEL = "array_core"
 _STAMP = "BUILD_OK"
+#: Verilator control file: the top module's signals (its ports) stay readable and writable over VPI.
+PORTS_VLT = f'`verilator_config\npublic_flat_rw -module "{TOPLEVEL}" -var "*"\n'
 
 
 @dataclass(frozen=True)
@@ -101,9 +103,10 @@ def verilator_env(jobs: int | None = None, opt: str = "-O0", parallel: bool = Fa
     """Environment variables the Verilator build needs (merged over ``os.environ`` by the runner).
 
     opt       C++ optimisation of the model (``OPT_FAST``); the runtime library is cached separately.
-              Measured on the 8x8 dual core (2 loaded cores): -O0 compiles in ~35 s and simulates
-              ~1400 cycles/s under the testbench, -O1 needs ~80 s (and ~8 min without function
-              splitting) for ~2900 cycles/s, so -O0 is the default: builds dominate test time
+              Measured on the 8x8 dual core with ports-only VPI (CPU time): -O0 compiles in ~12 s
+              and runs the testbench at ~2500 cycles per CPU second, -O1 ~45 s for ~5900; with
+              every signal public (the runner's default) -O0 took ~35 s for ~1300. -O0 is the
+              default: builds dominate test time
     parallel  Verilator's per-file parallel build with a precompiled header (worth it only for big
               models); False compiles the model as one translation unit, no PCH
     """
@@ -336,9 +339,14 @@ def _build_locked(cfg: ArrayConfig, key: str, final: Path, *, opt: str, force: b
             tmp.mkdir(parents=True)
             vpath = generate_verilog(cfg, tmp / f"{TOPLEVEL}.v")
             lz4_args, trace_format = _lz4_build_args()
-            # Function splitting keeps optimised (-O1+) compiles of big models from exploding.
-            build_args = ["-Wno-fatal", "-Wno-lint", "-Wno-style", "--trace-structs",
-                          "--output-split-cfuncs", "2000", "--output-split-ctrace", "2000", *lz4_args]
+            # Only the top's ports are VPI-visible (the testbench touches nothing else):
+            # --no-public-flat-rw undoes the runner's --public-flat-rw, which makes every internal
+            # signal public and blocks Verilator's optimisations. Function splitting keeps optimised
+            # (-O1+) compiles of big models from exploding. Tracing still sees every signal.
+            vlt = tmp / "ports.vlt"
+            vlt.write_text(PORTS_VLT)
+            build_args = ["-Wno-fatal", "-Wno-lint", "-Wno-style", "--no-public-flat-rw", "--trace-structs",
+                          "--output-split-cfuncs", "2000", "--output-split-ctrace", "2000", *lz4_args, str(vlt)]
             from cocotb_tools.runner import get_runner
             with _patched_environ(verilator_env(opt=opt)):
                 runner = get_runner("verilator")
