@@ -18,16 +18,20 @@ simulator's process and receives the file's path in ``ANCHORLESS_STIM``):
 
 :func:`reference_outputs` computes what the core must emit for each tile
 (``tiles x rows x out_lanes`` codes, ``value & 0xFF``) from the lane
-semantics of docs/array.md with ``golden.requant`` primitives, independently
-of the cycle model, so the testbench checks the order and count of output
-beats (nothing lost, nothing duplicated) as well as their values.
+semantics of docs/array.md with ``golden.requant`` primitives (tflite lanes)
+and plain NumPy float32 arithmetic (ort lanes, ``ort_float_requant``: the
+floating-point statement the RTL and the golden model emulate in integers),
+independently of the cycle model, so the testbench checks the order and count
+of output beats (nothing lost, nothing duplicated) as well as their values.
 
 :func:`make_stimulus` mixes random tiles with the corner cases the RTL must get
 right: K = 1 and K < rows (the tile gap rule), long K (many packed chains),
 chains of -128 x weight_min, zero points at both ends folded into the bias
 (int8 and uint8 ranges), accumulators saturated by huge biases, the
-INT32_MIN x (2**31 - 1) SRDHM, the left-shift saturation, PReLU on/off and
-the LUT on/off with a loaded table.
+INT32_MIN x (2**31 - 1) SRDHM, the left-shift saturation, PReLU on/off,
+the LUT on/off with a loaded table, and ort-mode lanes (mixed with tflite
+lanes in one tile; exact float32 ties, subnormal / largest-finite scales,
+saturating products; ignored fields filled with random bits).
 """
 from __future__ import annotations
 
