@@ -42,6 +42,7 @@ from __future__ import annotations
 import numpy as np
 
 from .quant import FLOAT_DTYPES, QParams, choose_qparams
+from ._check import check_positive_int
 
 __all__ = [
     "Histogram", "MinMaxObserver", "MeanMinMaxObserver", "PercentileObserver", "EntropyObserver",
@@ -62,13 +63,8 @@ def _check_batch(batch, name: str = "batch") -> np.ndarray:
     return a.astype(np.float64)
 
 
-def _check_int(v, name: str, lo: int, hi: int | None = None) -> int:
-    if isinstance(v, bool) or not isinstance(v, (int, np.integer)):
-        raise ValueError(f"{name} must be an integer >= {lo}, got {v!r}")
-    if v < lo or (hi is not None and v > hi):
-        rng = f"[{lo}, {hi}]" if hi is not None else f">= {lo}"
-        raise ValueError(f"{name} must be {rng}, got {v}")
-    return int(v)
+#: Integer arguments are checked by the project's shared validator.
+_check_int = check_positive_int
 
 
 def _check_bool(v, name: str) -> bool:
