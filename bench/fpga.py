@@ -39,7 +39,7 @@ def add_arguments(p) -> None:
     p.add_argument("--no-compare", action="store_true", help="skip the ECP5 packing comparison synthesis")
     p.add_argument("--reuse", default=None, help="read DIR/ulx3s/report.json and DIR/xcup/report.json")
     p.add_argument("--yosys-timeout", type=float, default=3600)
-    p.add_argument("--nextpnr-timeout", type=float, default=5400)
+    p.add_argument("--nextpnr-timeout", type=float, default=10800)
 
 
 def _load(path: Path, cfg) -> dict:

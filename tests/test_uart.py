@@ -464,3 +464,36 @@ def test_summary_lines_of_reports():
          "resources": {"DSP48E2": 200, "LUT": 1, "FF": 2, "BRAM36": 3.5, "RAMB36E2": 3, "RAMB18E2": 1, "URAM288": 0}}
     text = "\n".join(fpga.summary_lines(x))
     assert "2 INT8 MACs per DSP48E2" in text and "no vendor place and route" in text
+
+
+def test_pass_is_reused_only_when_rtlil_constraints_and_options_are_unchanged(tmp_path, monkeypatch):
+    calls = []
+    il = {"text": "module A"}
+
+    def board_files(cfg, workdir, name, freq_hz, baud):
+        (workdir / f"{name}.il").write_text(il["text"])
+        (workdir / f"{name}.lpf").write_text("LOCATE COMP x;")
+        return {"clock_mhz": freq_hz / 1e6}
+
+    def yosys(workdir, script, timeout_s):
+        calls.append("yosys")
+        return STAT_TABLE, 1.0
+
+    def nextpnr(workdir, name, freq_mhz, timeout_s, seed):
+        calls.append("nextpnr")
+        (workdir / f"{name}.config").write_text("cfg")
+        return {"fmax": {"clk": {"achieved_mhz": 40.0, "constraint_mhz": freq_mhz}}, "resources": {}}
+
+    monkeypatch.setattr(fpga, "_board_files", board_files)
+    monkeypatch.setattr(fpga, "_yosys", yosys)
+    monkeypatch.setattr(fpga, "_nextpnr", nextpnr)
+    t = {"yosys": 1, "nextpnr": 1}
+    a = fpga._pass(CFG, tmp_path, 150e6, 3_000_000, t, 1)
+    assert calls == ["yosys", "nextpnr"] and not a.get("reused") and a["fmax_mhz"] == 40.0 and not a["met"]
+    b = fpga._pass(CFG, tmp_path, 150e6, 3_000_000, t, 1)
+    assert calls == ["yosys", "nextpnr"] and b["reused"] and b["fmax_mhz"] == 40.0
+    fpga._pass(CFG, tmp_path, 150e6, 3_000_000, t, 2)                 # another seed: run again
+    il["text"] = "module B"
+    fpga._pass(CFG, tmp_path, 150e6, 3_000_000, t, 2)                 # other RTLIL: run again
+    fpga._pass(CFG, tmp_path, 100e6, 3_000_000, t, 2)                 # other clock: run again
+    assert calls == ["yosys", "nextpnr"] * 4
