@@ -239,7 +239,7 @@ def synth_ecp5_resources(cfg: ArrayConfig, workdir, timeout_s: float = 3600) -> 
     workdir.mkdir(parents=True, exist_ok=True)
     _accelerator_rtlil(cfg, workdir / "accelerator.il")
     script = "read_rtlil accelerator.il\nsynth_ecp5 -top accelerator\ntee -q -o stat.txt stat\n"
-    key = hashlib.sha256((workdir / "accelerator.il").read_bytes() + script.encode()).hexdigest()
+    key = hashlib.sha256(_rtlil_digest(workdir / "accelerator.il") + script.encode()).hexdigest()
     cached = workdir / "result.json"
     if cached.exists():                          # incremental: same RTLIL and script -> same cells
         old = json.loads(cached.read_text())
@@ -373,10 +373,17 @@ def _bitstream_freq(fmax_mhz: float, baud: int) -> float:
     raise ValueError(f"no PLL frequency <= {fmax_mhz:g} MHz suits {baud} baud")
 
 
+def _rtlil_digest(path: Path) -> bytes:
+    """SHA-256 of an RTLIL file without its ``attribute \\src`` lines (source line numbers: an edit
+    elsewhere in a Python file moves them without changing the logic)."""
+    text = path.read_bytes()
+    return hashlib.sha256(re.sub(rb"(?m)^[ \t]*attribute \\src .*\n", b"", text)).digest()
+
+
 def _pass_key(workdir: Path, name: str, script: str, nextpnr_args: list[str]) -> str:
-    """Identity of a pass: its RTLIL, constraints, yosys script and nextpnr options."""
+    """Identity of a pass: its RTLIL (logic), constraints, yosys script and nextpnr options."""
     h = hashlib.sha256()
-    for part in ((workdir / f"{name}.il").read_bytes(), (workdir / f"{name}.lpf").read_bytes(), script.encode(),
+    for part in (_rtlil_digest(workdir / f"{name}.il"), (workdir / f"{name}.lpf").read_bytes(), script.encode(),
                  " ".join(nextpnr_args).encode()):
         h.update(hashlib.sha256(part).digest())
     return h.hexdigest()

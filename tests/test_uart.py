@@ -493,6 +493,8 @@ def test_pass_is_reused_only_when_rtlil_constraints_and_options_are_unchanged(tm
     b = fpga._pass(CFG, tmp_path, 150e6, 3_000_000, t, 1)
     assert calls == ["yosys", "nextpnr"] and b["reused"] and b["fmax_mhz"] == 40.0
     fpga._pass(CFG, tmp_path, 150e6, 3_000_000, t, 2)                 # another seed: run again
+    il["text"] = '  attribute \\src "/x/hw/core.py:999"\nmodule A'
+    assert fpga._pass(CFG, tmp_path, 150e6, 3_000_000, t, 2)["reused"]  # only a source location moved
     il["text"] = "module B"
     fpga._pass(CFG, tmp_path, 150e6, 3_000_000, t, 2)                 # other RTLIL: run again
     fpga._pass(CFG, tmp_path, 100e6, 3_000_000, t, 2)                 # other clock: run again
