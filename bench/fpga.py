@@ -17,9 +17,10 @@ the full default ArrayConfig), and returns::
 The flows take a long time (tens of minutes on two cores); every tool runs
 with a timeout (``--yosys-timeout``, ``--nextpnr-timeout``), and a failing
 tool ends the benchmark with its own last lines (``hw.fpga.ToolError``).
-``--reuse DIR`` takes the reports an earlier ``python -m hw.build --target
-ulx3s|xcup --out-dir DIR/ulx3s|DIR/xcup`` wrote instead of rebuilding (they
-must be for the same configurations).
+The build directories are ``build/ulx3s`` and ``build/xcup`` (those of
+``python -m hw.build``): a place-and-route pass or synthesis whose RTLIL,
+constraints and options did not change is reused, not rerun. ``--reuse DIR``
+only reads the reports in DIR/ulx3s and DIR/xcup (same configurations).
 """
 from __future__ import annotations
 
@@ -29,7 +30,9 @@ from pathlib import Path
 
 
 def add_arguments(p) -> None:
-    p.add_argument("--out-dir", default="build/bench_fpga", help="build directory of both flows")
+    p.add_argument("--out-dir", default="build",
+                   help="parent of the ulx3s/ and xcup/ build directories (shared with python -m hw.build, whose "
+                        "unchanged passes are reused)")
     p.add_argument("--rows", type=int, default=None)
     p.add_argument("--cols", type=int, default=None)
     p.add_argument("--packing", choices=["dual", "none"], default=None)

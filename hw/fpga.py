@@ -496,9 +496,17 @@ def _xcup_synth(component, name: str, workdir: Path, timeout_s: float, dsp_only:
     workdir.mkdir(parents=True, exist_ok=True)
     (workdir / f"{name}.il").write_text(rtlil.convert(component, name=name))
     stop = " -run :coarse" if dsp_only else ""
-    stat, secs = _yosys(workdir, f"read_rtlil {name}.il\nsynth_xilinx -family xcup -flatten -top {name}{stop}\n"
-                                 "tee -q -o stat.txt stat\n", timeout_s)
-    return parse_yosys_stat(stat), secs
+    script = f"read_rtlil {name}.il\nsynth_xilinx -family xcup -flatten -top {name}{stop}\ntee -q -o stat.txt stat\n"
+    key = hashlib.sha256(_rtlil_digest(workdir / f"{name}.il") + script.encode()).hexdigest()
+    cached = workdir / "result.json"
+    if cached.exists():                          # incremental: same RTLIL and script -> same cells
+        old = json.loads(cached.read_text())
+        if old.get("key") == key:
+            return old["cells"], old["seconds"]
+    stat, secs = _yosys(workdir, script, timeout_s)
+    cells = parse_yosys_stat(stat)
+    cached.write_text(json.dumps({"key": key, "cells": cells, "seconds": secs}))
+    return cells, secs
 
 
 _SOFT_MULS = ("$mul", "$__soft_mul", "$macc", "$macc_v2")
