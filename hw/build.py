@@ -7,9 +7,16 @@
   ``array_core`` (ports in ``hw.core``'s docstring, default path
   build/array_core.v). Buffer depths and the bus width (``--bus-bytes``,
   ``--act-depth``, ...) only shape the accelerator.
-* ``sim``: for now the same elaboration and Verilog, and an honest note: the
-  INT8 detector demo on the simulated accelerator does not exist yet. The
-  cycle-exact RTL-vs-golden regression runs under pytest (sim/, cocotb).
+* ``sim`` (the default, the main job; ``hw.demo``, docs/demo.md): quantize the
+  digit detector to INT8, elaborate ``hw.top.Accelerator`` for the configuration
+  and build its Verilator model (cached), run the detector on the images
+  (``--images test:0-1`` by default: bundled test canvases; or 96x96 grayscale
+  .png/.npy files) through firmware/ on the simulated accelerator, check every
+  layer bit-exact against the host reference, print the per-layer table
+  (cycles, MACs, utilization) and the detections, and write a PNG per image and
+  report.json to ``--out-dir`` (default build/demo/). Its own options:
+  ``--images``, ``--out-dir``, ``--backend rtl|golden``, ``--k``, ``--score``,
+  ``--layers N``, ``--progress auto|on|off``; ``--top`` must stay accelerator.
 * ``ulx3s``, ``xcup``: the FPGA flows of ``hw.fpga`` (docs/fpga.md), with
   their own options (``python -m hw.fpga ulx3s --help``): ``ulx3s`` builds
   the ULX3S-85F bitstream (yosys, nextpnr-ecp5, ecppack from YoWASP) of the
@@ -19,8 +26,10 @@
   ``hw.fpga.ULX3S_CFG`` / ``ArrayConfig()``. Exit code 1: a tool failed (its
   last lines are printed).
 
-Exit codes: 0 done, 1 an FPGA tool failed, 2 bad arguments (the ValueError's
-message names the offending parameter).
+Exit codes: 0 done (``sim``: and every layer bit-exact), 1 an FPGA tool failed
+or (``sim``) a layer differs from its reference / the simulated device failed,
+2 bad arguments or input images (one line naming the offending parameter or
+file, no traceback).
 """
 from __future__ import annotations
 
@@ -55,6 +64,9 @@ def _parser() -> argparse.ArgumentParser:
         p.add_argument("--" + name.replace("_", "-"), type=int, default=_DEFAULTS[name], help=what)
     p.add_argument("--out", default=None,
                    help=f"Verilog output path (default {DEFAULT_OUT['accelerator']} or {DEFAULT_OUT['core']})")
+    from .demo import add_arguments
+    g = p.add_argument_group("--target sim (the main job, docs/demo.md)")
+    add_arguments(g)
     return p
 
 
@@ -110,17 +122,23 @@ def main(argv=None) -> int:
                           max_k=args.max_k, param_fifo_depth=args.param_fifo_depth, bus_bytes=args.bus_bytes,
                           act_depth=args.act_depth, wgt_depth=args.wgt_depth, param_depth=args.param_depth,
                           out_depth=args.out_depth)
-        out = args.out or DEFAULT_OUT[args.top]
-        write_verilog(cfg, out, top=args.top)
+        if args.target == "sim":
+            from golden.isa import layout
+            layout(cfg)                # ValueError (descriptors do not fit) before any work
+            if args.top != "accelerator":
+                raise ValueError("--target sim runs the accelerator top; --top core is for --target verilog")
+            if args.out is not None:
+                raise ValueError("--out is the Verilog path of --target verilog; --target sim writes to --out-dir")
+        else:
+            out = args.out or DEFAULT_OUT[args.top]
+            write_verilog(cfg, out, top=args.top)
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    print(_summary(cfg, out, args.top))
     if args.target == "sim":
-        what = "Accelerator" if args.top == "accelerator" else "ArrayCore"
-        print("target sim: the INT8 detector demo on the simulated accelerator is not there yet; this run "
-              f"only elaborated {what} and wrote its Verilog. The cycle-exact RTL-vs-golden checks run "
-              "under pytest (tests/test_hw_*.py and the cocotb regression in sim/).")
+        from .demo import main as demo_main
+        return demo_main(args, cfg)
+    print(_summary(cfg, out, args.top))
     return 0
 
 
