@@ -11,7 +11,8 @@ simulator start-up; target ``TARGET_FRAME_SECONDS``), ``bit_exact_layers`` / ``l
 (layer outputs equal to the reference / layers run), ``build_seconds`` (elaboration +
 Verilator build, or the cache lookup), ``model_cached``, ``device_start_seconds``
 (simulator launch and reset), ``quantize_seconds``, ``reference_seconds``,
-``simulated_cycles`` and ``cycles_per_second`` (simulated cycles of the frame per wall
+``simulator_seconds`` (the part of the frame spent inside the simulator; the rest is the
+host's firmware: compiling, packing and unpacking), ``simulated_cycles`` and ``cycles_per_second`` (simulated cycles of the frame per wall
 second), ``model_cycles`` (the cycle model's sum over the array layers), ``config``,
 ``image``, ``hits`` (ground-truth digits found at IoU >= 0.5 with score >= ``--score``)
 and ``mAP`` of the image. Progress and tables go to stderr; the JSON to stdout.
@@ -67,6 +68,7 @@ def run(args) -> dict:
         "device_error": im["error"],
         "build_seconds": t["build_seconds"],
         "model_cached": None if report["model"] is None else report["model"]["cached"],
+        "simulator_seconds": im["simulator_seconds"],
         "device_start_seconds": t["device_start_seconds"],
         "quantize_seconds": t["quantize_seconds"],
         "reference_seconds": im["reference_seconds"],
