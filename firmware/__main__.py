@@ -1,29 +1,36 @@
 """Command line: run ONNX models on the accelerator (docs/onnx.md).
 
-    python -m firmware run MODEL.onnx --input FILE [--backend golden|rtl] [--out OUT.npz] [--compare-ort]
+    python -m firmware run MODEL.onnx --input FILE [--backend golden|rtl] [--config default|small]
+                                      [--out OUT.npz] [--compare-ort]
     python -m firmware quantize FLOAT.onnx --calib FILE [--out QDQ.onnx] [--activations int8|uint8]
 
 ``run`` imports a QDQ model (firmware.onnx_import.import_qdq), checks that
 every array layer fits the array (before anything runs), runs it on the
-backend device, prints one line per layer (where it ran, MACs, modelled
-cycles, utilization; firmware.report) and writes the outputs to ``--out``
-(an .npz: each ONNX output under its name, float32 as onnxruntime returns
-it). ``--input``: an .npy (single-input models) or an .npz keyed by input
-name; float32 inputs are quantized by the model's QuantizeLinear, int8/uint8
-codes are taken as they are for already-quantized inputs.
-``--compare-ort`` also runs onnxruntime's reference session and reports how
-many outputs differ (exit status 1 if any).
+backend device, prints one line per layer (where it ran, MACs, cycles --
+the device's CYCLES counter when it has one --, utilization;
+firmware.report) and writes the outputs to ``--out`` (an .npz: each ONNX
+output under its name, float32 as onnxruntime returns it). ``--input``: an
+.npy (single-input models) or an .npz keyed by input name; float32 inputs
+are quantized by the model's QuantizeLinear, int8/uint8 codes are taken as
+they are for already-quantized inputs. ``--compare-ort`` also runs
+onnxruntime's reference session and reports how many outputs differ (exit
+status 1 if any).
 
 ``quantize`` turns a float model into the QDQ form with golden/'s toolkit
 (``quantize_float_model``), calibrating on the inputs of ``--calib`` (an
 .npy/.npz; the first axis of each array enumerates calibration samples).
 
 Backends (``make_device``): ``golden`` = firmware.golden_device.GoldenDevice;
-``rtl`` = ``firmware.rtl_device.make_host_device(cfg)`` (the hook the RTL
-backend plugs into, checked at run time; until it exists the CLI refuses with
-a clear error -- ``RtlDevice(dut, cfg)`` itself runs inside a cocotb
-simulation). Exit status 2 for bad input (malformed or unsupported model,
-bad input file, unavailable backend), 0 on success.
+``rtl`` = ``firmware.rtl_device.make_host_device(cfg)``: the Verilator model
+of ``hw.top.Accelerator(cfg)`` (built and cached in build/verilator on first
+use -- minutes per configuration --, then loaded in seconds) simulated in a
+child process that this program drives like the hardware; its progress goes
+to stderr and the simulated cycles and wall time are printed after the
+table. ``--config``: ``default`` = ``ArrayConfig()`` (the 8x8 array),
+``small`` = ``sim.build_top.SMALL_TOP`` (4x4, 8-byte bus: a quick build,
+enough for small models). Exit status 2 for bad input (malformed or
+unsupported model, bad input file, a model that does not fit, unavailable
+backend), 0 on success.
 """
 from __future__ import annotations
 
@@ -38,6 +45,7 @@ import numpy as np
 from golden.config import ArrayConfig
 
 BACKENDS = ("golden", "rtl")
+CONFIGS = ("default", "small")
 
 
 #: The hook the RTL backend plugs into: a function of firmware/rtl_device.py returning a
@@ -46,13 +54,13 @@ BACKENDS = ("golden", "rtl")
 RTL_FACTORY = "make_host_device"
 
 
-def make_device(backend: str, cfg: ArrayConfig):
+def make_device(backend: str, cfg: ArrayConfig, **rtl_opts):
     """A firmware.device.Device for ``backend`` ("golden" | "rtl").
 
     "golden": firmware.golden_device.GoldenDevice(cfg). "rtl": the factory
-    ``firmware.rtl_device.make_host_device(cfg)`` (``RTL_FACTORY``): the RTL
-    simulation behind a Device a host program can drive. Until that module and
-    factory exist this raises RuntimeError saying which is missing.
+    ``firmware.rtl_device.make_host_device(cfg, **rtl_opts)`` (``RTL_FACTORY``):
+    the RTL simulation behind a Device a host program can drive (close it when
+    done). RuntimeError if that module or factory is missing.
     """
     if backend == "golden":
         from .golden_device import GoldenDevice
@@ -67,7 +75,7 @@ def make_device(backend: str, cfg: ArrayConfig):
             raise RuntimeError(f"backend 'rtl' is not wired yet: firmware.rtl_device has no {RTL_FACTORY}(cfg) "
                                "(RtlDevice(dut, cfg) runs inside a cocotb simulation, sim.tb_top, and cannot be "
                                "driven from this process); use --backend golden")
-        return factory(cfg)
+        return factory(cfg, **rtl_opts)
     raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
 
 
@@ -111,19 +119,40 @@ def _table(model, reports, cfg) -> str:
     return "\n".join(rows)
 
 
+def config(name: str) -> ArrayConfig:
+    """The ArrayConfig of ``--config``: "default" (ArrayConfig()) or "small" (sim.build_top.SMALL_TOP)."""
+    if name == "default":
+        return ArrayConfig()
+    if name == "small":
+        from sim.build_top import SMALL_TOP
+        return SMALL_TOP
+    raise ValueError(f"--config must be one of {CONFIGS}, got {name!r}")
+
+
+def _stderr(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
 def cmd_run(args) -> int:
+    import time
+
     from .onnx_import import import_qdq, ort_run
-    cfg = ArrayConfig()
+    cfg = config(args.config)
     model = import_qdq(args.model, convtranspose=args.convtranspose)
     model.check(cfg)
     feeds = _feeds(model, _load_arrays(args.input, "--input"))
     model.quantize_feeds(feeds)                              # validate before the device is opened
-    device = make_device(args.backend, cfg)
+    device = make_device(args.backend, cfg, **({"progress": _stderr} if args.backend == "rtl" else {}))
     try:
+        t0 = time.perf_counter()
         outs, reports = model.run(device, feeds, cfg)
+        wall = time.perf_counter() - t0
     finally:
         device.close()
     print(_table(model, reports, cfg))
+    if args.backend == "rtl":
+        print(f"rtl: {device.cycles} simulated cycles in {wall:.1f} s ({device.cycles / max(wall, 1e-9):.0f} "
+              f"cycles/s; {device.sim_seconds:.1f} s inside the simulator)")
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         np.savez(args.out, **outs)
@@ -165,6 +194,9 @@ def main(argv=None) -> int:
     r.add_argument("model", help="QDQ ONNX model (quantize_static or python -m firmware quantize)")
     r.add_argument("--input", required=True, help=".npy (one input) or .npz {input name: array}")
     r.add_argument("--backend", default="golden", choices=BACKENDS, help="device (default golden)")
+    r.add_argument("--config", default="default", choices=CONFIGS,
+                   help="array configuration: default = ArrayConfig() (8x8), small = sim.build_top.SMALL_TOP "
+                        "(4x4; quick RTL build)")
     r.add_argument("--out", help="write the outputs to this .npz")
     r.add_argument("--compare-ort", action="store_true", help="also run onnxruntime and count differing outputs")
     r.add_argument("--convtranspose", default="float", choices=("float", "array"),

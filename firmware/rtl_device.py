@@ -46,10 +46,12 @@ Use (inside a cocotb test)::
 """
 from __future__ import annotations
 
+import numbers
 import random
 import threading
 import time
 from collections import deque
+from pathlib import Path
 
 import numpy as np
 
@@ -57,9 +59,9 @@ from golden import isa
 from golden.config import ArrayConfig
 from golden.isa import Flag, Op
 
-from .device import Device, DeviceTimeout
+from .device import Device, DeviceError, DeviceTimeout
 
-__all__ = ["RtlDevice", "default_timeout_cycles"]
+__all__ = ["RtlDevice", "HostRtlDevice", "make_host_device", "default_timeout_cycles", "OPTIONS"]
 
 
 def default_timeout_cycles(cfg: ArrayConfig) -> int:
@@ -74,6 +76,32 @@ def default_timeout_cycles(cfg: ArrayConfig) -> int:
     return 4 * isa.JOB_QUEUE_DEPTH * per_run + 1000
 
 
+def check_descriptor(desc) -> int:
+    """``desc`` as an int after checking it is one 128-bit descriptor (ValueError otherwise)."""
+    if isinstance(desc, bool) or not isinstance(desc, (int, np.integer)) or not 0 <= int(desc) < 2**isa.DESC_BITS:
+        raise ValueError(f"desc must be an integer in [0, 2**{isa.DESC_BITS} - 1], got {desc!r}")
+    return int(desc)
+
+
+def check_words(cfg: ArrayConfig, words) -> list[int]:
+    """``words`` as a list of ints after checking each fits the bus (``8 * cfg.bus_bytes`` bits)."""
+    ws = list(words)
+    bits = 8 * cfg.bus_bytes
+    top = 1 << bits
+    for w in ws:
+        if isinstance(w, bool) or not isinstance(w, (int, np.integer)) or not 0 <= int(w) < top:
+            raise ValueError(f"words must be integers in [0, 2**{bits} - 1] (bus_bytes = {cfg.bus_bytes}), "
+                             f"got {w!r}")
+    return [int(w) for w in ws]
+
+
+def check_n_words(n_words) -> int:
+    """``n_words`` of ``receive`` as an int >= 0 (ValueError otherwise)."""
+    if isinstance(n_words, bool) or not isinstance(n_words, (int, np.integer)) or n_words < 0:
+        raise ValueError(f"n_words must be an integer >= 0, got {n_words!r}")
+    return int(n_words)
+
+
 def _label(cfg: ArrayConfig, desc: int) -> str:
     code = desc & ((1 << isa.OPCODE_BITS) - 1)
     try:
@@ -82,6 +110,32 @@ def _label(cfg: ArrayConfig, desc: int) -> str:
         return f"opcode {code} (descriptor {desc:#x})"
     f = {fl.name: (desc >> fl.offset) & ((1 << fl.width) - 1) for fl in isa.layout(cfg)[op]}
     return " ".join([op.name] + [f"{k}={v}" for k, v in f.items()])
+
+
+def _check_option(name: str, v):
+    """Validate one host-behaviour option of ``RtlDevice`` (constructor / ``configure``); returns it."""
+    if name in ("dout_ready_prob", "din_valid_prob", "cmd_valid_prob"):
+        if isinstance(v, bool) or not isinstance(v, numbers.Real) or not 0.0 < float(v) <= 1.0:
+            raise ValueError(f"{name} must be in (0, 1], got {v!r}")
+        return float(v)
+    if name == "timeout_cycles":
+        if isinstance(v, bool) or not isinstance(v, numbers.Integral) or v < 1:
+            raise ValueError(f"timeout_cycles must be an integer >= 1, got {v!r}")
+        return int(v)
+    if name == "wall_timeout_s":
+        if v is not None and (isinstance(v, bool) or not isinstance(v, numbers.Real) or not v > 0):
+            raise ValueError(f"wall_timeout_s must be None or a number > 0, got {v!r}")
+        return None if v is None else float(v)
+    if name in ("drop_din_after", "flip_dout_word"):
+        if v is not None and (isinstance(v, bool) or not isinstance(v, numbers.Integral) or v < 0):
+            raise ValueError(f"{name} must be None or an integer >= 0, got {v!r}")
+        return None if v is None else int(v)
+    raise ValueError(f"unknown RtlDevice option {name!r}; options: {', '.join(OPTIONS)}")
+
+
+#: Host-behaviour options ``RtlDevice.configure`` (and ``HostRtlDevice.configure``) may change between calls.
+OPTIONS = ("dout_ready_prob", "din_valid_prob", "cmd_valid_prob", "timeout_cycles", "wall_timeout_s",
+           "drop_din_after", "flip_dout_word")
 
 
 class RtlDevice(Device):
@@ -107,11 +161,9 @@ class RtlDevice(Device):
         isa.layout(cfg)
         for n, p in (("dout_ready_prob", dout_ready_prob), ("din_valid_prob", din_valid_prob),
                      ("cmd_valid_prob", cmd_valid_prob)):
-            if not 0.0 < float(p) <= 1.0:
-                raise ValueError(f"{n} must be in (0, 1], got {p!r}")
-        if timeout_cycles is not None and (isinstance(timeout_cycles, bool) or not isinstance(timeout_cycles, int)
-                                           or timeout_cycles < 1):
-            raise ValueError(f"timeout_cycles must be an integer >= 1, got {timeout_cycles!r}")
+            _check_option(n, p)
+        if timeout_cycles is not None:
+            _check_option("timeout_cycles", timeout_cycles)
         self.cfg = cfg
         self.dut = dut
         self.period_ns = int(period_ns)
@@ -144,6 +196,17 @@ class RtlDevice(Device):
         self._started = False
         self._started_reset = False
         self._clear_host()
+
+    def configure(self, **opts) -> None:
+        """Change host-behaviour options (``OPTIONS``) between calls; every value is checked first.
+
+        ``dout_ready_prob`` / ``din_valid_prob`` / ``cmd_valid_prob``, ``timeout_cycles``,
+        ``wall_timeout_s`` and the fault injections ``drop_din_after`` / ``flip_dout_word`` (None: off).
+        """
+        checked = {k: _check_option(k, v) for k, v in opts.items()}
+        attr = {"dout_ready_prob": "p_ready", "din_valid_prob": "p_din", "cmd_valid_prob": "p_cmd"}
+        for k, v in checked.items():
+            setattr(self, attr.get(k, k), v)
 
     # ------------------------------------------------------------------ host state
     def _clear_host(self) -> None:
@@ -256,9 +319,12 @@ class RtlDevice(Device):
                 return f"no cmd/din/dout transfer for {self._idle} simulated cycles"
             if not (self.cycles & 1023) and time.perf_counter() > deadline:
                 return f"wall-clock limit of {wall_s:g} s reached"
-            if not valid and len(words) < n and not (self._cmd_hold or self._din_hold or cmdq or dinq):
+            if (not valid and len(words) < n and not (self._cmd_hold or self._din_hold or cmdq or dinq)
+                    and not (drv["cmd__valid"] or drv["din__valid"])):
                 # Nothing to drive and dout idle: let the simulator run until dout.valid rises (no Python
                 # per cycle). Both triggers fire just after a rising edge: the loop continues there.
+                # Not while a beat taken in this very cycle still has its valid asserted: the next
+                # drive phase must lower it first, or the decoder would take that beat again.
                 t_before = get_sim_time("ns")
                 await First(RisingEdge(ov), ClockCycles(clk, limit - self._idle))
                 edges = int(round((get_sim_time("ns") - t_before) / self.period_ns))
@@ -295,9 +361,7 @@ class RtlDevice(Device):
         return resume(coro_fn)(*args)
 
     def send_command(self, desc: int) -> None:
-        if isinstance(desc, bool) or not isinstance(desc, (int, np.integer)) or not 0 <= int(desc) < 2**isa.DESC_BITS:
-            raise ValueError(f"desc must be an integer in [0, 2**{isa.DESC_BITS} - 1], got {desc!r}")
-        desc = int(desc)
+        desc = check_descriptor(desc)
         label = _label(self.cfg, desc)
         code = desc & ((1 << isa.OPCODE_BITS) - 1)
         if code in (int(Op.READ_OUT), int(Op.READ_STATUS), int(Op.SYNC)):
@@ -318,12 +382,7 @@ class RtlDevice(Device):
         self._cmdq.append(desc)
 
     def send_data(self, words, last_on_final: bool = True) -> None:
-        ws = list(words)
-        top = 1 << self._bus_bits
-        for w in ws:
-            if isinstance(w, bool) or not isinstance(w, (int, np.integer)) or not 0 <= int(w) < top:
-                raise ValueError(f"words must be integers in [0, 2**{self._bus_bits} - 1] "
-                                 f"(bus_bytes = {self.cfg.bus_bytes}), got {w!r}")
+        ws = check_words(self.cfg, words)
         last_bit = 1 << self._bus_bits
         n = len(ws)
         beats = [int(w) | (last_bit if (last_on_final and i == n - 1) else 0) for i, w in enumerate(ws)]
@@ -333,9 +392,7 @@ class RtlDevice(Device):
         self._din_sent += len(beats)
 
     def receive(self, n_words: int, timeout_s: float = 5.0) -> list[int]:
-        if isinstance(n_words, bool) or not isinstance(n_words, (int, np.integer)) or n_words < 0:
-            raise ValueError(f"n_words must be an integer >= 0, got {n_words!r}")
-        n_words = int(n_words)
+        n_words = check_n_words(n_words)
         wall = float(self.wall_timeout_s if self.wall_timeout_s is not None else timeout_s)
         stalls0, cyc0, t0 = self.out_stall_cycles, self.cycles, time.perf_counter()
         reason = None
@@ -382,3 +439,344 @@ class RtlDevice(Device):
         else:
             why = "the decoder took it but the response stopped"
         return DeviceTimeout(awaited["label"], have, n_words, timeout_s, f"{why}; {state}")
+
+
+# ====================================================================== the RTL from a plain Python process
+#
+# ``RtlDevice`` lives inside a cocotb simulation. ``make_host_device`` puts one behind a socket: the
+# simulator runs in a child process (sim/tb_server.py) whose cocotb test creates the RtlDevice and
+# serves batches of Device calls sent by ``HostRtlDevice`` over ``multiprocessing.connection``.
+
+#: Exception types of the simulation re-raised on the host with the same type and message; any other
+#: exception becomes a DeviceError naming its type.
+_REMOTE_ERRORS = {"DeviceTimeout": DeviceTimeout, "DeviceError": DeviceError, "ValueError": ValueError,
+                  "TypeError": TypeError, "RuntimeError": RuntimeError}
+
+
+def encode_error(e: BaseException) -> dict:
+    """An exception raised in the simulation as a picklable dict (``decode_error`` rebuilds it)."""
+    d = {"type": type(e).__name__, "message": str(e)}
+    if isinstance(e, DeviceTimeout):
+        d["args"] = (e.command, e.got, e.expected, e.timeout_s, e.detail)
+    return d
+
+
+def decode_error(d: dict) -> Exception:
+    """The host-side exception for ``encode_error``'s dict: same type (``_REMOTE_ERRORS``) and message."""
+    if d["type"] == "DeviceTimeout" and "args" in d:
+        return DeviceTimeout(*d["args"])
+    cls = _REMOTE_ERRORS.get(d["type"])
+    if cls is not None:
+        return cls(d["message"])
+    return DeviceError(f"{d['type']} in the simulation: {d['message']}")
+
+
+def _tail(path: Path, n: int = 3000) -> str:
+    try:
+        return path.read_text(errors="replace")[-n:]
+    except OSError:
+        return "(no log)"
+
+
+class HostRtlDevice(Device):
+    """The Verilator top behind ``Device`` for an ordinary (non-cocotb) program; see ``make_host_device``.
+
+    The simulation runs in a child process (its own session: ``close`` or a failure ends the whole
+    process group); the calls travel over a Unix socket in a private temporary directory,
+    authenticated with a random key. ``send_command`` / ``send_data`` are checked here (ValueError at
+    once, like ``RtlDevice``) and queued; ``receive``, ``reset``, ``configure`` and ``close`` ship the
+    queue and the call as ONE message (one round trip per response). Since the simulated host only
+    drives the streams inside ``receive``/``reset`` anyway, this computes exactly what ``RtlDevice``
+    would in-process. Exceptions raised in the simulation (``DeviceTimeout``, ``DeviceError``,
+    ``ValueError``, ...) are re-raised here with the same type and message.
+
+    State mirrored after every call: ``cycles`` (simulated cycles since start), ``sim_seconds`` (wall
+    time spent simulating), ``out_stall_cycles``, ``framing_errors``, ``receive_log`` (as in
+    ``RtlDevice``: words, host-seen dout stall cycles, simulated cycles per receive); ``round_trips``
+    counts messages. ``run_dir`` holds the logs (``sim.log`` of the simulator, ``launcher.log``) and, with
+    ``waves``, the trace. A simulator that dies, never connects or stops answering raises DeviceError
+    with the log tail (never a hang); the device is unusable afterwards.
+    """
+
+    def __init__(self, cfg: ArrayConfig, model, *, run_dir: Path, device_opts: dict, connect_timeout_s: float,
+                 reply_slack_s: float, waves: bool, progress=None):
+        import os
+        import pickle
+        import secrets
+        import subprocess
+        import sys
+        import tempfile
+        from multiprocessing.connection import Listener
+        self.cfg = cfg
+        self.model = model
+        self.run_dir = Path(run_dir)
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        self.log_path = self.run_dir / "sim.log"
+        self.waves_path = self.run_dir / f"waves.{model.trace_format}" if waves else None
+        self.reply_slack_s = float(reply_slack_s)
+        self.wall_timeout_s = device_opts.get("wall_timeout_s")
+        self.cycles = 0
+        self.sim_seconds = 0.0
+        self.out_stall_cycles = 0
+        self.framing_errors: list[str] = []
+        self.receive_log: list[tuple[int, int, int]] = []
+        self.round_trips = 0
+        self.start_seconds = 0.0                 # wall time from launch to the device being ready
+        self._ops: list[tuple] = []
+        self._closed = False
+        self._failed: str | None = None
+        self._conn = None
+        self._progress = progress or (lambda msg: None)
+        t0 = time.perf_counter()
+        self._sockdir = tempfile.mkdtemp(prefix="anchorless-rtl-")       # short path (AF_UNIX limit), 0700
+        address = os.path.join(self._sockdir, "device.sock")
+        key = secrets.token_bytes(32)
+        self._listener = Listener(address, family="AF_UNIX", authkey=key)
+        spec_path = self.run_dir / "server_spec.pkl"
+        with open(spec_path, "wb") as f:
+            pickle.dump({"cfg": cfg, "model": model, "address": address, "device": device_opts,
+                         "log": str(self.log_path), "waves": None if self.waves_path is None else str(self.waves_path)},
+                        f)
+        env = dict(os.environ, ANCHORLESS_SERVER_KEY=key.hex())
+        repo = Path(__file__).resolve().parents[1]
+        self._launcher_log = self.run_dir / "launcher.log"
+        with open(self._launcher_log, "wb") as lf:
+            self._proc = subprocess.Popen([sys.executable, "-m", "sim.tb_server", str(spec_path)], cwd=repo, env=env,
+                                          stdin=subprocess.DEVNULL, stdout=lf, stderr=subprocess.STDOUT,
+                                          start_new_session=True)
+        import weakref
+        self._finalizer = weakref.finalize(self, HostRtlDevice._kill_group, self._proc, self._sockdir)
+        self._progress(f"simulator started (pid {self._proc.pid}, log {self.log_path})")
+        try:
+            self._conn = self._accept(address, key, float(connect_timeout_s))
+            reply = self._wait(float(connect_timeout_s), "starting the simulation")
+            self._absorb(reply)
+            if reply[0] == "err":
+                raise decode_error(reply[1])
+        except BaseException:
+            self._shutdown(kill=True)
+            raise
+        self.start_seconds = time.perf_counter() - t0
+        self._progress(f"RTL device ready in {self.start_seconds:.1f} s")
+
+    # ------------------------------------------------------------------ process management
+    @staticmethod
+    def _kill_group(proc, sockdir: str | None = None) -> None:
+        """SIGTERM, then SIGKILL, to the simulator's process group (the launcher and the simulator)."""
+        import os
+        import shutil
+        import signal
+        import subprocess
+        if proc.poll() is None:
+            for sig, wait_s in ((signal.SIGTERM, 5.0), (signal.SIGKILL, 5.0)):
+                try:
+                    os.killpg(proc.pid, sig)
+                except (ProcessLookupError, PermissionError):
+                    break
+                try:
+                    proc.wait(timeout=wait_s)
+                    break
+                except subprocess.TimeoutExpired:
+                    continue
+        if sockdir:
+            shutil.rmtree(sockdir, ignore_errors=True)
+
+    def _log_tail(self) -> str:
+        return (f"simulator log {self.log_path}:\n{_tail(self.log_path)}\n"
+                f"launcher log {self._launcher_log}:\n{_tail(self._launcher_log, 1500)}")
+
+    def _dead(self, why: str) -> DeviceError:
+        self._shutdown(kill=True)
+        self._failed = why
+        return DeviceError(f"RTL simulation failed: {why}\n{self._log_tail()}")
+
+    def _accept(self, address: str, key: bytes, timeout_s: float):
+        """The simulator's connection, or DeviceError when it exits or does not connect in time."""
+        import threading as _th
+        from multiprocessing.connection import Client
+        box: dict = {}
+
+        def accept():
+            try:
+                box["conn"] = self._listener.accept()
+            except BaseException as e:          # noqa: BLE001 - reported by the waiting thread
+                box["error"] = e
+
+        t = _th.Thread(target=accept, name="rtl-accept", daemon=True)
+        t.start()
+        deadline = time.monotonic() + timeout_s
+        while t.is_alive():
+            t.join(0.1)
+            if not t.is_alive():
+                break
+            if self._proc.poll() is not None or time.monotonic() > deadline:
+                why = (f"the simulator exited with status {self._proc.returncode} before connecting"
+                       if self._proc.poll() is not None else
+                       f"the simulator did not connect within {timeout_s:g} s")
+                try:                                    # unblock accept(): connect to ourselves
+                    Client(address, family="AF_UNIX", authkey=key).close()
+                except Exception:                       # noqa: BLE001
+                    pass
+                t.join(5.0)
+                if "conn" in box:
+                    box["conn"].close()
+                raise self._dead(why)
+        if "error" in box:
+            raise self._dead(f"accepting the simulator's connection failed: {box['error']!r}")
+        return box["conn"]
+
+    def _wait(self, limit_s: float, what: str):
+        """The simulation's next message; DeviceError if it dies or says nothing for ``limit_s``."""
+        deadline = time.monotonic() + limit_s
+        while True:
+            try:
+                if self._conn.poll(0.2):
+                    return self._conn.recv()
+            except (EOFError, OSError) as e:
+                self._proc.poll()
+                raise self._dead(f"the connection closed while {what} ({type(e).__name__}; simulator status "
+                                 f"{self._proc.returncode})") from None
+            if self._proc.poll() is not None:
+                if self._conn.poll(0):
+                    continue
+                raise self._dead(f"the simulator exited with status {self._proc.returncode} while {what}")
+            if time.monotonic() > deadline:
+                raise self._dead(f"no answer within {limit_s:g} s while {what} (simulation killed)")
+
+    def _absorb(self, reply) -> None:
+        st = reply[-1]
+        self.cycles, self.sim_seconds, self.out_stall_cycles = st["cycles"], st["sim_seconds"], st["out_stall_cycles"]
+        self.framing_errors.extend(st["framing_errors"])
+        self.receive_log.extend(st["receive_log"])
+
+    def _call(self, op: tuple, what: str, limit_s: float) -> list:
+        """Ship the queued sends and ``op`` in one message; the results of the receives in it."""
+        if self._closed:
+            raise DeviceError("the RTL device is closed")
+        if self._failed is not None:
+            raise DeviceError(f"the RTL device is unusable: {self._failed}")
+        ops, self._ops = self._ops + [op], []
+        try:
+            self._conn.send(ops)
+        except OSError as e:
+            raise self._dead(f"sending to the simulation failed while {what} ({e!r})") from None
+        self.round_trips += 1
+        reply = self._wait(limit_s, what)
+        self._absorb(reply)
+        if reply[0] == "err":
+            raise decode_error(reply[1])
+        return reply[1]
+
+    # ------------------------------------------------------------------ Device interface
+    def send_command(self, desc: int) -> None:
+        if self._closed:
+            raise DeviceError("the RTL device is closed")
+        self._ops.append(("c", check_descriptor(desc)))
+
+    def send_data(self, words, last_on_final: bool = True) -> None:
+        if self._closed:
+            raise DeviceError("the RTL device is closed")
+        self._ops.append(("d", check_words(self.cfg, words), bool(last_on_final)))
+
+    def receive(self, n_words: int, timeout_s: float = 5.0) -> list[int]:
+        n_words = check_n_words(n_words)
+        wall = float(self.wall_timeout_s if self.wall_timeout_s is not None else timeout_s)
+        return self._call(("r", n_words, float(timeout_s)), f"receiving {n_words} words",
+                          wall + self.reply_slack_s)[0]
+
+    def reset(self) -> None:
+        self._call(("reset",), "resetting", self.reply_slack_s)
+
+    def configure(self, **opts) -> None:
+        """``RtlDevice.configure`` in the simulation (checked there: ValueError for a bad option)."""
+        self._call(("config", opts), "configuring", self.reply_slack_s)
+        if "wall_timeout_s" in opts:
+            self.wall_timeout_s = opts["wall_timeout_s"]
+
+    def close(self) -> None:
+        """End the simulation cleanly (its test returns, the simulator exits) and wait for it. Idempotent."""
+        if self._closed:
+            return
+        clean = self._failed is None and self._conn is not None
+        if clean:
+            self._ops = []                               # never driven, as in RtlDevice
+            try:
+                self._call(("close",), "closing", self.reply_slack_s)
+            except DeviceError:
+                clean = False
+        self._shutdown(kill=not clean)
+
+    def _shutdown(self, kill: bool) -> None:
+        import subprocess
+        self._closed = True
+        if self._conn is not None:
+            self._conn.close()
+        self._listener.close()
+        if not kill:
+            try:
+                self._proc.wait(timeout=max(self.reply_slack_s, 30.0))
+            except subprocess.TimeoutExpired:
+                pass
+        self._finalizer()                                # kills the group if still alive, removes the socket
+
+    @property
+    def returncode(self):
+        """The launcher's exit status (None while the simulation runs)."""
+        return self._proc.poll()
+
+
+def make_host_device(cfg: ArrayConfig | None = None, *, opt: str | None = None, run_dir=None, progress=None,
+                     waves: bool = False, connect_timeout_s: float = 300.0, reply_slack_s: float = 60.0,
+                     wall_timeout_s: float | None = 600.0, **device_opts) -> HostRtlDevice:
+    """The RTL of ``hw.top.Accelerator(cfg)`` as a ``Device`` for a plain (non-cocotb) Python program.
+
+    Builds or loads the cached Verilator model (``sim.build_top.build_top(cfg, opt=opt)``: minutes
+    the first time per configuration, seconds afterwards), starts the simulation in a child process
+    (sim/tb_server.py) and connects to it; see ``HostRtlDevice``.
+
+    cfg                ArrayConfig (default ``ArrayConfig()``)
+    opt                C++ optimisation of the model (default ``sim.build_top.DEFAULT_OPT``)
+    run_dir            where the logs (and waves) go (default a fresh directory in build/rtl_host/)
+    progress           callable(str) told about the build and start-up (e.g. ``print``), or None
+    waves              write a trace of the whole simulation to ``run_dir`` (slow)
+    connect_timeout_s  limit for the simulator to start and connect
+    reply_slack_s      how much longer than a call's own limit the host waits for an answer before
+                       declaring the simulation dead (the simulation enforces the limits itself)
+    wall_timeout_s     wall-clock limit of every ``receive`` in the simulation, replacing the
+                       caller's ``timeout_s`` (timeouts written for hardware are too short for a
+                       simulator; hangs are caught by ``timeout_cycles`` of simulated time). None:
+                       honour ``timeout_s``.
+    device_opts        ``RtlDevice`` options: ``timeout_cycles``, ``dout_ready_prob``,
+                       ``din_valid_prob``, ``cmd_valid_prob``, ``seed``, ``period_ns``
+    """
+    import os
+    import tempfile
+
+    from sim.build import BUILD_ROOT
+    from sim.build_top import DEFAULT_OPT, build_top
+    cfg = ArrayConfig() if cfg is None else cfg
+    if not isinstance(cfg, ArrayConfig):
+        raise ValueError(f"cfg must be an ArrayConfig, got {type(cfg).__name__}")
+    allowed = {"timeout_cycles", "dout_ready_prob", "din_valid_prob", "cmd_valid_prob", "seed", "period_ns"}
+    bad = sorted(set(device_opts) - allowed)
+    if bad:
+        raise ValueError(f"unknown RTL device option(s) {bad}; allowed: {sorted(allowed)}")
+    for k, v in device_opts.items():
+        if k in OPTIONS:
+            _check_option(k, v)
+    _check_option("wall_timeout_s", wall_timeout_s)
+    for n, v in (("connect_timeout_s", connect_timeout_s), ("reply_slack_s", reply_slack_s)):
+        if isinstance(v, bool) or not isinstance(v, numbers.Real) or not v > 0:
+            raise ValueError(f"{n} must be a number > 0, got {v!r}")
+    say = progress or (lambda msg: None)
+    t0 = time.perf_counter()
+    say(f"Verilator model of the accelerator top for {cfg}: loading or building (a first build takes minutes)")
+    model = build_top(cfg, opt=opt or DEFAULT_OPT)
+    say(f"model {model.key} {'built' if model.fresh else 'cached'} ({time.perf_counter() - t0:.1f} s)")
+    if run_dir is None:
+        root = BUILD_ROOT / "rtl_host"
+        root.mkdir(parents=True, exist_ok=True)
+        run_dir = tempfile.mkdtemp(prefix=f"{os.getpid()}-", dir=root)
+    return HostRtlDevice(cfg, model, run_dir=Path(run_dir), device_opts={**device_opts, "wall_timeout_s": wall_timeout_s},
+                         connect_timeout_s=connect_timeout_s, reply_slack_s=reply_slack_s, waves=waves,
+                         progress=progress)
