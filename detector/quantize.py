@@ -44,11 +44,20 @@ host), ``mode="tflite"`` requantization (../shared/spec/arithmetic.md §2).
   of two (``power_of_two=True``, "fractional length"); the image keeps its
   exact 1/255, so only the stem's lane multiplier is not a pure shift.
 
-``Scheme.heads``: how the three head outputs are calibrated. ``"calib"`` uses
-the scheme's calibration like every other tensor; ``"max"`` keeps their full
-observed range (the regression outputs ``wh``/``reg`` are read as real values
-and ``hm`` feeds the sigmoid table, so clipping them is not obviously right --
-the study in docs/detector.md measures both).
+Practitioner knobs of :class:`Scheme` (defaults = the plain recipe):
+
+* ``percentile``: the percentile of ``calib="percentile"`` (default 99.99).
+* ``nonzero``: the histogram calibrators (percentile, KL) ignore exact zeros.
+  Half of a ReLU output is exactly 0 -- representable without error at any
+  scale -- yet that spike dominates a histogram of |x|: KL then "optimises"
+  the resolution of the zero bin and clips the informative tail.
+* ``max_layers``: names of tensors kept at their full observed range (max
+  calibration) whatever ``calib`` says, e.g. the heads (``wh``/``reg`` are
+  read as real values, ``hm`` feeds the sigmoid table) or the stem (whose
+  input is mostly the constant black background: its histogram is a spike
+  plus the strokes' tail, which KL clips).
+
+The study in docs/detector.md measures all of them.
 """
 from __future__ import annotations
 
@@ -64,7 +73,7 @@ from . import dataset as D
 from .decode import K, decode_int8
 from .model import ARCH, HEADS, INPUT_SHAPE, check_weights, forward, load_weights
 
-__all__ = ["WEIGHT_MODES", "CALIB_METHODS", "ACTIVATION_TYPES", "HEAD_MODES", "CALIB_BATCH", "CALIB_SPLIT",
+__all__ = ["WEIGHT_MODES", "CALIB_METHODS", "ACTIVATION_TYPES", "LAYER_NAMES", "CALIB_BATCH", "CALIB_SPLIT",
            "INPUT_Q", "OUTPUTS", "Scheme", "DEFAULT_SCHEME", "calibration_images", "calibration_activations",
            "tensor_ranges", "build_int8_graph", "run_int8_reference", "dequantize_output", "decode_outputs",
            "check_images"]
@@ -72,7 +81,7 @@ __all__ = ["WEIGHT_MODES", "CALIB_METHODS", "ACTIVATION_TYPES", "HEAD_MODES", "C
 WEIGHT_MODES = ("per_channel", "per_tensor")
 CALIB_METHODS = ("max", "mean_max", "percentile", "kl")
 ACTIVATION_TYPES = ("int8", "uint8")
-HEAD_MODES = ("calib", "max")
+LAYER_NAMES = tuple(L.name for L in ARCH)   #: tensors a scheme calibrates (``max_layers`` names)
 CALIB_BATCH = 8           #: canvases per batch for the mean-max observer
 CALIB_SPLIT = "val"       #: calibration never touches the test split
 INPUT_Q = Q(1.0 / 255.0, 0, "uint8")  #: the image input: codes = canvas pixels, exact
@@ -87,8 +96,10 @@ class Scheme:
     ``"mean_max"`` | ``"percentile"`` | ``"kl"``; ``activations``: ``"int8"``
     (symmetric) | ``"uint8"`` (asymmetric); ``pow2``: power-of-two scales;
     ``percentile``: the percentile of ``calib="percentile"`` in (0, 100];
-    ``heads``: ``"calib"`` | ``"max"``. Invalid values raise ``ValueError``
-    naming the field and the allowed values.
+    ``nonzero``: histogram calibrators ignore exact zeros; ``max_layers``:
+    tensors kept at max calibration (names from ``LAYER_NAMES``, stored
+    sorted in ARCH order). Invalid values raise ``ValueError`` naming the
+    field and the allowed values.
     """
 
     weights: str = "per_channel"
@@ -96,34 +107,47 @@ class Scheme:
     activations: str = "uint8"
     pow2: bool = False
     percentile: float = 99.99
-    heads: str = "calib"
+    nonzero: bool = False
+    max_layers: tuple = ()
 
     def __post_init__(self):
         for name, allowed in (("weights", WEIGHT_MODES), ("calib", CALIB_METHODS),
-                              ("activations", ACTIVATION_TYPES), ("heads", HEAD_MODES)):
+                              ("activations", ACTIVATION_TYPES)):
             v = getattr(self, name)
             if not isinstance(v, str) or v not in allowed:
                 raise ValueError(f"Scheme.{name} must be one of {allowed}, got {v!r}")
-        if not isinstance(self.pow2, (bool, np.bool_)):
-            raise ValueError(f"Scheme.pow2 must be True or False, got {self.pow2!r}")
+        for name in ("pow2", "nonzero"):
+            v = getattr(self, name)
+            if not isinstance(v, (bool, np.bool_)):
+                raise ValueError(f"Scheme.{name} must be True or False, got {v!r}")
+            object.__setattr__(self, name, bool(v))
         p = self.percentile
         if isinstance(p, bool) or not isinstance(p, (int, float, np.integer, np.floating)) \
                 or not np.isfinite(p) or not 0 < p <= 100:
             raise ValueError(f"Scheme.percentile must be a number in (0, 100], got {p!r}")
-        object.__setattr__(self, "pow2", bool(self.pow2))
         object.__setattr__(self, "percentile", float(p))
+        ml = self.max_layers
+        if isinstance(ml, str) or not isinstance(ml, (tuple, list, frozenset, set)):
+            raise ValueError(f"Scheme.max_layers must be a tuple of layer names from {LAYER_NAMES}, got {ml!r}")
+        bad = [m for m in ml if m not in LAYER_NAMES]
+        if bad:
+            raise ValueError(f"Scheme.max_layers must name layers from {LAYER_NAMES}, got unknown {bad}")
+        object.__setattr__(self, "max_layers", tuple(n for n in LAYER_NAMES if n in set(ml)))
 
     @property
     def name(self) -> str:
         """``weights/calib/activations`` (e.g. ``"per_channel/kl/int8"``), then ``/pow2``,
-        ``/p<percentile>`` (percentile calibration other than 99.99) and ``/heads-max`` when set."""
+        ``/p<percentile>`` (percentile calibration other than 99.99), ``/nonzero`` and
+        ``/max:<layer>+<layer>...`` (``/max:heads`` for exactly hm, wh, reg) when set."""
         s = f"{self.weights}/{self.calib}/{self.activations}"
         if self.pow2:
             s += "/pow2"
         if self.calib == "percentile" and self.percentile != 99.99:
             s += f"/p{self.percentile:g}"
-        if self.heads != "calib":
-            s += f"/heads-{self.heads}"
+        if self.nonzero:
+            s += "/nonzero"
+        if self.max_layers:
+            s += "/max:" + ("heads" if self.max_layers == HEADS else "+".join(self.max_layers))
         return s
 
 
@@ -176,24 +200,29 @@ def _observe(scheme: Scheme, x: np.ndarray, method: str) -> tuple[float, float]:
         obs = C.MeanMinMaxObserver()
         for s in range(0, len(x), CALIB_BATCH):
             obs.observe(x[s:s + CALIB_BATCH])
-    elif method == "percentile":
-        obs = C.PercentileObserver(scheme.percentile, two_sided=scheme.activations == "uint8")
-        obs.observe(x)
     else:
-        obs = C.EntropyObserver()
-        obs.observe(x)
+        v = x
+        if scheme.nonzero:
+            v = x[x != 0]
+            if v.size == 0:                      # an all-zero tensor: nothing to clip
+                return 0.0, 0.0
+        if method == "percentile":
+            obs = C.PercentileObserver(scheme.percentile, two_sided=scheme.activations == "uint8")
+        else:
+            obs = C.EntropyObserver()
+        obs.observe(v)          # (choose_qparams widens every range to include 0 anyway)
     lo, hi = obs.compute_range()
     return float(lo), float(hi)
 
 
-def tensor_ranges(acts: dict, scheme: Scheme = DEFAULT_SCHEME) -> dict:
-    """{tensor: (rmin, rmax)} calibrated by ``scheme`` for every ARCH layer output."""
+def tensor_ranges(acts: dict, scheme: Scheme = DEFAULT_SCHEME, names=None) -> dict:
+    """{tensor: (rmin, rmax)} calibrated by ``scheme`` for every ARCH layer output (or just ``names``)."""
     scheme = _check_scheme(scheme)
-    out = {}
-    for L in ARCH:
-        method = "max" if (L.name in HEADS and scheme.heads == "max") else scheme.calib
-        out[L.name] = _observe(scheme, acts[L.name], method)
-    return out
+    names = LAYER_NAMES if names is None else tuple(names)
+    bad = [n for n in names if n not in LAYER_NAMES]
+    if bad:
+        raise ValueError(f"names must be layers from {LAYER_NAMES}, got unknown {bad}")
+    return {n: _observe(scheme, acts[n], "max" if n in scheme.max_layers else scheme.calib) for n in names}
 
 
 def _act_q(rmin: float, rmax: float, scheme: Scheme) -> Q:

@@ -137,16 +137,22 @@ def test_scheme_validation():
     s = QZ.Scheme("per_tensor", "kl", "int8", True)
     assert s.name == "per_tensor/kl/int8/pow2"
     assert QZ.Scheme("per_channel", "percentile", "uint8", percentile=99.9).name == "per_channel/percentile/uint8/p99.9"
-    assert QZ.Scheme(heads="max").name.endswith("/heads-max")
+    assert QZ.Scheme(max_layers=["reg", "hm", "wh"]).name == "per_channel/max/uint8/max:heads"
+    s2 = QZ.Scheme(calib="kl", nonzero=True, max_layers=("s2_down", "stem1"))
+    assert s2.max_layers == ("stem1", "s2_down") and s2.name == "per_channel/kl/uint8/nonzero/max:stem1+s2_down"
     for kw, field, allowed in ((dict(weights="per_row"), "weights", "per_channel"),
                                (dict(calib="minmax"), "calib", "mean_max"),
-                               (dict(activations="int4"), "activations", "uint8"),
-                               (dict(heads="clip"), "heads", "calib")):
+                               (dict(activations="int4"), "activations", "uint8")):
         with pytest.raises(ValueError, match=rf"Scheme\.{field} must be one of .*{allowed}"):
             QZ.Scheme(**kw)
-    for bad in (1, "yes", None):
-        with pytest.raises(ValueError, match="Scheme.pow2 must be True or False"):
-            QZ.Scheme(pow2=bad)
+    for field in ("pow2", "nonzero"):
+        for bad in (1, "yes", None):
+            with pytest.raises(ValueError, match=f"Scheme.{field} must be True or False"):
+                QZ.Scheme(**{field: bad})
+    with pytest.raises(ValueError, match=r"Scheme.max_layers must name layers from .*'stem1'.*unknown \['head'\]"):
+        QZ.Scheme(max_layers=("hm", "head"))
+    with pytest.raises(ValueError, match="Scheme.max_layers must be a tuple of layer names"):
+        QZ.Scheme(max_layers="hm")
     for bad in (0, 100.5, float("nan"), "99"):
         with pytest.raises(ValueError, match=r"Scheme.percentile must be a number in \(0, 100\]"):
             QZ.Scheme(percentile=bad)
@@ -194,44 +200,136 @@ def test_calibration_uses_only_the_val_split(monkeypatch, params):
     assert not any(np.array_equal(a, b) for a in imgs for b in test)
 
 
-def test_schemes_build_and_follow_their_rules(params, small_acts):
-    """Every scheme builds; zero points and scales follow the scheme; the calibrators order as expected."""
-    rng = {c: QZ.tensor_ranges(small_acts, QZ.Scheme(calib=c, activations="int8")) for c in QZ.CALIB_METHODS}
+def test_calibrators_follow_their_rules(small_acts):
+    """max = the data range; percentile / KL clip inside it; max_layers and nonzero do what they say."""
+    some = ("stem1", "s2_a", "s2_b", "up1", "hm_conv", "hm", "wh", "reg")      # KL is slow: a few tensors
+    rng = {c: QZ.tensor_ranges(small_acts, QZ.Scheme(calib=c, activations="int8"), some) for c in QZ.CALIB_METHODS}
     for name, (lo, hi) in rng["max"].items():
         a = small_acts[name]
         assert (lo, hi) == (float(a.min()), float(a.max()))
         for c in ("percentile", "kl"):
             assert lo <= rng[c][name][0] <= rng[c][name][1] <= hi
+        b = [small_acts[name][s:s + QZ.CALIB_BATCH] for s in range(0, 8, QZ.CALIB_BATCH)]
+        assert rng["mean_max"][name][1] == pytest.approx(np.mean([x.max() for x in b]), rel=1e-12)
     # percentile / KL clip something somewhere (otherwise they would equal max)
     assert any(rng["kl"][n][1] < rng["max"][n][1] for n in rng["max"])
     assert any(rng["percentile"][n][1] < rng["max"][n][1] for n in rng["max"])
-    heads_max = QZ.tensor_ranges(small_acts, QZ.Scheme(calib="kl", heads="max"))
+    heads_max = QZ.tensor_ranges(small_acts, QZ.Scheme(calib="percentile", activations="int8", max_layers=M.HEADS),
+                                 some)
     for name in rng["max"]:
-        assert heads_max[name] == (rng["max"][name] if name in M.HEADS else rng["kl"][name])
+        assert heads_max[name] == (rng["max"][name] if name in M.HEADS else rng["percentile"][name])
+    # nonzero: the KL histogram leaves out the exact zeros of a ReLU output (and then clips less)
+    from golden.calib import EntropyObserver
+    names = ("stem1", "s2_a", "up1", "hm_conv")
+    nz = QZ.tensor_ranges(small_acts, QZ.Scheme(calib="kl", activations="int8", nonzero=True), names)
+    for name in names:
+        a = small_acts[name]
+        o = EntropyObserver()
+        o.observe(a[a != 0])
+        assert nz[name] == tuple(float(v) for v in o.compute_range())
+        assert np.mean(a == 0) > 0.2 and nz[name][1] > rng["kl"][name][1]
+    with pytest.raises(ValueError, match="names must be layers from"):
+        QZ.tensor_ranges(small_acts, QZ.Scheme(), ["image"])
+
+
+def test_schemes_build_and_follow_their_rules(params, small_acts):
+    """Every weight mode x activation type x pow2 builds; zero points and scales follow the scheme."""
     for w in QZ.WEIGHT_MODES:
         for act in QZ.ACTIVATION_TYPES:
             for pow2 in (False, True):
-                g = QZ.build_int8_graph(params, QZ.Scheme(w, "mean_max", act, pow2), small_acts)
+                g = QZ.build_int8_graph(params, QZ.Scheme(w, "max", act, pow2), small_acts)
                 for L in M.ARCH:
                     q = g.q(L.name)
                     assert q.dtype == act
+                    lo, hi = float(small_acts[L.name].min()), float(small_acts[L.name].max())
                     if act == "int8":
-                        assert q.zp == 0
-                    elif L.relu:
-                        assert q.zp == 0              # asymmetric on [0, max]: zero point at qmin
+                        assert q.zp == 0 and q.scale * 127 >= max(-lo, hi) * (1 - 1e-6)
+                    else:
+                        # the rounded zero point may move the range by half a step (choose_qparams)
+                        assert q.scale * (255.5 - q.zp) >= hi and q.scale * (-0.5 - q.zp) <= min(lo, 0)
+                        if L.relu:
+                            assert q.zp == 0              # asymmetric on [0, max]: zero point at qmin
                     if pow2:
                         assert np.log2(q.scale) == np.round(np.log2(q.scale))
                         if L.has_weights:
                             ws = np.asarray(g.node(L.name).w_scale)
                             assert np.all(np.log2(ws) == np.round(np.log2(ws)))
+                    else:
+                        assert q.scale == pytest.approx((max(-lo, hi) / 127) if act == "int8" else
+                                                        (max(hi, 0) - min(lo, 0)) / 255, rel=1e-6)
 
 
 def test_build_is_deterministic(params, small_acts, graph):
-    a = QZ.build_int8_graph(params, QZ.Scheme(calib="kl"), small_acts)
-    b = QZ.build_int8_graph(params, QZ.Scheme(calib="kl"), small_acts)
+    a = QZ.build_int8_graph(params, QZ.Scheme(calib="percentile"), small_acts)
+    b = QZ.build_int8_graph(params, QZ.Scheme(calib="percentile"), small_acts)
     c = QZ.build_int8_graph(params)
     for x, y in ((a, b), (c, graph)):
         for n, m in zip(x.nodes, y.nodes):
             assert n.out_q == m.out_q
             if hasattr(n, "weight"):
                 assert np.array_equal(n.weight, m.weight) and np.array_equal(n.bias, m.bias)
+
+
+# --------------------------------------------------------------------------- bench/quant.py machinery
+
+
+def test_bench_table_machinery_on_a_subset(params, small_acts):
+    """The study's rows on 12 test canvases equal direct evaluations; best/fold/noise helpers work."""
+    from bench import quant as B
+    from detector.evaluate import coco_map
+
+    cv = D.make_split("test", 12)
+    dets, scores = B.float_detections(params, cv, "fp32")
+    fp32 = B.evaluate(cv, dets, scores)
+    assert fp32["map"] == coco_map(cv, predict(params, cv.images))["mAP"]
+    study = B.Study(params, cv, calib_n=8)
+    study._acts[8] = small_acts                     # the fixture's 8 calibration canvases
+    row = study.run(QZ.Scheme(), fp32=fp32["map"])
+    g = QZ.build_int8_graph(params, QZ.Scheme(), QZ.calibration_images(8))
+    d8 = QZ.decode_outputs(g, QZ.run_int8_reference(g, cv.images))
+    direct = coco_map(cv, d8, d8["scores"] * SCORE_SCALE)
+    assert row["map"] == direct["mAP"] and row["map50"] == direct["AP50"] and row["ar100"] == direct["AR100"]
+    assert row["scheme"] == QZ.Scheme().name and row["calib_n"] == 8 and row["delta"] == row["map"] - fp32["map"]
+    assert row["weights"] == "per_channel" and row["pow2"] is False and row["max_layers"] == []
+    row2 = study.run(QZ.Scheme("per_tensor", "mean_max", "int8", True), calib_n=4)
+    assert row2["scheme"] == "per_tensor/mean_max/int8/pow2/calib4" and row2["delta"] is None
+    assert 0 <= row2["map"] <= 1 and set(study.dets) == {row["scheme"], row2["scheme"]}
+    assert B.best_row(study.rows) is (row if row["map"] >= row2["map"] else row2)
+    tie = [{"map": 0.5, "k": 0}, {"map": 0.7, "k": 1}, {"map": 0.7, "k": 2}]
+    assert B.best_row(tie)["k"] == 1
+    # fold mAPs: each fold is the mAP of those canvases alone
+    f = B.fold_maps(cv, dets, scores, 3)
+    sub = D.make_split("test", 4, start=4)
+    assert f[1] == coco_map(sub, predict(params, sub.images))["mAP"]
+    with pytest.raises(ValueError, match=r"folds must be in \[1, 12\]"):
+        B.fold_maps(cv, dets, scores, 13)
+    names = [s.name for s in B.grid_schemes()]
+    assert len(names) == len(set(names)) == 16
+    assert {n.split("/")[1] for n in names} == set(QZ.CALIB_METHODS)
+
+
+def test_reduced_precision_forward(params):
+    """fp16 / bf16 storage: every head output is representable in the format and close to fp32."""
+    from bench import quant as B
+    from golden.quant import to_bf16_bits
+
+    imgs = D.make_split("test", 2).images
+    ref = M.forward(params, imgs)
+    for fmt, rel in (("fp16", 2e-2), ("bf16", 1e-1)):
+        out = B.forward_rounded(params, imgs, fmt)
+        for h in M.HEADS:
+            y = out[h]
+            assert y.dtype == np.float32
+            if fmt == "fp16":
+                assert np.array_equal(y.astype(np.float16).astype(np.float32), y)
+            else:
+                assert np.all((y.view(np.uint32) & 0xFFFF) == 0)
+                assert np.array_equal(to_bf16_bits(y).astype(np.uint32) << 16, y.view(np.uint32))
+            err = np.abs(y - ref[h])
+            assert 0 < err.max() <= rel * max(1.0, np.abs(ref[h]).max())
+    assert np.array_equal(B.round_to("fp32", ref["hm"]), ref["hm"])
+    assert B.round_to("bf16", np.float32([1 + 2**-8]))[0] == 1.0           # tie -> even
+    assert B.round_to("bf16", np.float32([1 + 3 * 2**-8]))[0] == 1 + 2**-6  # tie -> even (up)
+    assert B.round_to("fp16", np.float32([1 + 2**-11]))[0] == 1.0
+    with pytest.raises(ValueError, match=r"fmt must be one of \('fp32', 'fp16', 'bf16'\)"):
+        B.round_to("fp8", ref["hm"])
