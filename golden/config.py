@@ -27,16 +27,30 @@ from ._check import INT32_MAX
 INPUT_LATENCY = 1
 PE_LATENCY = 2
 DRAIN_LATENCY = 1
-#: Post-processing lane stages, in order; each is one register stage.
+#: Post-processing lane stages, in order; each is one register stage. Every stage is at
+#: most about one carry chain, one barrel shifter or one 18x18 multiplier deep (the ECP5
+#: timing target, docs/fpga.md); hw/requant_lane.py has the per-stage detail of both modes.
 REQUANT_STAGES = (
-    "bias",       # sat32(acc + bias_eff)
-    "lshift",     # saturating left shift
-    "srdhm",      # SaturatingRoundingDoublingHighMul
-    "rdbpot",     # RoundingDivideByPOT
-    "prelu_mul",  # negative values: SRDHM by the per-channel alpha (after its left shift)
-    "prelu_div",  # negative values: RDBPOT by alpha's right shift
-    "clamp",      # + zero point, clamp to [act_min, act_max]
-    "lut",        # optional 256-entry table
+    "bias",          # acc + bias_eff (exact); left-shift limits
+    "lshift",        # sat32 and saturating left shift in one (tflite); |t| (ort)
+    "ort_msb",       # ort: msb of |t|
+    "ort_norm",      # ort: 24 bits from the msb, rounding increment
+    "operand",       # the multiplier operand (ort: the rounded significand)
+    "mul",           # SRDHM: four 18x18 partial products
+    "psum",          # SRDHM: middle sum, nudge
+    "plo",           # SRDHM: product bits [17, 40)
+    "phi",           # SRDHM: product bits [40, 63); RDBPOT masks
+    "rshift",        # RoundingDivideByPOT: shift and rounding bit (ort: product rounding)
+    "rround",        # RoundingDivideByPOT: increment
+    "prelu_shl",     # negative values: saturating left shift by alpha's left shift
+    "prelu_mul",     # alpha SRDHM: partial products
+    "prelu_psum",    # alpha SRDHM: middle sum, nudge
+    "prelu_plo",     # alpha SRDHM: low bits
+    "prelu_phi",     # alpha SRDHM: high bits
+    "prelu_rshift",  # alpha RDBPOT: shift and rounding bit
+    "prelu_rround",  # alpha RDBPOT: increment; value select; clamp bounds - zero point
+    "clamp",         # + zero point, clamp to [act_min, act_max]
+    "lut",           # optional 256-entry table
 )
 REQUANT_LATENCY = len(REQUANT_STAGES)
 

@@ -8,7 +8,7 @@ docs/array.md ("ort mode") and ``golden.requant._requantize_ort_int`` define, fo
 This module holds the combinational blocks that ``hw.requant_lane.RequantLane``
 places between its pipeline registers (one function per stage that does
 ort-specific work); the lane shares with the tflite path the bias adder, the
-multiplier of its ``srdhm`` stage, the clamp and the LUT. The design is the
+multiplier (stages ``mul`` .. ``phi``), the clamp and the LUT. The design is the
 textbook float multiplier with *normalised* operands, which is exact because
 every step below produces the same real value as the golden algorithm:
 
@@ -18,25 +18,29 @@ every step below produces the same real value as the golden algorithm:
    the result is 0 (the golden algorithm gives e <= 8 + 24 - 149 and shifts
    everything out); here it reads as (2**23 + frac) * 2**-150, whose product
    gets an exponent e <= -118, which step 5 maps to 0 as well.
-2. ``normalise_abs`` (stage ``lshift``): |t| (up to 2**31) with a 32-bit
+2. ``normalise_abs`` = ``abs_value`` (stage ``lshift``), ``leading_one``
+   (``ort_msb``), ``normalise`` (``ort_norm``), ``round_significand``
+   (``operand``): |t| (up to 2**31) with a 32-bit
    priority encoder (msb index), then ``ma = rne(|t| * 2**(23 - msb))``: a
    left shift for |t| < 2**24 (exact) and a right shift by 1..8 with round
    half to even otherwise (the int32 -> float32 conversion), so
    ma in [2**23, 2**24] and |float32(t)| = ma * 2**(msb - 23).
-3. the ``srdhm`` multiplier computes ``p = ma * mant`` exactly
+3. the first multiplier (stages ``mul`` .. ``phi``) computes ``p = ma * mant`` exactly
    (ma <= 2**24, mant < 2**24: p < 2**48). With both factors normalised,
    p in [2**46, 2**48): its bit length is 47 or 48.
-4. ``round_product`` (stage ``rdbpot``): p rounded to 24 significant bits,
+4. ``round_product`` = ``round_product_select`` (stage ``rshift``),
+   ``round_significand`` (``rround``): p rounded to 24 significant bits,
    round half to even (the float32 multiply): a 2-way choice of the rounding
    position (p[47]) with guard/sticky bits instead of a barrel shifter;
    pm in [2**23, 2**24] and |f| = pm * 2**e with
    e = msb + efield - 150 + p[47] in [-150, 137].
-5. ``to_integer`` (stage ``prelu_mul``): |f| rounded half to even to an
+5. ``to_integer`` = ``to_integer_prep`` (stage ``rround``),
+   ``to_integer_shift`` (``prelu_shl``), ``to_integer_round`` (``prelu_mul``): |f| rounded half to even to an
    integer, saturated at ``MAG_SAT`` = 2**10, 0 for t = 0. As pm >= 2**23,
    every e >= -13 gives >= 2**10 (saturate), every e <= -26 gives 0, and only
    the 12 right shifts 14..25 need a shifter (11-bit result).
-6. ``apply_sign`` (stage ``prelu_div``): v = +-mag, a signed 12-bit value the
-   lane muxes into the shared clamp stage.
+6. ``apply_sign`` (stage ``prelu_psum``): v = +-mag, a signed 12-bit value that
+   stage ``prelu_rround`` selects for the shared clamp stage.
 
 Why saturating at 2**10 is exact: the clamp bounds act_min - zp, act_max - zp
 of any signed(9) fields lie in [-511, 511], so every magnitude >= 2**10 clamps
@@ -121,73 +125,120 @@ def scale_fields(scale_f32):
     return Cat(frac, Const(1, 1)), efield
 
 
-def normalise_abs(m: Module, t, efield, name: str) -> dict:
-    """Stage ``lshift``: |t| as a normalised 24-bit significand, rounded half to even.
-
-    ``t`` signed int32; ``efield`` the scale's exponent field. Returns a dict
-    of expressions: ``ma`` (unsigned(25), in [2**23, 2**24] unless t = 0),
-    ``neg`` (t < 0), ``tzero`` (t = 0) and ``epart`` = msb + efield - 150
-    (signed(E_WIDTH)), the product's exponent before the normalisation bit of
-    stage ``rdbpot``. float32(|t|) = ma * 2**(msb - 23).
-    """
+def abs_value(m: Module, t, name: str) -> dict:
+    """Stage ``lshift``: ``a`` = |t| (unsigned(ABS_WIDTH)), ``neg`` (t < 0), ``tzero`` (t = 0) of an int32 ``t``."""
     a = Signal(unsigned(ABS_WIDTH), name=f"{name}_abs")
     m.d.comb += a.eq(Mux(t[-1], -t, t))              # -INT32_MIN = 2**31 fits unsigned 32
-    nz, msb = msb_index(a)
+    return {"a": a, "neg": t[-1], "tzero": t == 0}
+
+
+def leading_one(m: Module, a, name: str):
+    """Stage ``ort_msb``: the index of the most significant 1 of ``a`` (unsigned(MSB_WIDTH); 0 for a = 0)."""
+    _, msb = msb_index(a)
     msb_s = Signal(unsigned(MSB_WIDTH), name=f"{name}_msb")
     m.d.comb += msb_s.eq(msb)
+    return msb_s
+
+
+def normalise(m: Module, a, msb, efield, name: str) -> dict:
+    """Stage ``ort_norm``: the 24 bits of ``a`` from its msb down, their round-half-to-even increment, epart.
+
+    Returns ``trunc`` (unsigned(F32_SIG_BITS)) = floor(a * 2**(23 - msb)), ``inc`` (1 bit)
+    such that ``round_significand(trunc, inc)`` = rne(a * 2**(23 - msb)), and ``epart`` =
+    msb + efield - 150 (signed(E_WIDTH)), the product's exponent before the normalisation
+    bit of ``round_product_select``.
+    """
     # a * 2**(23 - msb), truncated: bits [msb - 23, msb] of a, i.e. bits [msb, msb + 24) of a << 23.
     trunc = Signal(unsigned(F32_SIG_BITS), name=f"{name}_trunc")
-    m.d.comb += trunc.eq(Cat(Const(0, F32_FRAC_BITS), a).bit_select(msb_s, F32_SIG_BITS))
+    m.d.comb += trunc.eq(Cat(Const(0, F32_FRAC_BITS), a).bit_select(msb, F32_SIG_BITS))
     # Rounding only when msb >= 24 (right shift by msb - 23 in 1..8): guard bit a[msb - 24],
     # sticky = any of a[0 : msb - 24]; all of them lie in a[0:8].
-    big = msb_s[3] & msb_s[4]                          # msb in [24, 31]
-    gi = msb_s[:3]                                     # msb - 24 there
+    big = msb[3] & msb[4]                              # msb in [24, 31]
+    gi = msb[:3]                                       # msb - 24 there
     low = a[:8]
     sticky_mask = Signal(unsigned(8), name=f"{name}_sticky_mask")
     m.d.comb += sticky_mask.eq((Const(1, 9) << gi) - 1)
     guard = big & low.bit_select(gi, 1)
     sticky = (low & sticky_mask).any()
-    ma = Signal(unsigned(SIG_WIDTH), name=f"{name}_ma")
-    m.d.comb += ma.eq(trunc + (guard & (sticky | trunc[0])))
     epart = Signal(signed(E_WIDTH), name=f"{name}_epart")
-    m.d.comb += epart.eq(msb_s + efield - F32_EXP_OFFSET)
-    return {"ma": ma, "neg": t[-1], "tzero": ~nz, "epart": epart}
+    m.d.comb += epart.eq(msb + efield - F32_EXP_OFFSET)
+    return {"trunc": trunc, "inc": guard & (sticky | trunc[0]), "epart": epart}
+
+
+def round_significand(trunc, inc):
+    """Stage ``operand``: the rounded significand ``trunc + inc`` (unsigned(SIG_WIDTH), up to 2**24)."""
+    return (trunc + inc)[:SIG_WIDTH]
+
+
+def normalise_abs(m: Module, t, efield, name: str) -> dict:
+    """|t| as a normalised 24-bit significand, rounded half to even (``abs_value`` -> ``leading_one``
+    -> ``normalise`` -> ``round_significand`` without the lane's registers in between).
+
+    ``t`` signed int32; ``efield`` the scale's exponent field. Returns a dict
+    of expressions: ``ma`` (unsigned(25), in [2**23, 2**24] unless t = 0),
+    ``neg`` (t < 0), ``tzero`` (t = 0) and ``epart`` = msb + efield - 150
+    (signed(E_WIDTH)). float32(|t|) = ma * 2**(msb - 23).
+    """
+    av = abs_value(m, t, name)
+    msb = leading_one(m, av["a"], name)
+    n = normalise(m, av["a"], msb, efield, name)
+    ma = Signal(unsigned(SIG_WIDTH), name=f"{name}_ma")
+    m.d.comb += ma.eq(round_significand(n["trunc"], n["inc"]))
+    return {"ma": ma, "neg": av["neg"], "tzero": av["tzero"], "epart": n["epart"]}
+
+
+#: Low bits of the product that only matter through their OR (the sticky bit of ``round_product``).
+STICKY_BITS = F32_SIG_BITS - 2
+#: The product bits ``round_product_select`` reads individually: p[STICKY_BITS:PROD_WIDTH].
+PROD_HI_WIDTH = PROD_WIDTH - STICKY_BITS
+
+
+def round_product_select(m: Module, p_hi, s22, epart, name: str) -> dict:
+    """Stage ``rshift``: the rounding position of the product, its 24 kept bits and the RNE increment.
+
+    ``p_hi`` = p[22:48] of the exact product p in [2**46, 2**48), ``s22`` = p[0:22] != 0.
+    Returns ``q`` (unsigned(F32_SIG_BITS)), ``inc`` (1 bit) and ``e`` (signed(E_WIDTH)) with
+    float32(float32(|t|) * scale) = (q + inc) * 2**e. p[47] selects the rounding position
+    (24 or 23 dropped bits); lsb/guard/sticky decide the increment.
+    """
+    def bit(i):
+        return p_hi[i - STICKY_BITS]
+    top = bit(PROD_WIDTH - 1)
+    q = Signal(unsigned(F32_SIG_BITS), name=f"{name}_q")
+    m.d.comb += q.eq(Mux(top, p_hi[F32_SIG_BITS - STICKY_BITS:], p_hi[F32_SIG_BITS - 1 - STICKY_BITS:-1]))
+    guard = Mux(top, bit(F32_SIG_BITS - 1), bit(F32_SIG_BITS - 2))
+    sticky = Mux(top, s22 | bit(F32_SIG_BITS - 2), s22)
+    e = Signal(signed(E_WIDTH), name=f"{name}_e")
+    m.d.comb += e.eq(epart + top)
+    return {"q": q, "inc": guard & (sticky | q[0]), "e": e}
 
 
 def round_product(m: Module, p, epart, name: str) -> dict:
-    """Stage ``rdbpot``: the exact product p in [2**46, 2**48) rounded to 24 significant bits (RNE).
+    """The exact product p in [2**46, 2**48) rounded to 24 significant bits (RNE):
+    ``round_product_select`` then ``round_significand`` without the register in between.
 
     (p = 0 for t = 0: ``to_integer`` forces that result to 0 by the ``zero`` flag.)
-
-    Returns ``pm`` (unsigned(25), in [2**23, 2**24]) and ``e`` (signed(E_WIDTH))
-    with float32(float32(|t|) * scale) = pm * 2**e. p[47] selects the rounding
-    position (24 or 23 dropped bits); lsb/guard/sticky decide the increment.
+    Returns ``pm`` (unsigned(25), in [2**23, 2**24]) and ``e`` (signed(E_WIDTH)) with
+    float32(float32(|t|) * scale) = pm * 2**e.
     """
-    top = p[PROD_WIDTH - 1]
-    q = Signal(unsigned(F32_SIG_BITS), name=f"{name}_q")
-    m.d.comb += q.eq(Mux(top, p[F32_SIG_BITS:PROD_WIDTH], p[F32_SIG_BITS - 1:PROD_WIDTH - 1]))
-    s22 = p[:F32_SIG_BITS - 2].any()
-    guard = Mux(top, p[F32_SIG_BITS - 1], p[F32_SIG_BITS - 2])
-    sticky = Mux(top, s22 | p[F32_SIG_BITS - 2], s22)
+    r = round_product_select(m, p[STICKY_BITS:PROD_WIDTH], p[:STICKY_BITS].any(), epart, name)
     pm = Signal(unsigned(SIG_WIDTH), name=f"{name}_pm")
-    e = Signal(signed(E_WIDTH), name=f"{name}_e")
-    m.d.comb += [pm.eq(q + (guard & (sticky | q[0]))), e.eq(epart + top)]
-    return {"pm": pm, "e": e}
+    m.d.comb += pm.eq(round_significand(r["q"], r["inc"]))
+    return {"pm": pm, "e": r["e"]}
 
 
-def to_integer(m: Module, pm, e, zero, name: str):
-    """Stage ``prelu_mul``: rne(pm * 2**e) saturated at MAG_SAT (0 when ``zero``); unsigned(MAG_WIDTH).
-
-    pm in [2**23, 2**24] unless ``zero`` (t = 0). Right shift s = -e:
-    s <= 13 gives >= 2**23 / 2**13 = MAG_SAT (saturate; this covers every
-    e >= 0); s >= 26 gives pm / 2**s < 1/2 (0); for s in [14, 25] the result
-    rne(pm / 2**s) <= 2**24 / 2**14 = MAG_SAT fits MAG_WIDTH bits:
-    q = (pm >> 14) >> d with d = s - 14, guard = pm[s - 1], sticky = pm[0 : s - 1].
-    """
-    sat = e >= -(_SHIFT_LO - 1)
-    far = e <= -(_SHIFT_HI + 1)
+def to_integer_prep(m: Module, e, name: str) -> dict:
+    """Stage ``rround``: from the exponent alone, ``sat`` (e >= -13: the magnitude is >= MAG_SAT),
+    ``far`` (e <= -26: it rounds to 0) and ``d`` = -e - 14 (unsigned(4), the shifter's amount
+    when neither; see ``to_integer``)."""
     d = Signal(unsigned(4), name=f"{name}_d")
     m.d.comb += d.eq(-e - _SHIFT_LO)                  # in [0, 11] when neither sat nor far
+    return {"sat": e >= -(_SHIFT_LO - 1), "far": e <= -(_SHIFT_HI + 1), "d": d}
+
+
+def to_integer_shift(m: Module, pm, d, name: str) -> dict:
+    """Stage ``prelu_shl``: ``q`` = floor(pm / 2**(d + 14)) (unsigned(MAG_WIDTH)) and its
+    round-half-to-even increment ``inc``."""
     hi = Cat(pm[_SHIFT_LO - 1:], Const(0, 4))         # pm[13:] padded: every offset d stays in range
     q = Signal(unsigned(MAG_WIDTH), name=f"{name}_q")
     m.d.comb += q.eq(hi[1:] >> d)
@@ -195,13 +246,34 @@ def to_integer(m: Module, pm, e, zero, name: str):
     mid_mask = Signal(unsigned(len(hi)), name=f"{name}_mid_mask")
     m.d.comb += mid_mask.eq((Const(1, len(hi) + 1) << d) - 1)
     sticky = pm[:_SHIFT_LO - 1].any() | (hi & mid_mask).any()
+    return {"q": q, "inc": guard & (sticky | q[0])}
+
+
+def to_integer_round(m: Module, q, inc, sat, zero, name: str):
+    """Stage ``prelu_mul``: the magnitude, unsigned(MAG_WIDTH): 0 when ``zero`` (t = 0 or
+    ``far``), MAG_SAT when ``sat``, else q + inc."""
     mag = Signal(unsigned(MAG_WIDTH), name=f"{name}_mag")
-    m.d.comb += mag.eq(Mux(zero | far, 0, Mux(sat, MAG_SAT, q + (guard & (sticky | q[0])))))
+    m.d.comb += mag.eq(Mux(zero, 0, Mux(sat, MAG_SAT, q + inc)))
     return mag
 
 
+def to_integer(m: Module, pm, e, zero, name: str):
+    """rne(pm * 2**e) saturated at MAG_SAT (0 when ``zero``); unsigned(MAG_WIDTH).
+    ``to_integer_prep`` -> ``to_integer_shift`` -> ``to_integer_round`` without the registers.
+
+    pm in [2**23, 2**24] unless ``zero`` (t = 0). Right shift s = -e:
+    s <= 13 gives >= 2**23 / 2**13 = MAG_SAT (saturate; this covers every
+    e >= 0); s >= 26 gives pm / 2**s < 1/2 (0); for s in [14, 25] the result
+    rne(pm / 2**s) <= 2**24 / 2**14 = MAG_SAT fits MAG_WIDTH bits:
+    q = (pm >> 14) >> d with d = s - 14, guard = pm[s - 1], sticky = pm[0 : s - 1].
+    """
+    pr = to_integer_prep(m, e, name)
+    sh = to_integer_shift(m, pm, pr["d"], name)
+    return to_integer_round(m, sh["q"], sh["inc"], pr["sat"], zero | pr["far"], name)
+
+
 def apply_sign(mag, neg):
-    """Stage ``prelu_div``: the signed result +-mag, signed(V_WIDTH)."""
+    """Stage ``prelu_psum``: the signed result +-mag, signed(V_WIDTH)."""
     return Mux(neg, -mag, mag)[:V_WIDTH].as_signed()
 
 

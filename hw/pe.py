@@ -29,7 +29,7 @@ This module also holds the small helpers the other ``hw`` blocks share
 """
 from __future__ import annotations
 
-from amaranth import Module, Mux, Signal, signed
+from amaranth import Cat, Module, Mux, Signal, signed
 from amaranth.lib import data, wiring
 from amaranth.lib.wiring import In, Out
 
@@ -124,9 +124,20 @@ def pack_weights(w_lo: int, w_hi: int) -> int:
 
 
 def saturate(value, width: int):
-    """Amaranth expression: ``value`` clamped to signed(``width``) (result is signed(width))."""
+    """Amaranth expression: the signed ``value`` clamped to signed(``width``) (result is signed(width)).
+
+    In range iff the bits from ``width - 1`` up are all equal (a few LUTs, no
+    comparison carry chains behind the adder that usually produces ``value``);
+    otherwise the bound of the value's sign.
+    """
+    if not value.shape().signed:
+        raise ValueError(f"saturate needs a signed value, got {value.shape()}")
     lo, hi = -(1 << (width - 1)), (1 << (width - 1)) - 1
-    return Mux(value > hi, hi, Mux(value < lo, lo, value))[:width].as_signed()
+    if len(value) <= width:                 # always in range: sign-extend
+        return Cat(value, value[-1].replicate(width - len(value))).as_signed()
+    top = value[width - 1:]
+    in_range = top.all() | ~top.any()
+    return Mux(in_range, value[:width], Mux(value[-1], lo, hi))[:width].as_signed()
 
 
 class PackedPE(wiring.Component):

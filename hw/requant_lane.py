@@ -22,25 +22,47 @@ One register per stage of ``golden.config.REQUANT_STAGES``, so the latency is
 parameters the later stages still need (the params FIFO pops as soon as a
 tile's last row has entered the lane, so later stages cannot read the FIFO
 head). The ort datapath (``hw.ort_requant``) runs beside the tflite one and
-shares its bias adder, its first multiplier, the clamp and the LUT:
+shares its bias adder, its first multiplier, the clamp and the LUT.
 
-==========  ====================================  ======================================
-stage       tflite                                ort (mode = 1)
-==========  ====================================  ======================================
-bias        t = sat32(acc + bias)                 same t; scale significand muxed into
-                                                  the ``mult`` register, exponent field
-lshift      satshl32(t, max(shift, 0))            |t| normalised to 24 bits, RNE (the
-                                                  int32 -> float32 conversion), muxed
-                                                  into the same multiplier operand
-srdhm       a * mult + 2**30, high word           the same multiplier: exact 24 x 24
-                                                  product (no nudge), kept whole
-rdbpot      rounding right shift                  product rounded to 24 bits (RNE),
-                                                  exponent
-prelu_mul   alpha SRDHM (prelu, v < 0)            to an integer (RNE), saturated at 2**10
-prelu_div   alpha RDBPOT                          sign; the mode selects the value
-clamp       + zp, clamp to [act_min, act_max]     shared
-lut         optional table                        shared
-==========  ====================================  ======================================
+Timing (issue 6, docs/fpga.md "Timing"): no stage is deeper than about one
+carry chain, one barrel shifter, one 18x18 multiplier (MULT18X18D) or a few
+LUT levels. Each 32 x 31 product is four registered 18x18 partial products
+(operands split at bit 17) summed over three stages in <= 34-bit chains; the
+rounding shifts are split from their increments; whatever depends on the
+parameters alone (shift limits, masks, clamp bounds) is computed one stage
+ahead ("prep") and registered:
+
+============  ======================================  ====================================
+stage         tflite                                  ort (mode = 1)
+============  ======================================  ====================================
+bias          s = acc + bias (exact); prep: limits    same s; scale significand muxed
+              of the left shift                       into ``mult``
+lshift        sat32(s) << max(shift, 0) saturated:    a = |sat32(s)|, sign, t = 0
+              two compares beside a barrel shifter
+ort_msb       (delay)                                 msb index of a
+ort_norm      (delay)                                 24 bits of a from the msb, RNE
+                                                      increment, exponent part
+operand       multiplier operand                      rounded significand ma (24 bits)
+mul           4 partial products (18x18 each)         same, ma x significand
+psum          lh + hl; X + 2**30 (nudge)              same, no nudge
+plo           product bits [17, 40) + carry           + OR of bits [0, 17)
+phi           product bits [40, 63); prep: RDBPOT     exact product bits [22, 48),
+              masks of max(-shift, 0)                 sticky of bits [0, 22)
+rshift        x >> e, rounding bit                    product rounded to 24 bits:
+                                                      kept bits, increment, exponent
+rround        + rounding bit; prep: alpha limits      + increment; integer shift amount
+prelu_shl     alpha saturating left shift (operand)   integer rounding: shift, increment
+prelu_mul     alpha partial products                  magnitude (saturated at 2**10)
+prelu_psum    alpha sum, nudge                        sign
+prelu_plo     alpha low bits                          (delay)
+prelu_phi     alpha high bits; prep: masks            (delay)
+prelu_rshift  alpha x >> e, rounding bit              (delay)
+prelu_rround  + rounding bit; PReLU select (prelu     the mode selects the ort value
+              and v < 0); prep: bounds - zp
+clamp         v < act_min - zp, v > act_max - zp,     shared
+              v + zp (8 bits): the clipped code
+lut           optional table                          shared
+============  ======================================  ====================================
 
 Every representable parameter is handled exactly, not only the documented
 ranges: left shifts up to 31 (``shift`` is signed(6)), right shifts up to 32;
@@ -49,7 +71,7 @@ in ort mode any act_min/act_max/zp of their signed(9) fields and any 32-bit
 """
 from __future__ import annotations
 
-from amaranth import Const, Module, Mux, Signal, signed, unsigned
+from amaranth import Cat, Const, Module, Mux, Signal, signed, unsigned
 from amaranth.lib import data, memory, stream, wiring
 from amaranth.lib.wiring import In, Out
 
@@ -106,6 +128,12 @@ def lut_layout() -> data.StructLayout:
 
 
 # ---- combinational building blocks (Amaranth expressions on int32 signals) ----
+#
+# Each block is at most about one carry chain, one barrel shifter, one 18x18
+# multiplier or a few LUT levels deep, so that every lane stage closes at the
+# ECP5 target clock (docs/fpga.md, "Timing"); whatever a block needs from the
+# parameters alone (shift limits, masks, clamp bounds) is computed a stage
+# earlier ("prep") and registered.
 
 def _left_amount(shift):
     """max(shift, 0) as an unsigned amount."""
@@ -117,58 +145,121 @@ def _right_amount(shift):
     return Mux(shift[-1], -shift, 0)[:len(shift)]
 
 
-def _satshl32(m, x, left, name):
-    """golden.requant.saturating_left_shift: x * 2**left clamped to int32."""
-    wide = Signal(signed(_W32 + (1 << len(left)) - 1), name=f"{name}_wide")
-    m.d.comb += wide.eq(x << left)
-    return saturate(wide, _W32)
+def _shl_limits(left) -> dict:
+    """Prep of ``_satshl``: x * 2**left overflows int32 iff x > hi or x < lo (left in [0, 31]).
+
+    hi = INT32_MAX >> left = floor(INT32_MAX / 2**left), lo = INT32_MIN >> left =
+    INT32_MIN / 2**left exactly (a power of two): functions of ``left`` only.
+    """
+    return {"left": left, "hi": Const(INT32_MAX, signed(_W32)) >> left, "lo": Const(INT32_MIN, signed(_W32)) >> left}
 
 
-#: SRDHM rounding nudge, 2**30: see ``_srdhm``.
-_NUDGE = 1 << (_W32 - 2)
+def _satshl(x, lim):
+    """sat32(x * 2**left) for a signed ``x`` of any width, ``lim`` from ``_shl_limits`` (registered).
+
+    golden.requant.saturating_left_shift of sat32(x): saturation is monotone, so
+    saturating first and then shifting with saturation (a bound stays a bound)
+    equals one saturation of the exact x * 2**left. Two comparisons (carry
+    chains) beside a 32-bit barrel shifter, then a 3-way select.
+    """
+    shifted = (x[:_W32] << lim["left"])[:_W32].as_signed()
+    return Mux(x > lim["hi"], INT32_MAX, Mux(x < lim["lo"], INT32_MIN, shifted))[:_W32].as_signed()
 
 
-def _product(m, a, b, nudge, name):
-    """a * b + nudge as a signed(64) signal (a int32, b unsigned(31), nudge 0 or _NUDGE)."""
-    prod = Signal(signed(2 * _W32), name=f"{name}_prod")
-    m.d.comb += prod.eq(a * b + nudge)
-    return prod
+#: Operands of the 32 x 31 products are split at this bit: the low parts are unsigned
+#: 17-bit, the high parts 15 (signed a) / 14 (unsigned b) bits, so each of the four
+#: partial products is one 18x18 signed multiplier (MULT18X18D).
+_SPLIT = 17
+#: The SRDHM rounding nudge 2**30 sits at this bit of the product.
+_NUDGE_BIT = _W32 - 2
+#: Bit of the product where the high part of the registered sum starts (see ``_product_low``).
+_MID_BIT = 40
 
 
-def _high_word(prod):
-    """The SRDHM result in a nudged product: bits [31, 63) as int32."""
-    return prod[_W32 - 1:2 * _W32 - 1].as_signed()
+def _partial_products(a, b) -> dict:
+    """Stage "mul": a * b = ll + (lh + hl) * 2**17 + hh * 2**34, four registered 18x18 products.
+
+    ``a`` signed(32), ``b`` unsigned(<= 31). Returns {name: (shape, value)} for ``_stage_regs``.
+    """
+    a_lo, a_hi = a[:_SPLIT], a[_SPLIT:].as_signed()
+    b_lo, b_hi = b[:_SPLIT], b[_SPLIT:]
+    prods = {"ll": a_lo * b_lo, "lh": a_lo * b_hi, "hl": a_hi * b_lo, "hh": a_hi * b_hi}
+    return {k: (v.shape(), v) for k, v in prods.items()}
 
 
-def _srdhm(m, a, b, name):
-    """SaturatingRoundingDoublingHighMul(a, b) for int32 a and b in [0, INT32_MAX].
+def _product_sum(pp, nudge) -> dict:
+    """Stage "psum": two carry chains side by side.
+
+    ``mid`` = lh + hl, and X + nudge * 2**30 with X = ll + hh * 2**34 (a concatenation,
+    no adder: ll < 2**34), kept as ``xl`` = bits [0, 30) and ``xh`` = (X >> 30) + nudge.
+    ``nudge`` is 1 for SRDHM (the 2**30 rounding term) and 0 for the exact ort product.
+    """
+    x_hi = Cat(pp["ll"][_NUDGE_BIT:], pp["hh"]).as_signed()
+    vals = {"mid": pp["lh"] + pp["hl"], "xl": pp["ll"][:_NUDGE_BIT], "xh": x_hi + nudge}
+    return {k: (v.shape(), v) for k, v in vals.items()}
+
+
+def _product_low(s) -> dict:
+    """Stage "plo": the product's bits [17, 40) (``lo``, with the carry out as its bit 23):
+    X'[17:40] + mid[0:23]; the high parts of X' and mid are passed on."""
+    n = _MID_BIT - _SPLIT
+    x_mid = Cat(s["xl"][_SPLIT:], s["xh"][:_MID_BIT - _NUDGE_BIT])
+    vals = {"lo": x_mid + s["mid"][:n], "xhh": s["xh"][_MID_BIT - _NUDGE_BIT:].as_signed(),
+            "midh": s["mid"][n:].as_signed()}
+    return {k: (v.shape(), v) for k, v in vals.items()}
+
+
+#: The product bits kept after stage "phi": [_PROD_LO, 63).
+_PROD_LO = 22
+
+
+def _product_high(s):
+    """Stage "phi": the product's bits [22, 63) as unsigned(41): lo[5:23] and the high sum
+    xhh + midh + carry. The SRDHM result (bits [31, 63), see ``_srdhm_word``) and the ort
+    product's bits [22, 48) both lie in it."""
+    high = s["xhh"] + s["midh"] + s["lo"][_MID_BIT - _SPLIT]
+    return Cat(s["lo"][_PROD_LO - _SPLIT:_MID_BIT - _SPLIT], high[:2 * _W32 - 1 - _MID_BIT])
+
+
+def _srdhm_word(prod):
+    """SaturatingRoundingDoublingHighMul(a, b) from the nudged product bits of ``_product_high``.
 
     gemmlowp: trunc((a*b + nudge) / 2**31) with nudge = 2**30 if ab >= 0 else
     1 - 2**30. For ab < 0, trunc(x / 2**31) = floor((x + 2**31 - 1) / 2**31)
     and x + 2**31 - 1 = ab + 2**30, so both signs reduce to one floor
-    (arithmetic shift): floor((ab + 2**30) / 2**31). That identity is the
-    reason no sign-dependent nudge or truncation logic appears here.
-    Saturation: the only overflowing case is a = b = INT32_MIN, and b is an
-    unsigned(31) port (<= INT32_MAX), so it cannot occur; the result range is
-    [INT32_MIN + 1, INT32_MAX - 1].
+    (arithmetic shift): floor((ab + 2**30) / 2**31), bits [31, 63) of the nudged
+    product. That identity is the reason no sign-dependent nudge or truncation
+    logic appears here. Saturation: the only overflowing case is a = b =
+    INT32_MIN, and b is an unsigned(31) port (<= INT32_MAX), so it cannot occur;
+    the result range is [INT32_MIN + 1, INT32_MAX - 1].
     """
-    return _high_word(_product(m, a, b, _NUDGE, name))
+    return prod[_W32 - 1 - _PROD_LO:].as_signed()
 
 
-def _rdbpot(m, x, e, name):
-    """RoundingDivideByPOT(x, e): x / 2**e rounded half away from zero, e in [0, 32].
+def _rdbpot_prep(e) -> dict:
+    """Prep of ``_rdbpot_shift`` from the amount e in [0, 32] alone: e, e != 0, e - 1 and the mask 2**(e-1) - 1."""
+    em1 = (e - 1)[:5]
+    return {"e": e, "enz": e != 0, "em1": em1, "mk": ((Const(1, _W32) << em1) - 1)[:_W32 - 1]}
 
-    mask = 2**e - 1, rem = x & mask, threshold = mask >> 1 (+1 if x < 0);
-    result = (x >> e) + (rem > threshold). Widths are one bit over 32 so e = 32
-    (shift = -32 is representable) is exact too.
+
+def _rdbpot_shift(x, pr) -> dict:
+    """Stage "rshift": RoundingDivideByPOT(x, e) = q + inc, x / 2**e rounded half away from zero.
+
+    golden: (x >> e) + (rem > threshold) with rem = x mod 2**e, threshold =
+    2**(e-1) - 1 + (x < 0). For e >= 1 that is: bit e-1 of x set, and for
+    negative x also some bit below it (rem > 2**(e-1)); e = 0 never rounds. The
+    same holds for e = 32 (bit 31 is the sign: x >= 0 stays, x < 0 gives -1 + 1
+    = 0 unless x = INT32_MIN). So a barrel shifter beside a bit select and a
+    masked OR; the increment is the next stage.
     """
-    wide = _W32 + 1
-    mask = Signal(unsigned(wide), name=f"{name}_mask")
-    xs = Signal(signed(wide), name=f"{name}_x")
-    m.d.comb += [mask.eq((Const(1, 1) << e) - 1), xs.eq(x)]
-    rem = xs.as_unsigned() & mask
-    threshold = (mask >> 1) + x[-1]
-    return ((x >> e) + (rem > threshold))[:_W32].as_signed()
+    half = x.bit_select(pr["em1"], 1)
+    sticky = (x[:_W32 - 1] & pr["mk"]).any()
+    return {"q": (signed(_W32), x >> pr["e"]), "inc": (unsigned(1), pr["enz"] & half & (~x[-1] | sticky))}
+
+
+def _regs_of(d: dict) -> dict:
+    """{name: (shape, value)} of a dict of Amaranth values."""
+    return {k: (v.shape(), v) for k, v in d.items()}
 
 
 def _stage_regs(m, en, name, fields):
@@ -202,7 +293,8 @@ class RequantLane(wiring.Component):
     * ``out_last``  Out(1)         ``last`` delayed likewise
 
     ``ort=False`` elaborates the tflite-only lane (``mode`` and ``scale_f32``
-    ignored): it exists to measure the cost of the ort path
+    ignored; the ort-only stages remain as plain delays, so the latency is the
+    same): it exists to measure the cost of the ort path
     (``python -m hw.ort_requant --synth``); the array uses the default.
     """
 
@@ -234,91 +326,140 @@ class RequantLane(wiring.Component):
         u1 = unsigned(1)
         u8 = unsigned(CODE_WIDTH)
         ort = self.ort
-
-        def carry(prev, *keys):
-            """Forward parameters a later stage still needs."""
-            return {k: (prev[k].shape(), prev[k]) for k in keys}
-
         stages = {}
-        s = {"valid": self.valid, "last": self.last, "shift": p.shift, "mult": p.mult,
-             "zp": p.zp, "act_min": p.act_min, "act_max": p.act_max, "alpha_mult": p.alpha_mult,
-             "alpha_shift": p.alpha_shift, "prelu": p.prelu, "lut_en": self.lut_en}
+        # The values visible to the next stage: its inputs' registers (the lane ports for "bias").
+        prev = {"valid": self.valid, "last": self.last, "shift": p.shift, "zp": p.zp, "act_min": p.act_min,
+                "act_max": p.act_max, "alpha_mult": p.alpha_mult, "alpha_shift": p.alpha_shift,
+                "prelu": p.prelu, "lut_en": self.lut_en}
+        if ort:
+            prev["mode"] = p.mode
+
+        def stage(name, fields, keep=(), ort_fields=None):
+            """Register ``fields`` (and ``ort_fields`` in the ort lane) plus the ``keep`` values of the
+            previous stage (flags and the parameters later stages still need: the params FIFO pops
+            as soon as a tile's last row has entered the lane)."""
+            nonlocal prev
+            regs = {k: (prev[k].shape(), prev[k]) for k in keep if k in prev}
+            regs.update(fields)
+            if ort and ort_fields:
+                regs.update(ort_fields)
+            prev = stages[name] = _stage_regs(m, en, name, regs)
+            return prev
+
+        flags = ("valid", "last", "mode")
         late = ("zp", "act_min", "act_max", "lut_en")
         alpha = ("prelu", "alpha_mult", "alpha_shift")
-        flags = ("valid", "last") + (("mode",) if ort else ())
-        ort_in = {}
-        if ort:
-            # ort: the scale's significand takes the place of `mult` (they share the
-            # srdhm multiplier); its exponent field rides along for stage lshift.
-            mant, efield = ort_dp.scale_fields(p.scale_f32)
-            s["mode"] = p.mode
-            s["mult"] = Mux(p.mode == MODE_ORT, mant, p.mult)
-            ort_in = {"efield": (efield.shape(), efield)}
 
-        # bias: the exact sum (acc_width + bias_width fit in one more bit), saturated once.
-        s = stages["bias"] = _stage_regs(m, en, "bias", {
-            "v": (i32, saturate(self.acc + p.bias, _W32)),
-            "mult": (unsigned(MULT_WIDTH), s["mult"]),
-            **carry(s, *flags, "shift", *alpha, *late), **ort_in})
-        # lshift: tflite: saturating left shift by max(shift, 0). ort: |t| normalised to
-        # a 24-bit significand (RNE), the multiplier operand in place of the shifted t.
-        v = _satshl32(m, s["v"], _left_amount(s["shift"]), "lshift")
+        def mode_ort(s):
+            return (s["mode"] == MODE_ORT) if ort else Const(0, 1)
+
+        # bias: the exact sum (acc_width + bias_width fit in one more bit), saturated later;
+        # the left-shift limits from `shift`. ort: the scale's significand takes the place of
+        # `mult` (they share the first multiplier); its exponent field rides along.
+        mant, efield = ort_dp.scale_fields(p.scale_f32)
+        total = self.acc + p.bias
+        s = stage("bias", {"s": (total.shape(), total), **_regs_of(_shl_limits(_left_amount(p.shift))),
+                           "mult": (unsigned(MULT_WIDTH), Mux(mode_ort(prev), mant, p.mult))},
+                  keep=(*flags, "shift", *alpha, *late), ort_fields={"efield": (efield.shape(), efield)})
+        # lshift: tflite: satshl32(sat32(s), max(shift, 0)). ort: |sat32(s)| (the float32
+        # conversion's input); both in the register x.
+        x = _satshl(s["s"], s)
         ort_regs = {}
         if ort:
-            o = ort_dp.normalise_abs(m, s["v"], s["efield"], "ort_lshift")
-            v = Mux(s["mode"] == MODE_ORT, o["ma"], v)
-            ort_regs = {"neg": (u1, o["neg"]), "zero": (u1, o["tzero"]),
-                        "epart": (o["epart"].shape(), o["epart"])}
-        s = stages["lshift"] = _stage_regs(m, en, "lshift", {
-            "v": (i32, v), **carry(s, *flags, "shift", "mult", *alpha, *late), **ort_regs})
-        # srdhm: 64-bit product with the nudge, high word. ort: the same multiplier gives
-        # the exact product of the significands (no nudge); the register keeps it whole.
+            av = ort_dp.abs_value(m, saturate(s["s"], _W32), "ort_abs")
+            x = Mux(mode_ort(s), av["a"], x)[:_W32].as_signed()
+            ort_regs = {"neg": (u1, av["neg"]), "tzero": (u1, av["tzero"])}
+        s = stage("lshift", {"x": (i32, x)}, keep=(*flags, "shift", "mult", "efield", *alpha, *late),
+                  ort_fields=ort_regs)
+        # ort_msb (ort only): the msb index of |t|.
+        ort_regs = {}
         if ort:
-            prod = _product(m, s["v"], s["mult"], Mux(s["mode"] == MODE_ORT, 0, _NUDGE), "srdhm")
-            first = {"prod": (prod.shape(), prod)}
-            ort_regs = carry(s, "neg", "zero", "epart")
-        else:
-            first = {"v": (i32, _srdhm(m, s["v"], s["mult"], "srdhm"))}
-        s = stages["srdhm"] = _stage_regs(m, en, "srdhm", {
-            **first, **carry(s, *flags, "shift", *alpha, *late), **ort_regs})
-        # rdbpot: rounding right shift by max(-shift, 0). ort: the product rounded to
-        # 24 significant bits (RNE) and its exponent.
-        v = s["v"] if not ort else _high_word(s["prod"])
+            msb = ort_dp.leading_one(m, s["x"].as_unsigned(), "ort_msb")
+            ort_regs = {"msb": (msb.shape(), msb)}
+        s = stage("ort_msb", {}, keep=(*flags, "x", "shift", "mult", "efield", "neg", "tzero", *alpha, *late),
+                  ort_fields=ort_regs)
+        # ort_norm (ort only): the 24 bits from the msb down (in x) and their rounding increment.
+        ort_regs = {}
+        x = s["x"]
         if ort:
-            o = ort_dp.round_product(m, s["prod"][:ort_dp.PROD_WIDTH], s["epart"], "ort_rdbpot")
-            ort_regs = {"pm": (o["pm"].shape(), o["pm"]), "e": (o["e"].shape(), o["e"]), **carry(s, "neg", "zero")}
-        s = stages["rdbpot"] = _stage_regs(m, en, "rdbpot", {
-            "v": (i32, _rdbpot(m, v, _right_amount(s["shift"]), "rdbpot")),
-            **carry(s, *flags, *alpha, *late), **ort_regs})
-        # prelu_mul: negative values with prelu: SRDHM(satshl32(v, alpha left), alpha_mult).
-        # ort: |f| rounded half to even to an integer, saturated.
+            nrm = ort_dp.normalise(m, s["x"].as_unsigned(), s["msb"], s["efield"], "ort_norm")
+            x = Mux(mode_ort(s), nrm["trunc"], s["x"])[:_W32].as_signed()
+            ort_regs = {"inc": (u1, nrm["inc"]), "epart": (nrm["epart"].shape(), nrm["epart"])}
+        s = stage("ort_norm", {"x": (i32, x)}, keep=(*flags, "shift", "mult", "neg", "tzero", *alpha, *late),
+                  ort_fields=ort_regs)
+        # operand: the first multiplier's operand. ort: the rounded significand ma.
+        a = s["x"]
         if ort:
-            mag = ort_dp.to_integer(m, s["pm"], s["e"], s["zero"], "ort_prelu_mul")
-            ort_regs = {"mag": (mag.shape(), mag), **carry(s, "neg")}
-        neg = s["prelu"] & s["v"][-1]
-        alpha_v = _srdhm(m, _satshl32(m, s["v"], _left_amount(s["alpha_shift"]), "prelu_shl"),
-                         s["alpha_mult"], "prelu_srdhm")
-        s = stages["prelu_mul"] = _stage_regs(m, en, "prelu_mul", {
-            "v": (i32, Mux(neg, alpha_v, s["v"])),
-            "neg_alpha": (u1, neg),
-            **carry(s, *flags, "alpha_shift", *late), **ort_regs})
-        # prelu_div: the rounding right shift of the alpha multiplication.
-        # ort: the signed result replaces the tflite value (the mode select).
-        alpha_d = _rdbpot(m, s["v"], _right_amount(s["alpha_shift"]), "prelu_div")
+            a = Mux(mode_ort(s), ort_dp.round_significand(s["x"][:ort_dp.F32_SIG_BITS], s["inc"]), s["x"])
+        s = stage("operand", {"a": (i32, a)},
+                  keep=(*flags, "shift", "mult", "neg", "tzero", "epart", *alpha, *late))
+
+        # mul .. phi: SRDHM's 64-bit nudged product (ort: the exact 48-bit product, no nudge).
+        keep1 = (*flags, "shift", "neg", "tzero", "epart", *alpha, *late)
+        s = stage("mul", _partial_products(s["a"], s["mult"]), keep=keep1)
+        s = stage("psum", _product_sum(s, ~mode_ort(s)), keep=keep1)
+        s = stage("plo", _product_low(s), keep=keep1,
+                  ort_fields={"s17": (u1, s["xl"][:_SPLIT].any())} if ort else None)
+        prod = _product_high(s)
+        ort_regs = {"s22": (u1, s["s17"] | s["lo"][:_PROD_LO - _SPLIT].any())} if ort else {}
+        s = stage("phi", {"prod": (prod.shape(), prod), **_regs_of(_rdbpot_prep(_right_amount(s["shift"])))},
+                  keep=(*flags, "neg", "tzero", "epart", *alpha, *late), ort_fields=ort_regs)
+        # rshift / rround: RoundingDivideByPOT by max(-shift, 0). ort: the product rounded to
+        # 24 significant bits (RNE) and its exponent; then the integer rounding's amounts.
+        ort_regs = {}
+        if ort:
+            rp = ort_dp.round_product_select(m, s["prod"][:ort_dp.PROD_HI_WIDTH], s["s22"], s["epart"], "ort_rp")
+            ort_regs = {"pq": (rp["q"].shape(), rp["q"]), "pinc": (u1, rp["inc"]), "pe": (rp["e"].shape(), rp["e"])}
+        s = stage("rshift", _rdbpot_shift(_srdhm_word(s["prod"]), s), keep=(*flags, "neg", "tzero", *alpha, *late),
+                  ort_fields=ort_regs)
+        ort_regs = {}
+        if ort:
+            pm = ort_dp.round_significand(s["pq"], s["pinc"])
+            ort_regs = {"pm": (pm.shape(), pm), **_regs_of(ort_dp.to_integer_prep(m, s["pe"], "ort_ip"))}
+        s = stage("rround", {"v": (i32, (s["q"] + s["inc"])[:_W32].as_signed()),
+                             **_regs_of(_shl_limits(_left_amount(s["alpha_shift"])))},
+                  keep=(*flags, "neg", "tzero", *alpha, *late), ort_fields=ort_regs)
+        # prelu_shl: negative values with prelu: satshl32(v, max(alpha_shift, 0)) as the second
+        # multiplier's operand. ort: the shift of the integer rounding.
+        ort_regs = {}
+        if ort:
+            sh = ort_dp.to_integer_shift(m, s["pm"], s["d"], "ort_is")
+            ort_regs = {"mq": (sh["q"].shape(), sh["q"]), "minc": (u1, sh["inc"]),
+                        "ozero": (u1, s["tzero"] | s["far"]), "sat": (u1, s["sat"])}
+        s = stage("prelu_shl", {"a": (i32, _satshl(s["v"], s)), "mult": (unsigned(MULT_WIDTH), s["alpha_mult"]),
+                                "neg_alpha": (u1, s["prelu"] & s["v"][-1])},
+                  keep=(*flags, "v", "neg", "alpha_shift", *late), ort_fields=ort_regs)
+        # prelu_mul .. prelu_phi: the alpha SRDHM product. ort: |f| rounded to an integer
+        # (saturated), then its sign.
+        keep2 = (*flags, "v", "neg_alpha", "alpha_shift", "vo", *late)
+        ort_regs = {}
+        if ort:
+            mag = ort_dp.to_integer_round(m, s["mq"], s["minc"], s["sat"], s["ozero"], "ort_ir")
+            ort_regs = {"mag": (mag.shape(), mag)}
+        s = stage("prelu_mul", _partial_products(s["a"], s["mult"]), keep=(*keep2, "neg"), ort_fields=ort_regs)
+        ort_regs = {"vo": (signed(ort_dp.V_WIDTH), ort_dp.apply_sign(s["mag"], s["neg"]))} if ort else {}
+        s = stage("prelu_psum", _product_sum(s, Const(1, 1)), keep=keep2, ort_fields=ort_regs)
+        s = stage("prelu_plo", _product_low(s), keep=keep2)
+        prod = _product_high(s)
+        s = stage("prelu_phi", {"prod": (prod.shape(), prod),
+                                **_regs_of(_rdbpot_prep(_right_amount(s["alpha_shift"])))}, keep=keep2)
+        s = stage("prelu_rshift", _rdbpot_shift(_srdhm_word(s["prod"]), s), keep=keep2)
+        # prelu_rround: the alpha RDBPOT's increment and the value select (ort: the mode
+        # selects the ort value); the clamp bounds relative to the zero point.
+        alpha_d = (s["q"] + s["inc"])[:_W32].as_signed()
         v = Mux(s["neg_alpha"], alpha_d, s["v"])
         if ort:
-            v = Mux(s["mode"] == MODE_ORT, ort_dp.apply_sign(s["mag"], s["neg"]), v)
-        s = stages["prelu_div"] = _stage_regs(m, en, "prelu_div", {
-            "v": (i32, v), **carry(s, "valid", "last", *late)})
-        # clamp: + zero point, then np.clip order (max with act_min, then min with
-        # act_max); the register keeps only the 8-bit code. Shared by both modes:
-        # clamp(v, act_min - zp, act_max - zp) + zp = clamp(v + zp, act_min, act_max).
-        z = Signal(signed(_W32 + 1), name="clamp_z")
-        zl = Signal(signed(_W32 + 1), name="clamp_zl")
-        m.d.comb += [z.eq(s["v"] + s["zp"]), zl.eq(Mux(z < s["act_min"], s["act_min"], z))]
-        q = Mux(zl > s["act_max"], s["act_max"], zl)
-        s = stages["clamp"] = _stage_regs(m, en, "clamp", {
-            "v": (u8, q[:CODE_WIDTH]), **carry(s, "valid", "last", "lut_en")})
+            v = Mux(mode_ort(s), s["vo"], v)
+        zp, lo, hi = s["zp"], s["act_min"], s["act_max"]
+        bounds = {"lo": lo - zp, "hi": hi - zp, "qmin": Mux(lo < hi, lo, hi)[:CODE_WIDTH], "qhi": hi[:CODE_WIDTH],
+                  "zp8": zp[:CODE_WIDTH]}
+        s = stage("prelu_rround", {"v": (i32, v), **_regs_of(bounds)}, keep=("valid", "last", "lut_en"))
+        # clamp: clamp(v + zp, act_min, act_max) in np.clip's order (max with act_min, then min
+        # with act_max, also for act_min > act_max), as two comparisons of v against the
+        # bounds minus zp and an 8-bit add; the register keeps only the 8-bit code. Shared by
+        # both modes: clamp(v, act_min - zp, act_max - zp) + zp = clamp(v + zp, act_min, act_max).
+        q = Mux(s["v"] < s["lo"], s["qmin"], Mux(s["v"] > s["hi"], s["qhi"], (s["v"][:CODE_WIDTH] + s["zp8"])))
+        s = stage("clamp", {"v": (u8, q[:CODE_WIDTH])}, keep=("valid", "last", "lut_en"))
 
         # lut: the table is written by the `lut` stream regardless of `en`
         # (a write on cycle t is read from t + 1: asynchronous read port).
@@ -330,8 +471,7 @@ class RequantLane(wiring.Component):
             wp.addr.eq(self.lut.payload.addr), wp.data.eq(self.lut.payload.data), wp.en.eq(self.lut.valid),
             rp.addr.eq(s["v"]),
         ]
-        s = stages["lut"] = _stage_regs(m, en, "lut", {
-            "v": (u8, Mux(s["lut_en"], rp.data, s["v"])), **carry(s, "valid", "last")})
+        s = stage("lut", {"v": (u8, Mux(s["lut_en"], rp.data, s["v"]))}, keep=("valid", "last"))
 
         # Implemented stages, in order, must be exactly the configured ones:
         # a change to REQUANT_STAGES (and so REQUANT_LATENCY) must change this code.
