@@ -28,6 +28,7 @@ Model builders (``residual_net``, ``classifier``, ``mixed_net``,
 from __future__ import annotations
 
 import os
+import sys
 import tempfile
 import time
 
@@ -44,6 +45,14 @@ def add_arguments(p) -> None:
     p.add_argument("--inputs", type=int, default=2, help="random inputs per model variant (default 2)")
     p.add_argument("--models", default=",".join(MODEL_NAMES), help=f"comma list of {MODEL_NAMES}")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--rtl-models", default=",".join(MODEL_NAMES),
+                   help="models also run on the RTL (make_host_device, one simulation; every variant, "
+                        "--rtl-inputs inputs each); empty: no RTL run")
+    p.add_argument("--rtl-inputs", type=int, default=1, help="inputs per variant on the RTL (default 1)")
+    p.add_argument("--rtl-config", default="default", choices=("default", "small", "onnx"),
+                   help="array of the RTL run (python -m firmware run --config): default = ArrayConfig() (a first "
+                        "build takes ~10 min), onnx = ONNX_TOP (4x4, K <= 1024; the mixed model does not fit), "
+                        "small = SMALL_TOP (K <= 256)")
 
 
 # --------------------------------------------------------------------------- model builders
@@ -167,11 +176,13 @@ def mixed_net(seed: int = 0):
     return _model(N, [("x", [1, 3, 16, 16])], [("y", [1, 10]), ("cl", [1, 4, 32, 32]), ("s3", [1, 4, 8, 8])], I)
 
 
-def detector_net(seed: int = 0):
+def detector_net(seed: int = 0, size: int | None = None):
     """The project's detector (detector/model.py ``ARCH``: CenterNet, 1x1x96x96 -> hm/wh/reg 24x24) as ONNX.
 
     BN-folded weights from ``detector/weights`` when they exist, else seeded random weights of the
     same shapes (He init, the heatmap bias at CenterNet's -2.19). Returns (model, weights_source).
+    ``size``: export for a ``size`` x ``size`` input instead (the network is fully convolutional,
+    stride 4: a multiple of 4, outputs ``size // 4``), e.g. 32 for quick RTL simulations.
     """
     from detector import model as D
     _, _, helper, nh = _helpers()
@@ -207,9 +218,15 @@ def detector_net(seed: int = 0):
             N.append(helper.make_node(op, x + [f"{L.name}.weight", f"{L.name}.bias"], [out], name=L.name, **kw))
         if L.relu:
             N.append(helper.make_node("Relu", [out], [L.name], name=f"{L.name}.relu"))
+    in_shape = list(D.INPUT_SHAPE)
     hw = D.OUT if hasattr(D, "OUT") else 24
+    if size is not None:
+        if isinstance(size, bool) or not isinstance(size, int) or size < 8 or size % 4:
+            raise ValueError(f"size must be a multiple of 4 >= 8, got {size!r}")
+        in_shape[1:] = [size, size]
+        hw = size // 4
     outs = [(h, [1, c, hw, hw]) for h, c in D.HEAD_CHANNELS.items()]
-    return _model(N, [("image", [1, *D.INPUT_SHAPE])], outs, I), src
+    return _model(N, [("image", [1, *in_shape])], outs, I), src
 
 
 def build(name: str, seed: int = 0):
@@ -244,7 +261,11 @@ def random_feeds(model, n: int, seed: int) -> list[dict]:
         try:
             from detector import dataset as DS
             c = DS.make_split("test", n=n, start=seed % 100)
-            feeds = [{"image": (c.images[i:i + 1].astype(np.float32) / np.float32(255.0))} for i in range(n)]
+            h, w = feeds[0]["image"].shape[2:]
+            top, left = (c.images.shape[2] - h) // 2, (c.images.shape[3] - w) // 2
+            if top >= 0 and left >= 0:                   # the canvas, or its centre for a smaller export
+                feeds = [{"image": (c.images[i:i + 1, :, top:top + h, left:left + w].astype(np.float32)
+                                    / np.float32(255.0))} for i in range(n)]
         except Exception:                                 # data set unavailable: keep the uniform inputs
             pass
     return feeds
@@ -278,33 +299,78 @@ def quantize_ort(model, calib: list[dict], activation_dtype: str):
         root.setLevel(level)
 
 
-def compare(qmodel, feeds, device=None, name: str = "model") -> dict:
-    """Run ``qmodel`` on onnxruntime, golden (reference) and ``device``; count differing outputs."""
-    from firmware.onnx_import import import_qdq, ort_session
-    t0 = time.perf_counter()
-    om = import_qdq(qmodel, name=name)
+def mismatches(ref: dict, out: dict) -> int:
+    """Output values of ``out`` differing from onnxruntime's ``ref`` (float32 bit patterns)."""
+    return sum(int(np.count_nonzero(r.view(np.uint32) != np.asarray(out[k], r.dtype).view(np.uint32)))
+               for k, r in ref.items())
+
+
+def _references(qmodel, feeds) -> list[dict]:
+    from firmware.onnx_import import ort_session
     sess = ort_session(qmodel)
     names = [o.name for o in sess.get_outputs()]
+    return [dict(zip(names, sess.run(names, f))) for f in feeds]
+
+
+def compare(qmodel, feeds, device=None, name: str = "model") -> dict:
+    """Run ``qmodel`` on onnxruntime, golden (reference) and ``device``; count differing outputs."""
+    from firmware.onnx_import import import_qdq
+    t0 = time.perf_counter()
+    om = import_qdq(qmodel, name=name)
     g = om.graph.fuse()
     res = {"nodes": len(qmodel.graph.node), "array_layers": sum(n.on_array for n in g.nodes),
            "host_layers": sum(not n.on_array for n in g.nodes), "array_macs": g.macs(),
            "host_kinds": sorted({type(n).__name__ for n in g.nodes if not n.on_array}),
            "outputs_compared": 0, "mismatches_golden": 0, "mismatches_device": 0, "array_cycles": 0}
-    for f in feeds:
-        ref = dict(zip(names, sess.run(names, f)))
-        gold = om.reference(f)
-        runs = [("golden", gold)]
+    for f, ref in zip(feeds, _references(qmodel, feeds)):
+        runs = [("golden", om.reference(f))]
         if device is not None:
             dev_out, reports = om.run(device, f)
             runs.append(("device", dev_out))
             res["array_cycles"] = sum(r.cycles for r in reports if r.on_array)
-        for k in names:
-            for tag, out in runs:
-                res["outputs_compared"] += int(ref[k].size)
-                res[f"mismatches_{tag}"] += int(np.count_nonzero(
-                    ref[k].view(np.uint32) != np.asarray(out[k], ref[k].dtype).view(np.uint32)))
+        for tag, out in runs:
+            res["outputs_compared"] += sum(int(r.size) for r in ref.values())
+            res[f"mismatches_{tag}"] += mismatches(ref, out)
     res["seconds"] = round(time.perf_counter() - t0, 3)
     return res
+
+
+def rtl_compare(device, variants, n_inputs: int) -> dict:
+    """Every (label, QDQ model, feeds) of ``variants`` on the RTL ``device`` (one simulation) vs onnxruntime.
+
+    Per variant: outputs compared, mismatches, simulated cycles, wall seconds (and inside the
+    simulator), seconds per inference; a model that does not fit ``device.cfg`` is listed as skipped.
+    Totals under the ``rtl_*`` keys of ``run``'s result.
+    """
+    from firmware.onnx_import import import_qdq
+    per = []
+    for label, qm, feeds in variants:
+        om = import_qdq(qm, name=label)
+        try:
+            om.check(device.cfg)
+        except ValueError as e:
+            per.append({"model": label, "skipped": f"does not fit {device.cfg}: {str(e).splitlines()[0]}"})
+            continue
+        feeds = feeds[:n_inputs]
+        refs = _references(qm, feeds)
+        c0, s0, t0 = device.cycles, device.sim_seconds, time.perf_counter()
+        r = {"model": label, "inputs": len(feeds), "outputs_compared": 0, "mismatches": 0}
+        for f, ref in zip(feeds, refs):
+            out, _ = om.run(device, f)
+            r["outputs_compared"] += sum(int(v.size) for v in ref.values())
+            r["mismatches"] += mismatches(ref, out)
+        dt = time.perf_counter() - t0
+        r.update(cycles=device.cycles - c0, seconds=round(dt, 2), sim_seconds=round(device.sim_seconds - s0, 2),
+                 seconds_per_inference=round(dt / len(feeds), 2),
+                 cycles_per_second=round((device.cycles - c0) / dt) if dt > 0 else 0)
+        per.append(r)
+    ran = [r for r in per if "skipped" not in r]
+    secs = sum(r["seconds"] for r in ran)
+    cyc = sum(r["cycles"] for r in ran)
+    return {"rtl_models": len(ran), "rtl_skipped": len(per) - len(ran), "rtl_outputs_compared": sum(r["outputs_compared"] for r in ran),
+            "rtl_mismatches_vs_onnxruntime": sum(r["mismatches"] for r in ran), "rtl_cycles": cyc,
+            "rtl_seconds": round(secs, 2), "rtl_sim_seconds": round(sum(r["sim_seconds"] for r in ran), 2),
+            "rtl_cycles_per_second": round(cyc / secs) if secs > 0 else 0, "rtl_per_model": per}
 
 
 def run(args) -> dict:
@@ -314,31 +380,69 @@ def run(args) -> dict:
     n_in = int(getattr(args, "inputs", 2))
     seed = int(getattr(args, "seed", 0))
     backend = getattr(args, "backend", "golden")
+    rtl_names = [s for s in str(getattr(args, "rtl_models", "")).split(",") if s]
+    n_rtl = int(getattr(args, "rtl_inputs", 1))
     cfg = ArrayConfig()
-    try:
-        device = make_device(backend, cfg)
-    except RuntimeError as e:                 # the rtl hook is not wired: report it, measure nothing
-        return {"backend": backend, "available": False, "error": str(e), "models": 0, "outputs_compared": 0}
-    per = []
     t0 = time.perf_counter()
-    for name in names:
+    variants = []                         # (name, quantizer, activations, note, QDQ model, feeds)
+    for name in sorted(set(names) | set(rtl_names), key=(list(names) + list(rtl_names)).index):
         fm, note = build(name, seed)
         calib = random_feeds(fm, 4, seed + 100)
-        feeds = random_feeds(fm, n_in, seed + 200)
-        variants = [("ort", "int8"), ("ort", "uint8"), ("golden", "int8")]
-        for quantizer, dt in variants:
+        feeds = random_feeds(fm, max(n_in, n_rtl), seed + 200)
+        for quantizer, dt in (("ort", "int8"), ("ort", "uint8"), ("golden", "int8")):
             if quantizer == "ort":
                 qm = quantize_ort(fm, calib, dt)
             else:
                 from firmware.onnx_import import quantize_float_model
                 qm = quantize_float_model(fm, calib, activation_dtype=dt)
-            r = compare(qm, feeds, device, f"{name}/{quantizer}-{dt}")
+            variants.append((name, quantizer, dt, note, qm, feeds))
+    try:
+        device = make_device(backend, cfg, **({"progress": _stderr} if backend == "rtl" else {}))
+    except RuntimeError as e:                 # the rtl backend is unavailable: report it, measure nothing
+        return {"backend": backend, "available": False, "error": str(e), "models": 0, "outputs_compared": 0}
+    per = []
+    try:
+        for name, quantizer, dt, note, qm, feeds in variants:
+            if name not in names:
+                continue
+            r = compare(qm, feeds[:n_in], device, f"{name}/{quantizer}-{dt}")
             r.update(model=name, quantizer=quantizer, activations=dt, note=note)
             per.append(r)
+    finally:
+        device.close()
     compared = sum(r["outputs_compared"] for r in per)
     mism = sum(r["mismatches_golden"] + r["mismatches_device"] for r in per)
-    return {"backend": backend, "models": len(per), "model_names": names, "inputs_per_model": n_in,
-            "outputs_compared": compared, "mismatches_vs_onnxruntime": mism,
-            "onnxruntime_session": "CPU, 1 thread, session.qdqisint8allowed=1, "
-                                   "session.x64quantprecision=1 with uint8 activations",
-            "per_model": per, "seconds": round(time.perf_counter() - t0, 2)}
+    res = {"backend": backend, "models": len(per), "model_names": names, "inputs_per_model": n_in,
+           "outputs_compared": compared, "mismatches_vs_onnxruntime": mism,
+           "onnxruntime_session": "CPU, 1 thread, session.qdqisint8allowed=1, "
+                                  "session.x64quantprecision=1 with uint8 activations",
+           "per_model": per, "seconds": round(time.perf_counter() - t0, 2)}
+    if rtl_names:
+        res.update(rtl_section(getattr(args, "rtl_config", "default"), n_rtl,
+                               [(f"{n}/{q}-{dt}", qm, feeds) for n, q, dt, _, qm, feeds in variants
+                                if n in rtl_names]))
+    return res
+
+
+def _stderr(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+def rtl_section(config_name: str, n_inputs: int, variants) -> dict:
+    """The ``rtl_*`` keys: ``variants`` on one RTL simulation of ``config_name`` (firmware.__main__.config)."""
+    from firmware.__main__ import config
+    from firmware.rtl_device import make_host_device
+    cfg = config(config_name)
+    t0 = time.perf_counter()
+    try:
+        device = make_host_device(cfg, progress=_stderr)
+    except Exception as e:                    # noqa: BLE001 - no simulator: say so, invent nothing
+        return {"rtl_available": False, "rtl_error": f"{type(e).__name__}: {e}"[:3000], "rtl_models": 0}
+    start = time.perf_counter() - t0
+    try:
+        res = rtl_compare(device, variants, n_inputs)
+    finally:
+        device.close()
+    return {"rtl_available": True, "rtl_config": config_name, "rtl_array": f"{cfg.rows}x{cfg.cols} {cfg.packing}",
+            "rtl_inputs_per_model": n_inputs, "rtl_model_key": device.model.key,
+            "rtl_build_or_load_and_start_seconds": round(start, 2), **res}

@@ -1,6 +1,6 @@
 """Command line: run ONNX models on the accelerator (docs/onnx.md).
 
-    python -m firmware run MODEL.onnx --input FILE [--backend golden|rtl] [--config default|small]
+    python -m firmware run MODEL.onnx --input FILE [--backend golden|rtl] [--config default|small|onnx]
                                       [--out OUT.npz] [--compare-ort]
     python -m firmware quantize FLOAT.onnx --calib FILE [--out QDQ.onnx] [--activations int8|uint8]
 
@@ -26,9 +26,11 @@ of ``hw.top.Accelerator(cfg)`` (built and cached in build/verilator on first
 use -- minutes per configuration --, then loaded in seconds) simulated in a
 child process that this program drives like the hardware; its progress goes
 to stderr and the simulated cycles and wall time are printed after the
-table. ``--config``: ``default`` = ``ArrayConfig()`` (the 8x8 array),
-``small`` = ``sim.build_top.SMALL_TOP`` (4x4, 8-byte bus: a quick build,
-enough for small models). Exit status 2 for bad input (malformed or
+table. ``--config``: ``default`` = ``ArrayConfig()`` (the 8x8 array; its
+RTL model takes ~10 min to build), ``small`` = ``sim.build_top.SMALL_TOP``
+(4x4, 8-byte bus, K <= 256: a ~1-2 min build), ``onnx`` = ``ONNX_TOP``
+(SMALL_TOP with 1024-entry act/wgt buffers: K <= 1024, enough for the
+project's detector). Exit status 2 for bad input (malformed or
 unsupported model, bad input file, a model that does not fit, unavailable
 backend), 0 on success.
 """
@@ -45,7 +47,7 @@ import numpy as np
 from golden.config import ArrayConfig
 
 BACKENDS = ("golden", "rtl")
-CONFIGS = ("default", "small")
+CONFIGS = ("default", "small", "onnx")
 
 
 #: The hook the RTL backend plugs into: a function of firmware/rtl_device.py returning a
@@ -120,12 +122,16 @@ def _table(model, reports, cfg) -> str:
 
 
 def config(name: str) -> ArrayConfig:
-    """The ArrayConfig of ``--config``: "default" (ArrayConfig()) or "small" (sim.build_top.SMALL_TOP)."""
+    """The ArrayConfig of ``--config``: "default" (ArrayConfig()), "small" / "onnx" (sim.build_top's
+    SMALL_TOP / ONNX_TOP)."""
     if name == "default":
         return ArrayConfig()
     if name == "small":
         from sim.build_top import SMALL_TOP
         return SMALL_TOP
+    if name == "onnx":
+        from sim.build_top import ONNX_TOP
+        return ONNX_TOP
     raise ValueError(f"--config must be one of {CONFIGS}, got {name!r}")
 
 
@@ -196,7 +202,8 @@ def main(argv=None) -> int:
     r.add_argument("--backend", default="golden", choices=BACKENDS, help="device (default golden)")
     r.add_argument("--config", default="default", choices=CONFIGS,
                    help="array configuration: default = ArrayConfig() (8x8), small = sim.build_top.SMALL_TOP "
-                        "(4x4; quick RTL build)")
+                        "(4x4; quick RTL build), onnx = sim.build_top.ONNX_TOP (SMALL_TOP with 1024-entry "
+                        "act/wgt buffers: K <= 1024, e.g. the detector)")
     r.add_argument("--out", help="write the outputs to this .npz")
     r.add_argument("--compare-ort", action="store_true", help="also run onnxruntime and count differing outputs")
     r.add_argument("--convtranspose", default="float", choices=("float", "array"),

@@ -46,6 +46,7 @@ Use (inside a cocotb test)::
 """
 from __future__ import annotations
 
+import math
 import numbers
 import random
 import threading
@@ -138,6 +139,25 @@ OPTIONS = ("dout_ready_prob", "din_valid_prob", "cmd_valid_prob", "timeout_cycle
            "drop_din_after", "flip_dout_word")
 
 
+def _writer(handle):
+    """A fast ``handle.value = v`` for ints: deposited into the simulator at once (no range checks).
+
+    cocotb (without COCOTB_TRUST_INERTIAL_WRITES) queues every write for its next ReadWrite phase,
+    a scheduler round trip per cycle; RtlDevice writes only just after a rising edge, when writing
+    at once is what that phase would do. Widths above 32 bits go through the binary string API.
+    """
+    from cocotb.handle import _GPISetAction
+    deposit = _GPISetAction.DEPOSIT.value
+    raw = handle._handle
+    width = len(handle)
+    if width <= 32:
+        put_int = raw.set_signal_val_int
+        return lambda v: put_int(deposit, v)
+    put_str = raw.set_signal_val_binstr
+    fmt = f"0{width}b"
+    return lambda v: put_str(deposit, format(v, fmt))
+
+
 class RtlDevice(Device):
     """``hw.top.Accelerator(cfg)`` under cocotb (module docstring).
 
@@ -166,6 +186,8 @@ class RtlDevice(Device):
             _check_option("timeout_cycles", timeout_cycles)
         self.cfg = cfg
         self.dut = dut
+        if isinstance(period_ns, bool) or not isinstance(period_ns, numbers.Integral) or period_ns < 2 or period_ns % 2:
+            raise ValueError(f"period_ns must be an even integer >= 2, got {period_ns!r}")
         self.period_ns = int(period_ns)
         self.timeout_cycles = timeout_cycles if timeout_cycles is not None else default_timeout_cycles(cfg)
         self.wall_timeout_s = wall_timeout_s
@@ -231,16 +253,16 @@ class RtlDevice(Device):
         import cocotb
         from cocotb.clock import Clock
         if not self._started:
-            cocotb.start_soon(Clock(self._h["clk"], self.period_ns, unit="ns").start())
+            Clock(self._h["clk"], self.period_ns, unit="ns", period_high=self.period_ns // 2, impl="gpi").start()
             self._started = True
         await self._reset(reset_cycles)
 
     async def _reset(self, reset_cycles: int = 2) -> None:
-        from cocotb.triggers import ReadOnly, RisingEdge
+        from cocotb.triggers import FallingEdge, RisingEdge
         h = self._h
         t0 = time.perf_counter()
         if self._started_reset:
-            await RisingEdge(h["clk"])         # called after a receive (ReadOnly phase): writes need an edge
+            await RisingEdge(h["clk"])         # the edge that takes the beats a receive left offered
             self.cycles += 1
         self._started_reset = True
         for n in ("cmd__valid", "din__valid", "dout__ready"):
@@ -252,85 +274,127 @@ class RtlDevice(Device):
             await RisingEdge(h["clk"])
             self.cycles += 1
         h["rst"].value = 0
-        await ReadOnly()                       # same phase as the end of a receive
+        await FallingEdge(h["clk"])            # same phase as the end of a receive (see _host)
         self._clear_host()
         self.sim_seconds += time.perf_counter() - t0
 
     async def _host(self, n: int, wall_s: float):
-        """Drive the streams cycle by cycle until ``n`` words are buffered; returns None or a reason."""
+        """Drive the streams cycle by cycle until ``n`` words are buffered; returns None or a reason.
+
+        One Python step per cycle, at the falling clock edge between rising edges e and e+1:
+        the top's ready/valid outputs and dout's payload are read (their values after edge e:
+        in hw/decoder.py they are functions of registered state only -- cmd.ready = IDLE,
+        din.ready = WRITE | DISCARD, dout.valid = the held row / RESP -- so they are the values
+        edge e+1 samples), the inputs for edge e+1 are written (hold an offered beat until it is
+        taken, offer the next queued one), and the transfers of edge e+1 are known at once:
+        offered & ready. tests/test_rtl_top.py checks the result against the cycle model, cycle
+        for cycle. A receive returns at that falling edge (inputs for e+1 in place); the next
+        one continues from there.
+
+        When no transfer can happen at the next edge -- dout idle, and on cmd and din either
+        nothing to offer or the offered beat refused -- the simulator runs without Python until
+        dout.valid rises, a refused beat's ready rises, or the no-progress budget is spent (one
+        trigger instead of a step per cycle); those signals change just after a rising edge, and
+        the loop resumes at the falling edge of that cycle, as the per-cycle loop would. (With
+        ``dout_ready_prob`` < 1 the per-cycle random draws must happen, so only the fully idle
+        case -- nothing offered at all -- skips cycles.)
+
+        Signal access goes through the simulator handles directly (``_writer``; reads as ints).
+        """
         from cocotb.simtime import get_sim_time
-        from cocotb.triggers import ClockCycles, First, ReadOnly, RisingEdge
+        from cocotb.triggers import FallingEdge, First, RisingEdge, Timer
         h = self._h
         clk = h["clk"]
-        cv, cr, cp = h["cmd__valid"], h["cmd__ready"], h["cmd__payload"]
-        dv, dr, dp = h["din__valid"], h["din__ready"], h["din__payload"]
-        ov, orr, op = h["dout__valid"], h["dout__ready"], h["dout__payload"]
-        re, ro = RisingEdge(clk), ReadOnly()
+        cr, dr, ov = h["cmd__ready"], h["din__ready"], h["dout__valid"]
+        put_cv, put_cp = _writer(h["cmd__valid"]), _writer(h["cmd__payload"])
+        put_dv, put_dp = _writer(h["din__valid"]), _writer(h["din__payload"])
+        put_or = _writer(h["dout__ready"])
+        get_cr, get_dr = cr._handle.get_signal_val_long, dr._handle.get_signal_val_long
+        get_ov = ov._handle.get_signal_val_long
+        get_op = h["dout__payload"]._handle.get_signal_val_binstr
+        fe = FallingEdge(clk)
+        ov_rise, cr_rise, dr_rise = RisingEdge(ov), RisingEdge(cr), RisingEdge(dr)
         drv = self._drv
         cmdq, dinq, words = self._cmdq, self._dinq, self._words
         rng = self._rng
         p_ready, p_din, p_cmd = self.p_ready, self.p_din, self.p_cmd
+        ideal_ready = p_ready >= 1.0
         mask = (1 << self._bus_bits) - 1
         limit = self.timeout_cycles
+        period, high = self.period_ns, self.period_ns // 2
         deadline = time.perf_counter() + wall_s
+        steps = 0
         need_edge = True
         while len(words) < n:
             if need_edge:
-                await re
+                await fe
                 self.cycles += 1
             need_edge = True
-            # ---- drive (post-edge): hold offered beats until taken, offer queued ones ----
+            # ---- read: the outputs after the last rising edge (what the next edge samples) ----
+            c_rdy, d_rdy, valid = get_cr(), get_dr(), get_ov()
+            # ---- drive: hold offered beats until taken, offer queued ones ----
             if not self._cmd_hold and cmdq and (p_cmd >= 1.0 or rng.random() < p_cmd):
-                cp.value = cmdq.popleft()
+                put_cp(cmdq.popleft())
                 self._cmd_hold = True
             if self._cmd_hold != drv["cmd__valid"]:
                 drv["cmd__valid"] = int(self._cmd_hold)
-                cv.value = drv["cmd__valid"]
+                put_cv(drv["cmd__valid"])
             if not self._din_hold and dinq and (p_din >= 1.0 or rng.random() < p_din):
-                dp.value = dinq.popleft()
+                put_dp(dinq.popleft())
                 self._din_hold = True
             if self._din_hold != drv["din__valid"]:
                 drv["din__valid"] = int(self._din_hold)
-                dv.value = drv["din__valid"]
-            rdy = 1 if p_ready >= 1.0 else int(rng.random() < p_ready)
+                put_dv(drv["din__valid"])
+            rdy = 1 if ideal_ready else int(rng.random() < p_ready)
             if rdy != drv["dout__ready"]:
                 drv["dout__ready"] = rdy
-                orr.value = rdy
-            await ro
-            # ---- sample: transfers of this cycle ----
+                put_or(rdy)
+            # ---- the transfers of the next edge ----
             act = False
-            if self._cmd_hold and int(cr.value):
+            if self._cmd_hold and c_rdy:
                 self._cmd_hold = False
                 self._taken += 1
                 act = True
-            if self._din_hold and int(dr.value):
+            if self._din_hold and d_rdy:
                 self._din_hold = False
                 self._din_taken += 1
                 act = True
-            valid = int(ov.value)
             if valid:
                 if rdy:
-                    self._got_word(int(op.value), mask)
+                    self._got_word(int(get_op(), 2), mask)
                     act = True
                 else:
                     self.out_stall_cycles += 1
             self._idle = 0 if act else self._idle + 1
             if self._idle >= limit:
                 return f"no cmd/din/dout transfer for {self._idle} simulated cycles"
-            if not (self.cycles & 1023) and time.perf_counter() > deadline:
+            steps += 1
+            if not (steps & 1023) and time.perf_counter() > deadline:
                 return f"wall-clock limit of {wall_s:g} s reached"
-            if (not valid and len(words) < n and not (self._cmd_hold or self._din_hold or cmdq or dinq)
-                    and not (drv["cmd__valid"] or drv["din__valid"])):
-                # Nothing to drive and dout idle: let the simulator run until dout.valid rises (no Python
-                # per cycle). Both triggers fire just after a rising edge: the loop continues there.
-                # Not while a beat taken in this very cycle still has its valid asserted: the next
-                # drive phase must lower it first, or the decoder would take that beat again.
+            if valid or len(words) >= n:
+                continue
+            # ---- nothing can move at the edge after next? then wait without Python (docstring) ----
+            # A beat taken at the next edge still has its valid asserted: the next step must lower it
+            # first (or the decoder would take it again), so that cycle is stepped.
+            cmd_idle = not (self._cmd_hold or cmdq or drv["cmd__valid"])
+            din_idle = not (self._din_hold or dinq or drv["din__valid"])
+            cmd_refused, din_refused = ideal_ready and self._cmd_hold, ideal_ready and self._din_hold
+            if (cmd_idle or cmd_refused) and (din_idle or din_refused):
+                # the budget as a Timer to rising edge e+(limit-idle) (ClockCycles would step Python per cycle)
+                trig = [ov_rise, Timer((limit - self._idle) * period - high, "ns")]
+                if cmd_refused:
+                    trig.append(cr_rise)
+                if din_refused:
+                    trig.append(dr_rise)
                 t_before = get_sim_time("ns")
-                await First(RisingEdge(ov), ClockCycles(clk, limit - self._idle))
-                edges = int(round((get_sim_time("ns") - t_before) / self.period_ns))
+                await First(*trig)                   # just after rising edge e+k (k >= 1)
+                edges = math.ceil((get_sim_time("ns") - t_before) / period - 1e-9)
+                await fe                             # the falling edge of that cycle
                 self.cycles += edges
-                self._idle += max(edges - 1, 0)      # cycles skipped; the current one is counted below
-                need_edge = False
+                self._idle += edges - 1              # cycles skipped; the current one is counted below
+                need_edge = False                    # this falling edge is the next step's
+                if time.perf_counter() > deadline:
+                    return f"wall-clock limit of {wall_s:g} s reached"
         return None
 
     def _got_word(self, payload: int, mask: int) -> None:
@@ -491,7 +555,8 @@ class HostRtlDevice(Device):
     ``ValueError``, ...) are re-raised here with the same type and message.
 
     State mirrored after every call: ``cycles`` (simulated cycles since start), ``sim_seconds`` (wall
-    time spent simulating), ``out_stall_cycles``, ``framing_errors``, ``receive_log`` (as in
+    time spent simulating), ``sim_cpu_seconds`` (CPU time of the simulator process, start-up
+    included: a load-independent speed measure), ``out_stall_cycles``, ``framing_errors``, ``receive_log`` (as in
     ``RtlDevice``: words, host-seen dout stall cycles, simulated cycles per receive); ``round_trips``
     counts messages. ``run_dir`` holds the logs (``sim.log`` of the simulator, ``launcher.log``) and, with
     ``waves``, the trace. A simulator that dies, never connects or stops answering raises DeviceError
@@ -517,6 +582,7 @@ class HostRtlDevice(Device):
         self.wall_timeout_s = device_opts.get("wall_timeout_s")
         self.cycles = 0
         self.sim_seconds = 0.0
+        self.sim_cpu_seconds = 0.0               # CPU time of the simulator process so far
         self.out_stall_cycles = 0
         self.framing_errors: list[str] = []
         self.receive_log: list[tuple[int, int, int]] = []
@@ -648,6 +714,7 @@ class HostRtlDevice(Device):
         self.cycles, self.sim_seconds, self.out_stall_cycles = st["cycles"], st["sim_seconds"], st["out_stall_cycles"]
         self.framing_errors.extend(st["framing_errors"])
         self.receive_log.extend(st["receive_log"])
+        self.sim_cpu_seconds = st["cpu_seconds"]
 
     def _call(self, op: tuple, what: str, limit_s: float) -> list:
         """Ship the queued sends and ``op`` in one message; the results of the receives in it."""

@@ -46,7 +46,7 @@ from golden.config import ArrayConfig
 from . import build as core_build
 from .build import CACHE_ROOT, REPO, BuiltModel, run_cocotb, verilator_env, verilator_version
 
-__all__ = ["TOPLEVEL", "SMALL_TOP", "DEFAULT_OPT", "build_top", "top_cache_key", "model_key", "top_verilog",
+__all__ = ["TOPLEVEL", "SMALL_TOP", "ONNX_TOP", "DEFAULT_OPT", "build_top", "top_cache_key", "model_key", "top_verilog",
            "generate_top_verilog", "run_top"]
 
 #: Verilog module name of the generated accelerator top (``python -m hw.build --top accelerator``).
@@ -58,6 +58,11 @@ _STAMP = "BUILD_OK"
 #: 16 tiles per RUN, max_k 4096 (narrower accumulators/bias: smaller, faster model).
 SMALL_TOP = ArrayConfig(rows=4, cols=4, max_k=4096, bus_bytes=8, act_depth=512, wgt_depth=256, param_depth=4,
                         out_depth=64)
+
+#: SMALL_TOP with 1024-entry activation and weight buffers: reductions up to K = 1024 fit (the
+#: project's detector has K = 576, bench/onnx.py's classifier a 1024-feature Gemm), so whole ONNX
+#: models run on a 4x4 array whose model builds about as fast as SMALL_TOP's (tests/test_onnx_rtl.py).
+ONNX_TOP = dataclasses.replace(SMALL_TOP, act_depth=1024, wgt_depth=1024)
 
 _GOLDEN_DEPS = ("config.py", "isa.py", "_check.py", "array_model.py", "requant.py")
 

@@ -17,8 +17,9 @@ model (``sim.build.run_cocotb``; the simulator's output goes to ``spec["log"]``,
    The answer is ``("ok", [received word lists], state)`` or, at the first exception,
    ``("err", firmware.rtl_device.encode_error(e), state)`` (the rest of the message is skipped).
 
-``state`` = ``cycles``, ``sim_seconds``, ``out_stall_cycles`` and the ``framing_errors`` and
-``receive_log`` entries added since the previous answer. The simulation does not advance while the bridge thread waits for the host
+``state`` = ``cycles``, ``sim_seconds``, ``out_stall_cycles``, ``cpu_seconds`` (CPU time of the
+simulator process: Verilator and the testbench's Python, independent of the machine's load) and
+the ``framing_errors`` and ``receive_log`` entries added since the previous answer. The simulation does not advance while the bridge thread waits for the host
 (cocotb only runs the simulator when the thread calls into it), so the host's think time costs no
 simulated cycles: the same program computes the same result, cycle for cycle, as it would run
 in-process under sim/tb_top.py.
@@ -28,6 +29,7 @@ from __future__ import annotations
 import os
 import pickle
 import sys
+import time
 import traceback
 
 import cocotb
@@ -37,6 +39,8 @@ from firmware.rtl_device import RtlDevice, encode_error
 
 KEY_ENV = "ANCHORLESS_SERVER_KEY"
 SPEC_ENV = "ANCHORLESS_SERVER_SPEC"
+#: Set to a path: the simulator thread's Python is profiled (cProfile) and the stats written there.
+PROFILE_ENV = "ANCHORLESS_SERVER_PROFILE"
 
 
 class _State:
@@ -49,11 +53,12 @@ class _State:
     def __call__(self) -> dict:
         dev = self.dev
         if dev is None:
-            return {"cycles": 0, "sim_seconds": 0.0, "out_stall_cycles": 0, "framing_errors": [], "receive_log": []}
+            return {"cycles": 0, "sim_seconds": 0.0, "out_stall_cycles": 0, "framing_errors": [], "receive_log": [],
+                    "cpu_seconds": time.process_time()}
         new, log = dev.framing_errors[self.framing_sent:], dev.receive_log[self.log_sent:]
         self.framing_sent, self.log_sent = len(dev.framing_errors), len(dev.receive_log)
         return {"cycles": dev.cycles, "sim_seconds": dev.sim_seconds, "out_stall_cycles": dev.out_stall_cycles,
-                "framing_errors": list(new), "receive_log": list(log)}
+                "framing_errors": list(new), "receive_log": list(log), "cpu_seconds": time.process_time()}
 
 
 def execute(dev: RtlDevice, ops: list) -> tuple[list, bool]:
@@ -113,10 +118,18 @@ async def serve_device(dut):
             if close:
                 return
 
+    prof = None
+    if os.environ.get(PROFILE_ENV):                     # profile the simulator thread (coroutines, callbacks)
+        import cProfile
+        prof = cProfile.Profile()
+        prof.enable()
     try:
         await serve()
     finally:
         conn.close()
+        if prof is not None:
+            prof.disable()
+            prof.dump_stats(os.environ[PROFILE_ENV])
 
 
 def main(argv=None) -> int:
@@ -132,7 +145,8 @@ def main(argv=None) -> int:
     spec_path = Path(argv[0])
     with open(spec_path, "rb") as f:
         spec = pickle.load(f)
-    env = {SPEC_ENV: str(spec_path), KEY_ENV: os.environ[KEY_ENV]}
+    env = {SPEC_ENV: str(spec_path), KEY_ENV: os.environ[KEY_ENV],
+           **({PROFILE_ENV: os.environ[PROFILE_ENV]} if os.environ.get(PROFILE_ENV) else {})}
     status = run_cocotb(spec["model"], "sim.tb_server", run_dir=spec_path.parent, env=env,
                         waves_path=spec["waves"], log_path=Path(spec["log"]))
     print(f"simulator status {status}")
