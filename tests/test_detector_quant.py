@@ -127,10 +127,14 @@ def test_int8_detections_overlap_fp32(graph, params, canvases):
                 assert ok, (img, j)
                 n_checked += 1
     assert n_checked >= 2 * sum(len(c) for c in canvases.classes) * 0.9
+    # wh / reg at the confident FP32 detections' cells: within 4 quantization steps (measured <= 2.9)
     fo = M.forward(params, imgs)
+    img, j = np.nonzero(f32["scores"] >= 0.3)
+    ys, xs = f32["ys"][img, j], f32["xs"][img, j]
     for h in ("wh", "reg"):
-        err = np.abs(QZ.dequantize_output(graph, env, h) - fo[h])
-        assert np.percentile(err, 99) <= 4 * graph.q(h).scale
+        err = np.abs(QZ.dequantize_output(graph, env, h) - fo[h])[img, :, ys, xs]
+        assert err.max() <= 4 * graph.q(h).scale
+        assert np.median(err) <= 1.5 * graph.q(h).scale
 
 
 def test_scheme_validation():
