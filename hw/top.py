@@ -36,7 +36,7 @@ port                  dir     width
 """
 from __future__ import annotations
 
-from amaranth import Module, Signal, unsigned
+from amaranth import Module, Mux, Signal, unsigned
 from amaranth.lib import stream, wiring
 from amaranth.lib.wiring import In, Out, connect
 
@@ -106,11 +106,17 @@ class Accelerator(wiring.Component):
             Slot.JOBS_DONE: seq.job_done,
         }
         assert set(inc) == set(Slot) - {Slot.STATUS} and STATUS_SLOTS == len(Slot)
+        # The clear is registered (timing: the decoder's command logic that raises it no longer
+        # runs into the 64-bit counter adders), without changing any visible value: on the
+        # cycle after a clear the counters read 0 (the mux) and hold only that cycle's
+        # increment, exactly what an immediate clear gives.
+        cleared = Signal()
+        m.d.sync += cleared.eq(dec.clear_counters)
         for s, d in inc.items():
             c = Signal(COUNTER_BITS, name=f"ctr_{s.name.lower()}")
-            with m.If(dec.clear_counters):
-                m.d.sync += c.eq(0)
+            with m.If(cleared):
+                m.d.sync += c.eq(d)
             with m.Else():
                 m.d.sync += c.eq(c + d)
-            m.d.comb += dec.counters[int(s) - 1].eq(c)
+            m.d.comb += dec.counters[int(s) - 1].eq(Mux(cleared, 0, c))
         return m
