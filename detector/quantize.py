@@ -251,7 +251,8 @@ def build_int8_graph(params: dict | None = None, scheme: Scheme = DEFAULT_SCHEME
     ``params``: BN-folded float32 weights (default ``detector.model.load_weights()``);
     ``calib``: uint8 calibration canvases (default :func:`calibration_images`), or an
     already computed dict of float activations (:func:`calibration_activations`,
-    so a study can share one float pass between schemes). Deterministic.
+    so a study can share one float pass between schemes). Deterministic. The
+    graph also carries the scheme it was built with as ``graph.scheme``.
     """
     scheme = _check_scheme(scheme)
     params = load_weights() if params is None else check_weights(params)
