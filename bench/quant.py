@@ -85,27 +85,10 @@ def forward_rounded(params: dict, images, fmt: str, batch: int = 100) -> dict:
     (RNE) before anything reads it; an add is ``round(relu?(a + b))``. The
     heads' outputs are rounded too. Returns ``{"hm", "wh", "reg"}`` float32.
     """
-    from detector.model import ARCH, HEADS, check_weights, conv2d, conv_transpose2d, preprocess
+    from detector.model import check_weights, forward
 
     params = {k: round_to(fmt, v) for k, v in check_weights(params).items()}
-    x_all = preprocess(images)
-    out = {h: [] for h in HEADS}
-    for s in range(0, len(x_all), batch):
-        env = {"image": round_to(fmt, x_all[s:s + batch])}
-        for L in ARCH:
-            if L.op == "add":
-                y = env[L.inputs[0]] + env[L.inputs[1]]
-            else:
-                w, b = params[f"{L.name}.weight"], params[f"{L.name}.bias"]
-                x = env[L.inputs[0]]
-                y = (conv2d(x, w, b, L.stride, L.padding, L.groups) if L.op == "conv"
-                     else conv_transpose2d(x, w, b, L.stride, L.padding))
-            if L.relu:
-                y = np.maximum(y, np.float32(0))
-            env[L.name] = round_to(fmt, y)
-        for h in HEADS:
-            out[h].append(env[h])
-    return {h: np.concatenate(v) for h, v in out.items()}
+    return forward(params, images, batch=batch, store=lambda a: round_to(fmt, a))
 
 
 # --------------------------------------------------------------------------- evaluation

@@ -251,17 +251,19 @@ def preprocess(images) -> np.ndarray:
     return a.astype(np.float32) / np.float32(255.0)
 
 
-def forward(params: dict, images, arch=ARCH, return_all: bool = False, batch: int = 64) -> dict:
+def forward(params: dict, images, arch=ARCH, return_all: bool = False, batch: int = 64, store=None) -> dict:
     """Float32 inference: uint8 canvases (N, 1, 96, 96) -> ``{"hm", "wh", "reg"}`` raw head outputs
     (N, C, 24, 24) float32 (hm are logits). ``return_all``: every tensor of ``arch`` instead.
-    Runs ``batch`` canvases at a time (bounded im2col memory)."""
+    Runs ``batch`` canvases at a time (bounded im2col memory). ``store``: a function applied to
+    the preprocessed input and to every layer's output before anything reads it (how a narrower
+    storage format, e.g. fp16/bf16 rounding, is modelled; bench/quant.py); None keeps float32."""
     if isinstance(batch, bool) or not isinstance(batch, (int, np.integer)) or batch < 1:
         raise ValueError(f"batch must be an integer >= 1, got {batch!r}")
     params = check_weights(params, arch)
     x_all = preprocess(images)
     chunks = []
     for s in range(0, len(x_all), batch):
-        env = {"image": x_all[s:s + batch]}
+        env = {"image": x_all[s:s + batch] if store is None else store(x_all[s:s + batch])}
         for L in arch:
             if L.op == "add":
                 y = env[L.inputs[0]] + env[L.inputs[1]]
@@ -274,7 +276,7 @@ def forward(params: dict, images, arch=ARCH, return_all: bool = False, batch: in
                     y = conv_transpose2d(x, w, b, L.stride, L.padding)
             if L.relu:
                 y = np.maximum(y, np.float32(0))
-            env[L.name] = y
+            env[L.name] = y if store is None else store(y)
         chunks.append(env if return_all else {h: env[h] for h in HEADS})
     if not chunks:
         raise ValueError("images must hold at least one canvas")
