@@ -36,7 +36,7 @@ port                  dir     width
 """
 from __future__ import annotations
 
-from amaranth import Module, Mux, Signal, unsigned
+from amaranth import Module, Mux, Signal, Value, unsigned
 from amaranth.lib import stream, wiring
 from amaranth.lib.wiring import In, Out, connect
 
@@ -106,17 +106,18 @@ class Accelerator(wiring.Component):
             Slot.JOBS_DONE: seq.job_done,
         }
         assert set(inc) == set(Slot) - {Slot.STATUS} and STATUS_SLOTS == len(Slot)
-        # The clear is registered (timing: the decoder's command logic that raises it no longer
-        # runs into the 64-bit counter adders), without changing any visible value: on the
-        # cycle after a clear the counters read 0 (the mux) and hold only that cycle's
-        # increment, exactly what an immediate clear gives.
+        # Timing: the increments and the clear come from the decoder's and sequencer's command
+        # logic, so they are registered first and the counter register holds the value of the
+        # previous cycle; the visible value is that plus the registered increment (or 0 after a
+        # registered clear). Exact: with V(t) = cleared(t) ? 0 : c(t) + d_r(t) and c(t+1) = V(t),
+        # V(t+1) = clear(t) ? 0 : V(t) + d(t), the immediate counter's recurrence, and V(0) = 0.
         cleared = Signal()
         m.d.sync += cleared.eq(dec.clear_counters)
         for s, d in inc.items():
-            c = Signal(COUNTER_BITS, name=f"ctr_{s.name.lower()}")
-            with m.If(cleared):
-                m.d.sync += c.eq(d)
-            with m.Else():
-                m.d.sync += c.eq(c + d)
-            m.d.comb += dec.counters[int(s) - 1].eq(Mux(cleared, 0, c))
+            name = s.name.lower()
+            c = Signal(COUNTER_BITS, name=f"ctr_{name}")
+            d_r = Signal(Value.cast(d).shape(), name=f"inc_{name}")
+            value = Signal(COUNTER_BITS, name=f"ctr_{name}_value")
+            m.d.sync += [d_r.eq(d), c.eq(value)]
+            m.d.comb += [value.eq(Mux(cleared, 0, c + d_r)), dec.counters[int(s) - 1].eq(value)]
         return m
