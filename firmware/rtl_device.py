@@ -19,10 +19,19 @@ already queued when the simulation resumes, and the next command after a respons
 on the cycle after its final word (when the decoder is back in IDLE). That is why the RTL's
 READ_STATUS counters can be compared with the cycle model exactly.
 
-Per-cycle cost is kept low: whole payloads are written as single integers, handles are looked up
-once, signals are only written when they change, and while the host has nothing to drive and
-``dout`` is idle the simulation runs without Python until ``dout.valid`` rises (or the timeout
-budget is spent) -- one trigger instead of a coroutine step per cycle.
+Per-cycle cost is kept low (``_host``): one Python step per cycle, at the falling clock edge
+(the top's ready/valid outputs depend on registered state only, so what they show there is what
+the next rising edge samples); the clock is cocotb's GPI (C++) clock; signals are read and
+written through the simulator handles directly, whole payloads as single integers, and only
+when they change; and when no transfer can happen (dout idle, nothing to offer or the offered
+beat refused) the simulation runs without Python until dout.valid or the refused beat's ready
+rises, or the timeout budget is spent -- one trigger instead of a step per cycle. Streaming din
+(one word per cycle) is what costs Python time; on this 2-core machine the 8x8 ``ArrayConfig()``
+top runs the detector at ~45k simulated cycles per CPU second (docs/onnx.md).
+
+From a plain Python process (no cocotb): ``make_host_device(cfg)`` runs the simulation in a
+child process (sim/tb_server.py) and returns ``HostRtlDevice``, a ``Device`` forwarding the calls
+over a socket (bottom of this file).
 
 Timeout (``receive``): ``DeviceTimeout`` when no stream transfer (cmd, din or dout) happened for
 ``timeout_cycles`` simulated cycles, or when the call has taken more than the wall-clock limit
@@ -456,22 +465,29 @@ class RtlDevice(Device):
         self._din_sent += len(beats)
 
     def receive(self, n_words: int, timeout_s: float = 5.0) -> list[int]:
+        return self._call(self.areceive, n_words, timeout_s)
+
+    def reset(self) -> None:
+        self._call(self._reset)
+
+    # ------------------------------------------------------------------ the same, awaited in the simulator's thread
+    async def areceive(self, n_words: int, timeout_s: float = 5.0) -> list[int]:
+        """``receive`` for a coroutine of the simulation (sim/tb_server.py: no bridge thread needed)."""
         n_words = check_n_words(n_words)
         wall = float(self.wall_timeout_s if self.wall_timeout_s is not None else timeout_s)
         stalls0, cyc0, t0 = self.out_stall_cycles, self.cycles, time.perf_counter()
         reason = None
         if len(self._words) < n_words:
-            reason = self._call(self._host, n_words, wall)
+            reason = await self._host(n_words, wall)
         self.sim_seconds += time.perf_counter() - t0
         if reason is not None:
             raise self._timeout(n_words, timeout_s, reason)
         self.receive_log.append((n_words, self.out_stall_cycles - stalls0, self.cycles - cyc0))
         return [self._words.popleft() for _ in range(n_words)]
 
-    def reset(self) -> None:
-        t0 = time.perf_counter()
-        self._call(self._reset)
-        self.sim_seconds += time.perf_counter() - t0
+    async def areset(self) -> None:
+        """``reset`` for a coroutine of the simulation."""
+        await self._reset()
 
     # ------------------------------------------------------------------ diagnostics
     def _timeout(self, n_words: int, timeout_s: float, reason: str) -> DeviceTimeout:
@@ -792,6 +808,28 @@ class HostRtlDevice(Device):
         return self._proc.poll()
 
 
+#: Default run directories (build/rtl_host/<pid>-*) kept; older ones of finished processes are deleted.
+RUN_DIRS_KEPT = 20
+
+
+def _prune_run_dirs(root: Path, keep: int = RUN_DIRS_KEPT) -> None:
+    """Delete all but the ``keep`` newest run directories whose creating process has exited."""
+    import os
+    import shutil
+    dirs = sorted((d for d in root.iterdir() if d.is_dir()), key=lambda d: d.stat().st_mtime, reverse=True)
+    for d in dirs[keep:]:
+        pid = d.name.split("-", 1)[0]
+        if pid.isdigit():
+            try:
+                os.kill(int(pid), 0)
+                continue                                  # its process still runs: maybe in use
+            except ProcessLookupError:
+                pass
+            except PermissionError:
+                continue
+        shutil.rmtree(d, ignore_errors=True)
+
+
 def make_host_device(cfg: ArrayConfig | None = None, *, opt: str | None = None, run_dir=None, progress=None,
                      waves: bool = False, connect_timeout_s: float = 300.0, reply_slack_s: float = 60.0,
                      wall_timeout_s: float | None = 600.0, **device_opts) -> HostRtlDevice:
@@ -843,6 +881,7 @@ def make_host_device(cfg: ArrayConfig | None = None, *, opt: str | None = None, 
     if run_dir is None:
         root = BUILD_ROOT / "rtl_host"
         root.mkdir(parents=True, exist_ok=True)
+        _prune_run_dirs(root)
         run_dir = tempfile.mkdtemp(prefix=f"{os.getpid()}-", dir=root)
     return HostRtlDevice(cfg, model, run_dir=Path(run_dir), device_opts={**device_opts, "wall_timeout_s": wall_timeout_s},
                          connect_timeout_s=connect_timeout_s, reply_slack_s=reply_slack_s, waves=waves,

@@ -11,7 +11,10 @@ model (``sim.build.run_cocotb``; the simulator's output goes to ``spec["log"]``,
 2. creates ``RtlDevice(dut, spec["cfg"], **spec["device"])`` and starts it (clock, reset), then
    sends ``("ready", state)`` -- or ``("err", error, state)`` if that failed (e.g. ValueError for
    a bad option, the model built for another configuration);
-3. in a ``cocotb.task.bridge`` thread, serves messages until ``close`` (or the host goes away).
+3. serves messages until ``close`` (or the host goes away), in the simulator's own thread: it
+   blocks on the socket between messages (the simulation must not advance then anyway) and
+   awaits ``RtlDevice.areceive`` / ``areset`` directly -- no ``cocotb.task.bridge`` thread, whose
+   bookkeeping would cost on every trigger.
    A message is a list of operations run in order: ``("c", desc)``, ``("d", words, last_on_final)``,
    ``("r", n_words, timeout_s)``, ``("reset",)``, ``("config", {option: value})``, ``("close",)``.
    The answer is ``("ok", [received word lists], state)`` or, at the first exception,
@@ -19,10 +22,9 @@ model (``sim.build.run_cocotb``; the simulator's output goes to ``spec["log"]``,
 
 ``state`` = ``cycles``, ``sim_seconds``, ``out_stall_cycles``, ``cpu_seconds`` (CPU time of the
 simulator process: Verilator and the testbench's Python, independent of the machine's load) and
-the ``framing_errors`` and ``receive_log`` entries added since the previous answer. The simulation does not advance while the bridge thread waits for the host
-(cocotb only runs the simulator when the thread calls into it), so the host's think time costs no
-simulated cycles: the same program computes the same result, cycle for cycle, as it would run
-in-process under sim/tb_top.py.
+the ``framing_errors`` and ``receive_log`` entries added since the previous answer. The simulation does not advance while the server waits for the host, so
+the host's think time costs no simulated cycles: the same program computes the same result,
+cycle for cycle, as it would run in-process under sim/tb_top.py (where a bridge thread runs it).
 """
 from __future__ import annotations
 
@@ -33,7 +35,6 @@ import time
 import traceback
 
 import cocotb
-from cocotb.task import bridge
 
 from firmware.rtl_device import RtlDevice, encode_error
 
@@ -61,7 +62,7 @@ class _State:
                 "framing_errors": list(new), "receive_log": list(log), "cpu_seconds": time.process_time()}
 
 
-def execute(dev: RtlDevice, ops: list) -> tuple[list, bool]:
+async def execute(dev: RtlDevice, ops: list) -> tuple[list, bool]:
     """Run one message's operations on ``dev``; (received word lists, close requested)."""
     got = []
     for op in ops:
@@ -71,9 +72,9 @@ def execute(dev: RtlDevice, ops: list) -> tuple[list, bool]:
         elif kind == "d":
             dev.send_data(op[1], op[2])
         elif kind == "r":
-            got.append(dev.receive(op[1], op[2]))
+            got.append(await dev.areceive(op[1], op[2]))
         elif kind == "reset":
-            dev.reset()
+            await dev.areset()
         elif kind == "config":
             dev.configure(**op[1])
         elif kind == "close":
@@ -101,15 +102,14 @@ async def serve_device(dut):
         return
     conn.send(("ready", state()))
 
-    @bridge
-    def serve():
+    async def serve():
         while True:
             try:
-                ops = conn.recv()
+                ops = conn.recv()                       # blocks the simulator: no time passes meanwhile
             except (EOFError, OSError):
                 return                                  # the host went away: end the simulation
             try:
-                got, close = execute(dev, ops)
+                got, close = await execute(dev, ops)
             except Exception as e:  # noqa: BLE001 - re-raised on the host with the same type and message
                 cocotb.log.debug("device call failed: %s", traceback.format_exc())
                 conn.send(("err", encode_error(e), state()))
