@@ -803,6 +803,11 @@ class HostRtlDevice(Device):
         self._finalizer()                                # kills the group if still alive, removes the socket
 
     @property
+    def pid(self) -> int:
+        """Process id of the launcher, the leader of the simulation's process group."""
+        return self._proc.pid
+
+    @property
     def returncode(self):
         """The launcher's exit status (None while the simulation runs)."""
         return self._proc.poll()

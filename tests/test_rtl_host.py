@@ -212,7 +212,7 @@ def test_simulator_that_dies_or_never_connects_gives_device_error():
     with pytest.raises(DeviceError, match="did not connect within 0.05 s"):
         make_host_device(CFG, connect_timeout_s=0.05)
     d = make_host_device(CFG)
-    os.killpg(d._proc.pid, signal.SIGKILL)              # the simulator this test started dies
+    os.killpg(d.pid, signal.SIGKILL)              # the simulator this test started dies
     d.send_command(isa.encode(CFG, Op.SYNC))
     with pytest.raises(DeviceError, match="RTL simulation failed") as ei:
         d.receive(isa.sync_response_words(CFG))
