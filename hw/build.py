@@ -27,7 +27,8 @@
   last lines are printed).
 
 Exit codes: 0 done (``sim``: and every layer bit-exact), 1 an FPGA tool failed
-or (``sim``) a layer differs from its reference / the simulated device failed,
+or (``sim``) a layer differs from its reference / the simulated device or its
+build failed,
 2 bad arguments or input images (one line naming the offending parameter or
 file, no traceback).
 """

@@ -35,7 +35,8 @@ Backends: ``rtl`` (default) drives the Verilator model through
 frame) for quick checks of everything but the RTL.
 
 Exit codes: 0 done and bit-exact, 1 a layer differs from the reference or the device
-failed (the report and the message name the layer), 2 bad arguments or inputs.
+failed (the report and the message name the layer) or the build / simulator start failed
+(one ``error:`` message), 2 bad arguments or inputs.
 """
 from __future__ import annotations
 
@@ -689,4 +690,7 @@ def main(args, cfg: ArrayConfig) -> int:
     except InputError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except (RuntimeError, OSError) as e:        # Verilator build failed, simulator did not start, disk full ...
+        print(f"error: {type(e).__name__}: {e}", file=sys.stderr)
+        return 1
     return 0 if report["bit_exact"] else 1

@@ -25,6 +25,7 @@ from PIL import Image
 
 from detector import dataset as D
 from detector import quantize as Qz
+from firmware.device import DeviceError
 from firmware.golden_device import GoldenDevice
 from golden import isa
 from golden.config import ArrayConfig
@@ -272,7 +273,8 @@ class _CorruptDevice(GoldenDevice):
 
 def test_mismatch_and_device_failure_are_named(tmp_path, capsys, monkeypatch, graph):
     """A corrupted output word of s2_a -> exit code 1, the report and the output name s2_a first;
-    a hung device -> exit 1 naming the layer it hung in."""
+    a hung device -> exit 1 naming the layer it hung in; a simulator that does not start -> exit 1,
+    one error line."""
     monkeypatch.setattr(Qz, "build_int8_graph", lambda *a, **k: graph)
     monkeypatch.setattr(demo, "_open_device", lambda backend, cfg: _CorruptDevice(cfg, 3))
     argv = ["--target", "sim", "--backend", "golden", "--images", "test:0", "--layers", "4", "--out-dir", str(tmp_path)]
@@ -290,6 +292,13 @@ def test_mismatch_and_device_failure_are_named(tmp_path, capsys, monkeypatch, gr
     err = rep["images"][0]["error"]
     assert err.startswith("DeviceTimeout in layer ") and "DEVICE FAILURE" in out and not rep["bit_exact"]
     assert rep["images"][0]["bit_exact_layers"] == len(rep["images"][0]["layers"]) < 4
+
+    def no_simulator(backend, cfg):
+        raise DeviceError("the simulator did not connect within 300 s (log build/rtl_host/x/sim.log)")
+    monkeypatch.setattr(demo, "_open_device", no_simulator)
+    assert build.main(argv) == 1
+    cap = capsys.readouterr()
+    assert cap.err.strip() == "error: DeviceError: the simulator did not connect within 300 s (log build/rtl_host/x/sim.log)"
 
 
 def test_rtl_end_to_end_small_top(tmp_path, graph):
