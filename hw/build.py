@@ -28,9 +28,8 @@
 
 Exit codes: 0 done (``sim``: and every layer bit-exact), 1 an FPGA tool failed
 or (``sim``) a layer differs from its reference / the simulated device or its
-build failed,
-2 bad arguments or input images (one line naming the offending parameter or
-file, no traceback).
+build failed, 2 bad arguments or input images (one line naming the offending
+parameter or file, no traceback).
 """
 from __future__ import annotations
 
