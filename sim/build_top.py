@@ -80,17 +80,15 @@ PORTS_VLT = f'`verilator_config\npublic_flat_rw -module "{TOPLEVEL}" -var "*"\n'
 
 
 def _source_files() -> list[Path]:
-    """The hw/ and golden/ modules the elaborated top is made of (those loaded by importing hw.top).
+    """The hw/ and golden/ modules the elaborated top is made of: ``hw/top.py``'s static import
+    closure (``sim.build._module_deps``) plus the golden modules the timing contract comes from.
 
-    Other hw/ files (FPGA flows, the UART bridge, ...) do not change the model and are left out so
-    that editing them does not invalidate the cache.
+    Static, so the key does not depend on what else the calling process has imported (the main
+    job, a bench and pytest get the same key); other hw/ files (FPGA flows, the UART bridge, the
+    demo) do not change the model and are left out so that editing them does not invalidate the
+    cache.
     """
-    import sys as _sys
-
-    import hw.top  # noqa: F401 - loads the top's module tree
-    roots = (REPO / "hw", REPO / "golden")
-    files = {Path(m.__file__).resolve() for m in list(_sys.modules.values())
-             if getattr(m, "__file__", None) and Path(m.__file__).resolve().parent in roots}
+    files = set(core_build._module_deps("hw/top.py"))
     files |= {REPO / "golden" / n for n in _GOLDEN_DEPS}
     return sorted(f for f in files if f.exists())
 
