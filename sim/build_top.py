@@ -36,6 +36,7 @@ import fcntl
 import hashlib
 import json
 import os
+import re
 import shutil
 import sys
 import time
@@ -72,8 +73,12 @@ _GOLDEN_DEPS = ("config.py", "isa.py", "_check.py", "array_model.py", "requant.p
 #: VPI-visible, which blocks Verilator's optimisations: ~5x slower); the testbench only touches the
 #: top's ports, made public by ``PORTS_VLT``.
 BUILD_ARGS = ("-Wno-fatal", "-Wno-lint", "-Wno-style", "--no-public-flat-rw", "--output-split-cfuncs", "2000",
-              "--output-split-ctrace", "2000")
+              "--output-split-ctrace", "2000", "--x-initial", "0")
 
+
+#: Compile the model's C++ files in parallel (make -j over Verilator's split files, with a
+#: precompiled header): measured on the default 8x8 top on 2 idle cores, 131 s -> 100 s.
+PARALLEL_BUILD = True
 
 #: Verilator control file: the top module's signals (its ports) stay readable and writable over VPI.
 PORTS_VLT = f'`verilator_config\npublic_flat_rw -module "{TOPLEVEL}" -var "*"\n'
@@ -101,7 +106,8 @@ def _env_hash(cfg: ArrayConfig, opt: str):
     h.update(f"opt={opt}".encode())
     h.update(f"amaranth={amaranth.__version__};verilator={verilator_version()};py={sys.version_info[:2]}".encode())
     # build flags (not the build scripts' text); -j and make's jobserver options do not change the model
-    flags = [t for t in verilator_env(opt=opt).get("MAKEFLAGS", "").split() if "=" in t and not t.startswith("-")]
+    flags = [t for t in verilator_env(opt=opt, parallel=PARALLEL_BUILD).get("MAKEFLAGS", "").split()
+             if "=" in t and not t.startswith("-")]
     h.update(repr((BUILD_ARGS, PORTS_VLT, sorted(flags))).encode())
     return h
 
@@ -126,14 +132,32 @@ def model_key(cfg: ArrayConfig, opt: str, verilog_text: str) -> str:
     return "top-" + h.hexdigest()[:16]
 
 
+#: A memory's all-zero ``initial`` block as yosys writes it (one ``mem[i] = N'h0...;`` line per
+#: entry, nothing else in the block).
+_ZERO_MEMORY_INIT = re.compile(r"(?m)^[ \t]*initial begin\n(?:[ \t]*\\?[\w$.]+ ?\[\d+\] = \d+'h0+;\n)+[ \t]*end\n")
+
+
+def strip_zero_memory_init(text: str) -> str:
+    """``text`` without the all-zero ``initial`` blocks of its memories.
+
+    The buffers of the default configuration are ~30 000 memory words; yosys initialises every
+    one with its own statement, which Verilator turns into a straight-line C++ function that
+    costs ~15 % of the model's compile time. The model is built with ``--x-initial 0``
+    (``BUILD_ARGS``), so the memories start at zero exactly as those blocks said. Blocks with any
+    nonzero word, or anything but word assignments, are kept.
+    """
+    return _ZERO_MEMORY_INIT.sub("", text)
+
+
 def top_verilog(cfg: ArrayConfig) -> str:
-    """The Verilog of ``hw.top.Accelerator(cfg)`` (module ``accelerator``)."""
+    """The Verilog of ``hw.top.Accelerator(cfg)`` (module ``accelerator``) as the model is built from
+    it: zero memory initialisers stripped (``strip_zero_memory_init``)."""
     from amaranth.back import verilog
 
     from golden.isa import layout
     from hw.top import Accelerator
     layout(cfg)                                   # ValueError (descriptor does not fit) before elaborating
-    return verilog.convert(Accelerator(cfg), name=TOPLEVEL, emit_src=False)
+    return strip_zero_memory_init(verilog.convert(Accelerator(cfg), name=TOPLEVEL, emit_src=False))
 
 
 def generate_top_verilog(cfg: ArrayConfig, path: Path) -> Path:
@@ -215,7 +239,7 @@ def build_top(cfg: ArrayConfig = SMALL_TOP, *, opt: str = DEFAULT_OPT, force: bo
             build_args = [*BUILD_ARGS, *lz4_args, str(vlt)]
             from cocotb_tools.runner import get_runner
             log = tmp / "build.log"
-            with core_build._patched_environ(verilator_env(opt=opt)):
+            with core_build._patched_environ(verilator_env(opt=opt, parallel=PARALLEL_BUILD)):
                 runner = get_runner("verilator")
                 try:
                     runner.build(sources=[vpath], hdl_toplevel=TOPLEVEL, build_dir=tmp, build_args=build_args,
