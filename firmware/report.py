@@ -51,12 +51,13 @@ class TopTimer:
     cycle, and dout is always ready. Cycle by cycle this follows the RTL's
     documented behaviour:
 
-    * decoder, per command taken on cycle c: CHECK on c+1, WAIT from c+2 until
+    * decoder, per command taken on cycle c: CHECK on c+1, DECIDE on c+2
+      (the checks split over two registered cycles, issue 6), WAIT from c+3 until
       its interlock clears on cycle w, then RUN: the job enters the queue on
       w (IDLE on w+1); WRITE_*: words on w+1 .. w+n (IDLE on w+n+1);
       READ_OUT: words on w+2 .. w+n+1 (IDLE on w+n+2); READ_STATUS/SYNC:
       words on w+1 .. w+n; CLEAR_STATUS: IDLE on w+1; a dropped command goes
-      back to IDLE after CHECK (a dropped WRITE first discards its payload).
+      back to IDLE after DECIDE (a dropped WRITE first discards its payload).
     * interlocks: WRITE_ACT/WGT wait until every queued job reading that bank
       has issued its final beat (``streamed``); WRITE_PARAMS until their final
       params push; READ_OUT until the jobs writing that out bank retired;
@@ -137,9 +138,9 @@ class TopTimer:
         c = self.t
         f = fields
         if dropped or op is None:
-            self.t = c + 2 + din_words          # CHECK, then DISCARD of a dropped WRITE's payload
+            self.t = c + 3 + din_words          # CHECK, DECIDE, then DISCARD of a dropped WRITE's payload
             return
-        w = c + 2                                # first WAIT cycle
+        w = c + 3                                # first WAIT cycle (after CHECK, DECIDE)
         if op in self._BUF:
             buf = self._BUF[op]
             w = max(w, self._release(buf, f["bank"], "pushed" if buf == "params" else "streamed"))

@@ -3,10 +3,15 @@
 One command at a time, in order. States:
 
 * ``IDLE``: ``cmd.ready`` = 1; a transfer registers the 128-bit descriptor.
-* ``CHECK`` (1 cycle): every check of ``golden.isa.descriptor_errors``,
-  evaluated on the registered descriptor. A failing command sets its sticky
-  flags, pulses ``dropped`` and goes to ``DISCARD`` (WRITE_* opcodes: the
-  payload is consumed up to ``last``) or back to ``IDLE``.
+* ``CHECK`` (1 cycle): the first half of every check of
+  ``golden.isa.descriptor_errors`` on the registered descriptor: the field
+  extraction, each field's own range test, the reserved-bits test and the
+  end sums (with the RUN's ``ntiles * k`` product) are registered.
+* ``DECIDE`` (1 cycle): the registered sums are compared with the buffer
+  depths and the decision taken (issue 6: the product, the 128-bit mask and
+  the compare tree were one cycle with the FSM). A failing command sets its
+  sticky flags, pulses ``dropped`` and goes to ``DISCARD`` (WRITE_* opcodes:
+  the payload is consumed up to ``last``) or back to ``IDLE``.
 * ``WAIT``: the interlock: WRITE_ACT/WGT/PARAMS wait while their bank is busy
   (``*_busy`` from the sequencer), READ_OUT while its out bank is busy,
   WRITE_LUT and SYNC until ``jobs`` = 0, RUN until the job queue takes it
@@ -77,29 +82,60 @@ class Decoder(wiring.Component):
             "flags": Out(unsigned(ERROR_MASK.bit_length())),
         })
 
-    # ---- the descriptor checks (golden.isa.descriptor_errors, as logic)
-    def _checks(self, m, desc):
-        """Returns (opcode_ok, range_bad, reserved_bad) as 1-bit expressions of ``desc``."""
+    # ---- the descriptor checks (golden.isa.descriptor_errors, as logic), over two cycles
+    def _checks(self, m, desc, load):
+        """Returns (opcode_ok, range_bad, reserved_bad): 1-bit values valid in ``DECIDE``.
+
+        On a cycle with ``load`` = 1 (``CHECK``) everything that needs the
+        descriptor's fields is computed and registered: the opcode's validity,
+        the reserved-bits test, each field's own range test, and the end
+        sums (``offset + length``; RUN: ``wgt_offset + k``, ``act_offset +
+        ntiles * k`` with the product, ``out_offset + ntiles * rows``). The
+        next cycle (``DECIDE``) compares the registered sums with the depths
+        of the opcode's buffers, so the multiplier, the 128-bit mask and the
+        depth compares are never in one cycle with the FSM and the flags.
+        """
         cfg = self.cfg
         code = desc[:OPCODE_BITS]
         opcode_ok = Signal()
-        range_bad = Signal()
         reserved_bad = Signal()
+        field_bad = Signal()
+        pay_ops = list(PAYLOAD_BUFFER)
+
+        def fields(op):
+            return {fl.name: desc[fl.offset:fl.offset + fl.width] for fl in self.lay[op]}
+
+        pay_end = Signal(max(len(fields(op)["offset"] + fields(op)["length"]) for op in pay_ops))
+        rf = fields(Op.RUN)
+        wgt_end = Signal(len(rf["wgt_offset"] + rf["k"]))
+        act_end = Signal(len(rf["act_offset"] + rf["ntiles"] * rf["k"]))
+        out_end = Signal(len(rf["out_offset"] + rf["ntiles"] * cfg.rows))
+        with m.If(load):
+            m.d.sync += [opcode_ok.eq(0), field_bad.eq(0), reserved_bad.eq(0)]
+            with m.Switch(code):
+                for op in Op:
+                    with m.Case(int(op)):
+                        f = fields(op)
+                        bad = Const(0, 1)
+                        for fl in self.lay[op]:          # each field alone
+                            bad = bad | (f[fl.name] < fl.lo) | (f[fl.name] > fl.hi)
+                        m.d.sync += [opcode_ok.eq(1), field_bad.eq(bad),
+                                     reserved_bad.eq((desc & reserved_mask(cfg, op)) != 0)]
+                        if op in PAYLOAD_BUFFER:
+                            m.d.sync += pay_end.eq(f["offset"] + f["length"])
+            m.d.sync += [wgt_end.eq(rf["wgt_offset"] + rf["k"]),
+                         act_end.eq(rf["act_offset"] + rf["ntiles"] * rf["k"]),
+                         out_end.eq(rf["out_offset"] + rf["ntiles"] * cfg.rows)]
+        range_bad = Signal()
         with m.Switch(code):
-            for op in Op:
+            for op in pay_ops:
                 with m.Case(int(op)):
-                    f = {fl.name: desc[fl.offset:fl.offset + fl.width] for fl in self.lay[op]}
-                    bad = Const(0, 1)
-                    for fl in self.lay[op]:              # each field alone
-                        bad = bad | (f[fl.name] < fl.lo) | (f[fl.name] > fl.hi)
-                    if op in PAYLOAD_BUFFER:
-                        bad = bad | (f["offset"] + f["length"] > buffer_depth(cfg, PAYLOAD_BUFFER[op]))
-                    if op == Op.RUN:
-                        bad = (bad | (f["wgt_offset"] + f["k"] > cfg.wgt_depth)
-                               | (f["act_offset"] + f["ntiles"] * f["k"] > cfg.act_depth)
-                               | (f["out_offset"] + f["ntiles"] * cfg.rows > cfg.out_depth))
-                    m.d.comb += [opcode_ok.eq(1), range_bad.eq(bad),
-                                 reserved_bad.eq((desc & reserved_mask(cfg, op)) != 0)]
+                    m.d.comb += range_bad.eq(field_bad | (pay_end > buffer_depth(cfg, PAYLOAD_BUFFER[op])))
+            with m.Case(int(Op.RUN)):
+                m.d.comb += range_bad.eq(field_bad | (wgt_end > cfg.wgt_depth) | (act_end > cfg.act_depth)
+                                         | (out_end > cfg.out_depth))
+            with m.Default():
+                m.d.comb += range_bad.eq(field_bad)
         return opcode_ok, range_bad, reserved_bad
 
     def elaborate(self, platform):
@@ -143,7 +179,8 @@ class Decoder(wiring.Component):
         status = Signal(32)
         m.d.comb += status.eq(flags | Mux(self.jobs != 0, STATUS_BUSY, 0) | (self.jobs << STATUS_JOBS_SHIFT))
 
-        opcode_ok, range_bad, reserved_bad = self._checks(m, desc)
+        load_checks = Signal()                  # 1 in CHECK: the check registers load (see _checks)
+        opcode_ok, range_bad, reserved_bad = self._checks(m, desc, load_checks)
         errs = Mux(opcode_ok, Mux(range_bad, int(Flag.BAD_RANGE), 0) | Mux(reserved_bad, int(Flag.RESERVED), 0),
                    int(Flag.BAD_OPCODE))
         is_write = Signal()
@@ -210,8 +247,11 @@ class Decoder(wiring.Component):
                     m.d.sync += desc.eq(self.cmd.payload)
                     m.next = "CHECK"
             with m.State("CHECK"):
+                m.d.comb += load_checks.eq(1)
                 m.d.sync += [macs.eq(rf["rows_valid"] * rf["lanes_valid"]), wi.eq(0), ei.eq(0), ri.eq(0),
                              rv.eq(0)]
+                m.next = "DECIDE"
+            with m.State("DECIDE"):
                 with m.If(errs != 0):
                     drop_and_flag(errs)
                     m.next = "IDLE"

@@ -317,9 +317,9 @@ def test_runs_match_golden_tiles(cfg):
     got, log, ref = check_session(cfg, cmds, seed=2)
     st = isa.parse_status(cfg, got[-1])
     assert st["flags"] == 0 and st["JOBS_DONE"] == 6 and st["CMDS_DROPPED"] == 0
-    # the last READ_STATUS snapshot happens 2 cycles after its cmd transfer (IDLE -> CHECK -> WAIT)
-    assert st["CYCLES"] == log["cmd_accept"][-1] + 2
-    assert st["OUT_STALL_CYCLES"] == sum(c < log["cmd_accept"][-1] + 2 for c in log["stall_cycles"])
+    # the last READ_STATUS snapshot happens 3 cycles after its cmd transfer (IDLE -> CHECK -> DECIDE -> WAIT)
+    assert st["CYCLES"] == log["cmd_accept"][-1] + 3
+    assert st["OUT_STALL_CYCLES"] == sum(c < log["cmd_accept"][-1] + 3 for c in log["stall_cycles"])
 
 
 @pytest.mark.parametrize("cfg,k,ntiles", [(CFG, 1, 8), (CFG, 5, 3), (CFG, 16, 2), (CFG_NARROW, 2, 4),
@@ -339,10 +339,10 @@ def test_isolated_run_counters_equal_formula(cfg, k, ntiles):
     assert st["IN_STALL_CYCLES"] == t["in_stall_cycles"]
     assert st["USEFUL_MACS"] == ntiles * k * (cfg.rows - 1) * cfg.out_lanes
     assert st["JOBS_DONE"] == 1
-    # SYNC answers right after the job retires: RUN accepted on a, queued on a + 3 (CHECK, WAIT),
+    # SYNC answers right after the job retires: RUN accepted on a, queued on a + 4 (CHECK, DECIDE, WAIT),
     # busy for busy_cycles cycles, SYNC's WAIT sees jobs = 0 on the next cycle and answers after it.
     a_run = log["cmd_accept"][-4]
-    assert log["dout"][0] >= a_run + 3 + t["busy_cycles"]
+    assert log["dout"][0] >= a_run + 4 + t["busy_cycles"]
 
 
 def test_overlap_and_interlock():
