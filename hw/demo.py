@@ -470,11 +470,9 @@ def validate(args) -> list[DemoImage]:
 
 
 def _open_device(backend: str, cfg: ArrayConfig):
-    if backend == "golden":
-        from firmware.golden_device import GoldenDevice
-        return GoldenDevice(cfg)
-    from firmware.rtl_device import make_host_device
-    return make_host_device(cfg)
+    """The backend's device: ``firmware.__main__.make_device`` (the ONNX CLI's, shared)."""
+    from firmware.__main__ import make_device
+    return make_device(backend, cfg)
 
 
 def _compare(a: np.ndarray, b: np.ndarray) -> int:

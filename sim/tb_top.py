@@ -47,12 +47,10 @@ _HOST_KEYS = ("dout_ready_prob", "din_valid_prob", "cmd_valid_prob")
 
 
 def _set_host(dev: RtlDevice, host: dict, default_timeout: int) -> None:
-    dev.p_ready = float(host.get("dout_ready_prob", 1.0))
-    dev.p_din = float(host.get("din_valid_prob", 1.0))
-    dev.p_cmd = float(host.get("cmd_valid_prob", 1.0))
-    dev.timeout_cycles = int(host.get("timeout_cycles", default_timeout))
-    dev.drop_din_after = host.get("drop_din_after")
-    dev.flip_dout_word = host.get("flip_dout_word")
+    """This task's host behaviour through ``RtlDevice.configure`` (checked there); unset -> defaults."""
+    dev.configure(**{k: host.get(k, 1.0) for k in _HOST_KEYS},
+                  timeout_cycles=host.get("timeout_cycles", default_timeout),
+                  drop_din_after=host.get("drop_din_after"), flip_dout_word=host.get("flip_dout_word"))
 
 
 def _run_task(dev: RtlDevice, task: dict, base_host: dict, default_timeout: int) -> dict:
