@@ -308,7 +308,7 @@ def _nextpnr_args(name: str, freq_mhz: float | None, seed: int) -> list[str]:
     # router2 finishes it (docs/fpga.md, "Measured").
     args = ["--85k", "--package", "CABGA381", "--speed", "6", "--json", f"{name}.json", "--lpf", f"{name}.lpf",
             "--textcfg", f"{name}.config", "--log", "nextpnr.log", "--report", "nextpnr_report.json",
-            "--timing-allow-fail", "--seed", str(seed), "-q"]
+            "--timing-allow-fail", "--detailed-timing-report", "--seed", str(seed), "-q"]
     if freq_mhz is not None:
         args += ["--freq", f"{freq_mhz:g}"]
     return args + ["--router", "router2"]
@@ -324,6 +324,54 @@ def _nextpnr(workdir: Path, name: str, freq_mhz: float | None, timeout_s: float,
     return out
 
 
+_CELL_SUFFIX = re.compile(r"_(LUT4|TRELLIS|CCU2C|PFUMX|L6MUX21|MULT18X18D|DP16KD)(_|$).*|\$.*")
+
+
+def endpoint_block(cell: str, depth: int = 4) -> str:
+    """The design block of a nextpnr cell name: its hierarchy prefix (at most ``depth`` levels), with
+    the cell-name suffixes yosys and nextpnr append (``_TRELLIS_FF_Q_3``, ``$DPRAM_COMB3``) removed,
+    e.g. ``acc.acc.core.lane0.lshift_x_TRELLIS_FF_Q_7`` -> ``acc.acc.core.lane0``."""
+    parts = cell.split(".")[:-1]
+    return ".".join(_CELL_SUFFIX.sub("", p) for p in parts[:depth])
+
+
+def timing_endpoints(rep: dict) -> list[dict]:
+    """Every clocked timing endpoint of a nextpnr ``--report`` written with ``--detailed-timing-report``:
+    ``cell``, ``port`` (DI/M data, CE enable, LSR set/reset, WRE/WAD/WD LUT-RAM write, DP16KD pins),
+    ``arrival_ns`` (the latest arrival, i.e. the delay of the worst path ending there), ``net`` and its
+    ``fanout``. Empty if the report has no detailed net timings."""
+    out = []
+    for n in rep.get("detailed_net_timings", []):
+        fo = len(n.get("endpoints", []))
+        for e in n.get("endpoints", []):
+            d = e.get("delay", 0.0)
+            out.append({"cell": e.get("cell", ""), "port": e.get("port", ""), "net": n.get("net", ""),
+                        "fanout": fo, "arrival_ns": float(max(d) if isinstance(d, list) else d)})
+    return out
+
+
+def timing_by_block(rep: dict, period_ns: float, depth: int = 4) -> list[dict]:
+    """Per design block (``endpoint_block``): its endpoint count, how many arrive later than
+    ``period_ns`` (by port kind: data, enable, reset, LUT-RAM write, RAM block), the worst arrival and
+    the net that carries it; sorted worst first. This is where a design misses its clock, block by
+    block (nextpnr itself names only the single worst path)."""
+    kinds = {"DI": "data", "M": "data", "CE": "enable", "LSR": "reset", "WRE": "lutram", "WAD": "lutram",
+             "WD": "lutram"}
+    blocks: dict[str, dict] = {}
+    for e in timing_endpoints(rep):
+        b = blocks.setdefault(endpoint_block(e["cell"], depth) or "(top)",
+                              {"endpoints": 0, "late": 0, "late_by_kind": {}, "worst_ns": 0.0, "worst_net": None,
+                               "worst_fanout": 0})
+        b["endpoints"] += 1
+        if e["arrival_ns"] > period_ns:
+            b["late"] += 1
+            k = kinds.get(e["port"].rstrip("0123456789"), "ram/io")
+            b["late_by_kind"][k] = b["late_by_kind"].get(k, 0) + 1
+        if e["arrival_ns"] > b["worst_ns"]:
+            b.update(worst_ns=round(e["arrival_ns"], 3), worst_net=_short(e["net"]), worst_fanout=e["fanout"])
+    return sorted(({"block": k, **v} for k, v in blocks.items()), key=lambda r: -r["worst_ns"])
+
+
 def parse_nextpnr_report(rep: dict) -> dict:
     """``fmax`` (per clock: achieved/constraint MHz), ``resources`` (LUT4/FF/MULT18X18D/DP16KD
     used/available), ``critical_path`` and the raw utilisation of a nextpnr ``--report`` JSON."""
@@ -335,8 +383,18 @@ def parse_nextpnr_report(rep: dict) -> dict:
         res[k] = {"used": int(u.get("used", 0)), "available": int(u.get("available", ECP5_AVAILABLE[k]))}
     fmax = {clk: {"achieved_mhz": round(v.get("achieved", 0.0), 2), "constraint_mhz": round(v.get("constraint", 0.0), 2)}
             for clk, v in rep.get("fmax", {}).items()}
-    return {"fmax": fmax, "resources": res, "critical_path": _critical_path(rep),
-            "utilization_raw": {k: v for k, v in util.items() if v.get("used")}}
+    out = {"fmax": fmax, "resources": res, "critical_path": _critical_path(rep),
+           "utilization_raw": {k: v for k, v in util.items() if v.get("used")}}
+    eps = timing_endpoints(rep)
+    if eps and fmax:
+        period = 1000.0 / max(v["constraint_mhz"] for v in fmax.values())
+        late = sorted(e["arrival_ns"] for e in eps)
+        out["endpoints"] = {"count": len(eps), "period_ns": round(period, 3),
+                            "late": sum(1 for a in late if a > period),
+                            "arrival_ns_p50_p90_max": [round(late[len(late) // 2], 3),
+                                                       round(late[int(0.9 * (len(late) - 1))], 3), round(late[-1], 3)]}
+        out["timing_by_block"] = timing_by_block(rep, period)
+    return out
 
 
 def _main_clock(fmax: dict) -> tuple[str, dict]:
