@@ -61,10 +61,11 @@ class MacArray(wiring.Component):
         R, C, S = cfg.rows, cfg.cols, cfg.lanes_per_pe
         m = Module()
 
-        def delay(value, n, name):
-            """``value`` through ``n`` en-gated registers (n = 0: the value itself)."""
+        def delay(value, n, name, reset_less=True):
+            """``value`` through ``n`` en-gated registers (n = 0: the value itself). Data delays are
+            reset-less (consumed only under a delayed valid, which keeps its reset)."""
             for k in range(n):
-                reg = Signal(value.shape(), name=f"{name}_d{k}")
+                reg = Signal(value.shape(), name=f"{name}_d{k}", reset_less=reset_less)
                 with m.If(self.en):
                     m.d.sync += reg.eq(value)
                 value = reg
@@ -85,9 +86,10 @@ class MacArray(wiring.Component):
         for i in range(R):
             pe = pes[i][0]
             m.d.comb += [
-                pe.a.eq(delay(a_in[i], i, f"skew_a{i}")),
-                pe.valid.eq(delay(self.valid, i, f"skew_v{i}")),
-                pe.last.eq(delay(last_in, i, f"skew_l{i}")),
+                # "dual": the activation skew keeps its reset (P needs a = 0 on bubbles, hw.pe)
+                pe.a.eq(delay(a_in[i], i, f"skew_a{i}", reset_less=cfg.packing == "none")),
+                pe.valid.eq(delay(self.valid, i, f"skew_v{i}", reset_less=False)),
+                pe.last.eq(delay(last_in, i, f"skew_l{i}", reset_less=False)),
             ]
             for j in range(1, C):
                 left, pe = pes[i][j - 1], pes[i][j]
@@ -113,7 +115,7 @@ class MacArray(wiring.Component):
         drained = []
         for j in range(C):
             load = pes[R - 1][j].result_valid
-            regs = [Signal(pes[i][j].result.shape(), name=f"drain{j}_{i}") for i in range(R)]
+            regs = [Signal(pes[i][j].result.shape(), name=f"drain{j}_{i}", reset_less=True) for i in range(R)]
             vld = [Signal(name=f"drain{j}_{i}_valid") for i in range(R)]
             lst = [Signal(name=f"drain{j}_{i}_last") for i in range(R)]
             with m.If(self.en):

@@ -182,11 +182,19 @@ class PackedPE(wiring.Component):
         cfg = check_hw_config(self.cfg)
         m = Module()
         aw = cfg.acc_width
+        # Datapath registers are reset-less (no set/reset pin, no reset-net fanout into the
+        # array): each is only consumed under a flag that is reset (valid_out, flush,
+        # result_valid). The accumulators keep their reset (a break mid-tile must not leave a
+        # partial sum), and so do, for "dual", P (it accumulates on every enabled cycle) and the
+        # activation (P relies on bubbles carrying a = 0, also right after a reset).
+        a_out = Signal(signed(8), reset_less=cfg.packing == "none")
+        w_out = Signal(self.w.shape(), reset_less=True)
+        m.d.comb += [self.a_out.eq(a_out), self.w_out.eq(w_out)]
         with m.If(self.en):
             # Operand registers double as the systolic forwarding registers.
             m.d.sync += [
-                self.a_out.eq(self.a),
-                self.w_out.eq(self.w),
+                a_out.eq(self.a),
+                w_out.eq(self.w),
                 self.valid_out.eq(self.valid),
                 self.last_out.eq(self.valid & self.last),
             ]
@@ -217,7 +225,7 @@ class PackedPE(wiring.Component):
             hi = (p >> PACK_SHIFT) + p[PACK_SHIFT - 1]
             fields = [lo, hi]
         else:
-            p = Signal(signed(16))
+            p = Signal(signed(16), reset_less=True)
             with m.If(self.en):
                 # One product per beat (ECP5-style 18x18 multiplier with output register).
                 m.d.sync += [
@@ -230,13 +238,15 @@ class PackedPE(wiring.Component):
         # Stage 2: saturating wide accumulators; at the tile's last chain the
         # sums go to the result register and the accumulators restart.
         accs = [Signal(signed(aw), name=f"acc{s}") for s in range(cfg.lanes_per_pe)]
+        result = Signal(self.result.shape(), reset_less=True)
+        m.d.comb += self.result.eq(result)
         with m.If(self.en):
             m.d.sync += self.result_valid.eq(flush & flush_last)
             with m.If(flush):
                 for s, (acc, f) in enumerate(zip(accs, fields)):
                     total = saturate(acc + f, aw)
                     with m.If(flush_last):
-                        m.d.sync += [self.result[s].eq(total), acc.eq(0)]
+                        m.d.sync += [result[s].eq(total), acc.eq(0)]
                     with m.Else():
                         m.d.sync += acc.eq(total)
         return m
