@@ -19,12 +19,13 @@ over that byte pipe:
   out of the FIFO, so the FIFO cannot overflow however long the accelerator
   holds ``cmd``/``din`` back (an interlocked WRITE, a full job queue).
   A break resets the bridge (FIFO, parser, transmitter) and the accelerator
-  (``acc_rst`` pulse): that is how a host recovers a link in any state (a
-  program killed mid-frame). The host then discards what it has received,
-  sends ``H_HELLO`` with a fresh nonce and waits for the ``D_HELLO`` echoing
-  it (stale bytes still in flight cannot be mistaken for the answer).
+  (``acc_rst``, a register: see ``UartBridge``): that is how a host recovers
+  a link in any state (a program killed mid-frame). The host then discards
+  what it has received, sends ``H_HELLO`` with a fresh nonce and waits for
+  the ``D_HELLO`` echoing it (stale bytes still in flight cannot be mistaken
+  for the answer).
 * ``UartAccelerator``: ``UartBridge`` + ``hw.top.Accelerator`` (reset by the
-  bridge's break), ports ``rx``/``tx``: what the board top instantiates and
+  bridge's ``acc_rst`` register only), ports ``rx``/``tx``/``rst``: what the board top instantiates and
   what the simulation test drives bit by bit.
 * ``UartSim``: ``UartAccelerator`` in the Amaranth simulator as a byte pipe
   (``write``/``read``/``send_break``), the same transport interface as
@@ -363,9 +364,18 @@ class _BridgeCore(wiring.Component):
 
 class UartBridge(wiring.Component):
     """The framed UART bridge (module docstring). Ports: ``rx``/``tx`` (the serial lines),
-    ``cmd``/``din`` (Out: to the accelerator), ``dout`` (In: from it), ``acc_rst`` (one-cycle
-    pulse after a break: reset the accelerator), ``overrun`` (sticky: a byte arrived with the
-    FIFO full, i.e. the host broke the credit rule; cleared by a break)."""
+    ``cmd``/``din`` (Out: to the accelerator), ``dout`` (In: from it), ``rst`` (In: synchronous
+    reset of the whole bridge and, through ``acc_rst``, of the accelerator: the board's PLL-lock
+    reset), ``acc_rst`` (Out: the accelerator's reset, a flip-flop: 1 while ``rst`` was 1 in the
+    previous cycle and for one cycle after a break), ``overrun`` (sticky: a byte arrived with the
+    FIFO full, i.e. the host broke the credit rule; cleared by a break).
+
+    ``acc_rst`` also resets the bridge's own core (FIFO, parser, transmitter), so a break resets
+    core and accelerator in the same cycle. It is a register, not ``rst | break`` in logic, because
+    it drives the synchronous reset (LSR) of every accelerator flip-flop that has one (thousands):
+    a LUT in front of that fanout made the reset a 12 ns path. The board therefore puts the bridge
+    in a clock domain without a reset of its own and drives ``rst`` (hw/ulx3s.py); in a domain
+    with a reset, that reset still resets everything (Amaranth ORs it in, as a LUT)."""
 
     def __init__(self, cfg: ArrayConfig, divisor: int, fifo_bytes: int = FIFO_BYTES,
                  credit_unit: int = CREDIT_UNIT):
@@ -384,18 +394,23 @@ class UartBridge(wiring.Component):
             "cmd": Out(stream.Signature(unsigned(DESC_BITS))),
             "din": Out(stream.Signature(bus_layout(cfg))),
             "dout": In(stream.Signature(bus_layout(cfg))),
-            "acc_rst": Out(1),
+            "rst": In(1),
+            "acc_rst": Out(1, init=1),
             "overrun": Out(1),
         })
 
     def elaborate(self, platform):
         m = Module()
-        m.submodules.urx = urx = UartRx(self.divisor)
+        # the receiver is reset by rst only: a break must not reset the unit that detects it
+        urx = UartRx(self.divisor)
+        m.submodules.urx = ResetInserter(self.rst)(urx)
         core = _BridgeCore(self.cfg, self.divisor, self.fifo_bytes, self.credit_unit)
-        brk = Signal()
-        m.d.sync += brk.eq(urx.brk)
-        m.submodules.core = ResetInserter(brk)(core)
-        m.d.comb += [urx.rx.eq(self.rx), self.tx.eq(core.tx), self.acc_rst.eq(brk), self.overrun.eq(core.overrun)]
+        # registered (urx.brk is a register too: no logic between flip-flops and the LSR pins);
+        # reset-less with init 1: asserted from configuration until the first clock edge without rst
+        acc_rst = Signal(init=1, reset_less=True)
+        m.d.sync += acc_rst.eq(self.rst | urx.brk)
+        m.submodules.core = ResetInserter(acc_rst)(core)
+        m.d.comb += [urx.rx.eq(self.rx), self.tx.eq(core.tx), self.acc_rst.eq(acc_rst), self.overrun.eq(core.overrun)]
         connect(m, urx.data, core.byte_in)
         connect(m, core.cmd, wiring.flipped(self.cmd))
         connect(m, core.din, wiring.flipped(self.din))
@@ -406,15 +421,22 @@ class UartBridge(wiring.Component):
 class UartAccelerator(wiring.Component):
     """``hw.top.Accelerator(cfg)`` behind a ``UartBridge``; a break resets both.
 
-    Ports: ``rx`` In(1), ``tx`` Out(1), ``overrun`` Out(1) (the bridge's sticky flag), ``stalled``
-    Out(1) (the bridge holds a descriptor or word the accelerator is not taking: an LED shows a
-    decoder waiting on an interlock)."""
+    Ports: ``rx`` In(1), ``tx`` Out(1), ``rst`` In(1) (synchronous reset of bridge and
+    accelerator: the board's PLL-lock reset; see ``UartBridge``), ``overrun`` Out(1) (the
+    bridge's sticky flag), ``stalled`` Out(1) (the bridge holds a descriptor or word the
+    accelerator is not taking: an LED shows a decoder waiting on an interlock).
+
+    The accelerator's only reset is the bridge's ``acc_rst`` register (``rst`` or a break, one
+    cycle later): placed in a domain without a reset (the board top), every accelerator
+    flip-flop's LSR pin is driven straight by that one flip-flop (fanout: thousands), with no
+    ``rst | break`` LUT in between."""
 
     def __init__(self, cfg: ArrayConfig, divisor: int, fifo_bytes: int = FIFO_BYTES,
                  credit_unit: int = CREDIT_UNIT):
         self.bridge = UartBridge(cfg, divisor, fifo_bytes, credit_unit)
         self.cfg = cfg
-        super().__init__({"rx": In(1, init=1), "tx": Out(1, init=1), "overrun": Out(1), "stalled": Out(1)})
+        super().__init__({"rx": In(1, init=1), "tx": Out(1, init=1), "rst": In(1), "overrun": Out(1),
+                          "stalled": Out(1)})
 
     def elaborate(self, platform):
         from .top import Accelerator
@@ -425,7 +447,7 @@ class UartAccelerator(wiring.Component):
         connect(m, br.cmd, acc.cmd)
         connect(m, br.din, acc.din)
         connect(m, acc.dout, br.dout)
-        m.d.comb += [br.rx.eq(self.rx), self.tx.eq(br.tx), self.overrun.eq(br.overrun),
+        m.d.comb += [br.rx.eq(self.rx), br.rst.eq(self.rst), self.tx.eq(br.tx), self.overrun.eq(br.overrun),
                      self.stalled.eq((br.cmd.valid & ~br.cmd.ready) | (br.din.valid & ~br.din.ready))]
         return m
 
