@@ -19,12 +19,13 @@ over that byte pipe:
   out of the FIFO, so the FIFO cannot overflow however long the accelerator
   holds ``cmd``/``din`` back (an interlocked WRITE, a full job queue).
   A break resets the bridge (FIFO, parser, transmitter) and the accelerator
-  (``acc_rst`` pulse): that is how a host recovers a link in any state (a
-  program killed mid-frame). The host then discards what it has received,
-  sends ``H_HELLO`` with a fresh nonce and waits for the ``D_HELLO`` echoing
-  it (stale bytes still in flight cannot be mistaken for the answer).
+  (``acc_rst``, a register: see ``UartBridge``): that is how a host recovers
+  a link in any state (a program killed mid-frame). The host then discards
+  what it has received, sends ``H_HELLO`` with a fresh nonce and waits for
+  the ``D_HELLO`` echoing it (stale bytes still in flight cannot be mistaken
+  for the answer).
 * ``UartAccelerator``: ``UartBridge`` + ``hw.top.Accelerator`` (reset by the
-  bridge's break), ports ``rx``/``tx``: what the board top instantiates and
+  bridge's ``acc_rst`` register only), ports ``rx``/``tx``/``rst``: what the board top instantiates and
   what the simulation test drives bit by bit.
 * ``UartSim``: ``UartAccelerator`` in the Amaranth simulator as a byte pipe
   (``write``/``read``/``send_break``), the same transport interface as
@@ -62,7 +63,8 @@ import zlib
 from collections import deque
 
 from amaranth import Cat, Const, Module, Mux, ResetInserter, Signal, unsigned
-from amaranth.lib import fifo, stream, wiring
+from amaranth.lib import stream, wiring
+from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out, connect
 
 from golden.config import ArrayConfig
@@ -196,7 +198,11 @@ class UartRx(wiring.Component):
 
 
 class UartTx(wiring.Component):
-    """8N1 transmitter: takes a byte from ``data`` whenever idle; ``tx`` idles high."""
+    """8N1 transmitter: takes a byte from ``data`` whenever idle; ``tx`` idles high.
+
+    ``data.ready`` (``idle``) and the end of a bit (``tick``: ``cnt == 0``) are flip-flops,
+    updated with the counters they summarise, so the shift register's enable is one LUT of
+    flip-flops (issue 6)."""
 
     def __init__(self, divisor: int):
         self.divisor = _check_divisor(divisor)
@@ -208,19 +214,42 @@ class UartTx(wiring.Component):
         sh = Signal(10, init=0x3FF)                         # bit 0 drives the line
         left = Signal(range(11))
         cnt = Signal(range(d))
-        m.d.comb += [self.tx.eq(sh[0]), self.data.ready.eq(left == 0)]
-        with m.If(self.data.valid & self.data.ready):
-            m.d.sync += [sh.eq(Cat(Const(0, 1), self.data.payload, Const(1, 1))), left.eq(10), cnt.eq(d - 1)]
-        with m.Elif(left != 0):
-            with m.If(cnt != 0):
-                m.d.sync += cnt.eq(cnt - 1)
+        idle = Signal(init=1)                               # == (left == 0)
+        tick = Signal()                                     # == (cnt == 0) while sending
+        m.d.comb += [self.tx.eq(sh[0]), self.data.ready.eq(idle)]
+        with m.If(self.data.valid & idle):
+            m.d.sync += [sh.eq(Cat(Const(0, 1), self.data.payload, Const(1, 1))), left.eq(10), cnt.eq(d - 1),
+                         idle.eq(0), tick.eq(0)]                        # d >= 2: d - 1 != 0
+        with m.Elif(~idle):
+            with m.If(~tick):
+                m.d.sync += [cnt.eq(cnt - 1), tick.eq(cnt == 1)]
             with m.Else():
-                m.d.sync += [sh.eq(Cat(sh[1:], Const(1, 1))), left.eq(left - 1), cnt.eq(d - 1)]
+                m.d.sync += [sh.eq(Cat(sh[1:], Const(1, 1))), left.eq(left - 1), cnt.eq(d - 1), tick.eq(0),
+                             idle.eq(left == 1)]
         return m
 
 
 class _BridgeCore(wiring.Component):
-    """Everything of the bridge that a break resets: receive FIFO, parser, credit counter, transmitter."""
+    """Everything of the bridge that a break resets: receive FIFO, parser, credit counter, transmitter.
+
+    Built for short register-to-register paths (issue 6) rather than speed: the UART brings a
+    byte at most every 10 bit times (>= 20 cycles), so the parser may take one byte every 4
+    cycles (read pipeline below) and every decision is made from flip-flops:
+
+    * FIFO: a ``fifo_bytes`` memory (one DP16KD at 2048) with pointers one bit wider than its
+      address; ``full``/``nonempty`` are registered from the pointers, one cycle late, which
+      is safe because writes are >= 20 cycles apart and reads >= 4 cycles apart.
+    * Read pipeline: ``issue`` (memory read) -> ``b0`` (the block RAM's output, registered with
+      no logic in between) -> ``b`` + the frame-type compares, registered -> the parser.
+    * ``cmd``/``din``/``dout`` handshakes: valids, payloads and ``din.last`` are registers;
+      ``dout`` lands in a one-word holding register (``dout.ready`` = holding register empty),
+      so the accelerator's ``dout.valid`` only reaches one flip-flop's D input.
+    * Transmitter: the next frame (hello > error > credit > word, as before) is picked into
+      one-hot registers in one cycle and loaded into the shift register the next.
+
+    Datapath registers (bytes, descriptor, word, nonce, frame buffer) are reset-less: each is
+    read only under a valid/request flag that is reset and set after the register is written.
+    """
 
     def __init__(self, cfg: ArrayConfig, divisor: int, fifo_bytes: int, credit_unit: int):
         self.cfg, self.divisor, self.fifo_bytes, self.credit_unit = cfg, divisor, fifo_bytes, credit_unit
@@ -238,134 +267,186 @@ class _BridgeCore(wiring.Component):
         m = Module()
         bb = cfg.bus_bytes
         bus_bits = 8 * bb
+        n = _log2(self.fifo_bytes, "fifo_bytes")
 
         # ---- receive FIFO (credit flow control keeps it from overflowing; overrun is sticky)
-        m.submodules.fifo = rxf = fifo.SyncFIFOBuffered(width=8, depth=self.fifo_bytes)
-        m.d.comb += [rxf.w_en.eq(self.byte_in.valid), rxf.w_data.eq(self.byte_in.payload)]
-        with m.If(self.byte_in.valid & ~rxf.w_rdy):
+        m.submodules.mem = mem = Memory(shape=8, depth=self.fifo_bytes, init=[])
+        wport = mem.write_port()
+        rport = mem.read_port(domain="sync")
+        wp, rp = Signal(n + 1), Signal(n + 1)
+        full, nonempty = Signal(), Signal()
+        m.d.sync += [full.eq((wp[n] != rp[n]) & (wp[:n] == rp[:n])), nonempty.eq(wp != rp)]
+        w_en = self.byte_in.valid & ~full
+        m.d.comb += [wport.addr.eq(wp[:n]), wport.data.eq(self.byte_in.payload), wport.en.eq(w_en)]
+        with m.If(w_en):
+            m.d.sync += wp.eq(wp + 1)
+        with m.If(self.byte_in.valid & full):
             m.d.sync += self.overrun.eq(1)
-        byte = rxf.r_data
-        pop = Signal()
-        m.d.comb += rxf.r_en.eq(pop)
-        popped = pop & rxf.r_rdy
+
+        # ---- read pipeline: issue -> rd1 (b0 <= memory output) -> rd2 (b, type compares) -> bv
+        issue, rd1, rd2, bv, take = Signal(), Signal(), Signal(), Signal(), Signal()
+        b0 = Signal(8, reset_less=True)
+        b = Signal(8, reset_less=True)
+        is_cmd, is_data, is_hello = (Signal(reset_less=True) for _ in range(3))
+        m.d.comb += [issue.eq(nonempty & ~rd1 & ~rd2 & ~bv), rport.addr.eq(rp[:n]), rport.en.eq(issue)]
+        with m.If(issue):
+            m.d.sync += rp.eq(rp + 1)
+        m.d.sync += [rd1.eq(issue), rd2.eq(rd1), b0.eq(rport.data)]
+        with m.If(rd2):
+            m.d.sync += [b.eq(b0), is_cmd.eq(b0 == H_CMD), is_data.eq(b0 == H_DATA), is_hello.eq(b0 == H_HELLO),
+                         bv.eq(1)]
+        with m.Elif(take):
+            m.d.sync += bv.eq(0)
 
         # ---- parser
-        desc = Signal(DESC_BITS)
-        word = Signal(bus_bits)
-        hdr = Signal(24)
-        cnt = Signal(range(max(DESC_BYTES, bb, 3)))
-        left = Signal(16)
-        flag_last = Signal()
-        hello_req = Signal()
-        nonce = Signal(8)
-        err_req = Signal()
-        err_byte = Signal(8)
-        hello_sent = Signal()
-        err_sent = Signal()
-        with m.If(hello_sent):
-            m.d.sync += hello_req.eq(0)
-        with m.If(err_sent):
-            m.d.sync += err_req.eq(0)
-        m.d.comb += [self.cmd.payload.eq(desc), self.din.payload.data.eq(word),
-                     self.din.payload.last.eq(flag_last & (left == 0))]
+        desc = Signal(DESC_BITS, reset_less=True)
+        word = Signal(bus_bits, reset_less=True)
+        hdr = Signal(16, reset_less=True)
+        cnt = Signal(range(max(DESC_BYTES, bb, 3)), reset_less=True)
+        left = Signal(16, reset_less=True)
+        left_is0 = Signal(reset_less=True)      # left == 0, one cycle late (left is stable long before use)
+        flag_last = Signal(reset_less=True)
+        cmd_v, din_v = Signal(), Signal()
+        din_last = Signal(reset_less=True)
+        hello_req, err_req = Signal(), Signal()
+        nonce = Signal(8, reset_less=True)
+        err_byte = Signal(8, reset_less=True)
+        hello_sent, err_sent = Signal(), Signal()
+        hello_set, err_set = Signal(), Signal()
+        # a request set in the cycle its frame is loaded stays set (a second frame follows), as before
+        m.d.sync += [hello_req.eq((hello_req & ~hello_sent) | hello_set),
+                     err_req.eq((err_req & ~err_sent) | err_set),
+                     left_is0.eq(left == 0)]
+        m.d.comb += [self.cmd.valid.eq(cmd_v), self.cmd.payload.eq(desc),
+                     self.din.valid.eq(din_v), self.din.payload.data.eq(word), self.din.payload.last.eq(din_last)]
         with m.FSM():
             with m.State("TYPE"):
-                m.d.comb += pop.eq(1)
-                with m.If(rxf.r_rdy):
-                    with m.Switch(byte):
-                        with m.Case(H_CMD):
-                            m.d.sync += cnt.eq(DESC_BYTES - 1)
-                            m.next = "CMD_BYTES"
-                        with m.Case(H_DATA):
-                            m.d.sync += cnt.eq(2)
-                            m.next = "DATA_HDR"
-                        with m.Case(H_HELLO):
-                            m.next = "HELLO_NONCE"
-                        with m.Default():
-                            m.d.sync += [err_req.eq(1), err_byte.eq(byte)]
+                m.d.comb += take.eq(bv)
+                with m.If(bv):
+                    with m.If(is_cmd):
+                        m.d.sync += cnt.eq(DESC_BYTES - 1)
+                        m.next = "CMD_BYTES"
+                    with m.Elif(is_data):
+                        m.d.sync += cnt.eq(2)
+                        m.next = "DATA_HDR"
+                    with m.Elif(is_hello):
+                        m.next = "HELLO_NONCE"
+                    with m.Else():
+                        m.d.sync += err_byte.eq(b)
+                        m.d.comb += err_set.eq(1)
             with m.State("HELLO_NONCE"):
-                m.d.comb += pop.eq(1)
-                with m.If(rxf.r_rdy):
-                    m.d.sync += [nonce.eq(byte), hello_req.eq(1)]
+                m.d.comb += take.eq(bv)
+                with m.If(bv):
+                    m.d.sync += nonce.eq(b)
+                    m.d.comb += hello_set.eq(1)
                     m.next = "TYPE"
             with m.State("CMD_BYTES"):
-                m.d.comb += pop.eq(1)
-                with m.If(rxf.r_rdy):
-                    m.d.sync += [desc.eq(Cat(desc[8:], byte)), cnt.eq(cnt - 1)]
+                m.d.comb += take.eq(bv)
+                with m.If(bv):
+                    m.d.sync += [desc.eq(Cat(desc[8:], b)), cnt.eq(cnt - 1)]
                     with m.If(cnt == 0):
+                        m.d.sync += cmd_v.eq(1)
                         m.next = "CMD_OUT"
             with m.State("CMD_OUT"):
-                m.d.comb += self.cmd.valid.eq(1)
                 with m.If(self.cmd.ready):
+                    m.d.sync += cmd_v.eq(0)
                     m.next = "TYPE"
             with m.State("DATA_HDR"):
-                m.d.comb += pop.eq(1)
-                with m.If(rxf.r_rdy):
-                    m.d.sync += [hdr.eq(Cat(hdr[8:], byte)), cnt.eq(cnt - 1)]
+                m.d.comb += take.eq(bv)
+                with m.If(bv):
+                    m.d.sync += [hdr.eq(Cat(hdr[8:], b)), cnt.eq(cnt - 1)]
                     with m.If(cnt == 0):
-                        # hdr[8:] now holds flags and count low; byte is count high
-                        m.d.sync += [flag_last.eq(hdr[8]), left.eq(Cat(hdr[16:], byte)),   # DATA_LAST = bit 0
+                        # hdr holds flags and count low; b is count high
+                        m.d.sync += [flag_last.eq(hdr[0]), left.eq(Cat(hdr[8:], b)),   # DATA_LAST = bit 0
                                      cnt.eq(bb - 1)]
                         m.next = "WORD_BYTES"
             with m.State("WORD_BYTES"):
-                m.d.comb += pop.eq(1)
-                with m.If(rxf.r_rdy):
-                    m.d.sync += [word.eq(Cat(word[8:], byte)), cnt.eq(cnt - 1)]
+                m.d.comb += take.eq(bv)
+                with m.If(bv):
+                    m.d.sync += [word.eq(Cat(word[8:], b)), cnt.eq(cnt - 1)]
                     with m.If(cnt == 0):
+                        m.d.sync += [din_v.eq(1), din_last.eq(flag_last & left_is0)]
                         m.next = "WORD_OUT"
             with m.State("WORD_OUT"):
-                m.d.comb += self.din.valid.eq(1)
                 with m.If(self.din.ready):
-                    m.d.sync += [left.eq(left - 1), cnt.eq(bb - 1)]
-                    with m.If(left == 0):
-                        m.next = "TYPE"
-                    with m.Else():
-                        m.next = "WORD_BYTES"
+                    m.d.sync += din_v.eq(0)
+                    m.next = "WORD_NEXT"
+            with m.State("WORD_NEXT"):                      # the burst's count, from registers only
+                m.d.sync += [left.eq(left - 1), cnt.eq(bb - 1)]
+                with m.If(left_is0):
+                    m.next = "TYPE"
+                with m.Else():
+                    m.next = "WORD_BYTES"
 
-        # ---- credit: one D_CREDIT per credit_unit bytes taken out of the FIFO
+        # ---- credit: one D_CREDIT per credit_unit bytes taken out of the FIFO (power of two: wraps)
         ccnt = Signal(range(self.credit_unit))
         credits = Signal(range(self.fifo_bytes // self.credit_unit + 2))
         credit_sent = Signal()
         unit_done = Signal()
-        with m.If(popped):
-            m.d.sync += ccnt.eq(Mux(ccnt == self.credit_unit - 1, 0, ccnt + 1))
-            m.d.comb += unit_done.eq(ccnt == self.credit_unit - 1)
-        m.d.sync += credits.eq(credits + unit_done - credit_sent)
+        with m.If(issue):
+            m.d.sync += ccnt.eq(ccnt + 1)
+        m.d.sync += [unit_done.eq(issue & (ccnt == self.credit_unit - 1)),
+                     credits.eq(credits + unit_done - credit_sent)]
 
-        # ---- transmitter: one frame at a time from a byte shift register
+        # ---- dout holding register: dout.ready is a flip-flop
+        dv = Signal()
+        dh = Signal(bus_bits, reset_less=True)
+        dl = Signal(reset_less=True)
+        word_sent = Signal()
+        m.d.comb += self.dout.ready.eq(~dv)
+        with m.If(~dv):
+            m.d.sync += [dh.eq(self.dout.payload.data), dl.eq(self.dout.payload.last), dv.eq(self.dout.valid)]
+        with m.Elif(word_sent):
+            m.d.sync += dv.eq(0)
+
+        # ---- transmitter: pick the next frame (registered one-hot), load it, shift it out
         m.submodules.utx = utx = UartTx(self.divisor)
         m.d.comb += self.tx.eq(utx.tx)
         hello = hello_frame(cfg, 0, self.fifo_bytes, self.credit_unit)
         nmax = max(HELLO_BYTES, 1 + bb, 2)
-        tbuf = Signal(8 * nmax)
+        tbuf = Signal(8 * nmax, reset_less=True)
         tleft = Signal(range(nmax + 1))
-        m.d.comb += [utx.data.payload.eq(tbuf[:8]), utx.data.valid.eq(tleft != 0)]
-        with m.If(tleft != 0):
+        busy, loading = Signal(), Signal()
+        p_hello, p_err, p_credit, p_word = (Signal() for _ in range(4))
+        m.d.comb += [utx.data.payload.eq(tbuf[:8]), utx.data.valid.eq(busy)]
+        with m.If(busy):
             with m.If(utx.data.ready):
-                m.d.sync += [tbuf.eq(tbuf >> 8), tleft.eq(tleft - 1)]
-        with m.Elif(hello_req):
-            m.d.sync += [tbuf.eq(int.from_bytes(hello, "little") | (nonce << 40)), tleft.eq(HELLO_BYTES)]
-            m.d.comb += hello_sent.eq(1)
-        with m.Elif(err_req):
-            m.d.sync += [tbuf.eq(Cat(Const(D_ERROR, 8), err_byte)), tleft.eq(2)]
-            m.d.comb += err_sent.eq(1)
-        with m.Elif(credits != 0):
-            m.d.sync += [tbuf.eq(D_CREDIT), tleft.eq(1)]
-            m.d.comb += credit_sent.eq(1)
+                m.d.sync += [tbuf.eq(tbuf >> 8), tleft.eq(tleft - 1), busy.eq(tleft != 1)]
+        with m.Elif(loading):
+            frames = [(p_hello, int.from_bytes(hello, "little") | (nonce << 40), HELLO_BYTES),
+                      (p_err, Cat(Const(D_ERROR, 8), err_byte), 2),
+                      (p_credit, Const(D_CREDIT, 8), 1),
+                      (p_word, Cat(Mux(dl, Const(D_LAST, 8), Const(D_WORD, 8)), dh), 1 + bb)]
+            sel_buf, sel_len = 0, 0
+            for p_, frame, length in frames:               # one-hot: an OR of ANDs, no priority chain
+                sel_buf = sel_buf | Mux(p_, frame, 0)
+                sel_len = sel_len | Mux(p_, length, 0)
+            m.d.sync += [tbuf.eq(sel_buf), tleft.eq(sel_len), busy.eq(1), loading.eq(0)]
+            m.d.comb += [hello_sent.eq(p_hello), err_sent.eq(p_err), credit_sent.eq(p_credit),
+                         word_sent.eq(p_word)]
         with m.Else():
-            m.d.comb += self.dout.ready.eq(1)
-            tag = Signal(8)
-            m.d.comb += tag.eq(Mux(self.dout.payload.last, D_LAST, D_WORD))
-            with m.If(self.dout.valid):
-                m.d.sync += [tbuf.eq(Cat(tag, self.dout.payload.data)), tleft.eq(1 + bb)]
+            has_credit = credits != 0
+            m.d.sync += [p_hello.eq(hello_req), p_err.eq(~hello_req & err_req),
+                         p_credit.eq(~hello_req & ~err_req & has_credit),
+                         p_word.eq(~hello_req & ~err_req & ~has_credit & dv),
+                         loading.eq(hello_req | err_req | has_credit | dv)]
         return m
 
 
 class UartBridge(wiring.Component):
     """The framed UART bridge (module docstring). Ports: ``rx``/``tx`` (the serial lines),
-    ``cmd``/``din`` (Out: to the accelerator), ``dout`` (In: from it), ``acc_rst`` (one-cycle
-    pulse after a break: reset the accelerator), ``overrun`` (sticky: a byte arrived with the
-    FIFO full, i.e. the host broke the credit rule; cleared by a break)."""
+    ``cmd``/``din`` (Out: to the accelerator), ``dout`` (In: from it), ``rst`` (In: synchronous
+    reset of the whole bridge and, through ``acc_rst``, of the accelerator: the board's PLL-lock
+    reset), ``acc_rst`` (Out: the accelerator's reset, a flip-flop: 1 while ``rst`` was 1 in the
+    previous cycle and for one cycle after a break), ``overrun`` (sticky: a byte arrived with the
+    FIFO full, i.e. the host broke the credit rule; cleared by a break).
+
+    ``acc_rst`` also resets the bridge's own core (FIFO, parser, transmitter), so a break resets
+    core and accelerator in the same cycle. It is a register, not ``rst | break`` in logic, because
+    it drives the synchronous reset (LSR) of every accelerator flip-flop that has one (thousands):
+    a LUT in front of that fanout made the reset a 12 ns path. The board therefore puts the bridge
+    in a clock domain without a reset of its own and drives ``rst`` (hw/ulx3s.py); in a domain
+    with a reset, that reset still resets everything (Amaranth ORs it in, as a LUT)."""
 
     def __init__(self, cfg: ArrayConfig, divisor: int, fifo_bytes: int = FIFO_BYTES,
                  credit_unit: int = CREDIT_UNIT):
@@ -384,18 +465,23 @@ class UartBridge(wiring.Component):
             "cmd": Out(stream.Signature(unsigned(DESC_BITS))),
             "din": Out(stream.Signature(bus_layout(cfg))),
             "dout": In(stream.Signature(bus_layout(cfg))),
-            "acc_rst": Out(1),
+            "rst": In(1),
+            "acc_rst": Out(1, init=1),
             "overrun": Out(1),
         })
 
     def elaborate(self, platform):
         m = Module()
-        m.submodules.urx = urx = UartRx(self.divisor)
+        # the receiver is reset by rst only: a break must not reset the unit that detects it
+        urx = UartRx(self.divisor)
+        m.submodules.urx = ResetInserter(self.rst)(urx)
         core = _BridgeCore(self.cfg, self.divisor, self.fifo_bytes, self.credit_unit)
-        brk = Signal()
-        m.d.sync += brk.eq(urx.brk)
-        m.submodules.core = ResetInserter(brk)(core)
-        m.d.comb += [urx.rx.eq(self.rx), self.tx.eq(core.tx), self.acc_rst.eq(brk), self.overrun.eq(core.overrun)]
+        # registered (urx.brk is a register too: no logic between flip-flops and the LSR pins);
+        # reset-less with init 1: asserted from configuration until the first clock edge without rst
+        acc_rst = Signal(init=1, reset_less=True)
+        m.d.sync += acc_rst.eq(self.rst | urx.brk)
+        m.submodules.core = ResetInserter(acc_rst)(core)
+        m.d.comb += [urx.rx.eq(self.rx), self.tx.eq(core.tx), self.acc_rst.eq(acc_rst), self.overrun.eq(core.overrun)]
         connect(m, urx.data, core.byte_in)
         connect(m, core.cmd, wiring.flipped(self.cmd))
         connect(m, core.din, wiring.flipped(self.din))
@@ -406,15 +492,22 @@ class UartBridge(wiring.Component):
 class UartAccelerator(wiring.Component):
     """``hw.top.Accelerator(cfg)`` behind a ``UartBridge``; a break resets both.
 
-    Ports: ``rx`` In(1), ``tx`` Out(1), ``overrun`` Out(1) (the bridge's sticky flag), ``stalled``
-    Out(1) (the bridge holds a descriptor or word the accelerator is not taking: an LED shows a
-    decoder waiting on an interlock)."""
+    Ports: ``rx`` In(1), ``tx`` Out(1), ``rst`` In(1) (synchronous reset of bridge and
+    accelerator: the board's PLL-lock reset; see ``UartBridge``), ``overrun`` Out(1) (the
+    bridge's sticky flag), ``stalled`` Out(1) (the bridge holds a descriptor or word the
+    accelerator is not taking: an LED shows a decoder waiting on an interlock).
+
+    The accelerator's only reset is the bridge's ``acc_rst`` register (``rst`` or a break, one
+    cycle later): placed in a domain without a reset (the board top), every accelerator
+    flip-flop's LSR pin is driven straight by that one flip-flop (fanout: thousands), with no
+    ``rst | break`` LUT in between."""
 
     def __init__(self, cfg: ArrayConfig, divisor: int, fifo_bytes: int = FIFO_BYTES,
                  credit_unit: int = CREDIT_UNIT):
         self.bridge = UartBridge(cfg, divisor, fifo_bytes, credit_unit)
         self.cfg = cfg
-        super().__init__({"rx": In(1, init=1), "tx": Out(1, init=1), "overrun": Out(1), "stalled": Out(1)})
+        super().__init__({"rx": In(1, init=1), "tx": Out(1, init=1), "rst": In(1), "overrun": Out(1),
+                          "stalled": Out(1)})
 
     def elaborate(self, platform):
         from .top import Accelerator
@@ -425,7 +518,7 @@ class UartAccelerator(wiring.Component):
         connect(m, br.cmd, acc.cmd)
         connect(m, br.din, acc.din)
         connect(m, acc.dout, br.dout)
-        m.d.comb += [br.rx.eq(self.rx), self.tx.eq(br.tx), self.overrun.eq(br.overrun),
+        m.d.comb += [br.rx.eq(self.rx), br.rst.eq(self.rst), self.tx.eq(br.tx), self.overrun.eq(br.overrun),
                      self.stalled.eq((br.cmd.valid & ~br.cmd.ready) | (br.din.valid & ~br.din.ready))]
         return m
 

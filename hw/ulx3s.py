@@ -6,9 +6,13 @@
 * clock: the board's 25 MHz oscillator (``clk25``, pin G2) into one
   ``EHXPLLL``; CLKOP at ``ecp5_pll(25e6, freq_hz)`` (dividers chosen by
   ``ecp5_pll``: the closest frequency not above the request), fed back from
-  CLKOP. The ``sync`` domain runs on CLKOP; its reset is held until the PLL
-  locks (``ResetSynchronizer``: asserted asynchronously, released on the
-  clock). ``freq_hz`` = None: no PLL, ``sync`` on clk25 directly.
+  CLKOP. The ``sync`` domain runs on CLKOP. Everything is reset until the
+  PLL locks (``lock_rst``: asserted asynchronously, released on the clock)
+  but ``sync`` itself has no reset: ``lock_rst`` goes to the accelerator
+  through the bridge's ``acc_rst`` register, so that one flip-flop drives
+  the reset pins of the whole accelerator (a domain reset would be ORed with
+  the break in a LUT in front of thousands of pins, ``hw.uart.UartBridge``).
+  ``freq_hz`` = None: no PLL, ``sync`` on clk25 directly.
 * serial: ``uart`` resource 0 (the FT231X: ``rx`` M1, ``tx`` L4) at ``baud``
   (``hw.uart.baud_divisor``: integer divisor, <= 2 % error).
 * LEDs 0..7: heartbeat (~1 Hz), PLL lock, bridge overrun, bridge stalled
@@ -18,8 +22,8 @@
 """
 from __future__ import annotations
 
-from amaranth import ClockDomain, Elaboratable, Instance, Module, Signal
-from amaranth.lib.cdc import ResetSynchronizer
+from amaranth import ClockDomain, Elaboratable, Instance, Module, ResetInserter, Signal
+from amaranth.lib.cdc import AsyncFFSynchronizer
 
 from golden.config import ArrayConfig
 
@@ -94,7 +98,9 @@ class ULX3STop(Elaboratable):
     def elaborate(self, platform):
         m = Module()
         clk25 = platform.request("clk25", 0)
-        m.domains.sync = cd = ClockDomain("sync")
+        # no domain reset (docstring): lock_rst reaches the bridge's receiver and acc_rst register
+        # through UartAccelerator.rst, and this module's own counters through a ResetInserter
+        m.domains.sync = cd = ClockDomain("sync", reset_less=True)
         locked = Signal()
         if self.pll is None:
             m.d.comb += [cd.clk.eq(clk25.i), locked.eq(1)]
@@ -116,32 +122,37 @@ class ULX3STop(Elaboratable):
                 i_PLLWAKESYNC=0, i_ENCLKOP=0, o_LOCK=locked)
             # no add_clock_constraint: nextpnr derives CLKOP's constraint from the PLL's dividers
             # and clk25's 25 MHz (the platform's), and the net name would not survive synthesis
-        m.submodules.rst_sync = ResetSynchronizer(~locked, domain="sync")
+        # what ResetSynchronizer(~locked) did for the domain reset, into a plain signal
+        lock_rst = Signal()
+        m.submodules.rst_sync = AsyncFFSynchronizer(~locked, lock_rst, o_domain="sync")
 
         m.submodules.acc = acc = UartAccelerator(self.cfg, self.divisor, self.fifo_bytes, self.credit_unit)
         uart = platform.request("uart", 0)
-        m.d.comb += [acc.rx.eq(uart.rx.i), uart.tx.o.eq(acc.tx)]
+        m.d.comb += [acc.rx.eq(uart.rx.i), uart.tx.o.eq(acc.tx), acc.rst.eq(lock_rst)]
 
         esp = platform.request("esp32", 0)
         m.d.comb += [esp.gpio0.o.eq(1), esp.gpio0.oe.eq(1)]
 
-        # LEDs: heartbeat, lock, overrun, stalled, rx/tx activity (stretched ~20 ms)
+        # LEDs: heartbeat, lock, overrun, stalled, rx/tx activity (stretched ~20 ms); their counters
+        # are reset by lock_rst like everything else (a submodule: ResetInserter acts on fragments)
+        lm = Module()
+        m.submodules.leds = ResetInserter(lock_rst)(lm)
         leds = [platform.request("led", i).o for i in range(8)]
         hb = Signal(range(int(self.freq_hz) // 2 + 1))
         hb_led = Signal()
-        with m.If(hb == 0):
-            m.d.sync += [hb.eq(int(self.freq_hz) // 2), hb_led.eq(~hb_led)]
-        with m.Else():
-            m.d.sync += hb.eq(hb - 1)
+        with lm.If(hb == 0):
+            lm.d.sync += [hb.eq(int(self.freq_hz) // 2), hb_led.eq(~hb_led)]
+        with lm.Else():
+            lm.d.sync += hb.eq(hb - 1)
         stretch = int(self.freq_hz) // 50
         acts = []
         for line in (acc.rx, acc.tx):
             c = Signal(range(stretch + 1))
-            with m.If(~line):
-                m.d.sync += c.eq(stretch)
-            with m.Elif(c != 0):
-                m.d.sync += c.eq(c - 1)
+            with lm.If(~line):
+                lm.d.sync += c.eq(stretch)
+            with lm.Elif(c != 0):
+                lm.d.sync += c.eq(c - 1)
             acts.append(c != 0)
-        m.d.comb += [leds[0].eq(hb_led), leds[1].eq(locked), leds[2].eq(acc.overrun), leds[3].eq(acc.stalled),
-                     leds[4].eq(acts[0]), leds[5].eq(acts[1]), leds[6].eq(0), leds[7].eq(0)]
+        lm.d.comb += [leds[0].eq(hb_led), leds[1].eq(locked), leds[2].eq(acc.overrun), leds[3].eq(acc.stalled),
+                      leds[4].eq(acts[0]), leds[5].eq(acts[1]), leds[6].eq(0), leds[7].eq(0)]
         return m

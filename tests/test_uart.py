@@ -248,6 +248,47 @@ def test_break_recovers_a_host_killed_mid_frame(sim_link):
     assert word & isa.ERROR_MASK == 0
 
 
+def _read_exactly(link, n, what, skip=None):
+    """n bytes from a UartSim (``skip``: a one-byte frame type dropped wherever it comes, e.g.
+    D_CREDIT between frames); AssertionError naming ``what`` if they do not come."""
+    got = b""
+    while len(got) < n:
+        more = link.read(n - len(got), timeout_s=2e-3)
+        assert more, f"no {what}: got {got.hex()}"
+        got += more if skip is None else more.replace(bytes([skip]), b"")
+    return got
+
+
+def test_rst_port_resets_bridge_and_accelerator():
+    """UartAccelerator.rst (the board's PLL-lock reset) resets the bridge mid-frame and, through the
+    acc_rst register, the accelerator stuck in an interlocked WRITE_ACT waiting for its words."""
+    link = UartSim(CFG, divisor=2, fifo_bytes=64, credit_unit=8)
+    pulse = {"n": 0}
+
+    async def reset_driver(ctx):
+        while True:
+            await ctx.tick()
+            ctx.set(link.dut.rst, pulse["n"] > 0)
+            pulse["n"] = max(0, pulse["n"] - 1)
+
+    link.sim.add_testbench(reset_driver, background=True)
+    desc = isa.encode(CFG, Op.WRITE_ACT, bank=0, offset=0, length=4)
+    link.write(frame_command(desc) + frame_data([1, 2, 3, 4], CFG.bus_bytes)[:7])
+    link.run(24 * 10 * 2 + 200)                      # the decoder now waits for WRITE_ACT's last words
+    pulse["n"] = 3
+    link.drain(1e-3)                                 # credit bytes sent before the reset
+    link.write(bytes([uart.H_HELLO, 0x33]))          # parsed as a frame: the parser was reset too
+    hello = uart.hello_frame(CFG, 0x33, 64, 8)
+    assert _read_exactly(link, len(hello), "D_HELLO") == hello
+    link.write(frame_command(isa.encode(CFG, Op.SYNC)))
+    n = isa.sync_response_words(CFG)
+    want = bytes([uart.D_WORD, 0, 0] * (n - 1) + [uart.D_LAST, 0, 0])            # idle, no flags
+    got = _read_exactly(link, len(want), "SYNC response (the accelerator was not reset)",
+                        skip=uart.D_CREDIT)
+    assert got == want
+    link.close()
+
+
 def test_bad_frame_type_is_reported_and_reset_recovers(sim_link):
     dev = UartDevice(CFG, sim_link, settle_s=1e-4, hello_timeout_s=0.05)
     sim_link.write(bytes([0x7E]))
@@ -432,6 +473,28 @@ def test_bridge_synthesises_for_ecp5(tmp_path):
     cells = fpga.parse_yosys_stat(stat_text)
     assert cells.get("DP16KD") == 1 and cells.get("MULT18X18D", 0) == 0
     assert 50 < cells.get("TRELLIS_FF", 0) < 600
+
+
+def test_board_accelerator_reset_is_driven_by_one_flip_flop(tmp_path):
+    """ULX3STop: the accelerator's synchronous resets come straight from the bridge's acc_rst
+    register (no `rst | break` LUT in front of thousands of LSR pins); yosys proc/flatten/opt."""
+    import json
+    cfg = ArrayConfig(rows=2, cols=1, bus_bytes=4, act_depth=16, wgt_depth=16, param_depth=2, out_depth=16)
+    fpga._board_files(cfg, tmp_path, "top", 150e6, 3_000_000)
+    fpga._yosys(tmp_path, "read_rtlil top.il\nhierarchy -top top\nproc\nflatten\nopt -fast\nopt_dff\nopt_clean\n"
+                "write_json net.json\ntee -q -o stat.txt stat\n", 300)
+    mod = json.loads((tmp_path / "net.json").read_text())["modules"]["top"]
+    driver = {b: c["type"] for c in mod["cells"].values() for p, d in c.get("port_directions", {}).items()
+              if d == "output" for b in c["connections"][p]}
+    by_net = {}
+    for c in mod["cells"].values():
+        if c["type"].startswith("$sdff"):
+            b = c["connections"]["SRST"][0]
+            by_net[b] = by_net.get(b, 0) + len(c["connections"]["Q"])
+    net, bits = max(by_net.items(), key=lambda kv: kv[1])
+    assert driver.get(net) == "$dff" and bits > 0.9 * sum(by_net.values()) and bits > 2000
+    name = [n for n, v in mod["netnames"].items() if net in v["bits"]]
+    assert any(n.endswith("acc_rst") for n in name), name
 
 
 def test_fpga_cli_rejects_bad_configs_before_any_tool_runs(capsys):
