@@ -2,28 +2,31 @@
 
 One command at a time, in order. States:
 
-* ``IDLE``: ``cmd.ready`` = 1; a transfer registers the 128-bit descriptor.
-* ``CHECK`` (1 cycle): the first half of every check of
-  ``golden.isa.descriptor_errors`` on the registered descriptor: the field
-  extraction, each field's own range test, the reserved-bits test and the
-  end sums (with the RUN's ``ntiles * k`` product) are registered.
-* ``DECIDE`` (1 cycle): the registered sums are compared with the buffer
-  depths and the decision taken (issue 6: the product, the 128-bit mask and
-  the compare tree were one cycle with the FSM). A failing command sets its
-  sticky flags, pulses ``dropped`` and goes to ``DISCARD`` (WRITE_* opcodes:
-  the payload is consumed up to ``last``) or back to ``IDLE``.
+* ``IDLE``: ``cmd.ready`` = 1; a transfer registers the 128-bit descriptor,
+  its one-hot opcode and the first stage of the checks (``_checks``: field
+  range tests, reserved-bit chunks, end sums and products, computed from
+  ``cmd.payload``).
+* ``CHECK`` (1 cycle): the second stage: the end values are compared with
+  the buffer depths and the opcode's tests ORed (registered); the payload
+  state (bank, address, entry counters) is loaded.
+* ``DECIDE`` (1 cycle): the decision from the registered check bits. A
+  failing command sets its sticky flags, pulses ``dropped`` and goes to
+  ``DISCARD`` (WRITE_* opcodes: the payload is consumed up to ``last``) or
+  back to ``IDLE``.
 * ``WAIT``: the interlock: WRITE_ACT/WGT/PARAMS wait while their bank is busy
   (``*_busy`` from the sequencer), READ_OUT while its out bank is busy,
   WRITE_LUT and SYNC until ``jobs`` = 0, RUN until the job queue takes it
   (``job.ready``). Then: RUN is handed over (``job`` transfer, back to IDLE),
   CLEAR_STATUS clears (flags, and the counters when ``counters`` = 1),
   WRITE_* go to ``WRITE``, READ_OUT to ``READ``, READ_STATUS / SYNC snapshot
-  their response into a register and go to ``RESP``.
+  their response into a register (loaded on every WAIT cycle) and go to
+  ``RESP``.
 * ``WRITE``: ``din.ready`` = 1; words are assembled into entries
-  (``words_per_entry``), each complete entry is written on the cycle of its
-  final word (buffer write port, or the core's ``lut`` stream). ``last`` early:
-  LENGTH_MISMATCH, back to IDLE; ``last`` missing on the final word:
-  LENGTH_MISMATCH, ``DISCARD``.
+  (``words_per_entry``), each complete entry is written on the cycle AFTER
+  its final word (buffer write port, or the core's ``lut`` stream), straight
+  from registers; nothing reads a buffer or the LUT that early (see the
+  comment at ``asm``). ``last`` early: LENGTH_MISMATCH, back to IDLE;
+  ``last`` missing on the final word: LENGTH_MISMATCH, ``DISCARD``.
 * ``DISCARD``: ``din.ready`` = 1 until a word with ``last`` = 1 transfers.
 * ``READ``: streams the out rows: an out-buffer read is issued whenever the
   held row is free or its final word is being taken, so with one word per
@@ -32,6 +35,16 @@ One command at a time, in order. States:
 
 Every wait ends: jobs always finish (the sequencer's sinks are on-chip) and
 ``dout`` backpressure only holds the decoder itself.
+
+Timing (issue 6, docs/fpga.md): every high-fanout enable comes from a
+flip-flop (``idle_r``: descriptor load; ``wait_r``: snapshot; ``wsel``:
+payload words; the write enables), the end-of-payload tests are registered
+flags (``wend``, ``elast``, ``rmore``) instead of compares with the length,
+and the datapath registers are reset-less (each is written before it is
+read after a reset: IDLE, CHECK or the entry's words come first). The first
+check stage is computed from ``cmd.payload`` on its way into ``desc``, so it
+assumes ``cmd.payload`` comes from registers (on the board: the UART
+bridge's descriptor shift register).
 """
 from __future__ import annotations
 
@@ -88,7 +101,7 @@ class Decoder(wiring.Component):
 
     # ---- the descriptor checks (golden.isa.descriptor_errors, as logic), a three-stage pipeline
     def _checks(self, m, op_r):
-        """Returns (range_bad, reserved_bad): registers, valid in ``DECIDE``.
+        """Returns (range_bad, reserved_bad): 1-bit values of registers, valid in ``DECIDE``.
 
         Stage A registers on every cycle, from ``cmd.payload`` (the bridge's
         descriptor shift register on the board): each field's own range test,
@@ -98,9 +111,10 @@ class Decoder(wiring.Component):
         ``out_offset``; in ``CHECK`` they hold the values of the accepted
         descriptor. Stage B (registered at the end of ``CHECK``) compares the
         end values (one carry chain each) and ORs the tests of the opcode's
-        fields (``op_r``: the registered one-hot opcode); ``DECIDE`` reads three
-        bits. The product, the 128-bit mask and the compares are thus never in
-        one cycle with the FSM and the flags (issue 6), without a cycle more.
+        fields (``op_r``: the registered one-hot opcode); ``DECIDE`` reads four
+        bits (with ``ok_r``). The product, the 128-bit mask and the compares are
+        thus never in one cycle with the FSM and the flags (issue 6), and the
+        command timeline has no cycle more than with two check cycles.
         """
         cfg = self.cfg
         p = self.cmd.payload
@@ -152,10 +166,12 @@ class Decoder(wiring.Component):
         end_bad = [op_r[op] & (pend[op] > buffer_depth(cfg, PAYLOAD_BUFFER[op])) for op in PAYLOAD_BUFFER]
         end_bad.append(op_r[Op.RUN] & ((wgt_end > cfg.wgt_depth) | (act_need > act_room) | (out_need > out_room)))
         fld_bad = [op_r[op] & Cat(*bits).any() for op, bits in field_bad.items() if bits]
-        range_bad = reg(Cat(*end_bad, *fld_bad).any(), "range_bad")
+        # Two registers: the compares' carry chains and the field tests' OR tree in parallel.
+        end_bad_r = reg(Cat(*end_bad).any(), "end_bad")
+        field_bad_r = reg(Cat(*fld_bad).any(), "field_bad")
         reserved_bad = reg(Cat(*[op_r[op] & Cat(*bits).any() for op, bits in resv.items() if bits]).any(),
                            "reserved_bad")
-        return range_bad, reserved_bad
+        return end_bad_r | field_bad_r, reserved_bad
 
     def elaborate(self, platform):
         cfg = self.cfg
