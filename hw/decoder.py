@@ -2,28 +2,31 @@
 
 One command at a time, in order. States:
 
-* ``IDLE``: ``cmd.ready`` = 1; a transfer registers the 128-bit descriptor.
-* ``CHECK`` (1 cycle): the first half of every check of
-  ``golden.isa.descriptor_errors`` on the registered descriptor: the field
-  extraction, each field's own range test, the reserved-bits test and the
-  end sums (with the RUN's ``ntiles * k`` product) are registered.
-* ``DECIDE`` (1 cycle): the registered sums are compared with the buffer
-  depths and the decision taken (issue 6: the product, the 128-bit mask and
-  the compare tree were one cycle with the FSM). A failing command sets its
-  sticky flags, pulses ``dropped`` and goes to ``DISCARD`` (WRITE_* opcodes:
-  the payload is consumed up to ``last``) or back to ``IDLE``.
+* ``IDLE``: ``cmd.ready`` = 1; a transfer registers the 128-bit descriptor,
+  its one-hot opcode and the first stage of the checks (``_checks``: field
+  range tests, reserved-bit chunks, end sums and products, computed from
+  ``cmd.payload``).
+* ``CHECK`` (1 cycle): the second stage: the end values are compared with
+  the buffer depths and the opcode's tests ORed (registered); the payload
+  state (bank, address, entry counters) is loaded.
+* ``DECIDE`` (1 cycle): the decision from the registered check bits. A
+  failing command sets its sticky flags, pulses ``dropped`` and goes to
+  ``DISCARD`` (WRITE_* opcodes: the payload is consumed up to ``last``) or
+  back to ``IDLE``.
 * ``WAIT``: the interlock: WRITE_ACT/WGT/PARAMS wait while their bank is busy
   (``*_busy`` from the sequencer), READ_OUT while its out bank is busy,
   WRITE_LUT and SYNC until ``jobs`` = 0, RUN until the job queue takes it
   (``job.ready``). Then: RUN is handed over (``job`` transfer, back to IDLE),
   CLEAR_STATUS clears (flags, and the counters when ``counters`` = 1),
   WRITE_* go to ``WRITE``, READ_OUT to ``READ``, READ_STATUS / SYNC snapshot
-  their response into a register and go to ``RESP``.
+  their response into a register (loaded on every WAIT cycle) and go to
+  ``RESP``.
 * ``WRITE``: ``din.ready`` = 1; words are assembled into entries
-  (``words_per_entry``), each complete entry is written on the cycle of its
-  final word (buffer write port, or the core's ``lut`` stream). ``last`` early:
-  LENGTH_MISMATCH, back to IDLE; ``last`` missing on the final word:
-  LENGTH_MISMATCH, ``DISCARD``.
+  (``words_per_entry``), each complete entry is written on the cycle AFTER
+  its final word (buffer write port, or the core's ``lut`` stream), straight
+  from registers; nothing reads a buffer or the LUT that early (see the
+  comment at ``asm``). ``last`` early: LENGTH_MISMATCH, back to IDLE;
+  ``last`` missing on the final word: LENGTH_MISMATCH, ``DISCARD``.
 * ``DISCARD``: ``din.ready`` = 1 until a word with ``last`` = 1 transfers.
 * ``READ``: streams the out rows: an out-buffer read is issued whenever the
   held row is free or its final word is being taken, so with one word per
@@ -32,6 +35,16 @@ One command at a time, in order. States:
 
 Every wait ends: jobs always finish (the sequencer's sinks are on-chip) and
 ``dout`` backpressure only holds the decoder itself.
+
+Timing (issue 6, docs/fpga.md): every high-fanout enable comes from a
+flip-flop (``idle_r``: descriptor load; ``wait_r``: snapshot; ``wsel``:
+payload words; the write enables), the end-of-payload tests are registered
+flags (``wend``, ``elast``, ``rmore``) instead of compares with the length,
+and the datapath registers are reset-less (each is written before it is
+read after a reset: IDLE, CHECK or the entry's words come first). The first
+check stage is computed from ``cmd.payload`` on its way into ``desc``, so it
+assumes ``cmd.payload`` comes from registers (on the board: the UART
+bridge's descriptor shift register).
 """
 from __future__ import annotations
 
@@ -82,125 +95,148 @@ class Decoder(wiring.Component):
             "flags": Out(unsigned(ERROR_MASK.bit_length())),
         })
 
-    # ---- the descriptor checks (golden.isa.descriptor_errors, as logic), over two cycles
-    def _checks(self, m, desc, load):
-        """Returns (opcode_ok, range_bad, reserved_bad): 1-bit values valid in ``DECIDE``.
+    def _fields(self, value, op):
+        """``{name: slice of value}`` of ``op``'s fields in a descriptor-wide ``value``."""
+        return {fl.name: value[fl.offset:fl.offset + fl.width] for fl in self.lay[op]}
 
-        On a cycle with ``load`` = 1 (``CHECK``) everything that needs the
-        descriptor's fields is computed and registered: the opcode's validity,
-        the reserved-bits test, each field's own range test, and the end
-        sums (``offset + length``; RUN: ``wgt_offset + k``, ``act_offset +
-        ntiles * k`` with the product, ``out_offset + ntiles * rows``). The
-        next cycle (``DECIDE``) compares the registered sums with the depths
-        of the opcode's buffers, so the multiplier, the 128-bit mask and the
-        depth compares are never in one cycle with the FSM and the flags.
+    # ---- the descriptor checks (golden.isa.descriptor_errors, as logic), a three-stage pipeline
+    def _checks(self, m, op_r):
+        """Returns (range_bad, reserved_bad): 1-bit values of registers, valid in ``DECIDE``.
+
+        Stage A registers on every cycle, from ``cmd.payload`` (the bridge's
+        descriptor shift register on the board): each field's own range test,
+        the reserved bits OR-reduced in 64-bit chunks, the end sums
+        (``offset + length``, ``wgt_offset + k``), the products ``ntiles * k``
+        and ``ntiles * rows`` and the room left after ``act_offset`` /
+        ``out_offset``; in ``CHECK`` they hold the values of the accepted
+        descriptor. Stage B (registered at the end of ``CHECK``) compares the
+        end values (one carry chain each) and ORs the tests of the opcode's
+        fields (``op_r``: the registered one-hot opcode); ``DECIDE`` reads four
+        bits (with ``ok_r``). The product, the 128-bit mask and the compares are
+        thus never in one cycle with the FSM and the flags (issue 6), and the
+        command timeline has no cycle more than with two check cycles.
         """
         cfg = self.cfg
-        code = desc[:OPCODE_BITS]
-        opcode_ok = Signal()
-        reserved_bad = Signal()
-        field_bad = Signal()
-        pay_ops = list(PAYLOAD_BUFFER)
+        p = self.cmd.payload
 
-        def fields(op):
-            return {fl.name: desc[fl.offset:fl.offset + fl.width] for fl in self.lay[op]}
+        def reg(value, name):
+            r = Signal(value.shape(), name=name, reset_less=True)   # datapath: read only in CHECK/DECIDE
+            m.d.sync += r.eq(value)
+            return r
 
-        pay_end = Signal(max(len(fields(op)["offset"] + fields(op)["length"]) for op in pay_ops))
-        rf = fields(Op.RUN)
-        wgt_end = Signal(len(rf["wgt_offset"] + rf["k"]))
-        act_end = Signal(len(rf["act_offset"] + rf["ntiles"] * rf["k"]))
-        out_end = Signal(len(rf["out_offset"] + rf["ntiles"] * cfg.rows))
-        with m.If(load):
-            m.d.sync += [opcode_ok.eq(0), field_bad.eq(0), reserved_bad.eq(0)]
-            with m.Switch(code):
-                for op in Op:
-                    with m.Case(int(op)):
-                        f = fields(op)
-                        bad = Const(0, 1)
-                        for fl in self.lay[op]:          # each field alone
-                            bad = bad | (f[fl.name] < fl.lo) | (f[fl.name] > fl.hi)
-                        m.d.sync += [opcode_ok.eq(1), field_bad.eq(bad),
-                                     reserved_bad.eq((desc & reserved_mask(cfg, op)) != 0)]
-                        if op in PAYLOAD_BUFFER:
-                            m.d.sync += pay_end.eq(f["offset"] + f["length"])
-            m.d.sync += [wgt_end.eq(rf["wgt_offset"] + rf["k"]),
-                         act_end.eq(rf["act_offset"] + rf["ntiles"] * rf["k"]),
-                         out_end.eq(rf["out_offset"] + rf["ntiles"] * cfg.rows)]
-        range_bad = Signal()
-        with m.Switch(code):
-            for op in pay_ops:
-                with m.Case(int(op)):
-                    m.d.comb += range_bad.eq(field_bad | (pay_end > buffer_depth(cfg, PAYLOAD_BUFFER[op])))
-            with m.Case(int(Op.RUN)):
-                m.d.comb += range_bad.eq(field_bad | (wgt_end > cfg.wgt_depth) | (act_end > cfg.act_depth)
-                                         | (out_end > cfg.out_depth))
-            with m.Default():
-                m.d.comb += range_bad.eq(field_bad)
-        return opcode_ok, range_bad, reserved_bad
+        # -- stage A (from cmd.payload)
+        field_bad = {}                            # op -> [registered bit per non-trivial field test]
+        for op in Op:
+            bits = []
+            for fl in self.lay[op]:
+                f = p[fl.offset:fl.offset + fl.width]
+                test = Const(0, 1)
+                if fl.lo > 0:
+                    test = test | (f < fl.lo)
+                if fl.hi < (1 << fl.width) - 1:
+                    test = test | (f > fl.hi)
+                if fl.lo > 0 or fl.hi < (1 << fl.width) - 1:
+                    bits.append(reg(test, f"fbad_{op.name.lower()}_{fl.name}"))
+            field_bad[op] = bits
+        chunks = {}                               # (bit, mask) -> registered OR of those payload bits
+        resv = {}
+        for op in Op:
+            mask, bits = reserved_mask(cfg, op), []
+            for lo in range(0, DESC_BITS, 64):
+                cm = (mask >> lo) & ((1 << 64) - 1)
+                if cm:
+                    if (lo, cm) not in chunks:
+                        chunks[(lo, cm)] = reg((p[lo:lo + 64] & cm) != 0, f"resv_{lo}_{len(chunks)}")
+                    bits.append(chunks[(lo, cm)])
+            resv[op] = bits
+        pend = {}
+        for op in PAYLOAD_BUFFER:
+            f = self._fields(p, op)
+            pend[op] = reg(f["offset"] + f["length"], f"pay_end_{op.name.lower()}")
+        rf = self._fields(p, Op.RUN)
+        wgt_end = reg(rf["wgt_offset"] + rf["k"], "wgt_end")
+        act_need = reg(rf["ntiles"] * rf["k"], "act_need")
+        out_need = reg(rf["ntiles"] * cfg.rows, "out_need")
+        # Room after the offset: only meaningful when the offset passes its own test (< depth),
+        # otherwise the field test flags the command anyway, so the value is taken modulo.
+        act_room = reg((cfg.act_depth - rf["act_offset"])[:cfg.act_depth.bit_length()], "act_room")
+        out_room = reg((cfg.out_depth - rf["out_offset"])[:cfg.out_depth.bit_length()], "out_room")
+
+        # -- stage B (end of CHECK): compares, then the opcode's tests
+        end_bad = [op_r[op] & (pend[op] > buffer_depth(cfg, PAYLOAD_BUFFER[op])) for op in PAYLOAD_BUFFER]
+        end_bad.append(op_r[Op.RUN] & ((wgt_end > cfg.wgt_depth) | (act_need > act_room) | (out_need > out_room)))
+        fld_bad = [op_r[op] & Cat(*bits).any() for op, bits in field_bad.items() if bits]
+        # Two registers: the compares' carry chains and the field tests' OR tree in parallel.
+        end_bad_r = reg(Cat(*end_bad).any(), "end_bad")
+        field_bad_r = reg(Cat(*fld_bad).any(), "field_bad")
+        reserved_bad = reg(Cat(*[op_r[op] & Cat(*bits).any() for op, bits in resv.items() if bits]).any(),
+                           "reserved_bad")
+        return end_bad_r | field_bad_r, reserved_bad
 
     def elaborate(self, platform):
         cfg = self.cfg
         m = Module()
         bus_bits = cfg.bus_bytes * 8
-        desc = Signal(DESC_BITS)
-        code = desc[:OPCODE_BITS]
+        p = self.cmd.payload
+        desc = Signal(DESC_BITS, reset_less=True)
 
         def fld(op, name):
-            for fl in self.lay[op]:
-                if fl.name == name:
-                    return desc[fl.offset:fl.offset + fl.width]
-            raise KeyError(name)
+            return self._fields(desc, op)[name]
 
-        # Payload-carrying ops share "offset"/"length" names but not bit positions: mux by opcode.
+        # ---- FSM shadow flags: registers equal to "state == IDLE" / "state == WAIT", so the
+        # descriptor's load enable (~140 FFs) and the snapshot's (~450 FFs) come from a FF.
+        idle_r = Signal(init=1)
+        wait_r = Signal()
+
+        def goto(state):
+            m.next = state
+            m.d.sync += [idle_r.eq(state == "IDLE"), wait_r.eq(state == "WAIT")]
+
+        # ---- the opcode, one-hot, registered with the descriptor (ok_r: a known opcode)
+        op_r = {op: Signal(name=f"op_{op.name.lower()}", reset_less=True) for op in Op}
+        ok_r = Signal(reset_less=True)
+        with m.If(idle_r):
+            m.d.sync += [desc.eq(p), ok_r.eq(Cat(*[p[:OPCODE_BITS] == int(op) for op in Op]).any())]
+            m.d.sync += [op_r[op].eq(p[:OPCODE_BITS] == int(op)) for op in Op]
+
+        def by_op(values, width):
+            """AND-OR of ``{op: value}`` by the registered one-hot opcode (0 for ops not listed)."""
+            acc = Const(0, width)
+            for op, v in values.items():
+                acc = acc | Mux(op_r[op], v, 0)
+            return acc[:width]
         pay_ops = list(PAYLOAD_BUFFER)
+        write_ops = [op for op in pay_ops if op != Op.READ_OUT]
         bank_ops = [op for op in pay_ops if "bank" in {f.name for f in self.lay[op]}]
         off_w = max(buffer_depth(cfg, b) for b in PAYLOAD_BUFFER.values()).bit_length()
-        offset = Signal(off_w)
-        length = Signal(off_w + 1)
-        bank = Signal(BANKS.bit_length())
-        with m.Switch(code):
-            for op in pay_ops:
-                with m.Case(int(op)):
-                    m.d.comb += [offset.eq(fld(op, "offset")), length.eq(fld(op, "length"))]
-                    if op in bank_ops:
-                        m.d.comb += bank.eq(fld(op, "bank"))
-
-        # Words per entry of the current payload op (WRITE_* and READ_OUT).
         wpe_of = {op: words_per_entry(entry_bytes(cfg, PAYLOAD_BUFFER[op]), cfg.bus_bytes) for op in pay_ops}
         wpe_max = max(wpe_of.values())
-        wpe = Signal(range(wpe_max + 1))
-        with m.Switch(code):
-            for op, n in wpe_of.items():
-                with m.Case(int(op)):
-                    m.d.comb += wpe.eq(n)
 
         flags = Signal(self.flags.shape())
         m.d.comb += self.flags.eq(flags)
         status = Signal(32)
         m.d.comb += status.eq(flags | Mux(self.jobs != 0, STATUS_BUSY, 0) | (self.jobs << STATUS_JOBS_SHIFT))
 
-        load_checks = Signal()                  # 1 in CHECK: the check registers load (see _checks)
-        opcode_ok, range_bad, reserved_bad = self._checks(m, desc, load_checks)
-        errs = Mux(opcode_ok, Mux(range_bad, int(Flag.BAD_RANGE), 0) | Mux(reserved_bad, int(Flag.RESERVED), 0),
-                   int(Flag.BAD_OPCODE))
-        is_write = Signal()
-        m.d.comb += is_write.eq(Cat(*[code == int(op) for op in pay_ops if op != Op.READ_OUT]).any())
+        range_bad, reserved_bad = self._checks(m, op_r)
+        errs = Cat(~ok_r, range_bad, reserved_bad)
+        assert (int(Flag.BAD_OPCODE), int(Flag.BAD_RANGE), int(Flag.RESERVED)) == (1, 2, 4)
+        is_write = Cat(*[op_r[op] for op in write_ops]).any()
 
-        # Interlock: the current command's wait condition.
-        blocked = Signal()
-        with m.Switch(code):
-            with m.Case(int(Op.WRITE_ACT)):
-                m.d.comb += blocked.eq(self.act_busy.bit_select(bank, 1))
-            with m.Case(int(Op.WRITE_WGT)):
-                m.d.comb += blocked.eq(self.wgt_busy.bit_select(bank, 1))
-            with m.Case(int(Op.WRITE_PARAMS)):
-                m.d.comb += blocked.eq(self.par_busy.bit_select(bank, 1))
-            with m.Case(int(Op.READ_OUT)):
-                m.d.comb += blocked.eq(self.out_busy.bit_select(bank, 1))
-            with m.Case(int(Op.WRITE_LUT), int(Op.SYNC)):
-                m.d.comb += blocked.eq(self.jobs != 0)
-            with m.Case(int(Op.RUN)):
-                m.d.comb += blocked.eq(~self.job.ready)
+        # ---- payload state, loaded in CHECK from the registered descriptor / stage-A values
+        bank = Signal(BANKS.bit_length(), reset_less=True)     # the command's bank
+        pa = Signal(off_w, reset_less=True)                    # WRITE: next entry written; READ: next read
+        erem = Signal(off_w + 1, reset_less=True)              # entries after the current one
+        elast = Signal(reset_less=True)                        # the current entry is the final one
+        rrem = Signal(off_w + 1, reset_less=True)              # READ: reads to issue after the next
+        rmore = Signal()                                       # READ: a read is left to issue
+        wsel = Signal(wpe_max, init=1)                         # WRITE: one-hot word within the entry
+        wend = Signal()                                        # WRITE: wsel is the entry's final word
+        wlast = Signal(wpe_max, reset_less=True)               # WRITE: one-hot of the final word
+        wi = Signal(range(max(wpe_max, status_response_words(cfg)) + 1))   # READ/RESP: word index
+        nresp_m1 = Signal(range(status_response_words(cfg)), reset_less=True)
+        is_sync = Signal(reset_less=True)
+        rv = Signal()                                          # READ: a row held in out_r.data
+        lens = {op: self._fields(desc, op)["length"] for op in pay_ops}
 
         # The RUN job (valid in WAIT; the queue's ready is the wait condition).
         rf = {n: fld(Op.RUN, n) for n in (fl.name for fl in self.lay[Op.RUN])}
@@ -211,130 +247,150 @@ class Decoder(wiring.Component):
                      jp.out_bank.eq(rf["out_bank"]), jp.out_offset.eq(rf["out_offset"]),
                      jp.k.eq(rf["k"]), jp.ntiles.eq(rf["ntiles"])]
         # rows_valid * lanes_valid, registered in CHECK (one small multiplier off the job path).
-        macs = Signal.like(jp.macs)
+        macs = Signal.like(jp.macs, reset_less=True)
         m.d.comb += jp.macs.eq(macs)
 
-        # ---- payload assembly (WRITE) and row/word counters (WRITE, READ, RESP)
-        asm = Signal(wpe_max * bus_bits)
-        wi = Signal(range(max(wpe_max, status_response_words(cfg)) + 1))   # word within the entry / response
-        ei = Signal(off_w + 1)                                             # entry index (written / sent)
-        ri = Signal(off_w + 1)                                             # READ: entries whose read was issued
-        words = [asm[p * bus_bits:(p + 1) * bus_bits] for p in range(wpe_max)]
-        entry = Cat(*[Mux(wi == p, self.din.payload.data, words[p]) for p in range(wpe_max)])
-        addr = offset + ei
-        entry_end = wi == wpe - 1
-        final = entry_end & (ei == length - 1)
-        snap = Signal(STATUS_SLOTS * COUNTER_BITS)
-        n_resp = Signal(range(status_response_words(cfg) + 1))
-        rv = Signal()                                                      # READ: a row held in out_r.data
+        # Interlock: the current command's wait condition (busy inputs, one-hot opcode, bank register).
+        blocked = Signal()
+        m.d.comb += blocked.eq((op_r[Op.WRITE_ACT] & self.act_busy.bit_select(bank, 1))
+                               | (op_r[Op.WRITE_WGT] & self.wgt_busy.bit_select(bank, 1))
+                               | (op_r[Op.WRITE_PARAMS] & self.par_busy.bit_select(bank, 1))
+                               | (op_r[Op.READ_OUT] & self.out_busy.bit_select(bank, 1))
+                               | ((op_r[Op.WRITE_LUT] | op_r[Op.SYNC]) & (self.jobs != 0))
+                               | (op_r[Op.RUN] & ~self.job.ready))
 
+        # ---- payload assembly and the buffer writes, straight from registers. Word p of the
+        # entry loads whenever wsel selects it (in any state: asm is only read by a registered
+        # write, which follows the entry's final word), so asm's enables are wsel's flip-flops.
+        # The write of an entry is registered: it happens on the cycle after its final word, with
+        # data = asm, addr = pa, bank = bank. Invisible at the top's ports: the buffers and the LUT
+        # are read only by jobs, which a RUN hands over at least 3 cycles later (CHECK, DECIDE,
+        # WAIT), and a WRITE waits until no queued job reads its bank.
+        asm = Signal(wpe_max * bus_bits, reset_less=True)
+        words = [asm[q * bus_bits:(q + 1) * bus_bits] for q in range(wpe_max)]
+        for q in range(wpe_max):
+            with m.If(wsel[q]):
+                m.d.sync += words[q].eq(self.din.payload.data)
+        w_en = {op: Signal(name=f"w_en_{op.name.lower()}") for op in write_ops}
+        m.d.sync += [e.eq(0) for e in w_en.values()]
+        with m.If(Cat(*w_en.values()).any()):
+            m.d.sync += pa.eq(pa + 1)
         m.d.comb += [
-            self.act_w.bank.eq(bank), self.act_w.addr.eq(addr), self.act_w.data.eq(entry),
-            self.wgt_w.bank.eq(bank), self.wgt_w.addr.eq(addr), self.wgt_w.data.eq(entry),
-            self.par_w.bank.eq(bank), self.par_w.addr.eq(addr), self.par_w.data.eq(entry),
-            self.lut.payload.addr.eq(addr), self.lut.payload.data.eq(entry),
-            self.out_r.bank.eq(bank), self.out_r.addr.eq(offset + ri),
+            self.act_w.en.eq(w_en[Op.WRITE_ACT]), self.wgt_w.en.eq(w_en[Op.WRITE_WGT]),
+            self.par_w.en.eq(w_en[Op.WRITE_PARAMS]), self.lut.valid.eq(w_en[Op.WRITE_LUT]),
+            self.act_w.bank.eq(bank), self.act_w.addr.eq(pa), self.act_w.data.eq(asm),
+            self.wgt_w.bank.eq(bank), self.wgt_w.addr.eq(pa), self.wgt_w.data.eq(asm),
+            self.par_w.bank.eq(bank), self.par_w.addr.eq(pa), self.par_w.data.eq(asm),
+            self.lut.payload.addr.eq(pa), self.lut.payload.data.eq(asm),
+            self.out_r.bank.eq(bank), self.out_r.addr.eq(pa),
         ]
+
+        # ---- the response snapshot: loads on every WAIT cycle (an enable straight from a FF, not
+        # the interlock decision), so on entering RESP it holds status and counters of the WAIT
+        # cycle that left for RESP (SYNC: status only).
+        snap = Signal(STATUS_SLOTS * COUNTER_BITS, reset_less=True)
+        with m.If(wait_r):
+            m.d.sync += snap.eq(Cat(status, Const(0, COUNTER_BITS - len(status)),
+                                    self.counters.as_value() & ~is_sync.replicate(len(self.counters.as_value()))))
 
         def drop_and_flag(extra_flags):
             m.d.sync += flags.eq(flags | extra_flags)
             m.d.comb += self.dropped.eq(1)
 
+        def next_entry():
+            """The current entry is complete: count it (erem, elast)."""
+            m.d.sync += [erem.eq(erem - 1), elast.eq(erem == 1)]
+
         with m.FSM():
             with m.State("IDLE"):
                 m.d.comb += self.cmd.ready.eq(1)
                 with m.If(self.cmd.valid):
-                    m.d.sync += desc.eq(self.cmd.payload)
-                    m.next = "CHECK"
+                    goto("CHECK")
             with m.State("CHECK"):
-                m.d.comb += load_checks.eq(1)
-                m.d.sync += [macs.eq(rf["rows_valid"] * rf["lanes_valid"]), wi.eq(0), ei.eq(0), ri.eq(0),
-                             rv.eq(0)]
-                m.next = "DECIDE"
+                lenm1 = by_op({op: lens[op] - 1 for op in pay_ops}, off_w + 1)
+                m.d.sync += [
+                    macs.eq(rf["rows_valid"] * rf["lanes_valid"]), wi.eq(0), rv.eq(0),
+                    bank.eq(by_op({op: fld(op, "bank") for op in bank_ops}, len(bank))),
+                    pa.eq(by_op({op: fld(op, "offset") for op in pay_ops}, off_w)),
+                    erem.eq(lenm1), elast.eq(by_op({op: lens[op] == 1 for op in pay_ops}, 1)),
+                    rrem.eq(lenm1), rmore.eq(1),
+                    wsel.eq(1), wend.eq(Cat(*[op_r[op] for op in pay_ops if wpe_of[op] == 1]).any()),
+                    wlast.eq(by_op({op: 1 << (wpe_of[op] - 1) for op in pay_ops}, wpe_max)),
+                    is_sync.eq(op_r[Op.SYNC]),
+                    nresp_m1.eq(Mux(op_r[Op.SYNC], sync_response_words(cfg) - 1,
+                                    status_response_words(cfg) - 1)),
+                ]
+                goto("DECIDE")
             with m.State("DECIDE"):
-                with m.If(errs != 0):
+                with m.If(errs.any()):
                     drop_and_flag(errs)
-                    m.next = "IDLE"
-                    with m.If(opcode_ok & is_write):
-                        m.next = "DISCARD"
+                    with m.If(ok_r & is_write):
+                        goto("DISCARD")
+                    with m.Else():
+                        goto("IDLE")
                 with m.Else():
-                    m.next = "WAIT"
+                    goto("WAIT")
             with m.State("WAIT"):
                 with m.If(~blocked):
-                    with m.Switch(code):
-                        with m.Case(int(Op.RUN)):
-                            m.d.comb += self.job.valid.eq(1)
-                            m.next = "IDLE"
-                        with m.Case(int(Op.CLEAR_STATUS)):
-                            m.d.sync += flags.eq(0)
-                            m.d.comb += self.clear_counters.eq(fld(Op.CLEAR_STATUS, "counters"))
-                            m.next = "IDLE"
-                        with m.Case(int(Op.READ_OUT)):
-                            m.next = "READ"
-                        with m.Case(int(Op.READ_STATUS)):
-                            m.d.sync += [snap.eq(Cat(status, Const(0, COUNTER_BITS - len(status)),
-                                                     self.counters.as_value())),
-                                         n_resp.eq(status_response_words(cfg))]
-                            m.next = "RESP"
-                        with m.Case(int(Op.SYNC)):
-                            m.d.sync += [snap.eq(status), n_resp.eq(sync_response_words(cfg))]
-                            m.next = "RESP"
-                        with m.Default():                     # WRITE_*
-                            m.next = "WRITE"
+                    with m.If(op_r[Op.RUN]):
+                        m.d.comb += self.job.valid.eq(1)
+                        goto("IDLE")
+                    with m.Elif(op_r[Op.CLEAR_STATUS]):
+                        m.d.sync += flags.eq(0)
+                        m.d.comb += self.clear_counters.eq(fld(Op.CLEAR_STATUS, "counters"))
+                        goto("IDLE")
+                    with m.Elif(op_r[Op.READ_OUT]):
+                        goto("READ")
+                    with m.Elif(op_r[Op.READ_STATUS] | op_r[Op.SYNC]):
+                        goto("RESP")
+                    with m.Else():                                    # WRITE_*
+                        goto("WRITE")
             with m.State("WRITE"):
                 m.d.comb += self.din.ready.eq(1)
+                final = wend & elast
                 with m.If(self.din.valid):
-                    for p in range(wpe_max):
-                        with m.If(wi == p):
-                            m.d.sync += words[p].eq(self.din.payload.data)
-                    with m.If(entry_end):
-                        m.d.sync += [wi.eq(0), ei.eq(ei + 1)]
-                        with m.Switch(code):
-                            with m.Case(int(Op.WRITE_ACT)):
-                                m.d.comb += self.act_w.en.eq(1)
-                            with m.Case(int(Op.WRITE_WGT)):
-                                m.d.comb += self.wgt_w.en.eq(1)
-                            with m.Case(int(Op.WRITE_PARAMS)):
-                                m.d.comb += self.par_w.en.eq(1)
-                            with m.Case(int(Op.WRITE_LUT)):
-                                m.d.comb += self.lut.valid.eq(1)
+                    with m.If(wend):
+                        m.d.sync += [wsel.eq(1), wend.eq(wlast[0])]
+                        m.d.sync += [w_en[op].eq(op_r[op]) for op in write_ops]
+                        next_entry()
                     with m.Else():
-                        m.d.sync += wi.eq(wi + 1)
+                        m.d.sync += [wsel.eq(wsel << 1), wend.eq((wsel[:-1] & wlast[1:]).any())]
                     with m.If(final & self.din.payload.last):
-                        m.next = "IDLE"
+                        goto("IDLE")
                     with m.Elif(final):                        # last missing on the final word
                         drop_and_flag(int(Flag.LENGTH_MISMATCH))
-                        m.next = "DISCARD"
+                        goto("DISCARD")
                     with m.Elif(self.din.payload.last):        # last early
                         drop_and_flag(int(Flag.LENGTH_MISMATCH))
-                        m.next = "IDLE"
+                        goto("IDLE")
             with m.State("DISCARD"):
                 m.d.comb += self.din.ready.eq(1)
                 with m.If(self.din.valid & self.din.payload.last):
-                    m.next = "IDLE"
+                    goto("IDLE")
             with m.State("READ"):
-                row_words = [self.out_r.data[p * bus_bits:(p + 1) * bus_bits] for p in range(wpe_of[Op.READ_OUT])]
                 n_out = wpe_of[Op.READ_OUT]
+                row_words = [self.out_r.data[q * bus_bits:(q + 1) * bus_bits] for q in range(n_out)]
                 send = Signal(bus_bits)
                 with m.Switch(wi):
-                    for p in range(n_out):
-                        with m.Case(p):
-                            m.d.comb += send.eq(row_words[p])
+                    for q in range(n_out):
+                        with m.Case(q):
+                            m.d.comb += send.eq(row_words[q])
                 row_end = wi == n_out - 1
                 take = rv & self.dout.ready
-                issue = (ri < length) & (~rv | (take & row_end))
+                issue = rmore & (~rv | (take & row_end))
                 m.d.comb += [self.dout.valid.eq(rv), self.dout.payload.data.eq(send),
-                             self.dout.payload.last.eq(row_end & (ei == length - 1)),
+                             self.dout.payload.last.eq(row_end & elast),
                              self.out_r.en.eq(issue)]
                 with m.If(issue):
-                    m.d.sync += [ri.eq(ri + 1), rv.eq(1)]
+                    m.d.sync += [pa.eq(pa + 1), rrem.eq(rrem - 1), rmore.eq(rrem != 0), rv.eq(1)]
                 with m.Elif(take & row_end):
                     m.d.sync += rv.eq(0)
                 with m.If(take):
                     with m.If(row_end):
-                        m.d.sync += [wi.eq(0), ei.eq(ei + 1)]
-                        with m.If(ei == length - 1):
-                            m.next = "IDLE"
+                        m.d.sync += wi.eq(0)
+                        next_entry()
+                        with m.If(elast):
+                            goto("IDLE")
                     with m.Else():
                         m.d.sync += wi.eq(wi + 1)
             with m.State("RESP"):
@@ -342,14 +398,14 @@ class Decoder(wiring.Component):
                 send = Signal(bus_bits)
                 padded = Cat(snap, Const(0, n_w * bus_bits - len(snap)))
                 with m.Switch(wi):
-                    for p in range(n_w):
-                        with m.Case(p):
-                            m.d.comb += send.eq(padded[p * bus_bits:(p + 1) * bus_bits])
-                is_last = wi == n_resp - 1
+                    for q in range(n_w):
+                        with m.Case(q):
+                            m.d.comb += send.eq(padded[q * bus_bits:(q + 1) * bus_bits])
+                is_last = wi == nresp_m1
                 m.d.comb += [self.dout.valid.eq(1), self.dout.payload.data.eq(send),
                              self.dout.payload.last.eq(is_last)]
                 with m.If(self.dout.ready):
                     m.d.sync += wi.eq(wi + 1)
                     with m.If(is_last):
-                        m.next = "IDLE"
+                        goto("IDLE")
         return m
