@@ -40,7 +40,8 @@ REQUANT_STAGES = (
     "psum",          # SRDHM: middle sum, nudge
     "plo",           # SRDHM: product bits [17, 40)
     "phi",           # SRDHM: product bits [40, 63); RDBPOT masks
-    "rshift",        # RoundingDivideByPOT: shift and rounding bit (ort: product rounding)
+    "rshift",        # RoundingDivideByPOT: coarse shift, rounding-bit terms (ort: product rounding)
+    "rfine",         # RoundingDivideByPOT: fine shift (by e mod 4), rounding bit
     "rround",        # RoundingDivideByPOT: increment
     "prelu_shl",     # negative values: alpha's left shift: overflow compares beside the shifter
     "prelu_sat",     # the saturating select (the alpha multiplier's operand)
@@ -48,8 +49,9 @@ REQUANT_STAGES = (
     "prelu_psum",    # alpha SRDHM: middle sum, nudge
     "prelu_plo",     # alpha SRDHM: low bits
     "prelu_phi",     # alpha SRDHM: high bits
-    "prelu_rshift",  # alpha RDBPOT: shift and rounding bit
-    "prelu_rround",  # alpha RDBPOT: increment; value select; clamp bounds - zero point
+    "prelu_rshift",  # alpha RDBPOT: coarse shift, rounding-bit terms
+    "prelu_rfine",   # alpha RDBPOT: fine shift, rounding bit; clamp bounds - zero point
+    "prelu_rround",  # alpha RDBPOT: increment; value select
     "clamp",         # compares against act_min/act_max - zero point; + zero point (8 bits)
     "clip",          # the clamp's select: the 8-bit code
     "lut",           # optional 256-entry table

@@ -53,8 +53,9 @@ psum          lh + hl; X + 2**30 (nudge)              same, no nudge
 plo           product bits [17, 40) + carry           + OR of bits [0, 17)
 phi           product bits [40, 63); prep: RDBPOT     exact product bits [22, 48),
               masks of max(-shift, 0)                 sticky of bits [0, 22)
-rshift        x >> e, rounding bit                    product rounded to 24 bits:
+rshift        x >> (e & ~3), rounding bit terms       product rounded to 24 bits:
                                                       kept bits, increment, exponent
+rfine         >> (e & 3), rounding bit                (delay)
 rround        + rounding bit; prep: alpha limits      + increment; integer shift amount
 prelu_shl     alpha left shift: compares, shifter     integer rounding: shift, increment
 prelu_sat     the select (the alpha operand)          (delay)
@@ -62,9 +63,11 @@ prelu_mul     alpha partial products                  magnitude (saturated at 2*
 prelu_psum    alpha sum, nudge                        sign
 prelu_plo     alpha low bits                          (delay)
 prelu_phi     alpha high bits; prep: masks            (delay)
-prelu_rshift  alpha x >> e, rounding bit              (delay)
+prelu_rshift  alpha x >> (e & ~3), rounding terms      (delay)
+prelu_rfine   >> (e & 3), rounding bit; prep:         (delay)
+              bounds - zp
 prelu_rround  + rounding bit; PReLU select (prelu     the mode selects the ort value
-              and v < 0); prep: bounds - zp
+              and v < 0)
 clamp         v < act_min - zp, v > act_max - zp,     shared
               v + zp (8 bits)
 clip          the select: the clipped code            shared
@@ -274,6 +277,11 @@ def _rdbpot_prep(shift) -> dict:
     return {"e": e5, "enz": neg, "em1": em1, "mk": ort_dp.thermometer(em1, _W32 - 1)}
 
 
+#: The RDBPOT shift is split at this bit of its amount: stage "rshift" shifts by the
+#: multiple of 2**_FINE_BITS, stage "rfine" by the rest (each a few LUT levels).
+_FINE_BITS = 2
+
+
 def _rdbpot_shift(x, pr) -> dict:
     """Stage "rshift": RoundingDivideByPOT(x, e) = q + inc, x / 2**e rounded half away from zero.
 
@@ -281,12 +289,23 @@ def _rdbpot_shift(x, pr) -> dict:
     2**(e-1) - 1 + (x < 0). For e >= 1 that is: bit e-1 of x set, and for
     negative x also some bit below it (rem > 2**(e-1)); e = 0 never rounds. The
     same holds for e = 32 (bit 31 is the sign: x >= 0 stays, x < 0 gives -1 + 1
-    = 0 unless x = INT32_MIN). So a barrel shifter beside a bit select and a
-    masked OR; the increment is the next stage.
+    = 0 unless x = INT32_MIN). Here: the coarse part of the shift (by e rounded
+    down to a multiple of 2**_FINE_BITS) beside the bit select and the masked OR,
+    whose two terms are registered apart; ``_rdbpot_fine`` finishes the shift and
+    the rounding bit, the increment is the stage after.
     """
+    e = pr["e"]
+    coarse = Cat(Const(0, _FINE_BITS), e[_FINE_BITS:])
     half = x.bit_select(pr["em1"], 1)
     sticky = (x[:_W32 - 1] & pr["mk"]).any()
-    return {"q": (signed(_W32), x >> pr["e"]), "inc": (unsigned(1), pr["enz"] & half & (~x[-1] | sticky))}
+    return {"qc": (signed(_W32), x >> coarse), "ef": (unsigned(_FINE_BITS), e[:_FINE_BITS]),
+            "rnd": (unsigned(1), pr["enz"] & half), "stk": (unsigned(1), ~x[-1] | sticky)}
+
+
+def _rdbpot_fine(r) -> dict:
+    """Stage "rfine": the rest of the shift (by e mod 2**_FINE_BITS: one 4:1 mux per bit) and the
+    rounding bit (``_rdbpot_shift``): q = x >> e, inc."""
+    return {"q": (signed(_W32), r["qc"] >> r["ef"]), "inc": (unsigned(1), r["rnd"] & r["stk"])}
 
 
 def _regs_of(d: dict) -> dict:
@@ -458,6 +477,7 @@ class RequantLane(wiring.Component):
             ort_regs = {"pq": (rp["q"].shape(), rp["q"]), "pinc": (u1, rp["inc"]), "pe": (rp["e"].shape(), rp["e"])}
         s = stage("rshift", _rdbpot_shift(_srdhm_word(s["prod"]), s), keep=(*flags, "neg", "tzero", *alpha, *late),
                   ort_fields=ort_regs)
+        s = stage("rfine", _rdbpot_fine(s), keep=(*flags, "neg", "tzero", *alpha, *late, "pq", "pinc", "pe"))
         ort_regs = {}
         if ort:
             pm = ort_dp.round_significand(s["pq"], s["pinc"])
@@ -493,16 +513,19 @@ class RequantLane(wiring.Component):
         s = stage("prelu_phi", {"prod": (prod.shape(), prod), **_regs_of(_rdbpot_prep(s["alpha_shift"]))},
                   keep=keep2)
         s = stage("prelu_rshift", _rdbpot_shift(_srdhm_word(s["prod"]), s), keep=keep2)
+        # prelu_rfine: the rest of the alpha shift; prep: the clamp bounds relative to the zero point.
+        zp, lo, hi = s["zp"], s["act_min"], s["act_max"]
+        bounds = {"lo": lo - zp, "hi": hi - zp, "qmin": Mux(lo < hi, lo, hi)[:CODE_WIDTH], "qhi": hi[:CODE_WIDTH],
+                  "zp8": zp[:CODE_WIDTH]}
+        s = stage("prelu_rfine", {**_rdbpot_fine(s), **_regs_of(bounds)},
+                  keep=("valid", "last", "mode", "v", "neg_alpha", "vo", "lut_en"))
         # prelu_rround: the alpha RDBPOT's increment and the value select (ort: the mode
-        # selects the ort value); the clamp bounds relative to the zero point.
+        # selects the ort value).
         alpha_d = (s["q"] + s["inc"])[:_W32].as_signed()
         v = Mux(s["neg_alpha"], alpha_d, s["v"])
         if ort:
             v = Mux(mode_ort(s), s["vo"], v)
-        zp, lo, hi = s["zp"], s["act_min"], s["act_max"]
-        bounds = {"lo": lo - zp, "hi": hi - zp, "qmin": Mux(lo < hi, lo, hi)[:CODE_WIDTH], "qhi": hi[:CODE_WIDTH],
-                  "zp8": zp[:CODE_WIDTH]}
-        s = stage("prelu_rround", {"v": (i32, v), **_regs_of(bounds)}, keep=("valid", "last", "lut_en"))
+        s = stage("prelu_rround", {"v": (i32, v)}, keep=("valid", "last", "lut_en", "lo", "hi", "qmin", "qhi", "zp8"))
         # clamp / clip: clamp(v + zp, act_min, act_max) in np.clip's order (max with act_min, then
         # min with act_max, also for act_min > act_max), as two comparisons of v against the
         # bounds minus zp beside an 8-bit add (registered), then the select of the 8-bit code.
