@@ -29,13 +29,14 @@ every step below produces the same real value as the golden algorithm:
    (ma <= 2**24, mant < 2**24: p < 2**48). With both factors normalised,
    p in [2**46, 2**48): its bit length is 47 or 48.
 4. ``round_product`` = ``round_product_select`` (stage ``rshift``),
-   ``round_significand`` (``rround``): p rounded to 24 significant bits,
+   ``round_significand`` (``rround``, after the ``rfine`` delay): p rounded to 24 significant bits,
    round half to even (the float32 multiply): a 2-way choice of the rounding
    position (p[47]) with guard/sticky bits instead of a barrel shifter;
    pm in [2**23, 2**24] and |f| = pm * 2**e with
    e = msb + efield - 150 + p[47] in [-150, 137].
 5. ``to_integer`` = ``to_integer_prep`` (stage ``rround``),
-   ``to_integer_shift`` (``prelu_shl``), ``to_integer_round`` (``prelu_mul``): |f| rounded half to even to an
+   ``to_integer_shift`` (``prelu_shl``), ``to_integer_round`` (``prelu_mul``, after the
+   ``prelu_sat`` delay): |f| rounded half to even to an
    integer, saturated at ``MAG_SAT`` = 2**10, 0 for t = 0. As pm >= 2**23,
    every e >= -13 gives >= 2**10 (saturate), every e <= -26 gives 0, and only
    the 12 right shifts 14..25 need a shifter (11-bit result).

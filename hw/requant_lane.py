@@ -547,9 +547,11 @@ class RequantLane(wiring.Component):
         # decoder (hw/decoder.py) writes the table only in WRITE of WRITE_LUT, entered from
         # WAIT once the sequencer's `jobs` = 0 (a job retires after its last row left the
         # lanes, so the lanes are empty) and no RUN can be queued before the decoder is back
-        # in IDLE and has taken the next command through CHECK and DECIDE (tests:
-        # test_lane_lut_write_to_read_distance here, test_hw_top_amaranth's runs after
-        # WRITE_LUT at the top).
+        # in IDLE and has taken the next command through CHECK and DECIDE, and a queued job's
+        # rows reach this stage REQUANT_LATENCY - 1 cycles after entering the lane. The tightest
+        # case (a write 1 + LUT_WRITE_DELAY cycles before the read) is
+        # tests/test_hw_requant_lane.py::test_lane_lut_write_to_read_distance; the top tests
+        # (tests/test_hw_top_amaranth.py, tests/test_rtl_top.py) run lut_en jobs after WRITE_LUT.
         m.submodules.lut_mem = mem = memory.Memory(shape=u8, depth=LUT_DEPTH, init=[])
         wp = mem.write_port()
         rp = mem.read_port(domain="comb")
