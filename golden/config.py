@@ -32,24 +32,28 @@ DRAIN_LATENCY = 1
 #: timing target, docs/fpga.md); hw/requant_lane.py has the per-stage detail of both modes.
 REQUANT_STAGES = (
     "bias",          # acc + bias_eff (exact); left-shift limits
-    "lshift",        # sat32 and saturating left shift in one (tflite); |t| (ort)
-    "ort_msb",       # ort: msb of |t|
+    "lshift",        # sat32 + left shift: overflow compares beside the shifter (tflite); |t| (ort)
+    "ort_msb",       # tflite: the saturating select; ort: msb of |t|
     "ort_norm",      # ort: 24 bits from the msb, rounding increment
     "operand",       # the multiplier operand (ort: the rounded significand)
     "mul",           # SRDHM: four 18x18 partial products
     "psum",          # SRDHM: middle sum, nudge
     "plo",           # SRDHM: product bits [17, 40)
     "phi",           # SRDHM: product bits [40, 63); RDBPOT masks
-    "rshift",        # RoundingDivideByPOT: shift and rounding bit (ort: product rounding)
+    "rshift",        # RoundingDivideByPOT: coarse shift, rounding-bit terms (ort: product rounding)
+    "rfine",         # RoundingDivideByPOT: fine shift (by e mod 4), rounding bit
     "rround",        # RoundingDivideByPOT: increment
-    "prelu_shl",     # negative values: saturating left shift by alpha's left shift
+    "prelu_shl",     # negative values: alpha's left shift: overflow compares beside the shifter
+    "prelu_sat",     # the saturating select (the alpha multiplier's operand)
     "prelu_mul",     # alpha SRDHM: partial products
     "prelu_psum",    # alpha SRDHM: middle sum, nudge
     "prelu_plo",     # alpha SRDHM: low bits
     "prelu_phi",     # alpha SRDHM: high bits
-    "prelu_rshift",  # alpha RDBPOT: shift and rounding bit
-    "prelu_rround",  # alpha RDBPOT: increment; value select; clamp bounds - zero point
-    "clamp",         # + zero point, clamp to [act_min, act_max]
+    "prelu_rshift",  # alpha RDBPOT: coarse shift, rounding-bit terms
+    "prelu_rfine",   # alpha RDBPOT: fine shift, rounding bit; clamp bounds - zero point
+    "prelu_rround",  # alpha RDBPOT: increment; value select
+    "clamp",         # compares against act_min/act_max - zero point; + zero point (8 bits)
+    "clip",          # the clamp's select: the 8-bit code
     "lut",           # optional 256-entry table
 )
 REQUANT_LATENCY = len(REQUANT_STAGES)

@@ -29,13 +29,14 @@ every step below produces the same real value as the golden algorithm:
    (ma <= 2**24, mant < 2**24: p < 2**48). With both factors normalised,
    p in [2**46, 2**48): its bit length is 47 or 48.
 4. ``round_product`` = ``round_product_select`` (stage ``rshift``),
-   ``round_significand`` (``rround``): p rounded to 24 significant bits,
+   ``round_significand`` (``rround``, after the ``rfine`` delay): p rounded to 24 significant bits,
    round half to even (the float32 multiply): a 2-way choice of the rounding
    position (p[47]) with guard/sticky bits instead of a barrel shifter;
    pm in [2**23, 2**24] and |f| = pm * 2**e with
    e = msb + efield - 150 + p[47] in [-150, 137].
 5. ``to_integer`` = ``to_integer_prep`` (stage ``rround``),
-   ``to_integer_shift`` (``prelu_shl``), ``to_integer_round`` (``prelu_mul``): |f| rounded half to even to an
+   ``to_integer_shift`` (``prelu_shl``), ``to_integer_round`` (``prelu_mul``, after the
+   ``prelu_sat`` delay): |f| rounded half to even to an
    integer, saturated at ``MAG_SAT`` = 2**10, 0 for t = 0. As pm >= 2**23,
    every e >= -13 gives >= 2**10 (saturate), every e <= -26 gives 0, and only
    the 12 right shifts 14..25 need a shifter (11-bit result).
@@ -111,6 +112,29 @@ def msb_index(value) -> tuple:
     return nodes[0]
 
 
+def gt_const(a, c: int):
+    """``a > c`` for an unsigned value ``a`` and an integer constant ``c``, as plain AND/OR logic.
+
+    Written out bit by bit (from the lsb: g = a_i & g where c_i = 1, a_i | g where c_i = 0)
+    so that synthesis maps it to a couple of LUT levels instead of a comparison carry chain
+    (issue 6: a chain after a chain is the typical late path).
+    """
+    if c < 0:
+        return Const(1, 1)
+    if c >= (1 << len(a)) - 1:
+        return Const(0, 1)
+    g = Const(0, 1)
+    for i in range(len(a)):
+        g = (a[i] & g) if (c >> i) & 1 else (a[i] | g)
+    return g
+
+
+def thermometer(amount, width: int):
+    """The mask 2**amount - 1 (bit i set iff amount > i), unsigned(width), without a shifter or
+    an adder: each bit is ``gt_const`` of the (few-bit) amount."""
+    return Cat(*(gt_const(amount, i) for i in range(width)))
+
+
 def scale_fields(scale_f32):
     """Stage ``bias``: (mant, efield) of raw float32 bits; the sign bit is ignored.
 
@@ -126,10 +150,24 @@ def scale_fields(scale_f32):
 
 
 def abs_value(m: Module, t, name: str) -> dict:
-    """Stage ``lshift``: ``a`` = |t| (unsigned(ABS_WIDTH)), ``neg`` (t < 0), ``tzero`` (t = 0) of an int32 ``t``."""
+    """Stage ``lshift``: ``a`` = |sat32(t)| (unsigned(ABS_WIDTH)), ``neg`` (t < 0), ``tzero`` (t = 0)
+    of a signed ``t`` of any width (the lane passes the exact acc + bias).
+
+    Saturation keeps the sign and maps no nonzero value to 0, so ``neg`` and ``tzero`` read
+    ``t`` itself; |sat32(t)| is |t| unless t is outside int32 (its bits from 31 up not all
+    equal), then 2**31 (t < 0) or 2**31 - 1. One negation chain, then one LUT per bit
+    (|t|, t, sign, out of range): no saturating compare in front of the chain.
+    """
     a = Signal(unsigned(ABS_WIDTH), name=f"{name}_abs")
-    m.d.comb += a.eq(Mux(t[-1], -t, t))              # -INT32_MIN = 2**31 fits unsigned 32
-    return {"a": a, "neg": t[-1], "tzero": t == 0}
+    neg = t[-1]
+    if len(t) > ABS_WIDTH:
+        top = t[ABS_WIDTH - 1:]
+        ovf = ~(top.all() | ~top.any())
+    else:
+        ovf = Const(0, 1)
+    mag = Mux(neg, -t, t)                             # -INT32_MIN = 2**31 fits unsigned 32
+    m.d.comb += a.eq(Mux(ovf, Mux(neg, 1 << (ABS_WIDTH - 1), (1 << (ABS_WIDTH - 1)) - 1), mag[:ABS_WIDTH]))
+    return {"a": a, "neg": neg, "tzero": t == 0}
 
 
 def leading_one(m: Module, a, name: str):
@@ -157,7 +195,7 @@ def normalise(m: Module, a, msb, efield, name: str) -> dict:
     gi = msb[:3]                                       # msb - 24 there
     low = a[:8]
     sticky_mask = Signal(unsigned(8), name=f"{name}_sticky_mask")
-    m.d.comb += sticky_mask.eq((Const(1, 9) << gi) - 1)
+    m.d.comb += sticky_mask.eq(thermometer(gi, 8))     # 2**gi - 1
     guard = big & low.bit_select(gi, 1)
     sticky = (low & sticky_mask).any()
     epart = Signal(signed(E_WIDTH), name=f"{name}_epart")
@@ -244,7 +282,7 @@ def to_integer_shift(m: Module, pm, d, name: str) -> dict:
     m.d.comb += q.eq(hi[1:] >> d)
     guard = hi.bit_select(d, 1)
     mid_mask = Signal(unsigned(len(hi)), name=f"{name}_mid_mask")
-    m.d.comb += mid_mask.eq((Const(1, len(hi) + 1) << d) - 1)
+    m.d.comb += mid_mask.eq(thermometer(d, len(hi)))  # 2**d - 1: one LUT per bit, no chain
     sticky = pm[:_SHIFT_LO - 1].any() | (hi & mid_mask).any()
     return {"q": q, "inc": guard & (sticky | q[0])}
 

@@ -25,21 +25,26 @@ head). The ort datapath (``hw.ort_requant``) runs beside the tflite one and
 shares its bias adder, its first multiplier, the clamp and the LUT.
 
 Timing (issue 6, docs/fpga.md "Timing"): no stage is deeper than about one
-carry chain, one barrel shifter, one 18x18 multiplier (MULT18X18D) or a few
-LUT levels. Each 32 x 31 product is four registered 18x18 partial products
-(operands split at bit 17) summed over three stages in <= 34-bit chains; the
-rounding shifts are split from their increments; whatever depends on the
-parameters alone (shift limits, masks, clamp bounds) is computed one stage
-ahead ("prep") and registered:
+carry chain plus a LUT level, one barrel shifter, one 18x18 multiplier
+(MULT18X18D) or a few LUT levels. Each 32 x 31 product is four registered
+18x18 partial products (operands split at bit 17) summed over three stages in
+<= 34-bit chains; the saturating left shifts register their overflow compares
+beside the shifter and select a stage later; the rounding shifts are split
+from their increments; the clamp registers its compares and selects a stage
+later; whatever depends on the parameters alone (shift limits, masks, clamp
+bounds) is computed one stage ahead ("prep") and registered, as LUT logic
+(thermometer codes) rather than shifters and decrements. Only ``valid`` and
+``last`` have a reset (see ``_RESET_REGS``); the ``lut`` write is registered
+once (``LUT_WRITE_DELAY``) before the table's write port.
 
 ============  ======================================  ====================================
 stage         tflite                                  ort (mode = 1)
 ============  ======================================  ====================================
-bias          s = acc + bias (exact); prep: limits    same s; scale significand muxed
-              of the left shift                       into ``mult``
-lshift        sat32(s) << max(shift, 0) saturated:    a = |sat32(s)|, sign, t = 0
-              two compares beside a barrel shifter
-ort_msb       (delay)                                 msb index of a
+bias          s = acc + bias (exact); prep: limits    same s; scale significand and
+              of the left shift                       exponent field
+lshift        sat32(s) << max(shift, 0): two          a = |sat32(s)|, sign, t = 0;
+              compares beside a barrel shifter        the significand into ``mult``
+ort_msb       the saturating select                   msb index of a
 ort_norm      (delay)                                 24 bits of a from the msb, RNE
                                                       increment, exponent part
 operand       multiplier operand                      rounded significand ma (24 bits)
@@ -48,19 +53,24 @@ psum          lh + hl; X + 2**30 (nudge)              same, no nudge
 plo           product bits [17, 40) + carry           + OR of bits [0, 17)
 phi           product bits [40, 63); prep: RDBPOT     exact product bits [22, 48),
               masks of max(-shift, 0)                 sticky of bits [0, 22)
-rshift        x >> e, rounding bit                    product rounded to 24 bits:
+rshift        x >> (e & ~3), rounding bit terms       product rounded to 24 bits:
                                                       kept bits, increment, exponent
+rfine         >> (e & 3), rounding bit                (delay)
 rround        + rounding bit; prep: alpha limits      + increment; integer shift amount
-prelu_shl     alpha saturating left shift (operand)   integer rounding: shift, increment
+prelu_shl     alpha left shift: compares, shifter     integer rounding: shift, increment
+prelu_sat     the select (the alpha operand)          (delay)
 prelu_mul     alpha partial products                  magnitude (saturated at 2**10)
 prelu_psum    alpha sum, nudge                        sign
 prelu_plo     alpha low bits                          (delay)
 prelu_phi     alpha high bits; prep: masks            (delay)
-prelu_rshift  alpha x >> e, rounding bit              (delay)
+prelu_rshift  alpha x >> (e & ~3), rounding terms      (delay)
+prelu_rfine   >> (e & 3), rounding bit; prep:         (delay)
+              bounds - zp
 prelu_rround  + rounding bit; PReLU select (prelu     the mode selects the ort value
-              and v < 0); prep: bounds - zp
+              and v < 0)
 clamp         v < act_min - zp, v > act_max - zp,     shared
-              v + zp (8 bits): the clipped code
+              v + zp (8 bits)
+clip          the select: the clipped code            shared
 lut           optional table                          shared
 ============  ======================================  ====================================
 
@@ -81,7 +91,7 @@ from golden.config import REQUANT_STAGES, ArrayConfig
 from golden.requant import MAX_LEFT_SHIFT, MAX_RIGHT_SHIFT
 
 from . import ort_requant as ort_dp
-from .pe import check_hw_config, config_for, saturate, signed_width
+from .pe import check_hw_config, config_for, signed_width
 
 #: Width of the int32 datapath of the lane.
 _W32 = signed_width(INT32_MIN, INT32_MAX)
@@ -96,6 +106,9 @@ CODE_WIDTH = UINT8_MAX.bit_length()
 LUT_DEPTH = UINT8_MAX - UINT8_MIN + 1
 #: ort mode: the raw IEEE-754 bits of the float32 scale.
 SCALE_WIDTH = 32
+#: Registers between the ``lut`` write port and the table memory: a write on cycle t is read
+#: from cycle t + 1 + LUT_WRITE_DELAY (see the lut stage in ``RequantLane.elaborate``).
+LUT_WRITE_DELAY = 1
 
 
 def lane_params_layout(cfg: ArrayConfig) -> data.StructLayout:
@@ -145,25 +158,36 @@ def _right_amount(shift):
     return Mux(shift[-1], -shift, 0)[:len(shift)]
 
 
-def _shl_limits(left) -> dict:
-    """Prep of ``_satshl``: x * 2**left overflows int32 iff x > hi or x < lo (left in [0, 31]).
+def _shl_limits(shift) -> dict:
+    """Prep of ``_satshl_cmp`` from the signed ``shift`` alone: left = max(shift, 0) and the bound
+    lo = INT32_MIN >> left (x * 2**left overflows int32 iff x > ~lo or x < lo).
 
-    hi = INT32_MAX >> left = floor(INT32_MAX / 2**left), lo = INT32_MIN >> left =
-    INT32_MIN / 2**left exactly (a power of two): functions of ``left`` only.
+    lo = INT32_MIN / 2**left exactly (a power of two) has bits [31 - left, 32) set, and
+    INT32_MAX >> left = ~lo, so one register holds both bounds. Each bit of lo is the
+    6-input function ``left > 30 - i`` of the shift (``ort_dp.gt_const``: a couple of LUT
+    levels, no shifter or chain on the params port).
     """
-    return {"left": left, "hi": Const(INT32_MAX, signed(_W32)) >> left, "lo": Const(INT32_MIN, signed(_W32)) >> left}
+    neg, mag = shift[-1], shift[:len(shift) - 1]
+    lo = Cat(*(~neg & ort_dp.gt_const(mag, _W32 - 2 - i) for i in range(_W32 - 1)), Const(1, 1))
+    return {"left": _left_amount(shift), "lo": lo.as_signed()}
 
 
-def _satshl(x, lim):
-    """sat32(x * 2**left) for a signed ``x`` of any width, ``lim`` from ``_shl_limits`` (registered).
+def _satshl_cmp(x, lim) -> dict:
+    """First half of sat32(x * 2**left) for a signed ``x`` of any width, ``lim`` from ``_shl_limits``
+    (registered): the two overflow compares (carry chains) beside the 32-bit barrel shifter,
+    registered separately so that the 3-way select is the next stage (``_satshl_sel``).
 
     golden.requant.saturating_left_shift of sat32(x): saturation is monotone, so
     saturating first and then shifting with saturation (a bound stays a bound)
-    equals one saturation of the exact x * 2**left. Two comparisons (carry
-    chains) beside a 32-bit barrel shifter, then a 3-way select.
+    equals one saturation of the exact x * 2**left.
     """
-    shifted = (x[:_W32] << lim["left"])[:_W32].as_signed()
-    return Mux(x > lim["hi"], INT32_MAX, Mux(x < lim["lo"], INT32_MIN, shifted))[:_W32].as_signed()
+    xs = (x[:_W32] << lim["left"])[:_W32].as_signed()
+    return {"xs": (signed(_W32), xs), "gt": (unsigned(1), x > ~lim["lo"]), "lt": (unsigned(1), x < lim["lo"])}
+
+
+def _satshl_sel(r):
+    """Second half of the saturating left shift: the select of ``_satshl_cmp``'s registers (one LUT level)."""
+    return Mux(r["gt"], INT32_MAX, Mux(r["lt"], INT32_MIN, r["xs"]))[:_W32].as_signed()
 
 
 #: Operands of the 32 x 31 products are split at this bit: the low parts are unsigned
@@ -236,10 +260,26 @@ def _srdhm_word(prod):
     return prod[_W32 - 1 - _PROD_LO:].as_signed()
 
 
-def _rdbpot_prep(e) -> dict:
-    """Prep of ``_rdbpot_shift`` from the amount e in [0, 32] alone: e, e != 0, e - 1 and the mask 2**(e-1) - 1."""
-    em1 = (e - 1)[:5]
-    return {"e": e, "enz": e != 0, "em1": em1, "mk": ((Const(1, _W32) << em1) - 1)[:_W32 - 1]}
+def _rdbpot_prep(shift) -> dict:
+    """Prep of ``_rdbpot_shift`` from the signed ``shift`` alone (the amount is e = max(-shift, 0) in
+    [0, 32]): the shifter's amount min(e, 31) (x >> 31 = x >> 32 for an int32: the sign), e != 0,
+    e - 1 and the mask 2**(e-1) - 1.
+
+    For shift < 0, e - 1 = -shift - 1 = ~shift (5 bits): no subtractor; the mask is a
+    thermometer of it (``ort_dp.thermometer``, a couple of LUT levels per bit) instead of a
+    shifter and a 31-bit decrement chain (issue 6: ``phi_mk`` 11.3 ns). For shift >= 0
+    (e = 0) ``em1`` and ``mk`` are don't-cares: ``enz`` = 0 suppresses the rounding.
+    """
+    neg = shift[-1]
+    em1 = (~shift)[:5]
+    e = Mux(neg, (-shift)[:len(shift)], 0)[:len(shift)]                 # 6 bits, a 3-cell chain
+    e5 = Mux(e[-1], (1 << 5) - 1, e[:5])
+    return {"e": e5, "enz": neg, "em1": em1, "mk": ort_dp.thermometer(em1, _W32 - 1)}
+
+
+#: The RDBPOT shift is split at this bit of its amount: stage "rshift" shifts by the
+#: multiple of 2**_FINE_BITS, stage "rfine" by the rest (each a few LUT levels).
+_FINE_BITS = 2
 
 
 def _rdbpot_shift(x, pr) -> dict:
@@ -249,12 +289,23 @@ def _rdbpot_shift(x, pr) -> dict:
     2**(e-1) - 1 + (x < 0). For e >= 1 that is: bit e-1 of x set, and for
     negative x also some bit below it (rem > 2**(e-1)); e = 0 never rounds. The
     same holds for e = 32 (bit 31 is the sign: x >= 0 stays, x < 0 gives -1 + 1
-    = 0 unless x = INT32_MIN). So a barrel shifter beside a bit select and a
-    masked OR; the increment is the next stage.
+    = 0 unless x = INT32_MIN). Here: the coarse part of the shift (by e rounded
+    down to a multiple of 2**_FINE_BITS) beside the bit select and the masked OR,
+    whose two terms are registered apart; ``_rdbpot_fine`` finishes the shift and
+    the rounding bit, the increment is the stage after.
     """
+    e = pr["e"]
+    coarse = Cat(Const(0, _FINE_BITS), e[_FINE_BITS:])
     half = x.bit_select(pr["em1"], 1)
     sticky = (x[:_W32 - 1] & pr["mk"]).any()
-    return {"q": (signed(_W32), x >> pr["e"]), "inc": (unsigned(1), pr["enz"] & half & (~x[-1] | sticky))}
+    return {"qc": (signed(_W32), x >> coarse), "ef": (unsigned(_FINE_BITS), e[:_FINE_BITS]),
+            "rnd": (unsigned(1), pr["enz"] & half), "stk": (unsigned(1), ~x[-1] | sticky)}
+
+
+def _rdbpot_fine(r) -> dict:
+    """Stage "rfine": the rest of the shift (by e mod 2**_FINE_BITS: one 4:1 mux per bit) and the
+    rounding bit (``_rdbpot_shift``): q = x >> e, inc."""
+    return {"q": (signed(_W32), r["qc"] >> r["ef"]), "inc": (unsigned(1), r["rnd"] & r["stk"])}
 
 
 def _regs_of(d: dict) -> dict:
@@ -262,11 +313,20 @@ def _regs_of(d: dict) -> dict:
     return {k: (v.shape(), v) for k, v in d.items()}
 
 
+#: The only lane registers with a reset: the pipeline's valid bit and the tile's last flag
+#: travelling with it. Every other stage register is reset-less (issue 6: the accelerator's
+#: reset fanned out to every lane flip-flop's LSR, ~2 300 late endpoints per lane); that is
+#: safe because each holds data of the row in its stage and is read (by the next stage,
+#: and at the ports as ``out_data``) only as that row's data, i.e. under a valid bit that
+#: the reset clears; after a reset each is written before a valid row reaches it.
+_RESET_REGS = ("valid", "last")
+
+
 def _stage_regs(m, en, name, fields):
     """One pipeline register stage; ``fields`` maps a name to (shape, next value)."""
     regs = {}
     for key, (shape, value) in fields.items():
-        reg = Signal(shape, name=f"{name}_{key}")
+        reg = Signal(shape, name=f"{name}_{key}", reset_less=key not in _RESET_REGS)
         with m.If(en):
             m.d.sync += reg.eq(value)
         regs[key] = reg
@@ -287,7 +347,8 @@ class RequantLane(wiring.Component):
                     sampled with ``acc`` (``mode`` selects the requantization per row)
     * ``lut_en``    In(1)          sampled with ``acc``: output through the table
     * ``lut``       In(stream.Signature(lut_layout()))  table write port, always
-                    ready, not gated by ``en``; a write on cycle t is read from t + 1
+                    ready, not gated by ``en``; a write on cycle t is read from
+                    t + 1 + LUT_WRITE_DELAY (registered once; see the lut stage)
     * ``out_data``  Out(8)         the output code (value & 0xFF, or its LUT entry)
     * ``out_valid`` Out(1)         ``valid`` delayed by REQUANT_LATENCY enabled cycles
     * ``out_last``  Out(1)         ``last`` delayed likewise
@@ -354,43 +415,47 @@ class RequantLane(wiring.Component):
             return (s["mode"] == MODE_ORT) if ort else Const(0, 1)
 
         # bias: the exact sum (acc_width + bias_width fit in one more bit), saturated later;
-        # the left-shift limits from `shift`. ort: the scale's significand takes the place of
-        # `mult` (they share the first multiplier); its exponent field rides along.
+        # the left-shift limits from `shift`. ort: the scale's significand and exponent field
+        # (the significand takes the place of `mult` one stage later: no mux on the params port).
         mant, efield = ort_dp.scale_fields(p.scale_f32)
         total = self.acc + p.bias
-        s = stage("bias", {"s": (total.shape(), total), **_regs_of(_shl_limits(_left_amount(p.shift))),
-                           "mult": (unsigned(MULT_WIDTH), Mux(mode_ort(prev), mant, p.mult))},
-                  keep=(*flags, "shift", *alpha, *late), ort_fields={"efield": (efield.shape(), efield)})
-        # lshift: tflite: satshl32(sat32(s), max(shift, 0)). ort: |sat32(s)| (the float32
-        # conversion's input); both in the register x.
-        x = _satshl(s["s"], s)
+        s = stage("bias", {"s": (total.shape(), total), **_regs_of(_shl_limits(p.shift)),
+                           "mult": (unsigned(MULT_WIDTH), p.mult)},
+                  keep=(*flags, "shift", *alpha, *late),
+                  ort_fields={"mant": (mant.shape(), mant), "efield": (efield.shape(), efield)})
+        # lshift: tflite: the two overflow compares of satshl32(sat32(s), max(shift, 0)) beside
+        # its barrel shifter (sat32 folded in); the select is the next stage. ort: |sat32(s)|
+        # (the float32 conversion's input) in its own register (no mode mux behind the chain).
+        # Both: the first multiplier's second operand (ort: the scale's significand).
+        ort_regs = {}
+        mult = s["mult"]
+        if ort:
+            av = ort_dp.abs_value(m, s["s"], "ort_abs")
+            ort_regs = {"a": (unsigned(ort_dp.ABS_WIDTH), av["a"]), "neg": (u1, av["neg"]),
+                        "tzero": (u1, av["tzero"])}
+            mult = Mux(mode_ort(s), s["mant"], mult)
+        s = stage("lshift", {**_satshl_cmp(s["s"], s), "mult": (unsigned(MULT_WIDTH), mult)},
+                  keep=(*flags, "shift", "efield", *alpha, *late), ort_fields=ort_regs)
+        # ort_msb: tflite: the saturating select. ort: the msb index of |t|.
         ort_regs = {}
         if ort:
-            av = ort_dp.abs_value(m, saturate(s["s"], _W32), "ort_abs")
-            x = Mux(mode_ort(s), av["a"], x)[:_W32].as_signed()
-            ort_regs = {"neg": (u1, av["neg"]), "tzero": (u1, av["tzero"])}
-        s = stage("lshift", {"x": (i32, x)}, keep=(*flags, "shift", "mult", "efield", *alpha, *late),
-                  ort_fields=ort_regs)
-        # ort_msb (ort only): the msb index of |t|.
-        ort_regs = {}
-        if ort:
-            msb = ort_dp.leading_one(m, s["x"].as_unsigned(), "ort_msb")
+            msb = ort_dp.leading_one(m, s["a"], "ort_msb")
             ort_regs = {"msb": (msb.shape(), msb)}
-        s = stage("ort_msb", {}, keep=(*flags, "x", "shift", "mult", "efield", "neg", "tzero", *alpha, *late),
-                  ort_fields=ort_regs)
-        # ort_norm (ort only): the 24 bits from the msb down (in x) and their rounding increment.
+        s = stage("ort_msb", {"x": (i32, _satshl_sel(s))},
+                  keep=(*flags, "a", "shift", "mult", "efield", "neg", "tzero", *alpha, *late), ort_fields=ort_regs)
+        # ort_norm (ort only): the 24 bits from the msb down and their rounding increment, in their
+        # own registers (tflite: x is delayed).
         ort_regs = {}
-        x = s["x"]
         if ort:
-            nrm = ort_dp.normalise(m, s["x"].as_unsigned(), s["msb"], s["efield"], "ort_norm")
-            x = Mux(mode_ort(s), nrm["trunc"], s["x"])[:_W32].as_signed()
-            ort_regs = {"inc": (u1, nrm["inc"]), "epart": (nrm["epart"].shape(), nrm["epart"])}
-        s = stage("ort_norm", {"x": (i32, x)}, keep=(*flags, "shift", "mult", "neg", "tzero", *alpha, *late),
+            nrm = ort_dp.normalise(m, s["a"], s["msb"], s["efield"], "ort_norm")
+            ort_regs = {"trunc": (nrm["trunc"].shape(), nrm["trunc"]), "inc": (u1, nrm["inc"]),
+                        "epart": (nrm["epart"].shape(), nrm["epart"])}
+        s = stage("ort_norm", {}, keep=(*flags, "x", "shift", "mult", "neg", "tzero", *alpha, *late),
                   ort_fields=ort_regs)
         # operand: the first multiplier's operand. ort: the rounded significand ma.
         a = s["x"]
         if ort:
-            a = Mux(mode_ort(s), ort_dp.round_significand(s["x"][:ort_dp.F32_SIG_BITS], s["inc"]), s["x"])
+            a = Mux(mode_ort(s), ort_dp.round_significand(s["trunc"], s["inc"]), s["x"])
         s = stage("operand", {"a": (i32, a)},
                   keep=(*flags, "shift", "mult", "neg", "tzero", "epart", *alpha, *late))
 
@@ -402,7 +467,7 @@ class RequantLane(wiring.Component):
                   ort_fields={"s17": (u1, s["xl"][:_SPLIT].any())} if ort else None)
         prod = _product_high(s)
         ort_regs = {"s22": (u1, s["s17"] | s["lo"][:_PROD_LO - _SPLIT].any())} if ort else {}
-        s = stage("phi", {"prod": (prod.shape(), prod), **_regs_of(_rdbpot_prep(_right_amount(s["shift"])))},
+        s = stage("phi", {"prod": (prod.shape(), prod), **_regs_of(_rdbpot_prep(s["shift"]))},
                   keep=(*flags, "neg", "tzero", "epart", *alpha, *late), ort_fields=ort_regs)
         # rshift / rround: RoundingDivideByPOT by max(-shift, 0). ort: the product rounded to
         # 24 significant bits (RNE) and its exponent; then the integer rounding's amounts.
@@ -412,23 +477,27 @@ class RequantLane(wiring.Component):
             ort_regs = {"pq": (rp["q"].shape(), rp["q"]), "pinc": (u1, rp["inc"]), "pe": (rp["e"].shape(), rp["e"])}
         s = stage("rshift", _rdbpot_shift(_srdhm_word(s["prod"]), s), keep=(*flags, "neg", "tzero", *alpha, *late),
                   ort_fields=ort_regs)
+        s = stage("rfine", _rdbpot_fine(s), keep=(*flags, "neg", "tzero", *alpha, *late, "pq", "pinc", "pe"))
         ort_regs = {}
         if ort:
             pm = ort_dp.round_significand(s["pq"], s["pinc"])
             ort_regs = {"pm": (pm.shape(), pm), **_regs_of(ort_dp.to_integer_prep(m, s["pe"], "ort_ip"))}
         s = stage("rround", {"v": (i32, (s["q"] + s["inc"])[:_W32].as_signed()),
-                             **_regs_of(_shl_limits(_left_amount(s["alpha_shift"])))},
+                             **_regs_of(_shl_limits(s["alpha_shift"]))},
                   keep=(*flags, "neg", "tzero", *alpha, *late), ort_fields=ort_regs)
-        # prelu_shl: negative values with prelu: satshl32(v, max(alpha_shift, 0)) as the second
-        # multiplier's operand. ort: the shift of the integer rounding.
+        # prelu_shl / prelu_sat: negative values with prelu: satshl32(v, max(alpha_shift, 0)) as the
+        # second multiplier's operand (compares beside the shifter, then the select). ort: the
+        # shift of the integer rounding, then a delay.
         ort_regs = {}
         if ort:
             sh = ort_dp.to_integer_shift(m, s["pm"], s["d"], "ort_is")
             ort_regs = {"mq": (sh["q"].shape(), sh["q"]), "minc": (u1, sh["inc"]),
                         "ozero": (u1, s["tzero"] | s["far"]), "sat": (u1, s["sat"])}
-        s = stage("prelu_shl", {"a": (i32, _satshl(s["v"], s)), "mult": (unsigned(MULT_WIDTH), s["alpha_mult"]),
+        s = stage("prelu_shl", {**_satshl_cmp(s["v"], s), "mult": (unsigned(MULT_WIDTH), s["alpha_mult"]),
                                 "neg_alpha": (u1, s["prelu"] & s["v"][-1])},
                   keep=(*flags, "v", "neg", "alpha_shift", *late), ort_fields=ort_regs)
+        s = stage("prelu_sat", {"a": (i32, _satshl_sel(s))},
+                  keep=(*flags, "v", "neg", "mult", "neg_alpha", "alpha_shift", *late, "mq", "minc", "ozero", "sat"))
         # prelu_mul .. prelu_phi: the alpha SRDHM product. ort: |f| rounded to an integer
         # (saturated), then its sign.
         keep2 = (*flags, "v", "neg_alpha", "alpha_shift", "vo", *late)
@@ -441,34 +510,58 @@ class RequantLane(wiring.Component):
         s = stage("prelu_psum", _product_sum(s, Const(1, 1)), keep=keep2, ort_fields=ort_regs)
         s = stage("prelu_plo", _product_low(s), keep=keep2)
         prod = _product_high(s)
-        s = stage("prelu_phi", {"prod": (prod.shape(), prod),
-                                **_regs_of(_rdbpot_prep(_right_amount(s["alpha_shift"])))}, keep=keep2)
+        s = stage("prelu_phi", {"prod": (prod.shape(), prod), **_regs_of(_rdbpot_prep(s["alpha_shift"]))},
+                  keep=keep2)
         s = stage("prelu_rshift", _rdbpot_shift(_srdhm_word(s["prod"]), s), keep=keep2)
+        # prelu_rfine: the rest of the alpha shift; prep: the clamp bounds relative to the zero point.
+        zp, lo, hi = s["zp"], s["act_min"], s["act_max"]
+        bounds = {"lo": lo - zp, "hi": hi - zp, "qmin": Mux(lo < hi, lo, hi)[:CODE_WIDTH], "qhi": hi[:CODE_WIDTH],
+                  "zp8": zp[:CODE_WIDTH]}
+        s = stage("prelu_rfine", {**_rdbpot_fine(s), **_regs_of(bounds)},
+                  keep=("valid", "last", "mode", "v", "neg_alpha", "vo", "lut_en"))
         # prelu_rround: the alpha RDBPOT's increment and the value select (ort: the mode
-        # selects the ort value); the clamp bounds relative to the zero point.
+        # selects the ort value).
         alpha_d = (s["q"] + s["inc"])[:_W32].as_signed()
         v = Mux(s["neg_alpha"], alpha_d, s["v"])
         if ort:
             v = Mux(mode_ort(s), s["vo"], v)
-        zp, lo, hi = s["zp"], s["act_min"], s["act_max"]
-        bounds = {"lo": lo - zp, "hi": hi - zp, "qmin": Mux(lo < hi, lo, hi)[:CODE_WIDTH], "qhi": hi[:CODE_WIDTH],
-                  "zp8": zp[:CODE_WIDTH]}
-        s = stage("prelu_rround", {"v": (i32, v), **_regs_of(bounds)}, keep=("valid", "last", "lut_en"))
-        # clamp: clamp(v + zp, act_min, act_max) in np.clip's order (max with act_min, then min
-        # with act_max, also for act_min > act_max), as two comparisons of v against the
-        # bounds minus zp and an 8-bit add; the register keeps only the 8-bit code. Shared by
-        # both modes: clamp(v, act_min - zp, act_max - zp) + zp = clamp(v + zp, act_min, act_max).
-        q = Mux(s["v"] < s["lo"], s["qmin"], Mux(s["v"] > s["hi"], s["qhi"], (s["v"][:CODE_WIDTH] + s["zp8"])))
-        s = stage("clamp", {"v": (u8, q[:CODE_WIDTH])}, keep=("valid", "last", "lut_en"))
+        s = stage("prelu_rround", {"v": (i32, v)}, keep=("valid", "last", "lut_en", "lo", "hi", "qmin", "qhi", "zp8"))
+        # clamp / clip: clamp(v + zp, act_min, act_max) in np.clip's order (max with act_min, then
+        # min with act_max, also for act_min > act_max), as two comparisons of v against the
+        # bounds minus zp beside an 8-bit add (registered), then the select of the 8-bit code.
+        # Shared by both modes: clamp(v, act_min - zp, act_max - zp) + zp = clamp(v + zp, act_min, act_max).
+        s = stage("clamp", {"lt": (u1, s["v"] < s["lo"]), "gt": (u1, s["v"] > s["hi"]),
+                            "sum": (u8, (s["v"][:CODE_WIDTH] + s["zp8"])[:CODE_WIDTH])},
+                  keep=("valid", "last", "lut_en", "qmin", "qhi"))
+        s = stage("clip", {"v": (u8, Mux(s["lt"], s["qmin"], Mux(s["gt"], s["qhi"], s["sum"])))},
+                  keep=("valid", "last", "lut_en"))
 
-        # lut: the table is written by the `lut` stream regardless of `en`
-        # (a write on cycle t is read from t + 1: asynchronous read port).
+        # lut: the table is written by the `lut` stream regardless of `en`, through one register
+        # (issue 6: the write came combinationally from the decoder and drove the 32 LUT-RAM
+        # cells' write enables, `lut_mem` WRE 12.0 ns). A write on cycle t is in the table from
+        # t + 1 + LUT_WRITE_DELAY (asynchronous read port). Nothing can read it earlier:
+        # the core's contract (docs/array.md, golden.array_model) forbids a write while a
+        # lut_en tile is in flight, from the cycle after the one accepting its last beat; a
+        # tile accepted on or after the write reaches this stage at least
+        # cfg.array_latency + REQUANT_LATENCY - 1 >= 2 cycles later. In the accelerator the
+        # decoder (hw/decoder.py) writes the table only in WRITE of WRITE_LUT, entered from
+        # WAIT once the sequencer's `jobs` = 0 (a job retires after its last row left the
+        # lanes, so the lanes are empty) and no RUN can be queued before the decoder is back
+        # in IDLE and has taken the next command through CHECK and DECIDE, and a queued job's
+        # rows reach this stage REQUANT_LATENCY - 1 cycles after entering the lane. The tightest
+        # case (a write 1 + LUT_WRITE_DELAY cycles before the read) is
+        # tests/test_hw_requant_lane.py::test_lane_lut_write_to_read_distance; the top tests
+        # (tests/test_hw_top_amaranth.py, tests/test_rtl_top.py) run lut_en jobs after WRITE_LUT.
         m.submodules.lut_mem = mem = memory.Memory(shape=u8, depth=LUT_DEPTH, init=[])
         wp = mem.write_port()
         rp = mem.read_port(domain="comb")
+        lut_wv = Signal(name="lut_wv")                                   # reset: no write after a reset
+        lut_wa = Signal(u8, name="lut_wa", reset_less=True)
+        lut_wd = Signal(u8, name="lut_wd", reset_less=True)
+        m.d.sync += [lut_wv.eq(self.lut.valid), lut_wa.eq(self.lut.payload.addr), lut_wd.eq(self.lut.payload.data)]
         m.d.comb += [
             self.lut.ready.eq(1),
-            wp.addr.eq(self.lut.payload.addr), wp.data.eq(self.lut.payload.data), wp.en.eq(self.lut.valid),
+            wp.addr.eq(lut_wa), wp.data.eq(lut_wd), wp.en.eq(lut_wv),
             rp.addr.eq(s["v"]),
         ]
         s = stage("lut", {"v": (u8, Mux(s["lut_en"], rp.data, s["v"]))}, keep=("valid", "last"))

@@ -34,7 +34,7 @@ from golden.array_model import MODE_ORT, check_params, lane_field_shapes, postpr
 from golden.config import REQUANT_LATENCY, REQUANT_STAGES, ArrayConfig
 from golden.requant import (_requantize_ort_int, _rne_shift, f32_decompose, multiply_by_quantized_multiplier,
                             rdbpot, srdhm)
-from hw.requant_lane import SHIFT_WIDTH, RequantLane, lane_params_layout
+from hw.requant_lane import LUT_WRITE_DELAY, SHIFT_WIDTH, RequantLane, lane_params_layout
 
 CFG = ArrayConfig(rows=1, cols=1)
 FIELDS = tuple(name for name, _ in lane_params_layout(CFG))
@@ -365,7 +365,8 @@ def _run_lane(cfg, v, lut_init, seed, p_bubble=0.15, p_stall=0.2, lut_rewrite_at
     sched += [None] * (REQUANT_LATENCY + 2)
     row_at = {n: i for n, i in enumerate(sched) if i is not None}
 
-    versions = [lut_init.copy()]           # LUT contents; a write on cycle t is read from t + 1
+    versions = [lut_init.copy()]           # LUT contents; a write on cycle t is read from t + 1 + LUT_WRITE_DELAY
+    pending = {}                           # cycle -> (addr, data) of a write entering the table then
     version_at_enabled = []                # LUT version seen during enabled cycle n
     seen = {}
     rewrite = {} if lut_rewrite_at is None else {lut_rewrite_at + k: (k, int(rng.integers(0, 256)))
@@ -382,6 +383,11 @@ def _run_lane(cfg, v, lut_init, seed, p_bubble=0.15, p_stall=0.2, lut_rewrite_at
         n, cyc = 0, 0
         prev = None
         while n < len(sched):
+            wt = pending.pop(cyc, None)
+            if wt is not None:
+                t = versions[-1].copy()
+                t[wt[0]] = wt[1]
+                versions.append(t)
             en = rng.random() >= p_stall
             i = sched[n] if en else None
             ctx.set(dut.en, en)
@@ -419,9 +425,7 @@ def _run_lane(cfg, v, lut_init, seed, p_bubble=0.15, p_stall=0.2, lut_rewrite_at
                 n += 1
             await ctx.tick()
             if w is not None:
-                t = versions[-1].copy()
-                t[w[0]] = w[1]
-                versions.append(t)
+                pending[cyc + 1 + LUT_WRITE_DELAY] = w
             cyc += 1
 
     sim = Simulator(dut)
@@ -469,7 +473,7 @@ def test_reference_primitives_sanity():
     assert int(srdhm(INT32_MIN, INT32_MIN)) == INT32_MAX
     assert int(srdhm(-1, 2**30)) == 0 and int(srdhm(1, 2**30)) == 1   # nudge, truncation (not floor)
     assert int(rdbpot(-3, 1)) == -2 and int(rdbpot(3, 1)) == 2        # ties away from zero
-    assert REQUANT_LATENCY == len(REQUANT_STAGES) == 20
+    assert REQUANT_LATENCY == len(REQUANT_STAGES) == 24
 
 
 def test_ort_reference_is_golden_and_float32():
@@ -552,7 +556,7 @@ def test_lane_ort_corners_bit_exact():
 
 def test_lane_lut_rewrite_in_flight_and_latency():
     # Every row uses the table; it is rewritten entry by entry while rows flow,
-    # so each output checks "a write on cycle t is read from t + 1".
+    # so each output checks "a write on cycle t is read from t + 1 + LUT_WRITE_DELAY".
     cfg = ArrayConfig(rows=1, cols=1, packing="none")
     rng = np.random.default_rng(9)
     v = _vectors(cfg, rng, 600)
@@ -596,3 +600,46 @@ def test_lane_latency_is_requant_latency(mode):
     sim.add_testbench(tb)
     sim.run()
     assert hits == [(2 + REQUANT_LATENCY, 42 if mode == 0 else 21)]
+
+
+@pytest.mark.parametrize("dist", [LUT_WRITE_DELAY, LUT_WRITE_DELAY + 1, LUT_WRITE_DELAY + 2])
+def test_lane_lut_write_to_read_distance(dist):
+    # The registered LUT write (issue 6): a write on cycle w is read from w + 1 + LUT_WRITE_DELAY
+    # (LUT_WRITE_DELAY = 1: from w + 2). An isolated lut_en row's table read happens on the cycle before it reaches
+    # out (entry + REQUANT_LATENCY - 1); the write lands ``dist`` cycles before that read.
+    # dist = LUT_WRITE_DELAY + 1 is the tightest case that must (and does) see the new entry:
+    # the core's contract keeps every write >= cfg.array_latency + REQUANT_LATENCY - 1 cycles
+    # ahead of the read of a tile accepted with or after it (a LUT written immediately before
+    # a RUN), and dist = LUT_WRITE_DELAY pins the delay (that read still sees the old entry).
+    dut = RequantLane(CFG)
+    enter, old, new = 40, 7, 200
+    read_at = enter + REQUANT_LATENCY - 1
+    hits = []
+
+    async def tb(ctx):
+        ctx.set(dut.en, 1)
+        ctx.set(dut.lut.valid, 1)                  # the table: entry k = old for code 42, else 255 - k
+        for a in range(256):
+            ctx.set(dut.lut.payload.addr, a)
+            ctx.set(dut.lut.payload.data, old if a == 42 else 255 - a)
+            await ctx.tick()
+        ctx.set(dut.lut.valid, 0)
+        for f, val in dict(bias=0, mult=2**30, shift=0, zp=0, act_min=-128, act_max=127, alpha_mult=0,
+                           alpha_shift=0, prelu=0, mode=0, scale_f32=0).items():
+            ctx.set(dut.params[f], val)
+        ctx.set(dut.lut_en, 1)
+        for cyc in range(enter + 2 * REQUANT_LATENCY):
+            ctx.set(dut.valid, cyc == enter)
+            ctx.set(dut.acc, 84 if cyc == enter else 0)  # code 42
+            ctx.set(dut.lut.valid, cyc == read_at - dist)
+            ctx.set(dut.lut.payload.addr, 42)
+            ctx.set(dut.lut.payload.data, new)
+            if ctx.get(dut.out_valid):
+                hits.append((cyc, ctx.get(dut.out_data)))
+            await ctx.tick()
+
+    sim = Simulator(dut)
+    sim.add_clock(1e-6)
+    sim.add_testbench(tb)
+    sim.run()
+    assert hits == [(enter + REQUANT_LATENCY, new if dist >= 1 + LUT_WRITE_DELAY else old)]
