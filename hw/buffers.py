@@ -24,7 +24,18 @@ from amaranth.lib.wiring import In, Out
 
 from golden.config import BANKS
 
-__all__ = ["BankedBuffer", "write_signature", "read_signature", "bank_shape"]
+__all__ = ["BankedBuffer", "write_signature", "read_signature", "bank_shape", "WRITE_TO_READ_MIN_CYCLES"]
+
+#: Fewest cycles from the decoder presenting the final entry of a WRITE_ACT/WGT/PARAMS on a
+#: buffer's write port (cycle t) to the first read of that entry by the sequencer: the
+#: decoder returns to IDLE on t + 1, where the next command (a RUN) transfers at the
+#: earliest; CHECK on t + 2, DECIDE on t + 3, WAIT on t + 4 hands the job over (job
+#: transfer), and the sequencer's readers start on the next cycle, t + 5 (module docstring
+#: of hw.sequencer). Jobs already queued cannot read the written bank: the decoder waits
+#: for the bank's busy flag to drop before writing it, and a job that arrives later is
+#: again >= 5 cycles behind the write. A registered write (readable from t + 2) needs >= 2.
+#: Covered at the top by tests/test_hw_buffers.py::test_top_write_then_run_tightest.
+WRITE_TO_READ_MIN_CYCLES = 5
 
 
 def bank_shape():
@@ -47,14 +58,27 @@ def read_signature(width: int, depth: int) -> wiring.Signature:
 class BankedBuffer(wiring.Component):
     """``BANKS`` memories of ``depth`` x ``width`` bits; ports ``w`` and ``r`` (flipped signatures)."""
 
-    def __init__(self, width: int, depth: int):
+    def __init__(self, width: int, depth: int, *, registered_write: bool = False):
         if width < 1 or depth < 1:
             raise ValueError(f"width and depth must be >= 1, got width={width}, depth={depth}")
+        if not isinstance(registered_write, bool):
+            raise ValueError(f"registered_write must be a bool, got {registered_write!r}")
         self.width, self.depth = width, depth
+        self.registered_write = registered_write
         super().__init__({"w": In(write_signature(width, depth)), "r": In(read_signature(width, depth))})
 
     def elaborate(self, platform):
         m = Module()
+        w_en, w_bank, w_addr, w_data = self.w.en, self.w.bank, self.w.addr, self.w.data
+        if self.registered_write:
+            # Registered write port: the memories see last cycle's write (module docstring).
+            # en keeps its reset (no stale write may land after a reset); the rest is datapath.
+            r_en = Signal(name="w_reg_en")
+            r_bank = Signal(bank_shape(), name="w_reg_bank", reset_less=True)
+            r_addr = Signal(range(self.depth), name="w_reg_addr", reset_less=True)
+            r_data = Signal(unsigned(self.width), name="w_reg_data", reset_less=True)
+            m.d.sync += [r_en.eq(w_en), r_bank.eq(w_bank), r_addr.eq(w_addr), r_data.eq(w_data)]
+            w_en, w_bank, w_addr, w_data = r_en, r_bank, r_addr, r_data
         rdata = []
         for b in range(BANKS):
             mem = memory.Memory(shape=unsigned(self.width), depth=self.depth, init=[])
@@ -62,12 +86,12 @@ class BankedBuffer(wiring.Component):
             wp = mem.write_port()
             rp = mem.read_port(transparent_for=())
             m.d.comb += [
-                wp.en.eq(self.w.en & (self.w.bank == b)), wp.addr.eq(self.w.addr), wp.data.eq(self.w.data),
+                wp.en.eq(w_en & (w_bank == b)), wp.addr.eq(w_addr), wp.data.eq(w_data),
                 rp.en.eq(self.r.en), rp.addr.eq(self.r.addr),
             ]
             rdata.append(rp.data)
         # The bank of the last read selects which memory's (held) data is shown.
-        sel = Signal(bank_shape())
+        sel = Signal(bank_shape(), reset_less=True)     # datapath: travels with the read data
         with m.If(self.r.en):
             m.d.sync += sel.eq(self.r.bank)
         m.d.comb += self.r.data.eq(Array(rdata)[sel])

@@ -163,7 +163,15 @@ class ArrayCore(wiring.Component):
             lanes.append(ln)
 
         # ---- params FIFO: registers level/claimed, a memory with an async read
-        # of the head (a push on cycle t is readable from t + 1).
+        # of the head. Timing (issue 6): the write port is driven by registers (a push on
+        # cycle t is written at the end of t + 1, readable from t + 2), so the memory's
+        # write enable/data do not hang off the sequencer's params mux and this port's
+        # ready logic. Invisible: the head entry pushed on t is first read when its tile's
+        # row 0 enters the lanes, and that tile's last beat needs the credit of this push
+        # (accepted on >= t + 1), so row 0 arrives on >= t + 1 + array_latency
+        # (>= INPUT_LATENCY + PE_LATENCY + DRAIN_LATENCY = 4 > 1); an entry is only
+        # rewritten after its pop, when the head has moved past it.
+        assert cfg.array_latency >= 2, "the registered FIFO write needs >= 1 cycle of slack"
         level = Signal(range(depth + 1))
         claimed = Signal(range(depth + 1))
         wptr = Signal(range(depth))
@@ -171,19 +179,28 @@ class ArrayCore(wiring.Component):
         m.submodules.param_fifo = fifo = memory.Memory(shape=params_layout(cfg), depth=depth, init=[])
         wp = fifo.write_port()
         head = fifo.read_port(domain="comb")
+        w_en = Signal()                                   # control: reset
+        w_addr = Signal(range(depth), reset_less=True)    # datapath: used only with w_en
+        w_data = Signal(params_layout(cfg), reset_less=True)
 
-        # ---- input acceptance.
+        # ---- input acceptance. The ready terms are registers loaded from next-state logic
+        # (the same values, a cycle earlier), so inp.ready / params.ready are one LUT from
+        # flip-flops: they feed the sequencer's issue, push and buffer-address decisions.
         gap = Signal(range(cfg.min_tile_cycles + 1), init=cfg.min_tile_cycles)
-        tile_gap_ok = gap >= cfg.min_tile_cycles
-        param_credit = level > claimed
+        tile_gap_ok = Signal(init=1)                      # == gap >= min_tile_cycles
+        param_credit = Signal()                           # == level > claimed
+        par_ready = Signal(init=1)                        # == level < depth
         m.d.comb += self.inp.ready.eq(en & (~self.inp.payload.last | (tile_gap_ok & param_credit)))
         take = self.inp.valid & self.inp.ready          # implies en
         take_last = take & self.inp.payload.last
         # gap = enabled cycles since the previous accepted last beat (saturating).
+        gap_n = Signal.like(gap)
+        m.d.comb += gap_n.eq(gap)
         with m.If(take_last):
-            m.d.sync += gap.eq(1)
+            m.d.comb += gap_n.eq(1)
         with m.Elif(en & ~tile_gap_ok):
-            m.d.sync += gap.eq(gap + 1)
+            m.d.comb += gap_n.eq(gap + 1)
+        m.d.sync += [gap.eq(gap_n), tile_gap_ok.eq(gap_n >= cfg.min_tile_cycles)]
 
         m.d.comb += [
             arr.en.eq(en),
@@ -195,14 +212,19 @@ class ArrayCore(wiring.Component):
 
         push = self.params.valid & self.params.ready
         pop = en & arr.acc_valid & arr.acc_last       # the tile's last row enters the lanes
+        level_n = Signal.like(level)
+        claimed_n = Signal.like(claimed)
         m.d.comb += [
-            self.params.ready.eq(level < depth),
-            wp.addr.eq(wptr), wp.data.eq(self.params.payload), wp.en.eq(push),
+            self.params.ready.eq(par_ready),
+            level_n.eq(level + push - pop),
+            claimed_n.eq(claimed + take_last - pop),
+            wp.addr.eq(w_addr), wp.data.eq(w_data), wp.en.eq(w_en),
             head.addr.eq(rptr),
         ]
         m.d.sync += [
-            level.eq(level + push - pop),
-            claimed.eq(claimed + take_last - pop),
+            level.eq(level_n), claimed.eq(claimed_n),
+            par_ready.eq(level_n < depth), param_credit.eq(level_n > claimed_n),
+            w_en.eq(push), w_addr.eq(wptr), w_data.eq(self.params.payload),
         ]
         # Pointers wrap explicitly: any depth, not only powers of two.
         with m.If(push):

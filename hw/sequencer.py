@@ -14,11 +14,13 @@ each at its own pace:
   ``last`` on j = k - 1. When the job's final beat is issued the entry is
   ``streamed`` (its act/wgt banks are released: the read data is already
   held in the ports).
-* params pusher: reads ``params[par_bank][par_index]`` once and offers it
-  on ``core_params`` ``ntiles`` times (one push per tile, in tile order).
-  The next job's set is read on the cycle of the final push, so pushes of
-  consecutive jobs are back-to-back too. After the final push the entry is
-  ``pushed`` (its params bank is released).
+* params pusher: offers ``params[par_bank][par_index]`` on ``core_params``
+  ``ntiles`` times (one push per tile, in tile order). The params read port
+  reads on every cycle (no enable), from the offered job's entry, or on the
+  cycle of the final push from the next job's, so pushes of consecutive jobs
+  are back-to-back too; re-reading the offered entry shows the same set
+  (its bank is not written while the job is not pushed). After the final
+  push the entry is ``pushed`` (its params bank is released).
 * output writer: ``core_out`` is always ready (the out buffer accepts one row
   per cycle); row r of tile t goes to ``out[out_bank][out_offset + t*rows +
   r]``. After the job's last row the entry is retired (``valid`` = 0, out
@@ -93,7 +95,9 @@ class Sequencer(wiring.Component):
         J = JOB_QUEUE_DEPTH
         m = Module()
         jl = job_layout(cfg)
-        jobs = Array(Signal(jl, name=f"job{i}") for i in range(J))
+        # Job payloads are datapath (reset-less): every use is qualified by the entry's valid
+        # bit, which is reset; the shadows below are likewise only used under a valid bit.
+        jobs = Array(Signal(jl, name=f"job{i}", reset_less=True) for i in range(J))
         valid = Array(Signal(name=f"valid{i}") for i in range(J))
         streamed = Array(Signal(name=f"streamed{i}") for i in range(J))
         pushed = Array(Signal(name=f"pushed{i}") for i in range(J))
@@ -103,87 +107,143 @@ class Sequencer(wiring.Component):
         wptr = Signal(range(J))
 
         # ---- enqueue
-        m.d.comb += self.job.ready.eq(~valid[tail])
-        with m.If(self.job.valid & self.job.ready):
+        enq = Signal()
+        m.d.comb += [self.job.ready.eq(~valid[tail]), enq.eq(self.job.valid & self.job.ready)]
+        with m.If(enq):
             m.d.sync += [jobs[tail].eq(self.job.payload), valid[tail].eq(1), streamed[tail].eq(0),
                          pushed[tail].eq(0), tail.eq(_wrap_inc(tail, J))]
 
+        def job_next(ptr, name):
+            """jobs[ptr] as it will be on the next cycle (an enqueue into ``ptr`` replaces it)."""
+            nxt = Signal(jl, name=name)
+            m.d.comb += nxt.eq(Mux(enq & (tail == ptr), self.job.payload, jobs[ptr]))
+            return nxt
+
+        # Timing (issue 6): the engines' buffer addresses and end-of-tile/job tests are
+        # registers loaded from next-state logic (the value the combinational form would have
+        # on the next cycle), so the read/write addresses, the read enables and the flags
+        # they set are one or two LUT levels from flip-flops. Exactness argument for the
+        # shadows: an entry's payload only changes on an enqueue into it, which needs the
+        # entry invalid; an engine's counters are 0 whenever its pointer's entry is invalid
+        # (they return to 0 on the job's final step, when the pointer moves on, and only
+        # count while the entry is valid), so an enqueue into the pointed entry loads the
+        # shadow from the payload with counters 0.
+
         # ---- beat streamer
         sj = jobs[sptr]
+        snext = _wrap_inc(sptr, J)
         s_avail = valid[sptr] & ~streamed[sptr]
         s_j = Signal(range(k_max(cfg)))                  # beat within the tile
         s_t = Signal(range(ntiles_max(cfg)))             # tile
         s_cnt = Signal(range(cfg.act_depth))             # beat within the job: t*k + j
+        j_end = Signal()                                 # == s_j == sj.k - 1
+        t_end = Signal()                                 # == s_t == sj.ntiles - 1
+        a_addr = Signal(range(cfg.act_depth), reset_less=True)   # == sj.act_offset + s_cnt
+        g_addr = Signal(range(cfg.wgt_depth), reset_less=True)   # == sj.wgt_offset + s_j
         v = Signal()
         v_last = Signal()
-        v_macs = Signal.like(self.macs_inc)
+        v_macs = Signal.like(self.macs_inc, reset_less=True)     # used only with v
         take = v & self.core_inp.ready
         issue = s_avail & (~v | take)
         m.d.comb += [
-            self.act_r.en.eq(issue), self.act_r.bank.eq(sj.act_bank), self.act_r.addr.eq(sj.act_offset + s_cnt),
-            self.wgt_r.en.eq(issue), self.wgt_r.bank.eq(sj.wgt_bank), self.wgt_r.addr.eq(sj.wgt_offset + s_j),
+            self.act_r.en.eq(issue), self.act_r.bank.eq(sj.act_bank), self.act_r.addr.eq(a_addr),
+            self.wgt_r.en.eq(issue), self.wgt_r.bank.eq(sj.wgt_bank), self.wgt_r.addr.eq(g_addr),
             self.core_inp.valid.eq(v),
             self.core_inp.payload.act.eq(self.act_r.data),
             self.core_inp.payload.wgt.eq(self.wgt_r.data),
             self.core_inp.payload.last.eq(v_last),
             self.macs_inc.eq(Mux(take, v_macs, 0)),
         ]
-        j_end = s_j == sj.k - 1
+        sn = job_next(snext, "s_next_job")
         with m.If(issue):
             m.d.sync += [v.eq(1), v_last.eq(j_end), v_macs.eq(sj.macs)]
             with m.If(j_end):
                 m.d.sync += s_j.eq(0)
-                with m.If(s_t == sj.ntiles - 1):
-                    m.d.sync += [s_t.eq(0), s_cnt.eq(0), streamed[sptr].eq(1), sptr.eq(_wrap_inc(sptr, J))]
+                with m.If(t_end):
+                    m.d.sync += [s_t.eq(0), s_cnt.eq(0), streamed[sptr].eq(1), sptr.eq(snext),
+                                 j_end.eq(sn.k == 1), t_end.eq(sn.ntiles == 1),
+                                 a_addr.eq(sn.act_offset), g_addr.eq(sn.wgt_offset)]
                 with m.Else():
-                    m.d.sync += [s_t.eq(s_t + 1), s_cnt.eq(s_cnt + 1)]
+                    m.d.sync += [s_t.eq(s_t + 1), s_cnt.eq(s_cnt + 1),
+                                 j_end.eq(sj.k == 1), t_end.eq(s_t + 1 == sj.ntiles - 1),
+                                 a_addr.eq(a_addr + 1), g_addr.eq(sj.wgt_offset)]
             with m.Else():
-                m.d.sync += [s_j.eq(s_j + 1), s_cnt.eq(s_cnt + 1)]
-        with m.Elif(take):
-            m.d.sync += v.eq(0)
+                m.d.sync += [s_j.eq(s_j + 1), s_cnt.eq(s_cnt + 1), j_end.eq(s_j + 1 == sj.k - 1),
+                             a_addr.eq(a_addr + 1), g_addr.eq(g_addr + 1)]
+        with m.Else():
+            with m.If(take):
+                m.d.sync += v.eq(0)
+            with m.If(enq & (tail == sptr)):            # counters are 0 (the entry was invalid)
+                pl = self.job.payload
+                m.d.sync += [j_end.eq(pl.k == 1), t_end.eq(pl.ntiles == 1),
+                             a_addr.eq(pl.act_offset), g_addr.eq(pl.wgt_offset)]
 
-        # ---- params pusher
-        pj = jobs[pptr]
+        # ---- params pusher. The params read port reads every cycle (no enable: no 675-wide
+        # clock enable) from registered addresses: the set of the job on offer (cur_*) or,
+        # on the cycle of its final push, the next job's (nxt_*). Reading the offered job's
+        # entry again on every cycle shows the same data because its params bank cannot be
+        # written while the job is valid and not pushed (the decoder's par_busy interlock); when
+        # nothing is on offer (pv = 0) the data is not looked at.
         pnext = _wrap_inc(pptr, J)
         p_avail = valid[pptr] & ~pushed[pptr]
         n_avail = valid[pnext] & ~pushed[pnext]
         pv = Signal()
         p_cnt = Signal(range(ntiles_max(cfg)))
+        p_last = Signal()                                       # == p_cnt == jobs[pptr].ntiles - 1
+        cur_bank = Signal(bank_shape(), reset_less=True)        # == jobs[pptr].par_bank
+        cur_index = Signal(range(cfg.param_depth), reset_less=True)
+        nxt_bank = Signal(bank_shape(), reset_less=True)        # == jobs[pnext].par_bank
+        nxt_index = Signal(range(cfg.param_depth), reset_less=True)
         pfire = pv & self.core_params.ready
-        pfinal = pfire & (p_cnt == pj.ntiles - 1)
-        m.d.comb += [self.core_params.valid.eq(pv), self.core_params.payload.eq(self.par_r.data)]
+        pfinal = pfire & p_last
+        m.d.comb += [self.core_params.valid.eq(pv), self.core_params.payload.eq(self.par_r.data),
+                     self.par_r.en.eq(1),
+                     self.par_r.bank.eq(Mux(pfinal, nxt_bank, cur_bank)),
+                     self.par_r.addr.eq(Mux(pfinal, nxt_index, cur_index))]
+        pptr_n = Mux(pfinal, pnext, pptr)
+        pc_n = job_next(pptr_n, "p_cur_next")
+        pn_n = job_next(_wrap_inc(pptr_n, J), "p_nxt_next")
+        m.d.sync += [cur_bank.eq(pc_n.par_bank), cur_index.eq(pc_n.par_index),
+                     nxt_bank.eq(pn_n.par_bank), nxt_index.eq(pn_n.par_index)]
         with m.If(pfinal):
-            m.d.sync += [pushed[pptr].eq(1), pptr.eq(pnext), p_cnt.eq(0), pv.eq(n_avail)]
-            m.d.comb += [self.par_r.en.eq(n_avail), self.par_r.bank.eq(jobs[pnext].par_bank),
-                         self.par_r.addr.eq(jobs[pnext].par_index)]
+            m.d.sync += [pushed[pptr].eq(1), pptr.eq(pnext), p_cnt.eq(0), pv.eq(n_avail),
+                         p_last.eq(pc_n.ntiles == 1)]
         with m.Else():
             with m.If(pfire):
-                m.d.sync += p_cnt.eq(p_cnt + 1)
+                m.d.sync += [p_cnt.eq(p_cnt + 1), p_last.eq(p_cnt + 1 == pc_n.ntiles - 1)]
+            with m.Else():
+                m.d.sync += p_last.eq(p_cnt == pc_n.ntiles - 1)
             with m.If(~pv & p_avail):
                 m.d.sync += pv.eq(1)
-            m.d.comb += [self.par_r.en.eq(~pv & p_avail), self.par_r.bank.eq(pj.par_bank),
-                         self.par_r.addr.eq(pj.par_index)]
 
         # ---- output writer (the head entry); core_out is always accepted
         wj = jobs[wptr]
+        wnext = _wrap_inc(wptr, J)
         w_r = Signal(range(cfg.rows))
         w_t = Signal(range(ntiles_max(cfg)))
         w_cnt = Signal(range(cfg.out_depth))
+        w_tend = Signal()                                        # == w_t == wj.ntiles - 1
+        o_addr = Signal(range(cfg.out_depth), reset_less=True)  # == wj.out_offset + w_cnt
         m.d.comb += [
             self.core_out.ready.eq(1),
             self.out_w.en.eq(self.core_out.valid), self.out_w.bank.eq(wj.out_bank),
-            self.out_w.addr.eq(wj.out_offset + w_cnt), self.out_w.data.eq(self.core_out.payload.data),
+            self.out_w.addr.eq(o_addr), self.out_w.data.eq(self.core_out.payload.data),
         ]
+        wn = job_next(wnext, "w_next_job")
         with m.If(self.core_out.valid):
             with m.If(w_r == cfg.rows - 1):
                 m.d.sync += w_r.eq(0)
-                with m.If(w_t == wj.ntiles - 1):
-                    m.d.sync += [w_t.eq(0), w_cnt.eq(0), valid[wptr].eq(0), wptr.eq(_wrap_inc(wptr, J))]
+                with m.If(w_tend):
+                    m.d.sync += [w_t.eq(0), w_cnt.eq(0), valid[wptr].eq(0), wptr.eq(wnext),
+                                 w_tend.eq(wn.ntiles == 1), o_addr.eq(wn.out_offset)]
                     m.d.comb += self.job_done.eq(1)
                 with m.Else():
-                    m.d.sync += [w_t.eq(w_t + 1), w_cnt.eq(w_cnt + 1)]
+                    m.d.sync += [w_t.eq(w_t + 1), w_cnt.eq(w_cnt + 1), w_tend.eq(w_t + 1 == wj.ntiles - 1),
+                                 o_addr.eq(o_addr + 1)]
             with m.Else():
-                m.d.sync += [w_r.eq(w_r + 1), w_cnt.eq(w_cnt + 1)]
+                m.d.sync += [w_r.eq(w_r + 1), w_cnt.eq(w_cnt + 1), o_addr.eq(o_addr + 1)]
+        with m.Elif(enq & (tail == wptr)):                      # counters are 0 (the entry was invalid)
+            m.d.sync += [w_tend.eq(self.job.payload.ntiles == 1), o_addr.eq(self.job.payload.out_offset)]
 
         # ---- interlock views and the job count
         for b in range(BANKS):
