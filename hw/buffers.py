@@ -33,7 +33,9 @@ __all__ = ["BankedBuffer", "write_signature", "read_signature", "bank_shape", "W
 #: transfer), and the sequencer's readers start on the next cycle, t + 5 (module docstring
 #: of hw.sequencer). Jobs already queued cannot read the written bank: the decoder waits
 #: for the bank's busy flag to drop before writing it, and a job that arrives later is
-#: again >= 5 cycles behind the write. A registered write (readable from t + 2) needs >= 2.
+#: again >= 5 cycles behind the write. The decoder registers its writes (the entry reaches the
+#: write port on t + 1) and hw.top registers them once more in the buffer (memory written at the
+#: end of t + 2, readable from t + 3): this needs >= 3.
 #: Covered at the top by tests/test_hw_buffers.py::test_top_write_then_run_tightest.
 WRITE_TO_READ_MIN_CYCLES = 5
 

@@ -71,9 +71,13 @@ class Accelerator(wiring.Component):
         m.submodules.core = core = ArrayCore(cfg)
         m.submodules.seq = seq = Sequencer(cfg)
         m.submodules.dec = dec = Decoder(cfg, par_bits)
-        m.submodules.act = act = BankedBuffer(cfg.rows * 8, cfg.act_depth)
-        m.submodules.wgt = wgt = BankedBuffer(cfg.out_lanes * 8, cfg.wgt_depth)
-        m.submodules.par = par = BankedBuffer(par_bits, cfg.param_depth)
+        # The decoder-written buffers register their write port once more (per-bank enables
+        # straight from flip-flops: the params bank's enable drives every LUT-RAM slice of it);
+        # nothing reads a written entry sooner (hw.buffers.WRITE_TO_READ_MIN_CYCLES). The out
+        # buffer, written by the sequencer and read back by READ_OUT right after the job, is not.
+        m.submodules.act = act = BankedBuffer(cfg.rows * 8, cfg.act_depth, registered_write=True)
+        m.submodules.wgt = wgt = BankedBuffer(cfg.out_lanes * 8, cfg.wgt_depth, registered_write=True)
+        m.submodules.par = par = BankedBuffer(par_bits, cfg.param_depth, registered_write=True)
         m.submodules.out = out = BankedBuffer(cfg.out_lanes * 8, cfg.out_depth)
 
         connect(m, wiring.flipped(self.cmd), dec.cmd)

@@ -614,9 +614,13 @@ class _SpacedAccelerator(Accelerator):
         m = super().elaborate(platform)
         dec, seq = m.submodules.dec, m.submodules.seq
         for name, w, r in (("act", dec.act_w, seq.act_r), ("wgt", dec.wgt_w, seq.wgt_r),
-                           ("params", dec.par_w, seq.par_r)):
+                           ("params", dec.par_w, None)):
             for b in range(BANKS):
-                wr, rd = w.en & (w.bank == b), r.en & (r.bank == b)
+                # The params buffer is read on every cycle (hw.sequencer: the address of the job on
+                # offer, known a cycle early); the reads that count are those while a queued job
+                # still needs the bank (par_busy).
+                wr = w.en & (w.bank == b)
+                rd = seq.par_busy[b] if r is None else r.en & (r.bank == b)
                 wr_p, rd_p = Signal(), Signal()
                 m.d.sync += [wr_p.eq(wr), rd_p.eq(rd),
                              Assert(~(wr & (rd | rd_p)) & ~(wr_p & rd), f"{name} bank {b}: write next to a read")]

@@ -492,7 +492,11 @@ def test_board_accelerator_reset_is_driven_by_one_flip_flop(tmp_path):
             b = c["connections"]["SRST"][0]
             by_net[b] = by_net.get(b, 0) + len(c["connections"]["Q"])
     net, bits = max(by_net.items(), key=lambda kv: kv[1])
-    assert driver.get(net) == "$dff" and bits > 0.9 * sum(by_net.values()) and bits > 2000
+    # The datapath registers are reset-less, so the reset reaches the control state only; what is
+    # left besides the flip-flop's own net are local clears that yosys merges with it (small fanout).
+    others = sorted((v for k, v in by_net.items() if k != net), reverse=True)
+    assert driver.get(net) == "$dff" and bits > 500 and bits > 0.6 * sum(by_net.values()), (bits, others[:5])
+    assert not others or others[0] <= 64, others[:5]
     name = [n for n, v in mod["netnames"].items() if net in v["bits"]]
     assert any(n.endswith("acc_rst") for n in name), name
 
