@@ -36,6 +36,8 @@ from amaranth.lib.wiring import In, Out
 from golden._check import INT8_MAX, INT8_MIN
 from golden.config import PACK_SHIFT, PACKING_MODES, ArrayConfig, packed_chain_bound
 
+from .ecp5_mult import RegisteredMult
+
 #: Width of the DSP48E2 P register: the packed chain must accumulate inside it.
 DSP48E2_P_WIDTH = 48
 
@@ -225,15 +227,17 @@ class PackedPE(wiring.Component):
             hi = (p >> PACK_SHIFT) + p[PACK_SHIFT - 1]
             fields = [lo, hi]
         else:
-            p = Signal(signed(16), reset_less=True)
+            # One product per beat: the registered product `p` (reset-less, read only under
+            # `flush`). On ECP5 it is a MULT18X18D's output register (issue 6: a multiplier between
+            # two fabric flip-flops was a 10-11 ns path), elsewhere a plain register.
+            m.submodules.mul = mul = RegisteredMult(a_out.shape(), w_out.shape())
+            m.d.comb += [mul.a.eq(a_out), mul.b.eq(w_out), mul.en.eq(self.en)]
             with m.If(self.en):
-                # One product per beat (ECP5-style 18x18 multiplier with output register).
                 m.d.sync += [
-                    p.eq(self.a_out * self.w_out),
                     flush.eq(self.valid_out),
                     flush_last.eq(self.last_out),
                 ]
-            fields = [p]
+            fields = [mul.p]
 
         # Stage 2: saturating wide accumulators; at the tile's last chain the
         # sums go to the result register and the accumulators restart.

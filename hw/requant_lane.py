@@ -27,8 +27,8 @@ shares its bias adder, its first multiplier, the clamp and the LUT.
 Timing (issue 6, docs/fpga.md "Timing"): no stage is deeper than about one
 carry chain plus a LUT level, one barrel shifter, one 18x18 multiplier
 (MULT18X18D) or a few LUT levels. Each 32 x 31 product is four registered
-18x18 partial products (operands split at bit 17) summed over three stages in
-<= 34-bit chains; the saturating left shifts register their overflow compares
+18x18 partial products (operands split at bit 17; on ECP5 each in a MULT18X18D's
+output register, ``hw.ecp5_mult``) summed over three stages in <= 34-bit chains; the saturating left shifts register their overflow compares
 beside the shifter and select a stage later; the rounding shifts are split
 from their increments; the clamp registers its compares and selects a stage
 later; whatever depends on the parameters alone (shift limits, masks, clamp
@@ -91,6 +91,7 @@ from golden.config import REQUANT_STAGES, ArrayConfig
 from golden.requant import MAX_LEFT_SHIFT, MAX_RIGHT_SHIFT
 
 from . import ort_requant as ort_dp
+from .ecp5_mult import RegisteredMult
 from .pe import check_hw_config, config_for, signed_width
 
 #: Width of the int32 datapath of the lane.
@@ -200,15 +201,23 @@ _NUDGE_BIT = _W32 - 2
 _MID_BIT = 40
 
 
-def _partial_products(a, b) -> dict:
+def _partial_products(m, en, name, a, b) -> dict:
     """Stage "mul": a * b = ll + (lh + hl) * 2**17 + hh * 2**34, four registered 18x18 products.
 
-    ``a`` signed(32), ``b`` unsigned(<= 31). Returns {name: (shape, value)} for ``_stage_regs``.
+    ``a`` signed(32), ``b`` unsigned(<= 31). Each product is a ``RegisteredMult`` (submodule
+    ``{name}_{ll,lh,hl,hh}``), i.e. the stage register of the product: on ECP5 the MULT18X18D's
+    own output register (issue 6: the multiplier between two fabric flip-flops was a 10-11 ns
+    path), elsewhere a plain reset-less register; both load under ``en`` like every stage
+    register. Returns {name: registered product} (the stage's values, not next values).
     """
     a_lo, a_hi = a[:_SPLIT], a[_SPLIT:].as_signed()
     b_lo, b_hi = b[:_SPLIT], b[_SPLIT:]
-    prods = {"ll": a_lo * b_lo, "lh": a_lo * b_hi, "hl": a_hi * b_lo, "hh": a_hi * b_hi}
-    return {k: (v.shape(), v) for k, v in prods.items()}
+    regs = {}
+    for k, (x, y) in {"ll": (a_lo, b_lo), "lh": (a_lo, b_hi), "hl": (a_hi, b_lo), "hh": (a_hi, b_hi)}.items():
+        m.submodules[f"{name}_{k}"] = mul = RegisteredMult(x.shape(), y.shape())
+        m.d.comb += [mul.a.eq(x), mul.b.eq(y), mul.en.eq(en)]
+        regs[k] = mul.p
+    return regs
 
 
 def _product_sum(pp, nudge) -> dict:
@@ -395,16 +404,17 @@ class RequantLane(wiring.Component):
         if ort:
             prev["mode"] = p.mode
 
-        def stage(name, fields, keep=(), ort_fields=None):
+        def stage(name, fields, keep=(), ort_fields=None, registered=None):
             """Register ``fields`` (and ``ort_fields`` in the ort lane) plus the ``keep`` values of the
             previous stage (flags and the parameters later stages still need: the params FIFO pops
-            as soon as a tile's last row has entered the lane)."""
+            as soon as a tile's last row has entered the lane). ``registered``: values that already
+            are this stage's registers (loaded under ``en``: ``_partial_products``)."""
             nonlocal prev
             regs = {k: (prev[k].shape(), prev[k]) for k in keep if k in prev}
             regs.update(fields)
             if ort and ort_fields:
                 regs.update(ort_fields)
-            prev = stages[name] = _stage_regs(m, en, name, regs)
+            prev = stages[name] = {**_stage_regs(m, en, name, regs), **(registered or {})}
             return prev
 
         flags = ("valid", "last", "mode")
@@ -461,7 +471,7 @@ class RequantLane(wiring.Component):
 
         # mul .. phi: SRDHM's 64-bit nudged product (ort: the exact 48-bit product, no nudge).
         keep1 = (*flags, "shift", "neg", "tzero", "epart", *alpha, *late)
-        s = stage("mul", _partial_products(s["a"], s["mult"]), keep=keep1)
+        s = stage("mul", {}, keep=keep1, registered=_partial_products(m, en, "mul", s["a"], s["mult"]))
         s = stage("psum", _product_sum(s, ~mode_ort(s)), keep=keep1)
         s = stage("plo", _product_low(s), keep=keep1,
                   ort_fields={"s17": (u1, s["xl"][:_SPLIT].any())} if ort else None)
@@ -505,7 +515,8 @@ class RequantLane(wiring.Component):
         if ort:
             mag = ort_dp.to_integer_round(m, s["mq"], s["minc"], s["sat"], s["ozero"], "ort_ir")
             ort_regs = {"mag": (mag.shape(), mag)}
-        s = stage("prelu_mul", _partial_products(s["a"], s["mult"]), keep=(*keep2, "neg"), ort_fields=ort_regs)
+        s = stage("prelu_mul", {}, keep=(*keep2, "neg"), ort_fields=ort_regs,
+                  registered=_partial_products(m, en, "prelu_mul", s["a"], s["mult"]))
         ort_regs = {"vo": (signed(ort_dp.V_WIDTH), ort_dp.apply_sign(s["mag"], s["neg"]))} if ort else {}
         s = stage("prelu_psum", _product_sum(s, Const(1, 1)), keep=keep2, ort_fields=ort_regs)
         s = stage("prelu_plo", _product_low(s), keep=keep2)
