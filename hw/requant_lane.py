@@ -27,8 +27,9 @@ shares its bias adder, its first multiplier, the clamp and the LUT.
 Timing (issue 6, docs/fpga.md "Timing"): no stage is deeper than about one
 carry chain plus a LUT level, one barrel shifter, one 18x18 multiplier
 (MULT18X18D) or a few LUT levels. Each 32 x 31 product is four registered
-18x18 partial products (operands split at bit 17; on ECP5 each in a MULT18X18D's
-output register, ``hw.ecp5_mult``) summed over three stages in <= 34-bit chains; the saturating left shifts register their overflow compares
+18x18 partial products (operands split at bit 17; on ECP5 each registered in its
+MULT18X18D's output register, ``hw.ecp5_mult``) summed over three stages in
+<= 34-bit chains; the saturating left shifts register their overflow compares
 beside the shifter and select a stage later; the rounding shifts are split
 from their increments; the clamp registers its compares and selects a stage
 later; whatever depends on the parameters alone (shift limits, masks, clamp
