@@ -51,8 +51,14 @@ from .mac_array import MacArray
 from .pe import check_hw_config, config_for
 from .requant_lane import CODE_WIDTH, RequantLane, lane_params_layout, lut_layout
 
-__all__ = ["ArrayCore", "input_layout", "params_layout", "lut_layout", "output_layout",
+__all__ = ["ArrayCore", "PARAMS_PUSH_TO_HEAD_CYCLES", "input_layout", "params_layout", "lut_layout", "output_layout",
            "lane_params_layout", "pack_payload", "unpack_payload"]
+
+# Cycles from a params push (accepted on t) to the lanes' params head showing it (t + 3):
+# the FIFO write is registered (t + 1) and the head is a register loaded from the LUT-RAM
+# read at rptr's next value (t + 2 -> t + 3). Slack: row 0 of its tile enters the lanes
+# on >= t + 1 + cfg.array_latency (ArrayCore.elaborate asserts the margin).
+PARAMS_PUSH_TO_HEAD_CYCLES = 3
 
 
 def input_layout(cfg: ArrayConfig) -> data.StructLayout:
@@ -162,23 +168,36 @@ class ArrayCore(wiring.Component):
             m.submodules[f"lane{lane}"] = ln = RequantLane(cfg)
             lanes.append(ln)
 
-        # ---- params FIFO: registers level/claimed, a memory with an async read
-        # of the head. Timing (issue 6): the write port is driven by registers (a push on
-        # cycle t is written at the end of t + 1, readable from t + 2), so the memory's
-        # write enable/data do not hang off the sequencer's params mux and this port's
-        # ready logic. Invisible: the head entry pushed on t is first read when its tile's
+        # ---- params FIFO: registers level/claimed, a LUT-RAM whose head is a register.
+        # Timing (issue 6):
+        # * the write port is driven by registers (a push on cycle t is written at the end of
+        #   t + 1), so the memory's write enable/data do not hang off the sequencer's params
+        #   mux and this port's ready logic;
+        # * the head the lanes see (``head_q``) is a register loaded on every cycle from the
+        #   LUT-RAM read at rptr's next value, so the lanes' first stages start from
+        #   flip-flops, not from a LUT-RAM read + routing (their bias add chains).
+        # Together a push on t is in the lanes' head from t + PARAMS_PUSH_TO_HEAD_CYCLES (= 3:
+        # written at the end of t + 1, read at rptr_n during t + 2, registered at its end).
+        # Invisible at the ports: the head entry pushed on t is first used when its tile's
         # row 0 enters the lanes, and that tile's last beat needs the credit of this push
-        # (accepted on >= t + 1), so row 0 arrives on >= t + 1 + array_latency
-        # (>= INPUT_LATENCY + PE_LATENCY + DRAIN_LATENCY = 4 > 1); an entry is only
-        # rewritten after its pop, when the head has moved past it.
-        assert cfg.array_latency >= 2, "the registered FIFO write needs >= 1 cycle of slack"
+        # (param_credit is a register: accepted on >= t + 1), so row 0 enters on >= t + 1 +
+        # array_latency (array_latency >= INPUT_LATENCY + PE_LATENCY + DRAIN_LATENCY = 4, in
+        # enabled cycles, so >= t + 5 > t + 3: two cycles of margin); the head stays right
+        # until the pop (the entry is only rewritten after its pop, when rptr has moved past
+        # it, and head_q follows rptr's next value, so a pop's successor is in head_q on the
+        # cycle after the pop).
+        assert 1 + cfg.array_latency >= PARAMS_PUSH_TO_HEAD_CYCLES, \
+            "the registered FIFO write and head need the array's latency as slack"
         level = Signal(range(depth + 1))
         claimed = Signal(range(depth + 1))
         wptr = Signal(range(depth))
         rptr = Signal(range(depth))
+        rptr_n = Signal(range(depth))
         m.submodules.param_fifo = fifo = memory.Memory(shape=params_layout(cfg), depth=depth, init=[])
         wp = fifo.write_port()
-        head = fifo.read_port(domain="comb")
+        rd = fifo.read_port(domain="comb")
+        # Datapath (reset-less): before the first push the lanes see no valid row.
+        head_q = Signal(params_layout(cfg), reset_less=True)
         w_en = Signal()                                   # control: reset
         w_addr = Signal(range(depth), reset_less=True)    # datapath: used only with w_en
         w_data = Signal(params_layout(cfg), reset_less=True)
@@ -219,12 +238,13 @@ class ArrayCore(wiring.Component):
             level_n.eq(level + push - pop),
             claimed_n.eq(claimed + take_last - pop),
             wp.addr.eq(w_addr), wp.data.eq(w_data), wp.en.eq(w_en),
-            head.addr.eq(rptr),
+            rd.addr.eq(rptr_n),
         ]
         m.d.sync += [
             level.eq(level_n), claimed.eq(claimed_n),
             par_ready.eq(level_n < depth), param_credit.eq(level_n > claimed_n),
             w_en.eq(push), w_addr.eq(wptr), w_data.eq(self.params.payload),
+            rptr.eq(rptr_n), head_q.eq(rd.data),
         ]
         # Pointers wrap explicitly: any depth, not only powers of two.
         with m.If(push):
@@ -232,21 +252,22 @@ class ArrayCore(wiring.Component):
                 m.d.sync += wptr.eq(0)
             with m.Else():
                 m.d.sync += wptr.eq(wptr + 1)
+        m.d.comb += rptr_n.eq(rptr)
         with m.If(pop):
             with m.If(rptr == depth - 1):
-                m.d.sync += rptr.eq(0)
+                m.d.comb += rptr_n.eq(0)
             with m.Else():
-                m.d.sync += rptr.eq(rptr + 1)
+                m.d.comb += rptr_n.eq(rptr + 1)
 
-        # ---- lanes: every row uses the FIFO head's params as it enters.
+        # ---- lanes: every row uses the FIFO head's params (head_q) as it enters.
         for lane, ln in enumerate(lanes):
             m.d.comb += [
                 ln.en.eq(en),
                 ln.acc.eq(arr.acc[lane]),
                 ln.valid.eq(arr.acc_valid),
                 ln.last.eq(arr.acc_last),
-                ln.params.eq(head.data.lane[lane]),
-                ln.lut_en.eq(head.data.lut_en),
+                ln.params.eq(head_q.lane[lane]),
+                ln.lut_en.eq(head_q.lut_en),
                 ln.lut.valid.eq(self.lut.valid),
                 ln.lut.payload.eq(self.lut.payload),
                 self.out.payload.data[lane].eq(ln.out_data),

@@ -106,12 +106,16 @@ class Sequencer(wiring.Component):
         pptr = Signal(range(J))
         wptr = Signal(range(J))
 
-        # ---- enqueue
+        # ---- enqueue. job.ready (== ~valid[tail]) is a register loaded from next-state logic
+        # (the same value, a cycle earlier): the decoder's issue decision starts from a flip-flop.
         enq = Signal()
-        m.d.comb += [self.job.ready.eq(~valid[tail]), enq.eq(self.job.valid & self.job.ready)]
+        job_ready = Signal(init=1)                       # == ~valid[tail]
+        tail_n = Signal.like(tail)
+        m.d.comb += [self.job.ready.eq(job_ready), enq.eq(self.job.valid & job_ready),
+                     tail_n.eq(Mux(enq, _wrap_inc(tail, J), tail))]
+        m.d.sync += tail.eq(tail_n)
         with m.If(enq):
-            m.d.sync += [jobs[tail].eq(self.job.payload), valid[tail].eq(1), streamed[tail].eq(0),
-                         pushed[tail].eq(0), tail.eq(_wrap_inc(tail, J))]
+            m.d.sync += jobs[tail].eq(self.job.payload)
 
         def job_next(ptr, name):
             """jobs[ptr] as it will be on the next cycle (an enqueue into ``ptr`` replaces it)."""
@@ -132,7 +136,7 @@ class Sequencer(wiring.Component):
         # ---- beat streamer
         sj = jobs[sptr]
         snext = _wrap_inc(sptr, J)
-        s_avail = valid[sptr] & ~streamed[sptr]
+        s_avail = Signal()                               # == valid[sptr] & ~streamed[sptr]
         s_j = Signal(range(k_max(cfg)))                  # beat within the tile
         s_t = Signal(range(ntiles_max(cfg)))             # tile
         s_cnt = Signal(range(cfg.act_depth))             # beat within the job: t*k + j
@@ -160,7 +164,7 @@ class Sequencer(wiring.Component):
             with m.If(j_end):
                 m.d.sync += s_j.eq(0)
                 with m.If(t_end):
-                    m.d.sync += [s_t.eq(0), s_cnt.eq(0), streamed[sptr].eq(1), sptr.eq(snext),
+                    m.d.sync += [s_t.eq(0), s_cnt.eq(0), sptr.eq(snext),
                                  j_end.eq(sn.k == 1), t_end.eq(sn.ntiles == 1),
                                  a_addr.eq(sn.act_offset), g_addr.eq(sn.wgt_offset)]
                 with m.Else():
@@ -185,8 +189,8 @@ class Sequencer(wiring.Component):
         # written while the job is valid and not pushed (the decoder's par_busy interlock); when
         # nothing is on offer (pv = 0) the data is not looked at.
         pnext = _wrap_inc(pptr, J)
-        p_avail = valid[pptr] & ~pushed[pptr]
-        n_avail = valid[pnext] & ~pushed[pnext]
+        p_avail = Signal()                                      # == valid[pptr] & ~pushed[pptr]
+        n_avail = Signal()                                      # == valid[pnext] & ~pushed[pnext]
         pv = Signal()
         p_cnt = Signal(range(ntiles_max(cfg)))
         p_last = Signal()                                       # == p_cnt == jobs[pptr].ntiles - 1
@@ -206,7 +210,7 @@ class Sequencer(wiring.Component):
         m.d.sync += [cur_bank.eq(pc_n.par_bank), cur_index.eq(pc_n.par_index),
                      nxt_bank.eq(pn_n.par_bank), nxt_index.eq(pn_n.par_index)]
         with m.If(pfinal):
-            m.d.sync += [pushed[pptr].eq(1), pptr.eq(pnext), p_cnt.eq(0), pv.eq(n_avail),
+            m.d.sync += [pptr.eq(pnext), p_cnt.eq(0), pv.eq(n_avail),
                          p_last.eq(pc_n.ntiles == 1)]
         with m.Else():
             with m.If(pfire):
@@ -230,11 +234,15 @@ class Sequencer(wiring.Component):
             self.out_w.addr.eq(o_addr), self.out_w.data.eq(self.core_out.payload.data),
         ]
         wn = job_next(wnext, "w_next_job")
+        w_lastrow = Signal(init=int(cfg.rows == 1))                  # == w_r == rows - 1
+        retire = Signal()
+        m.d.comb += retire.eq(self.core_out.valid & w_lastrow & w_tend)
         with m.If(self.core_out.valid):
-            with m.If(w_r == cfg.rows - 1):
+            m.d.sync += w_lastrow.eq(Mux(w_lastrow, 0, w_r + 1) == cfg.rows - 1)
+            with m.If(w_lastrow):
                 m.d.sync += w_r.eq(0)
                 with m.If(w_tend):
-                    m.d.sync += [w_t.eq(0), w_cnt.eq(0), valid[wptr].eq(0), wptr.eq(wnext),
+                    m.d.sync += [w_t.eq(0), w_cnt.eq(0), wptr.eq(wnext),
                                  w_tend.eq(wn.ntiles == 1), o_addr.eq(wn.out_offset)]
                     m.d.comb += self.job_done.eq(1)
                 with m.Else():
@@ -244,6 +252,49 @@ class Sequencer(wiring.Component):
                 m.d.sync += [w_r.eq(w_r + 1), w_cnt.eq(w_cnt + 1), o_addr.eq(o_addr + 1)]
         with m.Elif(enq & (tail == wptr)):                      # counters are 0 (the entry was invalid)
             m.d.sync += [w_tend.eq(self.job.payload.ntiles == 1), o_addr.eq(self.job.payload.out_offset)]
+
+        # ---- entry flags from next-state logic, and the engines' availability flags as
+        # registers loaded from it. Timing (issue 6): s_avail gates `issue`, the act/wgt read
+        # enable (every bank's read-data clock enable) and the streamer's state updates;
+        # p_avail/n_avail feed pv; a register per flag leaves those one or two LUT levels from
+        # flip-flops. Each register equals the combinational form it replaces on every cycle
+        # (same value, loaded a cycle earlier), so no port moves. The events are exclusive per
+        # entry: an enqueue needs the entry invalid; a final issue/push/row needs it valid.
+        enq_at = [enq & (tail == i) for i in range(J)]
+        valid_n = Array(Signal(name=f"valid{i}_n") for i in range(J))
+        streamed_n = Array(Signal(name=f"streamed{i}_n") for i in range(J))
+        pushed_n = Array(Signal(name=f"pushed{i}_n") for i in range(J))
+        s_final = issue & j_end & t_end
+        for i in range(J):
+            m.d.comb += [
+                valid_n[i].eq(enq_at[i] | (valid[i] & ~(retire & (wptr == i)))),
+                streamed_n[i].eq(~enq_at[i] & (streamed[i] | (s_final & (sptr == i)))),
+                pushed_n[i].eq(~enq_at[i] & (pushed[i] | (pfinal & (pptr == i)))),
+            ]
+            m.d.sync += [valid[i].eq(valid_n[i]), streamed[i].eq(streamed_n[i]), pushed[i].eq(pushed_n[i])]
+
+        def s_av_n(p):
+            return valid_n[p] & ~streamed_n[p]
+
+        def p_av_n(p):
+            return valid_n[p] & ~pushed_n[p]
+
+        m.d.sync += [
+            job_ready.eq(~valid_n[tail_n]),
+            s_avail.eq(Mux(s_final, s_av_n(snext), s_av_n(sptr))),
+            p_avail.eq(Mux(pfinal, p_av_n(pnext), p_av_n(pptr))),
+            n_avail.eq(Mux(pfinal, p_av_n(_wrap_inc(pnext, J)), p_av_n(pnext))),
+        ]
+
+        # The registered flags and the combinational forms they stand for (no hardware: read by
+        # tests/test_hw_buffers.py, which asserts them equal on every cycle of top-level sessions).
+        self.shadow_checks = [
+            ("job_ready", job_ready, ~valid[tail]),
+            ("s_avail", s_avail, valid[sptr] & ~streamed[sptr]),
+            ("p_avail", p_avail, valid[pptr] & ~pushed[pptr]),
+            ("n_avail", n_avail, valid[pnext] & ~pushed[pnext]),
+            ("w_lastrow", w_lastrow, w_r == cfg.rows - 1),
+        ]
 
         # ---- interlock views and the job count
         for b in range(BANKS):

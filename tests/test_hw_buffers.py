@@ -1,6 +1,8 @@
 """hw.buffers.BankedBuffer semantics (plain and registered write port) and the top-level
 sequences that depend on the buffers' timing: the tightest WRITE -> RUN distance and
-back-to-back params pushes across two jobs (the sequencer's params read on the final push).
+back-to-back params pushes across two jobs (the sequencer's params read on the final push);
+the sequencer's registered flags (job.ready, s_avail, p_avail, n_avail, w_lastrow) equal
+their combinational forms on every cycle of those sessions.
 """
 from __future__ import annotations
 
@@ -9,12 +11,15 @@ import warnings
 
 import numpy as np
 import pytest
+from amaranth.hdl import Assert
 from amaranth.sim import Simulator
 
+import hw.top
 from golden import isa
 from golden.config import BANKS, ArrayConfig
 from golden.isa import Op
 from hw.buffers import WRITE_TO_READ_MIN_CYCLES, BankedBuffer
+from hw.sequencer import Sequencer
 from test_hw_top_amaranth import (check_session, load_all, rand_bytes, rand_params, run_cmd, simple,
                                   write_cmd)
 
@@ -98,8 +103,25 @@ CFG_ROW1 = ArrayConfig(rows=1, cols=1, weight_min=-128, act_depth=48, wgt_depth=
                        bus_bytes=4, max_k=8, param_fifo_depth=8)
 
 
+class _CheckedSequencer(Sequencer):
+    """``Sequencer`` plus simulation assertions: every flag the sequencer keeps as a register
+    loaded from next-state logic (issue 6) equals the combinational form it replaces, on every
+    cycle (``Sequencer.shadow_checks``), so the change is invisible at its ports."""
+
+    def elaborate(self, platform):
+        m = super().elaborate(platform)
+        for name, reg, comb in self.shadow_checks:
+            m.d.sync += Assert(reg == comb, f"sequencer {name} != its combinational form")
+        return m
+
+
+@pytest.fixture
+def checked_sequencer(monkeypatch):
+    monkeypatch.setattr(hw.top, "Sequencer", _CheckedSequencer)
+
+
 @pytest.mark.parametrize("op", [Op.WRITE_ACT, Op.WRITE_WGT, Op.WRITE_PARAMS])
-def test_top_write_then_run_tightest(op):
+def test_top_write_then_run_tightest(op, checked_sequencer):
     """A RUN that reads the final entry of the WRITE just before it, with no gaps anywhere:
     the RUN's command transfer is the cycle after the WRITE's final word (the tightest
     WRITE -> RUN distance, WRITE_TO_READ_MIN_CYCLES >= 2 is what a registered buffer write
@@ -130,7 +152,7 @@ def test_top_write_then_run_tightest(op):
     assert (acc[n0 + 1] + 4) - t_final == WRITE_TO_READ_MIN_CYCLES >= 3
 
 
-def test_top_params_back_to_back_jobs():
+def test_top_params_back_to_back_jobs(checked_sequencer):
     """Two queued jobs with one-row tiles: the second job's first params set is pushed on the
     cycle after the first job's final push (read on the final push from the next job's entry),
     with a different bank and index for each job; exact against the reference."""

@@ -28,7 +28,7 @@ from golden._check import INT32_MAX, INT32_MIN
 from golden.config import ArrayConfig
 from golden.array_model import LANE_FIELDS
 from golden.requant import multiply_by_quantized_multiplier
-from hw.core import (ArrayCore, input_layout, lut_layout, output_layout, pack_payload, params_layout,
+from hw.core import (PARAMS_PUSH_TO_HEAD_CYCLES, ArrayCore, input_layout, lut_layout, output_layout, pack_payload, params_layout,
                      unpack_payload)
 from hw.mac_array import MacArray
 
@@ -147,14 +147,17 @@ def test_mac_array_values_and_array_latency(cfg):
 
 # ---------------------------------------------------------------- ArrayCore
 
-def _run_core(cfg, seed, n_tiles=10, p_in=0.8, p_par=0.5, p_out=0.7, preload_lut=True):
+def _run_core(cfg, seed, n_tiles=10, p_in=0.8, p_par=0.5, p_out=0.7, preload_lut=True, ks=None,
+              check_coverage=True):
     """Drive and check one random run; ``preload_lut=False``: no table, no lut_en, and
-    the first tile is a single beat offered on the very first cycle after reset."""
+    the first tile is a single beat offered on the very first cycle after reset; ``ks``:
+    the tiles' reduction lengths (default random); ``check_coverage``: the run must have
+    stalled the output and held a last beat."""
     rng = np.random.default_rng(seed)
     dut = ArrayCore(cfg)
     lay_in, lay_par, lay_out = input_layout(cfg), params_layout(cfg), output_layout(cfg)
     lut = rng.integers(0, 256, 256) if preload_lut else np.zeros(256, np.int64)
-    ks = _random_ks(rng, n_tiles)
+    ks = _random_ks(rng, n_tiles) if ks is None else list(ks)
     if not preload_lut:
         ks[0] = 1
         p_in = 1.0
@@ -172,7 +175,7 @@ def _run_core(cfg, seed, n_tiles=10, p_in=0.8, p_par=0.5, p_out=0.7, preload_lut
     depth = cfg.param_fifo_depth
     inp_payload, par_payload = Value.cast(dut.inp.payload), Value.cast(dut.params.payload)
     out_payload = Value.cast(dut.out.payload)
-    log = {"out": [], "stalled_out": 0, "held_last": 0, "params_full": 0}
+    log = {"out": [], "stalled_out": 0, "held_last": 0, "params_full": 0, "push_to_last": []}
 
     async def tb(ctx):
         # The table first (lut is independent of en and always ready).
@@ -186,6 +189,7 @@ def _run_core(cfg, seed, n_tiles=10, p_in=0.8, p_par=0.5, p_out=0.7, preload_lut
         bi = pi = 0
         level = claimed = 0
         prev_last = None
+        push_cycle = []                       # cycle of each tile's params push
         pop_at = set()
         expect = deque()
         held = None                           # out payload while stalled
@@ -238,6 +242,7 @@ def _run_core(cfg, seed, n_tiles=10, p_in=0.8, p_par=0.5, p_out=0.7, preload_lut
                 if in_last:
                     log.setdefault("first_last_cycle", cycle)
                     t = sum(b[1] for b in beats[:bi])
+                    log["push_to_last"].append(cycle - push_cycle[t])
                     prev_last = n
                     claimed += 1
                     pop_at.add(n + cfg.array_latency + cfg.rows - 1)
@@ -245,6 +250,7 @@ def _run_core(cfg, seed, n_tiles=10, p_in=0.8, p_par=0.5, p_out=0.7, preload_lut
                 bi += 1
                 in_valid = False
             if push:
+                push_cycle.append(cycle)
                 pi += 1
                 level += 1
                 par_valid = False
@@ -267,7 +273,8 @@ def _run_core(cfg, seed, n_tiles=10, p_in=0.8, p_par=0.5, p_out=0.7, preload_lut
     sim.add_testbench(tb)
     sim.run()
     # The run must have exercised the interesting paths.
-    assert log["stalled_out"] > 0 and log["held_last"] > 0
+    if check_coverage:
+        assert log["stalled_out"] > 0 and log["held_last"] > 0
     return log
 
 
@@ -288,6 +295,25 @@ def test_core_first_tile_not_held_after_reset():
     cfg = ArrayConfig(rows=3, cols=2)
     log = _run_core(cfg, seed=8, p_par=1.0, preload_lut=False)
     assert log["first_last_cycle"] == 1       # params pushed on cycle 0, credit from cycle 1
+
+
+@pytest.mark.parametrize("cfg", [
+    ArrayConfig(rows=1, cols=1, param_fifo_depth=1, weight_min=-128),
+    ArrayConfig(rows=1, cols=1, param_fifo_depth=2, weight_min=-128),
+    ArrayConfig(rows=2, cols=2, param_fifo_depth=2),
+], ids=["1x1_fifo1", "1x1_fifo2", "2x2_fifo2"])
+def test_core_params_pushed_as_late_as_allowed(cfg):
+    # The tightest push -> use distance of the params head (PARAMS_PUSH_TO_HEAD_CYCLES: the
+    # registered FIFO write and the registered head): one-beat tiles always offered, params
+    # late, out always ready, so a tile's last beat is accepted on the cycle after its params
+    # push and its row 0 enters the lanes exactly 1 + array_latency cycles after the push
+    # (4 + 1 in the 1x1 array, the smallest latency). Every tile's values are checked.
+    assert 1 + cfg.array_latency >= PARAMS_PUSH_TO_HEAD_CYCLES
+    log = _run_core(cfg, seed=11, n_tiles=24, p_in=1.0, p_par=0.35, p_out=1.0, preload_lut=False,
+                    ks=[1] * 24, check_coverage=False)
+    assert len(log["out"]) == 24 * cfg.rows
+    assert min(log["push_to_last"]) == 1
+    assert sum(d == 1 for d in log["push_to_last"]) >= 12     # most tiles are the tightest case
 
 
 def test_core_params_fifo_fills():
