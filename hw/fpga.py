@@ -63,9 +63,13 @@ ECP5_AVAILABLE = {"LUT4": 83640, "FF": 83640, "MULT18X18D": 156, "DP16KD": 208}
 #: The ULX3S-85F configuration: the largest array that fits (docs/fpga.md, "Choosing the array").
 #: 30 pixel rows x 4 lanes, one INT8 MAC per MULT18X18D (packing "none"): 120 MACs/cycle,
 #: 120 PE multipliers + 4 lanes x 8 (two 32x31 SRDHM products, 2x2 blocks each) + 3 in the
-#: control path = 155 of 156 MULT18X18D. K up to 4608 (3x3 over 512 channels); buffers in
-#: DP16KD 512x36 mode: act 2 x 4608 x 240 bits, wgt 2 x 4608 x 32 bits, out 2 x 2048 x 32 bits.
-ULX3S_CFG = ArrayConfig(rows=30, cols=4, packing="none", bus_bytes=32, act_depth=4608, wgt_depth=4608,
+#: control path = 155 of 156 MULT18X18D. act/wgt 1024 entries deep: one DP16KD deep in
+#: 1024x18 mode (no cascade, no read multiplexer): K up to 1024, every layer of the
+#: project's detector (detector.model; its largest reduction is 1024). 4608-deep buffers (K of a
+#: 3x3 conv over 512 channels) fit the DP16KD budget too (149 of 208), but with their 9-deep
+#: cascades and read multiplexers the 8x4 and 30x4 tops did not finish routing here; the
+#: 1024-deep 30x4 routed in 16 min (docs/fpga.md, "Timing").
+ULX3S_CFG = ArrayConfig(rows=30, cols=4, packing="none", bus_bytes=32, act_depth=1024, wgt_depth=1024,
                         param_depth=16, out_depth=2048)
 #: The same array with packing "dual" (2 PE columns x 2 lanes): the 27x8 packed product needs two
 #: 18x18 blocks on the ECP5, so it spends the same MULT18X18D per MAC and more LUTs.
