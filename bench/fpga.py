@@ -9,6 +9,8 @@ the full default ArrayConfig), and returns::
     fmax_target_mhz    the target (150)
     ecp5               {LUT4, FF, MULT18X18D, DP16KD: {used, available}}, bitstream pass
     ecp5_critical_path nextpnr's worst clock-to-clock path (delay, blocks it crosses)
+    ecp5_endpoints     every clocked endpoint: count, late (> period), arrival p50/p90/max
+    ecp5_timing_by_block  the 12 worst blocks: endpoints, late ones by kind, worst arrival and net
     bitstream_bytes    size of ulx3s.bit (ecppack --compress)
     xcup               {DSP48E2, LUT, FF, BRAM36, ...} (yosys mapping; no vendor P&R here)
     macs_per_dsp48e2   INT8 MACs per cycle per DSP48E2 of the PE array
@@ -74,7 +76,7 @@ def run(args) -> dict:
     if not args.skip_ulx3s:
         if args.reuse:
             # Without an explicit shape, the report of whatever top was built there is accepted
-            # (ecp5_cfg says which): the 30 x 4 default does not finish place and route in hours here.
+            # (ecp5_cfg says which), e.g. a small top built for a quick timing iteration.
             free = () if given else tuple(dataclasses.asdict(cfg))
             u = _load(Path(args.reuse) / "ulx3s" / "report.json", cfg, free)
         else:
@@ -89,6 +91,9 @@ def run(args) -> dict:
             "bitstream_timing_met": u["bitstream_timing_met"],
             "ecp5_passes": [{k: p[k] for k in ("clock_mhz", "fmax_mhz", "met", "synth_seconds", "pnr_seconds")}
                             for p in u["passes"]],
+            # every clocked endpoint of the best pass: how many miss the period, and where (per block)
+            "ecp5_endpoints": max(u["passes"], key=lambda p: p["fmax_mhz"]).get("endpoints"),
+            "ecp5_timing_by_block": max(u["passes"], key=lambda p: p["fmax_mhz"]).get("timing_by_block", [])[:12],
             "ecp5_packing_comparison": {k: ({"macs_per_cycle": v["macs_per_cycle"], "synth_cells": v["synth_cells"]}
                                             if isinstance(v, dict) and "synth_cells" in v else v)
                                         for k, v in (u.get("packing_comparison") or {}).items()},

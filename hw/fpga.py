@@ -659,6 +659,15 @@ def summary_lines(report: dict) -> list[str]:
     if cp:
         out.append(f"  critical path: {cp['delay_ns']} ns ({cp['logic_ns']} logic + {cp['routing_ns']} routing, "
                    f"{cp['steps']} steps) from {cp['start']} to {cp['end']}")
+    best = max(report["passes"], key=lambda p: p["fmax_mhz"])
+    ep = best.get("endpoints")
+    if ep:
+        p50, p90, worst = ep["arrival_ns_p50_p90_max"]
+        out.append(f"  endpoints: {ep['late']} of {ep['count']} later than {ep['period_ns']} ns "
+                   f"(arrival p50 {p50}, p90 {p90}, max {worst} ns); worst blocks:")
+        for b in best.get("timing_by_block", [])[:5]:
+            kinds = ", ".join(f"{k} {v}" for k, v in sorted(b["late_by_kind"].items()))
+            out.append(f"    {b['block']}: {b['late']}/{b['endpoints']} late ({kinds}), worst {b['worst_ns']} ns")
     out.append(f"  bitstream {report['bitstream']} ({report['bitstream_bytes']} bytes) clocked at "
                f"{report['bitstream_clock_mhz']:.3f} MHz ({'timing met' if report['bitstream_timing_met'] else 'timing NOT met'}), "
                f"UART {report['baud']} baud (divisor {report['uart_divisor']})")

@@ -566,3 +566,38 @@ def test_pass_is_reused_only_when_rtlil_constraints_and_options_are_unchanged(tm
     fpga._pass(CFG, tmp_path, 150e6, 3_000_000, t, 2)                 # other RTLIL: run again
     fpga._pass(CFG, tmp_path, 100e6, 3_000_000, t, 2)                 # other clock: run again
     assert calls == ["yosys", "nextpnr"] * 4
+
+
+def test_timing_by_block_from_detailed_nextpnr_report():
+    """Per-endpoint arrivals of a --detailed-timing-report: blocks from the cell names (yosys/nextpnr
+    suffixes stripped), late endpoints counted by pin kind against the constraint's period."""
+    def net(name, driver, eps):
+        return {"net": name, "driver": driver, "port": "Q",
+                "endpoints": [{"cell": c, "port": p, "delay": [d * 0.9, d]} for c, p, d in eps]}
+    rep = {
+        "fmax": {"clk": {"achieved": 80.0, "constraint": 150.0}},
+        "utilization": {},
+        "detailed_net_timings": [
+            net("acc.bridge.acc_rst", "acc.bridge.acc_rst_TRELLIS_FF_Q",
+                [("acc.acc.core.lane0.valid_TRELLIS_FF_Q_3", "LSR", 7.5),
+                 ("acc.acc.seq.v_TRELLIS_FF_Q", "LSR", 5.0)]),
+            net("acc.acc.seq.x", "acc.acc.seq.x_TRELLIS_FF_Q",
+                [("acc.acc.seq.p_last_TRELLIS_FF_Q", "M", 12.5), ("acc.acc.seq.job0_TRELLIS_FF_Q_2", "CE", 6.0)]),
+            net("acc.acc.dec.w", "acc.acc.dec.w_TRELLIS_FF_Q",
+                [("acc.acc.par.bank0.0.7$DPRAM_COMB3", "WRE", 9.0)]),
+        ],
+    }
+    assert fpga.endpoint_block("acc.acc.core.lane0.lshift_x_TRELLIS_FF_Q_7") == "acc.acc.core.lane0"
+    assert fpga.endpoint_block("acc.acc.par.bank0.0.7$DPRAM_COMB3") == "acc.acc.par.bank0"
+    out = fpga.parse_nextpnr_report(rep)
+    ep = out["endpoints"]
+    assert ep["count"] == 5 and ep["late"] == 3 and ep["period_ns"] == round(1000 / 150, 3)
+    assert ep["arrival_ns_p50_p90_max"][2] == 12.5
+    blocks = {b["block"]: b for b in out["timing_by_block"]}
+    assert [b["block"] for b in out["timing_by_block"]][0] == "acc.acc.seq"
+    assert blocks["acc.acc.seq"]["late"] == 1 and blocks["acc.acc.seq"]["late_by_kind"] == {"data": 1}
+    assert blocks["acc.acc.seq"]["endpoints"] == 3 and blocks["acc.acc.seq"]["worst_net"] == "acc.acc.seq.x"
+    assert blocks["acc.acc.core.lane0"]["late_by_kind"] == {"reset": 1}
+    assert blocks["acc.acc.par.bank0"]["late_by_kind"] == {"lutram": 1}
+    # without the detailed section there is nothing per endpoint, and nothing is invented
+    assert "endpoints" not in fpga.parse_nextpnr_report({k: v for k, v in rep.items() if k != "detailed_net_timings"})
