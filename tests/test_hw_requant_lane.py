@@ -576,6 +576,20 @@ def test_lane_without_ort_is_tflite_only():
     _run_lane(CFG, v, rng.integers(0, 256, 256), seed=12, ort=False, reference=tflite_only)
 
 
+def _set_halving_params(ctx, dut, mode=0, scale_f32=0):
+    """Params of an isolated test row: tflite multiplies by 2**30 / 2**31 (halves), no PReLU, full range."""
+    for f, val in dict(bias=0, mult=2**30, shift=0, zp=0, act_min=-128, act_max=127, alpha_mult=0,
+                       alpha_shift=0, prelu=0, mode=mode, scale_f32=scale_f32).items():
+        ctx.set(dut.params[f], val)
+
+
+def _simulate(dut, tb):
+    sim = Simulator(dut)
+    sim.add_clock(1e-6)
+    sim.add_testbench(tb)
+    sim.run()
+
+
 @pytest.mark.parametrize("mode", [0, 1])
 def test_lane_latency_is_requant_latency(mode):
     # One isolated row, no stalls: it appears exactly REQUANT_LATENCY cycles later, in either mode.
@@ -583,10 +597,7 @@ def test_lane_latency_is_requant_latency(mode):
     hits = []
 
     async def tb(ctx):
-        for f, val in dict(bias=0, mult=2**30, shift=0, zp=0, act_min=-128, act_max=127,
-                           alpha_mult=0, alpha_shift=0, prelu=0, mode=mode,
-                           scale_f32=int(_f32_bits(0.25)[()])).items():
-            ctx.set(dut.params[f], val)
+        _set_halving_params(ctx, dut, mode, int(_f32_bits(0.25)[()]))
         ctx.set(dut.en, 1)
         for cyc in range(3 * REQUANT_LATENCY):
             ctx.set(dut.valid, cyc == 2)
@@ -595,10 +606,7 @@ def test_lane_latency_is_requant_latency(mode):
                 hits.append((cyc, ctx.get(dut.out_data)))
             await ctx.tick()
 
-    sim = Simulator(dut)
-    sim.add_clock(1e-6)
-    sim.add_testbench(tb)
-    sim.run()
+    _simulate(dut, tb)
     assert hits == [(2 + REQUANT_LATENCY, 42 if mode == 0 else 21)]
 
 
@@ -624,9 +632,7 @@ def test_lane_lut_write_to_read_distance(dist):
             ctx.set(dut.lut.payload.data, old if a == 42 else 255 - a)
             await ctx.tick()
         ctx.set(dut.lut.valid, 0)
-        for f, val in dict(bias=0, mult=2**30, shift=0, zp=0, act_min=-128, act_max=127, alpha_mult=0,
-                           alpha_shift=0, prelu=0, mode=0, scale_f32=0).items():
-            ctx.set(dut.params[f], val)
+        _set_halving_params(ctx, dut)
         ctx.set(dut.lut_en, 1)
         for cyc in range(enter + 2 * REQUANT_LATENCY):
             ctx.set(dut.valid, cyc == enter)
@@ -638,8 +644,5 @@ def test_lane_lut_write_to_read_distance(dist):
                 hits.append((cyc, ctx.get(dut.out_data)))
             await ctx.tick()
 
-    sim = Simulator(dut)
-    sim.add_clock(1e-6)
-    sim.add_testbench(tb)
-    sim.run()
+    _simulate(dut, tb)
     assert hits == [(enter + REQUANT_LATENCY, new if dist >= 1 + LUT_WRITE_DELAY else old)]
