@@ -13,9 +13,13 @@ tool's own last log lines; nothing waits forever.
   (``--timing-allow-fail``: the run reports the Fmax it reached and its
   critical path) -> ``ecppack``. If the target is not met, the bitstream is
   rebuilt with the PLL at the fastest EHXPLLL frequency <= 95 % of the
-  reached Fmax (and a UART divisor with <= 1 % baud error), so the bitstream that is
-  written runs at a clock its own place-and-route closed. Optionally the
-  other packing mode is synthesised too (resources only) for comparison.
+  reached Fmax (and a UART divisor with <= 1 % baud error) while nextpnr
+  keeps optimising for the target (``_board_files``: its constraint is the
+  target, not the slower PLL's, so the new placement is pass 1's, not a
+  relaxed one), and again from the new pass's Fmax until a pass closes at its
+  own PLL frequency (at most ``MAX_PASSES``): the bitstream that is written
+  runs at a clock its own place and route closed. Optionally the other
+  packing mode is synthesised too (resources only) for comparison.
 * ``estimate_xcup(cfg, out_dir, ...)``: ``synth_xilinx -family xcup`` of
   ``hw.top.Accelerator`` (no board, no vendor place and route in this flow:
   the numbers are yosys' mapping, the output says so), DSP48E2 / LUT / FF /
@@ -54,8 +58,11 @@ __all__ = ["ToolError", "ULX3S_CFG", "ULX3S_CFG_DUAL", "TARGET_MHZ", "ECP5_DEVIC
 
 #: Timing target of the whole top (MHz).
 TARGET_MHZ = 150.0
-#: Pass 2 clocks the bitstream this far below pass 1's Fmax (a new placement varies by a few %).
+#: A rebuild clocks the bitstream this far below the previous pass's Fmax (a new placement varies
+#: by a few %).
 PASS2_MARGIN = 0.05
+#: Passes at most: the target, then lowered PLL frequencies until one closes.
+MAX_PASSES = 3
 ECP5_DEVICE = "LFE5U-85F-6BG381C"
 #: LFE5U-85F totals of the resources the report names (nextpnr's bel counts).
 ECP5_AVAILABLE = {"LUT4": 83640, "FF": 83640, "MULT18X18D": 156, "DP16KD": 208}
@@ -68,9 +75,11 @@ ECP5_AVAILABLE = {"LUT4": 83640, "FF": 83640, "MULT18X18D": 156, "DP16KD": 208}
 #: project's detector (detector.model; its largest reduction is 1024). 4608-deep buffers (K of a
 #: 3x3 conv over 512 channels) fit the DP16KD budget too (149 of 208), but with their 9-deep
 #: cascades and read multiplexers the 8x4 and 30x4 tops did not finish routing here; the
-#: 1024-deep 30x4 routed in 16 min (docs/fpga.md, "Timing").
+#: 1024-deep 30x4 routed in 16 min (docs/fpga.md, "Timing"). max_k = 1024 too: one tile's beats
+#: never exceed the buffers' depth anyway (golden.isa k_max), and the accumulators, drain chains
+#: and lane inputs are as wide as max_k products need (ArrayConfig.acc_width: 26 bits, not 32).
 ULX3S_CFG = ArrayConfig(rows=30, cols=4, packing="none", bus_bytes=32, act_depth=1024, wgt_depth=1024,
-                        param_depth=16, out_depth=2048)
+                        param_depth=16, out_depth=2048, max_k=1024)
 #: The same array with packing "dual" (2 PE columns x 2 lanes): the 27x8 packed product needs two
 #: 18x18 blocks on the ECP5, so it spends the same MULT18X18D per MAC and more LUTs.
 ULX3S_CFG_DUAL = dataclasses.replace(ULX3S_CFG, cols=2, packing="dual", chain=None)
@@ -409,15 +418,32 @@ def _main_clock(fmax: dict) -> tuple[str, dict]:
     return clk, fmax[clk]
 
 
+#: The LPF line Amaranth writes for the board oscillator (nextpnr derives the PLL output's
+#: constraint from it).
+_OSC_CONSTRAINT = re.compile(r'(?m)^FREQUENCY PORT "clk25_0__io" [^;]*;\n?')
+
+
 def _board_files(cfg: ArrayConfig, workdir: Path, name: str, freq_hz: float, baud: int) -> dict:
+    """RTLIL and LPF of the board top with the PLL at ``freq_hz``.
+
+    The LPF carries no clock constraint: nextpnr would derive the PLL output's from the 25 MHz
+    oscillator's, i.e. the PLL frequency, and a rebuild at a lowered PLL frequency would then be
+    placed and routed against a relaxed constraint (measured on the 30x4: 62.08 MHz at 150, 51.51
+    at 57.1, not met). Instead the clock gets nextpnr's ``--freq`` (``_nextpnr_args``: the pass's
+    place-and-route target), and a pass is met when its Fmax reaches its PLL frequency."""
     from .ulx3s import ULX3STop, platform
     top = ULX3STop(cfg, freq_hz=freq_hz, baud=baud)
     plan = platform().prepare(top, name=name)
     for fn, content in plan.files.items():
-        if fn.endswith((".il", ".lpf")):
-            mode = "wb" if isinstance(content, bytes) else "w"
-            with open(workdir / fn, mode) as f:
-                f.write(content)
+        if fn.endswith(".il"):
+            (workdir / fn).write_bytes(content if isinstance(content, bytes) else content.encode())
+        elif fn.endswith(".lpf"):
+            text = content.decode() if isinstance(content, bytes) else content
+            if top.pll is not None:
+                text, n = _OSC_CONSTRAINT.subn("", text)
+                if n != 1:
+                    raise RuntimeError(f"expected one clk25 FREQUENCY line in the platform's LPF, found {n}")
+            (workdir / fn).write_text(text)
     return {"pll": top.pll, "clock_mhz": top.freq_hz / 1e6, "baud": baud, "uart_divisor": top.divisor,
             "baud_error_pct": round(100 * abs(top.freq_hz / top.divisor - baud) / baud, 3)}
 
@@ -451,15 +477,22 @@ def _pass_key(workdir: Path, name: str, script: str, nextpnr_args: list[str]) ->
     return h.hexdigest()
 
 
-def _pass(cfg: ArrayConfig, workdir: Path, freq_hz: float, baud: int, timeouts: dict, seed: int) -> dict:
-    """One synthesis + place-and-route pass. Incremental: a pass whose RTLIL, LPF, script and
-    nextpnr options hash to the key stored in ``pass.json`` (next to its ``ulx3s.config``) is not
-    run again; its recorded results are returned (``"reused": true``)."""
+def _pass(cfg: ArrayConfig, workdir: Path, freq_hz: float, baud: int, timeouts: dict, seed: int,
+          pnr_mhz: float | None = None) -> dict:
+    """One synthesis + place-and-route pass: the PLL at ``freq_hz``, nextpnr's constraint
+    ``pnr_mhz`` (default: the PLL frequency; never below it). ``met``: the Fmax reaches the PLL
+    frequency. Incremental: a pass whose RTLIL, LPF, script and nextpnr options hash to the key
+    stored in ``pass.json`` (next to its ``ulx3s.config``) is not run again; its recorded results
+    are returned (``"reused": true``)."""
     name = "ulx3s"
     workdir.mkdir(parents=True, exist_ok=True)
     info = _board_files(cfg, workdir, name, freq_hz, baud)
+    pnr = info["clock_mhz"] if pnr_mhz is None else pnr_mhz
+    if pnr < info["clock_mhz"]:
+        raise ValueError(f"pnr_mhz must be >= the PLL frequency {info['clock_mhz']:g} MHz, got {pnr:g}")
+    info["pnr_target_mhz"] = pnr
     script = f"read_rtlil {name}.il\nsynth_ecp5 -top {name}\ntee -q -o stat.txt stat\nwrite_json {name}.json\n"
-    key = _pass_key(workdir, name, script, _nextpnr_args(name, info["clock_mhz"], seed))
+    key = _pass_key(workdir, name, script, _nextpnr_args(name, pnr, seed))
     cached = workdir / "pass.json"
     if cached.exists() and (workdir / f"{name}.config").exists():
         old = json.loads(cached.read_text())
@@ -469,22 +502,24 @@ def _pass(cfg: ArrayConfig, workdir: Path, freq_hz: float, baud: int, timeouts: 
     stat, ysecs = _yosys(workdir, script, timeouts["yosys"])
     info["synth_cells"] = parse_yosys_stat(stat)
     info["synth_seconds"] = round(ysecs, 1)
-    info.update(_nextpnr(workdir, name, info["clock_mhz"], timeouts["nextpnr"], seed))
+    info.update(_nextpnr(workdir, name, pnr, timeouts["nextpnr"], seed))
     clk, f = _main_clock(info["fmax"])
     info["clock_net"] = clk
     info["fmax_mhz"] = f["achieved_mhz"]
-    info["met"] = f["achieved_mhz"] >= f["constraint_mhz"]
+    info["met"] = f["achieved_mhz"] >= info["clock_mhz"]
     cached.write_text(json.dumps({"key": key, "info": info}, indent=1))
     return info
 
 
 def build_ulx3s(cfg: ArrayConfig = ULX3S_CFG, out_dir="build/ulx3s", *, target_mhz: float = TARGET_MHZ,
                 baud: int | None = None, compare_packing: bool = True, rebuild_at_fmax: bool = True,
-                timeouts: dict | None = None, seed: int = 1, log=print) -> dict:
+                max_passes: int = MAX_PASSES, timeouts: dict | None = None, seed: int = 1, log=print) -> dict:
     """The whole ULX3S flow (module docstring). Returns the report dict (also written as
     ``<out_dir>/report.json``); the bitstream is ``<out_dir>/ulx3s.bit``."""
     from .ulx3s import DEFAULT_BAUD
     baud = DEFAULT_BAUD if baud is None else baud
+    if isinstance(max_passes, bool) or not isinstance(max_passes, int) or not 1 <= max_passes <= 10:
+        raise ValueError(f"max_passes must be an integer in [1, 10], got {max_passes!r}")
     timeouts = {"yosys": 3600, "nextpnr": 10800, "ecppack": 600, **(timeouts or {})}
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -492,21 +527,21 @@ def build_ulx3s(cfg: ArrayConfig = ULX3S_CFG, out_dir="build/ulx3s", *, target_m
     log(f"ulx3s: {cfg.rows}x{cfg.cols} packing={cfg.packing} ({cfg.macs_per_cycle} MACs/cycle), "
         f"target {target_mhz:g} MHz: synthesis + place and route (several minutes each)...")
     # the PLL at the fastest frequency <= the target that the UART divisor can follow (150 MHz: exact)
-    first = _pass(cfg, out / "pass1", _bitstream_freq(target_mhz, baud), baud, timeouts, seed)
+    first = _pass(cfg, out / "pass1", _bitstream_freq(target_mhz, baud), baud, timeouts, seed, pnr_mhz=target_mhz)
     log(f"  pass 1 (PLL {first['clock_mhz']:.3f} MHz): Fmax {first['fmax_mhz']:.2f} MHz, "
         f"{'met' if first['met'] else 'NOT met'}")
     passes = [first]
     final = first
-    if not first["met"] and rebuild_at_fmax:
-        f2 = _bitstream_freq(first["fmax_mhz"] * (1 - PASS2_MARGIN), baud)
-        log(f"  pass 2: rebuilding with the PLL at {f2 / 1e6:.3f} MHz (<= 95 % of pass 1's Fmax) for a bitstream "
-            "that closes timing...")
-        second = _pass(cfg, out / "pass2", f2, baud, timeouts, seed)
-        log(f"  pass 2 (PLL {second['clock_mhz']:.3f} MHz): Fmax {second['fmax_mhz']:.2f} MHz, "
-            f"{'met' if second['met'] else 'NOT met'}")
-        passes.append(second)
-        final = second
-    wd = out / ("pass2" if final is not first else "pass1")
+    while not final["met"] and rebuild_at_fmax and len(passes) < max_passes:
+        k = len(passes) + 1
+        f = _bitstream_freq(final["fmax_mhz"] * (1 - PASS2_MARGIN), baud)
+        log(f"  pass {k}: rebuilding with the PLL at {f / 1e6:.3f} MHz (<= 95 % of pass {k - 1}'s Fmax), "
+            f"placed and routed for {target_mhz:g} MHz, for a bitstream that closes timing...")
+        final = _pass(cfg, out / f"pass{k}", f, baud, timeouts, seed, pnr_mhz=target_mhz)
+        log(f"  pass {k} (PLL {final['clock_mhz']:.3f} MHz): Fmax {final['fmax_mhz']:.2f} MHz, "
+            f"{'met' if final['met'] else 'NOT met'}")
+        passes.append(final)
+    wd = out / f"pass{len(passes)}"
     secs = run_tool("yowasp-ecppack", ["--compress", "--input", "ulx3s.config", "--bit", "ulx3s.bit"], wd,
                     timeouts["ecppack"])
     bit = out / "ulx3s.bit"
@@ -651,7 +686,9 @@ def summary_lines(report: dict) -> list[str]:
     for i, p in enumerate(report["passes"], 1):
         fm = ", ".join(f"{k}: {v['achieved_mhz']:.2f} MHz (constraint {v['constraint_mhz']:.2f})"
                        for k, v in p["fmax"].items())
-        out.append(f"  pass {i}: PLL {p['clock_mhz']:.3f} MHz -> Fmax {fm} -> {'met' if p['met'] else 'NOT met'}")
+        out.append(f"  pass {i}: PLL {p['clock_mhz']:.3f} MHz, placed and routed for "
+                   f"{p.get('pnr_target_mhz', p['clock_mhz']):g} MHz -> Fmax {fm} -> "
+                   f"{'met' if p['met'] else 'NOT met'} at the PLL's {p['clock_mhz']:.3f} MHz")
     out.append(f"  Fmax {report['fmax_mhz']:.2f} MHz vs target {report['target_mhz']:g} MHz: "
                f"{'met' if report['target_met'] else 'NOT met'}")
     out.append(f"  resources: {_fmt_resources(report['resources'])}")
@@ -712,6 +749,9 @@ def cli(target: str, argv=None) -> int:
         p.add_argument("--no-compare", action="store_true", help="skip the other packing's synthesis")
         p.add_argument("--no-rebuild", action="store_true",
                        help="keep the first pass's bitstream even if it misses timing")
+        p.add_argument("--max-passes", type=int, default=MAX_PASSES,
+                       help=f"place-and-route passes at most (pass 1 at --freq, then lowered PLL frequencies until "
+                            f"one closes; default {MAX_PASSES})")
         p.add_argument("--seed", type=int, default=1, help="nextpnr seed")
         p.add_argument("--nextpnr-timeout", type=float, default=10800, help="seconds")
     p.add_argument("--out", default=None, help=argparse.SUPPRESS)      # hw.build's Verilog path: unused here
@@ -727,7 +767,7 @@ def cli(target: str, argv=None) -> int:
         if target == "ulx3s":
             rep = build_ulx3s(cfg, args.out_dir, target_mhz=args.freq, baud=args.baud,
                               compare_packing=not args.no_compare, rebuild_at_fmax=not args.no_rebuild,
-                              timeouts={"yosys": args.yosys_timeout, "nextpnr": args.nextpnr_timeout}, seed=args.seed)
+                              max_passes=args.max_passes, timeouts={"yosys": args.yosys_timeout, "nextpnr": args.nextpnr_timeout}, seed=args.seed)
         else:
             rep = estimate_xcup(cfg, args.out_dir, timeout_s=args.yosys_timeout)
     except ValueError as e:

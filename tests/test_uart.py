@@ -568,6 +568,50 @@ def test_pass_is_reused_only_when_rtlil_constraints_and_options_are_unchanged(tm
     assert calls == ["yosys", "nextpnr"] * 4
 
 
+def test_board_lpf_leaves_the_pll_clock_to_nextpnrs_freq(tmp_path):
+    """The LPF keeps the pins but not the oscillator's FREQUENCY line: nextpnr would derive the PLL
+    output's constraint from it (= the PLL frequency), and a rebuild at a lowered PLL frequency must
+    still be placed and routed for the target (``--freq``)."""
+    info = fpga._board_files(CFG, tmp_path, "ulx3s", 50e6, 3_000_000)
+    lpf = (tmp_path / "ulx3s.lpf").read_text()
+    assert info["clock_mhz"] == 50.0 and "FREQUENCY" not in lpf and 'LOCATE COMP "clk25_0__io" SITE "G2"' in lpf
+    args = fpga._nextpnr_args("ulx3s", 150.0, 1)
+    assert args[args.index("--freq") + 1] == "150"
+
+
+def test_rebuilds_lower_the_pll_but_keep_the_target_until_a_pass_closes(tmp_path, monkeypatch):
+    """Pass 1 at the target misses; every rebuild clocks the PLL <= 95 % of the previous pass's Fmax,
+    is placed and routed for the target, and is met only when its Fmax reaches its own PLL clock;
+    the bitstream is the last pass's."""
+    fmax = iter([62.08, 51.51, 50.0])
+    calls = []
+
+    def fake_pass(cfg, workdir, freq_hz, baud, timeouts, seed, pnr_mhz=None):
+        workdir.mkdir(parents=True, exist_ok=True)
+        (workdir / "ulx3s.bit").write_bytes(workdir.name.encode())
+        f = next(fmax)
+        calls.append((workdir.name, freq_hz / 1e6, pnr_mhz))
+        return {"clock_mhz": freq_hz / 1e6, "pnr_target_mhz": pnr_mhz, "fmax_mhz": f, "met": f >= freq_hz / 1e6,
+                "fmax": {"clk": {"achieved_mhz": f, "constraint_mhz": pnr_mhz}}, "critical_path": None,
+                "resources": {}, "uart_divisor": round(freq_hz / 3e6)}
+
+    monkeypatch.setattr(fpga, "_pass", fake_pass)
+    monkeypatch.setattr(fpga, "run_tool", lambda *a, **k: 0.0)
+    rep = fpga.build_ulx3s(CFG, tmp_path, compare_packing=False, log=lambda *a: None)
+    assert [c[0] for c in calls] == ["pass1", "pass2", "pass3"]
+    assert calls[0][1:] == (150.0, 150.0) and all(c[2] == 150.0 for c in calls)
+    assert calls[1][1] <= 62.08 * 0.95 and calls[2][1] <= 51.51 * 0.95
+    assert [p["met"] for p in rep["passes"]] == [False, False, True]
+    assert rep["bitstream_timing_met"] and rep["bitstream_clock_mhz"] == calls[2][1] and not rep["target_met"]
+    assert (tmp_path / "ulx3s.bit").read_bytes() == b"pass3" and rep["fmax_mhz"] == 62.08
+    fmax = iter([62.08, 51.51, 50.0])
+    calls.clear()
+    rep = fpga.build_ulx3s(CFG, tmp_path, compare_packing=False, max_passes=2, log=lambda *a: None)
+    assert len(calls) == 2 and not rep["bitstream_timing_met"]
+    with pytest.raises(ValueError, match=r"max_passes must be an integer in \[1, 10\]"):
+        fpga.build_ulx3s(CFG, tmp_path, max_passes=0)
+
+
 def test_timing_by_block_from_detailed_nextpnr_report():
     """Per-endpoint arrivals of a --detailed-timing-report: blocks from the cell names (yosys/nextpnr
     suffixes stripped), late endpoints counted by pin kind against the constraint's period."""
