@@ -59,6 +59,7 @@ from golden.isa import (COUNTER_BITS, DESC_BITS, ERROR_MASK, JOB_QUEUE_DEPTH, LU
                         sync_response_words, words_per_entry)
 
 from .buffers import read_signature, write_signature
+from .ecp5_mult import RegisteredMult
 from .requant_lane import lut_layout
 from .sequencer import job_layout
 
@@ -100,20 +101,23 @@ class Decoder(wiring.Component):
         return {fl.name: value[fl.offset:fl.offset + fl.width] for fl in self.lay[op]}
 
     # ---- the descriptor checks (golden.isa.descriptor_errors, as logic), a three-stage pipeline
-    def _checks(self, m, op_r):
-        """Returns (range_bad, reserved_bad): 1-bit values of registers, valid in ``DECIDE``.
+    def _checks(self, m, op_r, desc):
+        """Returns (range_bad, reserved_bad): 1-bit values valid in ``DECIDE``.
 
         Stage A registers on every cycle, from ``cmd.payload`` (the bridge's
         descriptor shift register on the board): each field's own range test,
         the reserved bits OR-reduced in 64-bit chunks, the end sums
-        (``offset + length``, ``wgt_offset + k``), the products ``ntiles * k``
-        and ``ntiles * rows`` and the room left after ``act_offset`` /
-        ``out_offset``; in ``CHECK`` they hold the values of the accepted
-        descriptor. Stage B (registered at the end of ``CHECK``) compares the
-        end values (one carry chain each) and ORs the tests of the opcode's
-        fields (``op_r``: the registered one-hot opcode); ``DECIDE`` reads four
-        bits (with ``ok_r``). The product, the 128-bit mask and the compares are
-        thus never in one cycle with the FSM and the flags (issue 6), and the
+        (``offset + length``, ``wgt_offset + k``); in ``CHECK`` they hold the
+        values of the accepted descriptor. Stage B (registered at the end of
+        ``CHECK``) compares the end values (one carry chain each) and ORs the
+        tests of the opcode's fields (``op_r``: the registered one-hot opcode).
+        Beside stage B, from the registered descriptor ``desc``: the products
+        ``ntiles * k`` and ``ntiles * rows`` (``RegisteredMult``: operands from
+        flip-flops, product registered) and the room left after ``act_offset``
+        / ``out_offset``. ``DECIDE`` reads four registered bits (with ``ok_r``)
+        and the two product-versus-room compares. The products, the 128-bit
+        mask and the end compares are thus never in one cycle with the
+        descriptor's arrival or the FSM and the flags (issue 6), and the
         command timeline has no cycle more than with two check cycles.
         """
         cfg = self.cfg
@@ -153,25 +157,36 @@ class Decoder(wiring.Component):
         for op in PAYLOAD_BUFFER:
             f = self._fields(p, op)
             pend[op] = reg(f["offset"] + f["length"], f"pay_end_{op.name.lower()}")
-        rf = self._fields(p, Op.RUN)
-        wgt_end = reg(rf["wgt_offset"] + rf["k"], "wgt_end")
-        act_need = reg(rf["ntiles"] * rf["k"], "act_need")
-        out_need = reg(rf["ntiles"] * cfg.rows, "out_need")
-        # Room after the offset: only meaningful when the offset passes its own test (< depth),
-        # otherwise the field test flags the command anyway, so the value is taken modulo.
-        act_room = reg((cfg.act_depth - rf["act_offset"])[:cfg.act_depth.bit_length()], "act_room")
-        out_room = reg((cfg.out_depth - rf["out_offset"])[:cfg.out_depth.bit_length()], "out_room")
+        wgt_end = reg(self._fields(p, Op.RUN)["wgt_offset"] + self._fields(p, Op.RUN)["k"], "wgt_end")
 
         # -- stage B (end of CHECK): compares, then the opcode's tests
         end_bad = [op_r[op] & (pend[op] > buffer_depth(cfg, PAYLOAD_BUFFER[op])) for op in PAYLOAD_BUFFER]
-        end_bad.append(op_r[Op.RUN] & ((wgt_end > cfg.wgt_depth) | (act_need > act_room) | (out_need > out_room)))
+        end_bad.append(op_r[Op.RUN] & (wgt_end > cfg.wgt_depth))
         fld_bad = [op_r[op] & Cat(*bits).any() for op, bits in field_bad.items() if bits]
         # Two registers: the compares' carry chains and the field tests' OR tree in parallel.
         end_bad_r = reg(Cat(*end_bad).any(), "end_bad")
         field_bad_r = reg(Cat(*fld_bad).any(), "field_bad")
         reserved_bad = reg(Cat(*[op_r[op] & Cat(*bits).any() for op, bits in resv.items() if bits]).any(),
                            "reserved_bad")
-        return end_bad_r | field_bad_r, reserved_bad
+
+        # -- the RUN products, from the registered descriptor (held from CHECK on): multiplied in
+        # CHECK into a registered product (the MULT18X18D's output register on the ECP5), the
+        # room after each offset registered beside it, compared in DECIDE (one short carry chain
+        # each; the product's bits above the room's width are an OR beside it). The product is
+        # thus never in one cycle with the descriptor's arrival nor with the FSM (issue 6).
+        rf = self._fields(desc, Op.RUN)
+        over = []
+        for name, b, depth, off in (("act_need", rf["k"], cfg.act_depth, rf["act_offset"]),
+                                    ("out_need", Const(cfg.rows), cfg.out_depth, rf["out_offset"])):
+            m.submodules[name] = mul = RegisteredMult(rf["ntiles"].shape(), b.shape())
+            m.d.comb += [mul.a.eq(rf["ntiles"]), mul.b.eq(b), mul.en.eq(1)]
+            w = depth.bit_length()
+            # Room after the offset: only meaningful when the offset passes its own test
+            # (< depth), otherwise the field test flags the command anyway: taken modulo.
+            room = reg((depth - off)[:w], name.replace("need", "room"))
+            over.append(mul.p[w:].any() | (mul.p[:w] > room))
+        need_bad = op_r[Op.RUN] & Cat(*over).any()
+        return end_bad_r | field_bad_r | need_bad, reserved_bad
 
     def elaborate(self, platform):
         cfg = self.cfg
@@ -217,7 +232,7 @@ class Decoder(wiring.Component):
         status = Signal(32)
         m.d.comb += status.eq(flags | Mux(self.jobs != 0, STATUS_BUSY, 0) | (self.jobs << STATUS_JOBS_SHIFT))
 
-        range_bad, reserved_bad = self._checks(m, op_r)
+        range_bad, reserved_bad = self._checks(m, op_r, desc)
         errs = Cat(~ok_r, range_bad, reserved_bad)
         assert (int(Flag.BAD_OPCODE), int(Flag.BAD_RANGE), int(Flag.RESERVED)) == (1, 2, 4)
         is_write = Cat(*[op_r[op] for op in write_ops]).any()
