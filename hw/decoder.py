@@ -71,6 +71,16 @@ def bus_layout(cfg: ArrayConfig) -> data.StructLayout:
     return data.StructLayout({"data": unsigned(cfg.bus_bytes * 8), "last": unsigned(1)})
 
 
+def _word_mux(words, index):
+    """``words[index]`` as a binary mux tree on the low bits of ``index`` (an index past the end
+    gives one of the words, never a constant: the caller reads it only for valid indices)."""
+    n = (len(words) - 1).bit_length()
+    words = list(words) + [words[-1]] * ((1 << n) - len(words))
+    for b in range(n):
+        words = [Mux(index[b], words[i + 1], words[i]) for i in range(0, len(words), 2)]
+    return words[0]
+
+
 class Decoder(wiring.Component):
     """See the module docstring. ``counters`` are slots 1 .. STATUS_SLOTS - 1 of READ_STATUS."""
 
@@ -202,10 +212,11 @@ class Decoder(wiring.Component):
         # descriptor's load enable (~140 FFs) and the snapshot's (~450 FFs) come from a FF.
         idle_r = Signal(init=1)
         wait_r = Signal()
+        resp_r = Signal()           # "state == RESP": selects dout's data (see dout below)
 
         def goto(state):
             m.next = state
-            m.d.sync += [idle_r.eq(state == "IDLE"), wait_r.eq(state == "WAIT")]
+            m.d.sync += [idle_r.eq(state == "IDLE"), wait_r.eq(state == "WAIT"), resp_r.eq(state == "RESP")]
 
         # ---- the opcode, one-hot, registered with the descriptor (ok_r: a known opcode)
         op_r = {op: Signal(name=f"op_{op.name.lower()}", reset_less=True) for op in Op}
@@ -316,6 +327,20 @@ class Decoder(wiring.Component):
             """The current entry is complete: count it (erem, elast)."""
             m.d.sync += [erem.eq(erem - 1), elast.eq(erem == 1)]
 
+        # ---- dout's payload: READ's row word or RESP's snapshot word, selected by resp_r (a
+        # flip-flop), not gated by the state: only read with dout.valid, and with no constant-0 arm
+        # the bridge's capture register gets no synchronous reset from the decoder's state (issue 6:
+        # a 257-wide LSR net through two LUTs). Word wi of the row / of the snapshot.
+        n_out = wpe_of[Op.READ_OUT]
+        row_end = wi == n_out - 1
+        is_last = wi == nresp_m1
+        n_w = status_response_words(cfg)
+        row_send = _word_mux([self.out_r.data[q * bus_bits:(q + 1) * bus_bits] for q in range(n_out)], wi)
+        padded = Cat(snap, Const(0, n_w * bus_bits - len(snap)))
+        resp_send = _word_mux([padded[q * bus_bits:(q + 1) * bus_bits] for q in range(n_w)], wi)
+        m.d.comb += [self.dout.payload.data.eq(Mux(resp_r, resp_send, row_send)),
+                     self.dout.payload.last.eq(Mux(resp_r, is_last, row_end & elast))]
+
         with m.FSM():
             with m.State("IDLE"):
                 m.d.comb += self.cmd.ready.eq(1)
@@ -383,19 +408,9 @@ class Decoder(wiring.Component):
                 with m.If(self.din.valid & self.din.payload.last):
                     goto("IDLE")
             with m.State("READ"):
-                n_out = wpe_of[Op.READ_OUT]
-                row_words = [self.out_r.data[q * bus_bits:(q + 1) * bus_bits] for q in range(n_out)]
-                send = Signal(bus_bits)
-                with m.Switch(wi):
-                    for q in range(n_out):
-                        with m.Case(q):
-                            m.d.comb += send.eq(row_words[q])
-                row_end = wi == n_out - 1
                 take = rv & self.dout.ready
                 issue = rmore & (~rv | (take & row_end))
-                m.d.comb += [self.dout.valid.eq(rv), self.dout.payload.data.eq(send),
-                             self.dout.payload.last.eq(row_end & elast),
-                             self.out_r.en.eq(issue)]
+                m.d.comb += [self.dout.valid.eq(rv), self.out_r.en.eq(issue)]
                 with m.If(issue):
                     m.d.sync += [pa.eq(pa + 1), rrem.eq(rrem - 1), rmore.eq(rrem != 0), rv.eq(1)]
                 with m.Elif(take & row_end):
@@ -409,16 +424,7 @@ class Decoder(wiring.Component):
                     with m.Else():
                         m.d.sync += wi.eq(wi + 1)
             with m.State("RESP"):
-                n_w = status_response_words(cfg)
-                send = Signal(bus_bits)
-                padded = Cat(snap, Const(0, n_w * bus_bits - len(snap)))
-                with m.Switch(wi):
-                    for q in range(n_w):
-                        with m.Case(q):
-                            m.d.comb += send.eq(padded[q * bus_bits:(q + 1) * bus_bits])
-                is_last = wi == nresp_m1
-                m.d.comb += [self.dout.valid.eq(1), self.dout.payload.data.eq(send),
-                             self.dout.payload.last.eq(is_last)]
+                m.d.comb += self.dout.valid.eq(1)
                 with m.If(self.dout.ready):
                     m.d.sync += wi.eq(wi + 1)
                     with m.If(is_last):
