@@ -341,7 +341,7 @@ class Decoder(wiring.Component):
         m.d.comb += [self.dout.payload.data.eq(Mux(resp_r, resp_send, row_send)),
                      self.dout.payload.last.eq(Mux(resp_r, is_last, row_end & elast))]
 
-        with m.FSM():
+        with m.FSM() as fsm:
             with m.State("IDLE"):
                 m.d.comb += self.cmd.ready.eq(1)
                 with m.If(self.cmd.valid):
@@ -429,4 +429,8 @@ class Decoder(wiring.Component):
                     m.d.sync += wi.eq(wi + 1)
                     with m.If(is_last):
                         goto("IDLE")
+        # The state flags kept as registers (goto) and the state tests they stand for (no hardware:
+        # read by tests/test_hw_decoder.py, which asserts them equal on every cycle).
+        self.shadow_checks = [(f"{name.lower()}_r", reg, fsm.ongoing(name))
+                              for name, reg in (("IDLE", idle_r), ("WAIT", wait_r), ("RESP", resp_r))]
         return m
