@@ -59,6 +59,7 @@ from golden.isa import (COUNTER_BITS, DESC_BITS, ERROR_MASK, JOB_QUEUE_DEPTH, LU
                         sync_response_words, words_per_entry)
 
 from .buffers import read_signature, write_signature
+from .ecp5_mult import RegisteredMult
 from .requant_lane import lut_layout
 from .sequencer import job_layout
 
@@ -68,6 +69,16 @@ __all__ = ["Decoder", "bus_layout"]
 def bus_layout(cfg: ArrayConfig) -> data.StructLayout:
     """Payload of ``din`` and ``dout``: ``data`` (bus_bytes * 8 bits) and ``last``."""
     return data.StructLayout({"data": unsigned(cfg.bus_bytes * 8), "last": unsigned(1)})
+
+
+def _word_mux(words, index):
+    """``words[index]`` as a binary mux tree on the low bits of ``index`` (an index past the end
+    gives one of the words, never a constant: the caller reads it only for valid indices)."""
+    n = (len(words) - 1).bit_length()
+    words = list(words) + [words[-1]] * ((1 << n) - len(words))
+    for b in range(n):
+        words = [Mux(index[b], words[i + 1], words[i]) for i in range(0, len(words), 2)]
+    return words[0]
 
 
 class Decoder(wiring.Component):
@@ -100,20 +111,23 @@ class Decoder(wiring.Component):
         return {fl.name: value[fl.offset:fl.offset + fl.width] for fl in self.lay[op]}
 
     # ---- the descriptor checks (golden.isa.descriptor_errors, as logic), a three-stage pipeline
-    def _checks(self, m, op_r):
-        """Returns (range_bad, reserved_bad): 1-bit values of registers, valid in ``DECIDE``.
+    def _checks(self, m, op_r, desc):
+        """Returns (range_bad, reserved_bad): 1-bit values valid in ``DECIDE``.
 
         Stage A registers on every cycle, from ``cmd.payload`` (the bridge's
         descriptor shift register on the board): each field's own range test,
         the reserved bits OR-reduced in 64-bit chunks, the end sums
-        (``offset + length``, ``wgt_offset + k``), the products ``ntiles * k``
-        and ``ntiles * rows`` and the room left after ``act_offset`` /
-        ``out_offset``; in ``CHECK`` they hold the values of the accepted
-        descriptor. Stage B (registered at the end of ``CHECK``) compares the
-        end values (one carry chain each) and ORs the tests of the opcode's
-        fields (``op_r``: the registered one-hot opcode); ``DECIDE`` reads four
-        bits (with ``ok_r``). The product, the 128-bit mask and the compares are
-        thus never in one cycle with the FSM and the flags (issue 6), and the
+        (``offset + length``, ``wgt_offset + k``); in ``CHECK`` they hold the
+        values of the accepted descriptor. Stage B (registered at the end of
+        ``CHECK``) compares the end values (one carry chain each) and ORs the
+        tests of the opcode's fields (``op_r``: the registered one-hot opcode).
+        Beside stage B, from the registered descriptor ``desc``: the products
+        ``ntiles * k`` and ``ntiles * rows`` (``RegisteredMult``: operands from
+        flip-flops, product registered) and the room left after ``act_offset``
+        / ``out_offset``. ``DECIDE`` reads four registered bits (with ``ok_r``)
+        and the two product-versus-room compares. The products, the 128-bit
+        mask and the end compares are thus never in one cycle with the
+        descriptor's arrival or the FSM and the flags (issue 6), and the
         command timeline has no cycle more than with two check cycles.
         """
         cfg = self.cfg
@@ -153,25 +167,36 @@ class Decoder(wiring.Component):
         for op in PAYLOAD_BUFFER:
             f = self._fields(p, op)
             pend[op] = reg(f["offset"] + f["length"], f"pay_end_{op.name.lower()}")
-        rf = self._fields(p, Op.RUN)
-        wgt_end = reg(rf["wgt_offset"] + rf["k"], "wgt_end")
-        act_need = reg(rf["ntiles"] * rf["k"], "act_need")
-        out_need = reg(rf["ntiles"] * cfg.rows, "out_need")
-        # Room after the offset: only meaningful when the offset passes its own test (< depth),
-        # otherwise the field test flags the command anyway, so the value is taken modulo.
-        act_room = reg((cfg.act_depth - rf["act_offset"])[:cfg.act_depth.bit_length()], "act_room")
-        out_room = reg((cfg.out_depth - rf["out_offset"])[:cfg.out_depth.bit_length()], "out_room")
+        wgt_end = reg(self._fields(p, Op.RUN)["wgt_offset"] + self._fields(p, Op.RUN)["k"], "wgt_end")
 
         # -- stage B (end of CHECK): compares, then the opcode's tests
         end_bad = [op_r[op] & (pend[op] > buffer_depth(cfg, PAYLOAD_BUFFER[op])) for op in PAYLOAD_BUFFER]
-        end_bad.append(op_r[Op.RUN] & ((wgt_end > cfg.wgt_depth) | (act_need > act_room) | (out_need > out_room)))
+        end_bad.append(op_r[Op.RUN] & (wgt_end > cfg.wgt_depth))
         fld_bad = [op_r[op] & Cat(*bits).any() for op, bits in field_bad.items() if bits]
         # Two registers: the compares' carry chains and the field tests' OR tree in parallel.
         end_bad_r = reg(Cat(*end_bad).any(), "end_bad")
         field_bad_r = reg(Cat(*fld_bad).any(), "field_bad")
         reserved_bad = reg(Cat(*[op_r[op] & Cat(*bits).any() for op, bits in resv.items() if bits]).any(),
                            "reserved_bad")
-        return end_bad_r | field_bad_r, reserved_bad
+
+        # -- the RUN products, from the registered descriptor (held from CHECK on): multiplied in
+        # CHECK into a registered product (the MULT18X18D's output register on the ECP5), the
+        # room after each offset registered beside it, compared in DECIDE (one short carry chain
+        # each; the product's bits above the room's width are an OR beside it). The product is
+        # thus never in one cycle with the descriptor's arrival nor with the FSM (issue 6).
+        rf = self._fields(desc, Op.RUN)
+        over = []
+        for name, b, depth, off in (("act_need", rf["k"], cfg.act_depth, rf["act_offset"]),
+                                    ("out_need", Const(cfg.rows), cfg.out_depth, rf["out_offset"])):
+            m.submodules[name] = mul = RegisteredMult(rf["ntiles"].shape(), b.shape())
+            m.d.comb += [mul.a.eq(rf["ntiles"]), mul.b.eq(b), mul.en.eq(1)]
+            w = depth.bit_length()
+            # Room after the offset: only meaningful when the offset passes its own test
+            # (< depth), otherwise the field test flags the command anyway: taken modulo.
+            room = reg((depth - off)[:w], name.replace("need", "room"))
+            over.append(mul.p[w:].any() | (mul.p[:w] > room))
+        need_bad = op_r[Op.RUN] & Cat(*over).any()
+        return end_bad_r | field_bad_r | need_bad, reserved_bad
 
     def elaborate(self, platform):
         cfg = self.cfg
@@ -187,10 +212,11 @@ class Decoder(wiring.Component):
         # descriptor's load enable (~140 FFs) and the snapshot's (~450 FFs) come from a FF.
         idle_r = Signal(init=1)
         wait_r = Signal()
+        resp_r = Signal()           # "state == RESP": selects dout's data (see dout below)
 
         def goto(state):
             m.next = state
-            m.d.sync += [idle_r.eq(state == "IDLE"), wait_r.eq(state == "WAIT")]
+            m.d.sync += [idle_r.eq(state == "IDLE"), wait_r.eq(state == "WAIT"), resp_r.eq(state == "RESP")]
 
         # ---- the opcode, one-hot, registered with the descriptor (ok_r: a known opcode)
         op_r = {op: Signal(name=f"op_{op.name.lower()}", reset_less=True) for op in Op}
@@ -217,7 +243,7 @@ class Decoder(wiring.Component):
         status = Signal(32)
         m.d.comb += status.eq(flags | Mux(self.jobs != 0, STATUS_BUSY, 0) | (self.jobs << STATUS_JOBS_SHIFT))
 
-        range_bad, reserved_bad = self._checks(m, op_r)
+        range_bad, reserved_bad = self._checks(m, op_r, desc)
         errs = Cat(~ok_r, range_bad, reserved_bad)
         assert (int(Flag.BAD_OPCODE), int(Flag.BAD_RANGE), int(Flag.RESERVED)) == (1, 2, 4)
         is_write = Cat(*[op_r[op] for op in write_ops]).any()
@@ -301,7 +327,21 @@ class Decoder(wiring.Component):
             """The current entry is complete: count it (erem, elast)."""
             m.d.sync += [erem.eq(erem - 1), elast.eq(erem == 1)]
 
-        with m.FSM():
+        # ---- dout's payload: READ's row word or RESP's snapshot word, selected by resp_r (a
+        # flip-flop), not gated by the state: only read with dout.valid, and with no constant-0 arm
+        # the bridge's capture register gets no synchronous reset from the decoder's state (issue 6:
+        # a 257-wide LSR net through two LUTs). Word wi of the row / of the snapshot.
+        n_out = wpe_of[Op.READ_OUT]
+        row_end = wi == n_out - 1
+        is_last = wi == nresp_m1
+        n_w = status_response_words(cfg)
+        row_send = _word_mux([self.out_r.data[q * bus_bits:(q + 1) * bus_bits] for q in range(n_out)], wi)
+        padded = Cat(snap, Const(0, n_w * bus_bits - len(snap)))
+        resp_send = _word_mux([padded[q * bus_bits:(q + 1) * bus_bits] for q in range(n_w)], wi)
+        m.d.comb += [self.dout.payload.data.eq(Mux(resp_r, resp_send, row_send)),
+                     self.dout.payload.last.eq(Mux(resp_r, is_last, row_end & elast))]
+
+        with m.FSM() as fsm:
             with m.State("IDLE"):
                 m.d.comb += self.cmd.ready.eq(1)
                 with m.If(self.cmd.valid):
@@ -368,19 +408,9 @@ class Decoder(wiring.Component):
                 with m.If(self.din.valid & self.din.payload.last):
                     goto("IDLE")
             with m.State("READ"):
-                n_out = wpe_of[Op.READ_OUT]
-                row_words = [self.out_r.data[q * bus_bits:(q + 1) * bus_bits] for q in range(n_out)]
-                send = Signal(bus_bits)
-                with m.Switch(wi):
-                    for q in range(n_out):
-                        with m.Case(q):
-                            m.d.comb += send.eq(row_words[q])
-                row_end = wi == n_out - 1
                 take = rv & self.dout.ready
                 issue = rmore & (~rv | (take & row_end))
-                m.d.comb += [self.dout.valid.eq(rv), self.dout.payload.data.eq(send),
-                             self.dout.payload.last.eq(row_end & elast),
-                             self.out_r.en.eq(issue)]
+                m.d.comb += [self.dout.valid.eq(rv), self.out_r.en.eq(issue)]
                 with m.If(issue):
                     m.d.sync += [pa.eq(pa + 1), rrem.eq(rrem - 1), rmore.eq(rrem != 0), rv.eq(1)]
                 with m.Elif(take & row_end):
@@ -394,18 +424,13 @@ class Decoder(wiring.Component):
                     with m.Else():
                         m.d.sync += wi.eq(wi + 1)
             with m.State("RESP"):
-                n_w = status_response_words(cfg)
-                send = Signal(bus_bits)
-                padded = Cat(snap, Const(0, n_w * bus_bits - len(snap)))
-                with m.Switch(wi):
-                    for q in range(n_w):
-                        with m.Case(q):
-                            m.d.comb += send.eq(padded[q * bus_bits:(q + 1) * bus_bits])
-                is_last = wi == nresp_m1
-                m.d.comb += [self.dout.valid.eq(1), self.dout.payload.data.eq(send),
-                             self.dout.payload.last.eq(is_last)]
+                m.d.comb += self.dout.valid.eq(1)
                 with m.If(self.dout.ready):
                     m.d.sync += wi.eq(wi + 1)
                     with m.If(is_last):
                         goto("IDLE")
+        # The state flags kept as registers (goto) and the state tests they stand for (no hardware:
+        # read by tests/test_hw_decoder.py, which asserts them equal on every cycle).
+        self.shadow_checks = [(f"{name.lower()}_r", reg, fsm.ongoing(name))
+                              for name, reg in (("IDLE", idle_r), ("WAIT", wait_r), ("RESP", resp_r))]
         return m

@@ -319,7 +319,16 @@ class _BridgeCore(wiring.Component):
                      left_is0.eq(left == 0)]
         m.d.comb += [self.cmd.valid.eq(cmd_v), self.cmd.payload.eq(desc),
                      self.din.valid.eq(din_v), self.din.payload.data.eq(word), self.din.payload.last.eq(din_last)]
-        with m.FSM():
+        # The descriptor (128 flip-flops) and word (bus_bits) shift registers' enables are
+        # flip-flops (issue 6: no LUT in front of that fanout): sh_desc == bv & CMD_BYTES and
+        # sh_word == bv & WORD_BYTES on every cycle, registered from bv's and the state's next
+        # values (``shadow_checks``).
+        sh_desc, sh_word = Signal(), Signal()
+        with m.If(sh_desc):
+            m.d.sync += desc.eq(Cat(desc[8:], b))
+        with m.If(sh_word):
+            m.d.sync += word.eq(Cat(word[8:], b))
+        with m.FSM() as fsm:
             with m.State("TYPE"):
                 m.d.comb += take.eq(bv)
                 with m.If(bv):
@@ -343,7 +352,7 @@ class _BridgeCore(wiring.Component):
             with m.State("CMD_BYTES"):
                 m.d.comb += take.eq(bv)
                 with m.If(bv):
-                    m.d.sync += [desc.eq(Cat(desc[8:], b)), cnt.eq(cnt - 1)]
+                    m.d.sync += cnt.eq(cnt - 1)                  # desc shifts on sh_desc
                     with m.If(cnt == 0):
                         m.d.sync += cmd_v.eq(1)
                         m.next = "CMD_OUT"
@@ -363,7 +372,7 @@ class _BridgeCore(wiring.Component):
             with m.State("WORD_BYTES"):
                 m.d.comb += take.eq(bv)
                 with m.If(bv):
-                    m.d.sync += [word.eq(Cat(word[8:], b)), cnt.eq(cnt - 1)]
+                    m.d.sync += cnt.eq(cnt - 1)                  # word shifts on sh_word
                     with m.If(cnt == 0):
                         m.d.sync += [din_v.eq(1), din_last.eq(flag_last & left_is0)]
                         m.next = "WORD_OUT"
@@ -377,6 +386,17 @@ class _BridgeCore(wiring.Component):
                     m.next = "TYPE"
                 with m.Else():
                     m.next = "WORD_BYTES"
+        # next values of bv and of "state is CMD_BYTES / WORD_BYTES" (the transitions above)
+        bv_next = rd2 | (bv & ~take)
+        last_byte = bv & (cnt == 0)
+        cmdb_next = ((fsm.ongoing("TYPE") & bv & is_cmd) | (fsm.ongoing("CMD_BYTES") & ~last_byte))
+        wordb_next = ((fsm.ongoing("DATA_HDR") & last_byte) | (fsm.ongoing("WORD_NEXT") & ~left_is0)
+                      | (fsm.ongoing("WORD_BYTES") & ~last_byte))
+        m.d.sync += [sh_desc.eq(bv_next & cmdb_next), sh_word.eq(bv_next & wordb_next)]
+        # The registered enables and the combinational forms they stand for (no hardware: read by
+        # tests/test_uart.py, which asserts them equal on every cycle of bridge sessions).
+        self.shadow_checks = [("sh_desc", sh_desc, bv & fsm.ongoing("CMD_BYTES")),
+                              ("sh_word", sh_word, bv & fsm.ongoing("WORD_BYTES"))]
 
         # ---- credit: one D_CREDIT per credit_unit bytes taken out of the FIFO (power of two: wraps)
         ccnt = Signal(range(self.credit_unit))
@@ -388,14 +408,23 @@ class _BridgeCore(wiring.Component):
         m.d.sync += [unit_done.eq(issue & (ccnt == self.credit_unit - 1)),
                      credits.eq(credits + unit_done - credit_sent)]
 
-        # ---- dout holding register: dout.ready is a flip-flop
-        dv = Signal()
+        # ---- dout holding register: dout.ready (= ~dv) is a flip-flop. The payload is sampled
+        # into dcap on every cycle (no enable, no reset: only logic of the accelerator in front of
+        # it) and copied into dh on the next cycle if it was taken (cap, a flip-flop): the
+        # transmitter reads dh only when it loads a word frame, which is at least two cycles after
+        # dv rose (picked into p_word, then loaded), so dh is always there in time.
+        dv, cap = Signal(), Signal()
+        dcap = Signal(bus_bits + 1, reset_less=True)
         dh = Signal(bus_bits, reset_less=True)
         dl = Signal(reset_less=True)
         word_sent = Signal()
         m.d.comb += self.dout.ready.eq(~dv)
+        m.d.sync += [dcap.eq(Cat(self.dout.payload.data, self.dout.payload.last)),
+                     cap.eq(~dv & self.dout.valid)]
+        with m.If(cap):
+            m.d.sync += [dh.eq(dcap[:bus_bits]), dl.eq(dcap[bus_bits])]
         with m.If(~dv):
-            m.d.sync += [dh.eq(self.dout.payload.data), dl.eq(self.dout.payload.last), dv.eq(self.dout.valid)]
+            m.d.sync += dv.eq(self.dout.valid)
         with m.Elif(word_sent):
             m.d.sync += dv.eq(0)
 

@@ -29,7 +29,7 @@ import textwrap
 
 import numpy as np
 import pytest
-from amaranth import Module
+from amaranth import Assert, Module
 from amaranth.sim import Simulator
 
 from firmware.device import DeviceError, DeviceTimeout
@@ -116,7 +116,23 @@ def test_tx_rx_loopback_break_and_glitch(divisor):
 
 
 # --------------------------------------------------------------------------- bridge alone
-def test_bridge_framing_and_credit_flow_control():
+class _CheckedBridgeCore(uart._BridgeCore):
+    """``_BridgeCore`` plus simulation assertions: each enable it keeps as a register loaded from
+    next-state logic (issue 6) equals the combinational form it replaces, on every cycle."""
+
+    def elaborate(self, platform):
+        m = super().elaborate(platform)
+        for name, reg, comb in self.shadow_checks:
+            m.d.sync += Assert(reg == comb, f"bridge {name} != its combinational form")
+        return m
+
+
+@pytest.fixture
+def checked_bridge(monkeypatch):
+    monkeypatch.setattr(uart, "_BridgeCore", _CheckedBridgeCore)
+
+
+def test_bridge_framing_and_credit_flow_control(checked_bridge):
     """UartDevice -> bits -> UartBridge -> (fake accelerator with long stalls) -> bits -> UartDevice."""
     cfg = ArrayConfig(rows=2, cols=1, bus_bytes=3, act_depth=16, wgt_depth=16, param_depth=2, out_depth=16)
     fifo_bytes, unit = 32, 4
@@ -213,7 +229,9 @@ def _conv(rng):
 
 @pytest.fixture(scope="module")
 def sim_link():
-    link = UartSim(CFG, divisor=2, fifo_bytes=64, credit_unit=8)
+    with pytest.MonkeyPatch.context() as mp:       # the end-to-end sessions check the bridge's shadows too
+        mp.setattr(uart, "_BridgeCore", _CheckedBridgeCore)
+        link = UartSim(CFG, divisor=2, fifo_bytes=64, credit_unit=8)
     yield link
     link.close()
 

@@ -1,0 +1,139 @@
+"""``hw.decoder.Decoder`` alone: the descriptor checks against ``golden.isa.descriptor_errors``.
+
+The RUN products (``ntiles * k`` against the room after ``act_offset``, ``ntiles * rows``
+against the room after ``out_offset``) are registered in CHECK and compared in DECIDE (issue 6);
+these tests put ``offset + product`` on, just below and just above the depth, plus random
+fields, and check on every command: the drop decision in DECIDE (``dropped`` exactly two
+cycles after the command transfer), the flags it sets, the job handed over in WAIT otherwise;
+a READ_STATUS at the end; and on every cycle that the decoder's registered state flags
+equal their state tests (``Decoder.shadow_checks``).
+"""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from amaranth import Assert
+from amaranth.sim import Simulator
+
+from golden import isa
+from golden.config import ArrayConfig
+from golden.isa import Op
+from hw.core import params_layout
+from hw.decoder import Decoder
+from hw.fpga import ULX3S_CFG
+
+SMALL = ArrayConfig(rows=3, cols=2, bus_bytes=4, act_depth=32, wgt_depth=16, param_depth=2, out_depth=40)
+
+
+class _CheckedDecoder(Decoder):
+    def elaborate(self, platform):
+        m = super().elaborate(platform)
+        for name, reg, comb in self.shadow_checks:
+            m.d.sync += Assert(reg == comb, f"decoder {name} != its combinational form")
+        return m
+
+
+def _run_words(cfg, rng, n):
+    """RUN descriptors: products on the act / out boundary (offset + product = depth - 1, depth,
+    depth + 1) and fully random fields (check=False: any value that fits its field)."""
+    widths = {f.name: f.width for f in isa.layout(cfg)[Op.RUN]}
+    kmax, ntmax = isa.k_max(cfg), isa.ntiles_max(cfg)
+    words = []
+    for i in range(n):
+        f = {name: int(rng.integers(0, 1 << w)) for name, w in widths.items()}
+        if i % 4 != 3:                                   # 3 of 4: every other field legal
+            f.update(act_bank=i % 2, wgt_bank=1 - i % 2, par_bank=0, out_bank=i % 2, wgt_offset=0,
+                     par_index=0, rows_valid=cfg.rows, lanes_valid=cfg.out_lanes)
+            f["ntiles"] = int(rng.integers(1, ntmax + 1))
+            f["k"] = int(rng.integers(1, kmax + 1))
+            d = int(rng.integers(-1, 2))
+            if i % 2:                                    # act boundary, out well inside
+                f["ntiles"] = min(f["ntiles"], max(1, cfg.act_depth // f["k"]))
+                f["act_offset"] = min(max(cfg.act_depth - f["ntiles"] * f["k"] + d, 0), cfg.act_depth - 1)
+                f["out_offset"] = 0
+            else:                                        # out boundary, act well inside
+                f["k"] = 1
+                f["ntiles"] = min(f["ntiles"], cfg.act_depth)
+                f["act_offset"] = 0
+                f["out_offset"] = min(max(cfg.out_depth - f["ntiles"] * cfg.rows + d, 0), cfg.out_depth - 1)
+        words.append(isa.encode(cfg, Op.RUN, check=False, **f))
+    return words
+
+
+def _simulate(cfg, words):
+    """Each word as a command, a CLEAR_STATUS after each dropped one; returns, per word, (dropped
+    cycle - transfer cycle, flags after DECIDE) or (None, job payload) for a job handed over."""
+    dut = _CheckedDecoder(cfg, params_layout(cfg).size)
+    clear = isa.encode(cfg, Op.CLEAR_STATUS, counters=0)
+    out = []
+
+    async def tb(ctx):
+        ctx.set(dut.job.ready, 1)
+        for w in words:
+            for cmd in (w, clear):
+                ctx.set(dut.cmd.payload, cmd)
+                ctx.set(dut.cmd.valid, 1)
+                while not ctx.get(dut.cmd.ready):
+                    await ctx.tick()
+                await ctx.tick()
+                ctx.set(dut.cmd.valid, 0)
+                for dt in range(1, 6):                   # CHECK (1), DECIDE (2), WAIT (3)
+                    if ctx.get(dut.dropped):
+                        await ctx.tick()
+                        if cmd == w:
+                            out.append((dt, ctx.get(dut.flags)))
+                        break
+                    if ctx.get(dut.job.valid):
+                        if cmd == w:
+                            out.append((None, {n: ctx.get(getattr(dut.job.payload, n))
+                                               for n in ("k", "ntiles", "act_offset", "out_offset")}, dt))
+                        await ctx.tick()
+                        break
+                    if cmd == clear and ctx.get(dut.cmd.ready):
+                        break
+                    await ctx.tick()
+                else:
+                    raise AssertionError(f"command {cmd:#x}: neither dropped nor handed over")
+                if cmd == w and out[-1][0] is None:
+                    break                                # accepted: flags still clear, no CLEAR needed
+        # a READ_STATUS (RESP state: resp_r's shadow check; dout's words, last on the final one)
+        ctx.set(dut.cmd.payload, isa.encode(cfg, Op.READ_STATUS))
+        ctx.set(dut.cmd.valid, 1)
+        await ctx.tick()
+        ctx.set(dut.cmd.valid, 0)
+        ctx.set(dut.dout.ready, 1)
+        words_seen = []
+        for _ in range(20):
+            if ctx.get(dut.dout.valid):
+                words_seen.append(ctx.get(dut.dout.payload.last))
+                if words_seen[-1]:
+                    break
+            await ctx.tick()
+        out.append(words_seen)
+
+    sim = Simulator(dut)
+    sim.add_clock(1e-6)
+    sim.add_testbench(tb)
+    sim.run()
+    return out
+
+
+@pytest.mark.parametrize("cfg,seed,n", [(ULX3S_CFG, 1, 48), (SMALL, 2, 64)])
+def test_run_product_checks_match_golden(cfg, seed, n):
+    rng = np.random.default_rng(seed)
+    words = _run_words(cfg, rng, n)
+    got = _simulate(cfg, words)
+    assert got.pop() == [0] * (isa.status_response_words(cfg) - 1) + [1]
+    assert len(got) == len(words)
+    n_ok = n_range = 0
+    for w, g in zip(words, got):
+        errs = isa.descriptor_errors(cfg, w)
+        if errs:
+            assert g == (2, errs), (hex(w), g, errs)           # dropped in DECIDE with exactly errs
+            n_range += bool(errs & isa.Flag.BAD_RANGE)
+        else:
+            op, f = isa.decode(cfg, w)
+            assert op == Op.RUN and g[0] is None and g[2] == 3, (hex(w), g)   # handed over in WAIT
+            assert g[1] == {n_: f[n_] for n_ in g[1]}
+            n_ok += 1
+    assert n_ok >= n // 8 and n_range >= n // 8            # both outcomes well represented
