@@ -62,7 +62,7 @@ import dataclasses
 import zlib
 from collections import deque
 
-from amaranth import Cat, Const, Module, Mux, ResetInserter, Signal, unsigned
+from amaranth import Cat, Const, Instance, Module, Mux, ResetInserter, Signal, unsigned
 from amaranth.lib import stream, wiring
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out, connect
@@ -71,6 +71,7 @@ from golden.config import ArrayConfig
 from golden.isa import DESC_BITS
 
 from .decoder import bus_layout
+from .ecp5_mult import is_ecp5
 
 __all__ = [
     "BRIDGE_VERSION", "H_CMD", "H_DATA", "H_HELLO", "D_WORD", "D_LAST", "D_CREDIT", "D_HELLO", "D_ERROR",
@@ -543,7 +544,16 @@ class UartAccelerator(wiring.Component):
         m = Module()
         m.submodules.bridge = br = self.bridge
         acc = Accelerator(self.cfg)
-        m.submodules.acc = ResetInserter(br.acc_rst)(acc)
+        acc_rst = br.acc_rst
+        if is_ecp5(platform):
+            # The accelerator's reset drives ~4 800 set/reset pins over the whole chip: as a fabric
+            # net from the acc_rst flip-flop it arrived at 13.3 ns on the 30x4 top (issue 6). A DCCA
+            # puts it on one of the ECP5's global networks (nextpnr routes a DCCA's output on the
+            # global tree, which also reaches fabric pins, and times CLKI -> CLKO like a wire).
+            # Elsewhere (simulation, Verilator, other vendors) the flip-flop drives the reset itself.
+            acc_rst = Signal()
+            m.submodules.rst_global = Instance("DCCA", i_CLKI=br.acc_rst, i_CE=1, o_CLKO=acc_rst)
+        m.submodules.acc = ResetInserter(acc_rst)(acc)
         connect(m, br.cmd, acc.cmd)
         connect(m, br.din, acc.din)
         connect(m, acc.dout, br.dout)
