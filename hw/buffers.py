@@ -15,16 +15,31 @@ user, i.e. the decoder or the sequencer):
   (through any writes to the memory) until the next read with ``en`` = 1. The
   hold is what lets the sequencer keep a beat on the core's input while the
   core is not ready, without a separate skid register.
+
+LUT-RAM mode (``lut_ram_slice_bits``, the params buffer on the FPGA): each bank is split
+into slices of that many bits (one memory each, read asynchronously), and the read address,
+the read bank select and the write address are registered inside the buffer in one copy
+per slice (per bank and slice for the write address), so every copy drives at most
+``lut_ram_slice_bits / 4`` LUT-RAM cells (TRELLIS_DPR16X4: 4 bits x 16 entries) straight from
+flip-flops; the write enables come from one register per bank (no decode LUT). Read
+semantics differ in one point only: the data shows the CURRENT contents of the addressed
+entry (a write landing while it is shown becomes visible), where the synchronous port shows
+the contents at the read. Callers use it only where the shown entry cannot be written (the
+sequencer's params reads: the offered job's bank is not written while the job is valid and
+not pushed, see hw.sequencer), so the two are indistinguishable there.
 """
 from __future__ import annotations
 
-from amaranth import Array, Module, Signal, unsigned
+from amaranth import C, Array, Cat, ClockSignal, Instance, Module, Signal, unsigned
 from amaranth.lib import memory, wiring
 from amaranth.lib.wiring import In, Out
 
 from golden.config import BANKS
 
-__all__ = ["BankedBuffer", "write_signature", "read_signature", "bank_shape", "WRITE_TO_READ_MIN_CYCLES"]
+from .ecp5_mult import is_ecp5
+
+__all__ = ["BankedBuffer", "write_signature", "read_signature", "bank_shape", "WRITE_TO_READ_MIN_CYCLES",
+           "LUT_RAM_CELLS_PER_COPY", "lut_ram_slice_bits"]
 
 #: Fewest cycles from the decoder presenting the final entry of a WRITE_ACT/WGT/PARAMS on a
 #: buffer's write port (cycle t) to the first read of that entry by the sequencer: the
@@ -38,6 +53,19 @@ __all__ = ["BankedBuffer", "write_signature", "read_signature", "bank_shape", "W
 #: end of t + 2, readable from t + 3): this needs >= 3.
 #: Covered at the top by tests/test_hw_buffers.py::test_top_write_then_run_tightest.
 WRITE_TO_READ_MIN_CYCLES = 5
+
+#: LUT-RAM mode: most LUT-RAM cells (TRELLIS_DPR16X4, 4 bits x 16 entries) one read address
+#: copy drives, the slice in every bank (issue 6: a net with fanout > ~30-60 must come straight
+#: from its own flip-flop).
+LUT_RAM_CELLS_PER_COPY = 32
+
+
+def lut_ram_slice_bits(depth: int) -> int:
+    """Slice width for a ``depth``-entry LUT-RAM buffer: a slice of all ``BANKS`` banks is at most
+    LUT_RAM_CELLS_PER_COPY cells (never narrower than one cell, 4 bits)."""
+    if depth < 1:
+        raise ValueError(f"depth must be >= 1, got {depth}")
+    return 4 * max(1, LUT_RAM_CELLS_PER_COPY // (BANKS * -(-depth // 16)))
 
 
 def bank_shape():
@@ -60,16 +88,26 @@ def read_signature(width: int, depth: int) -> wiring.Signature:
 class BankedBuffer(wiring.Component):
     """``BANKS`` memories of ``depth`` x ``width`` bits; ports ``w`` and ``r`` (flipped signatures)."""
 
-    def __init__(self, width: int, depth: int, *, registered_write: bool = False):
+    def __init__(self, width: int, depth: int, *, registered_write: bool = False,
+                 lut_ram_slice_bits: int | None = None):
         if width < 1 or depth < 1:
             raise ValueError(f"width and depth must be >= 1, got width={width}, depth={depth}")
         if not isinstance(registered_write, bool):
             raise ValueError(f"registered_write must be a bool, got {registered_write!r}")
+        if lut_ram_slice_bits is not None:
+            if isinstance(lut_ram_slice_bits, bool) or not isinstance(lut_ram_slice_bits, int) \
+                    or lut_ram_slice_bits < 1:
+                raise ValueError(f"lut_ram_slice_bits must be None or an int >= 1, got {lut_ram_slice_bits!r}")
+            if not registered_write:
+                raise ValueError("lut_ram_slice_bits needs registered_write=True (its write registers are per bank)")
         self.width, self.depth = width, depth
         self.registered_write = registered_write
+        self.lut_ram_slice_bits = lut_ram_slice_bits
         super().__init__({"w": In(write_signature(width, depth)), "r": In(read_signature(width, depth))})
 
     def elaborate(self, platform):
+        if self.lut_ram_slice_bits is not None:
+            return self._elaborate_lut_ram(platform)
         m = Module()
         w_en, w_bank, w_addr, w_data = self.w.en, self.w.bank, self.w.addr, self.w.data
         if self.registered_write:
@@ -98,3 +136,59 @@ class BankedBuffer(wiring.Component):
             m.d.sync += sel.eq(self.r.bank)
         m.d.comb += self.r.data.eq(Array(rdata)[sel])
         return m
+
+    def slices(self) -> list[tuple[int, int]]:
+        """The [lo, hi) bit ranges of the LUT-RAM slices (``lut_ram_slice_bits`` each, the last narrower)."""
+        sb = self.lut_ram_slice_bits
+        return [(lo, min(lo + sb, self.width)) for lo in range(0, self.width, sb)]
+
+    def _elaborate_lut_ram(self, platform):
+        """LUT-RAM mode (module docstring): per-slice registered read address and bank select,
+        per-bank-and-slice registered write address, per-bank registered write enables."""
+        m = Module()
+        # Timing (issue 6): the 30x4 top's params buffer is ~680 TRELLIS_DPR16X4; one read
+        # address register (or a mux in front of a synchronous read) drove all of their read
+        # address pins and one decode LUT all their write enables. Each copy below drives one
+        # slice. The copies are the same register; `_copy` keeps them apart in synthesis.
+        # Write side: en per bank keeps its reset (no stale write may land after a reset).
+        w_data = Signal(unsigned(self.width), name="w_reg_data", reset_less=True)
+        m.d.sync += w_data.eq(self.w.data)
+        w_en = []
+        for b in range(BANKS):
+            en_b = Signal(name=f"w_reg_en{b}")      # registered: drives every slice of bank b
+            m.d.sync += en_b.eq(self.w.en & (self.w.bank == b))
+            w_en.append(en_b)
+        out = []
+        for g, (lo, hi) in enumerate(self.slices()):
+            r_addr = _copy(m, platform, self.r.addr, self.r.en, f"r_addr_s{g}")
+            r_sel = _copy(m, platform, self.r.bank, self.r.en, f"r_bank_s{g}")
+            rdata = []
+            for b in range(BANKS):
+                w_addr = _copy(m, platform, self.w.addr, C(1, 1), f"w_addr_b{b}_s{g}")
+                mem = memory.Memory(shape=unsigned(hi - lo), depth=self.depth, init=[])
+                m.submodules[f"bank{b}_s{g}"] = mem
+                wp = mem.write_port()
+                rp = mem.read_port(domain="comb")
+                m.d.comb += [wp.en.eq(w_en[b]), wp.addr.eq(w_addr), wp.data.eq(w_data[lo:hi]),
+                             rp.addr.eq(r_addr)]
+                rdata.append(rp.data)
+            out.append(Array(rdata)[r_sel])
+        m.d.comb += self.r.data.eq(Cat(*out))
+        return m
+
+
+def _copy(m, platform, d, en, name):
+    """One copy of a replicated, reset-less register ``q <= d`` when ``en``: on an ECP5 platform
+    TRELLIS_FF instances with ``keep`` (yosys' opt_merge would fold identical Amaranth registers
+    into one and with it the fanout this copy exists to split), elsewhere a plain register."""
+    q = Signal(d.shape(), name=name, reset_less=True)
+    if is_ecp5(platform):
+        for i in range(len(q)):
+            m.submodules[f"{name}_ff{i}"] = Instance(
+                "TRELLIS_FF", p_GSR="DISABLED", p_CEMUX="CE", p_CLKMUX="CLK", p_LSRMUX="LSR",
+                p_REGSET="RESET", p_SRMODE="LSR_OVER_CE", i_CLK=ClockSignal(), i_LSR=C(0, 1),
+                i_CE=en, i_DI=d[i], o_Q=q[i], a_keep=1)
+    else:
+        with m.If(en):
+            m.d.sync += q.eq(d)
+    return q

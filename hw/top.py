@@ -43,7 +43,7 @@ from amaranth.lib.wiring import In, Out, connect
 from golden.config import ArrayConfig
 from golden.isa import COUNTER_BITS, DESC_BITS, STATUS_SLOTS, Slot, layout
 
-from .buffers import BankedBuffer
+from .buffers import BankedBuffer, lut_ram_slice_bits
 from .core import ArrayCore, params_layout
 from .decoder import Decoder, bus_layout
 from .pe import check_hw_config, config_for
@@ -77,7 +77,12 @@ class Accelerator(wiring.Component):
         # buffer, written by the sequencer and read back by READ_OUT right after the job, is not.
         m.submodules.act = act = BankedBuffer(cfg.rows * 8, cfg.act_depth, registered_write=True)
         m.submodules.wgt = wgt = BankedBuffer(cfg.out_lanes * 8, cfg.wgt_depth, registered_write=True)
-        m.submodules.par = par = BankedBuffer(par_bits, cfg.param_depth, registered_write=True)
+        # The params buffer (LUT-RAM, read every cycle) registers its read address in one copy per
+        # slice (hw.buffers, LUT-RAM mode): its ~680 read ports on the 30x4 top hung off one
+        # address mux. Its read shows the entry's current contents, which equals the synchronous
+        # read here: a valid, not yet pushed job's params bank is not written (par_busy).
+        m.submodules.par = par = BankedBuffer(par_bits, cfg.param_depth, registered_write=True,
+                                              lut_ram_slice_bits=lut_ram_slice_bits(cfg.param_depth))
         m.submodules.out = out = BankedBuffer(cfg.out_lanes * 8, cfg.out_depth)
 
         connect(m, wiring.flipped(self.cmd), dec.cmd)

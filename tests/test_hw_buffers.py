@@ -1,4 +1,5 @@
-"""hw.buffers.BankedBuffer semantics (plain and registered write port) and the top-level
+"""hw.buffers.BankedBuffer semantics (plain, registered write port, LUT-RAM mode with its kept
+per-slice register copies) and the top-level
 sequences that depend on the buffers' timing: the tightest WRITE -> RUN distance and
 back-to-back params pushes across two jobs (the sequencer's params read on the final push);
 the sequencer's registered flags (job.ready, s_avail, p_avail, n_avail, w_lastrow) equal
@@ -7,6 +8,7 @@ their combinational forms on every cycle of those sessions.
 from __future__ import annotations
 
 import gc
+import re
 import warnings
 
 import numpy as np
@@ -18,33 +20,44 @@ import hw.top
 from golden import isa
 from golden.config import BANKS, ArrayConfig
 from golden.isa import Op
-from hw.buffers import WRITE_TO_READ_MIN_CYCLES, BankedBuffer
+from hw.buffers import LUT_RAM_CELLS_PER_COPY, WRITE_TO_READ_MIN_CYCLES, BankedBuffer, lut_ram_slice_bits
 from hw.sequencer import Sequencer
 from test_hw_top_amaranth import (check_session, load_all, rand_bytes, rand_params, run_cmd, simple,
                                   write_cmd)
 
 
 # --------------------------------------------------------------------------- the buffer alone
-@pytest.mark.parametrize("registered", [False, True], ids=["plain", "registered"])
-def test_buffer_write_visibility_and_read_hold(registered):
+@pytest.mark.parametrize("mode", ["plain", "registered", "lut_ram"])
+def test_buffer_write_visibility_and_read_hold(mode):
     """Random writes and reads against a model: a write on cycle t is readable from t + 1
-    (plain) or t + 2 (registered write); read data holds until the next read enable, through
-    writes to the held entry; the bank of the last read selects the shown data."""
-    width, depth = 12, 5
-    dut = BankedBuffer(width, depth, registered_write=registered)
+    (plain) or t + 2 (registered write, also in LUT-RAM mode); read data holds until the next
+    read enable, through writes to the held entry (LUT-RAM mode: the held ADDRESS holds and the
+    data follows writes to that entry); the bank of the last read selects the shown data. The
+    LUT-RAM buffer has three slices (4 + 4 + 2 bits), each with its own address copies."""
+    registered = mode != "plain"
+    lut_ram = mode == "lut_ram"
+    width, depth = 10, 5
+    dut = BankedBuffer(width, depth, registered_write=registered, lut_ram_slice_bits=4 if lut_ram else None)
+    if lut_ram:
+        assert dut.slices() == [(0, 4), (4, 8), (8, 10)]
     lag = 2 if registered else 1
-    rng = np.random.default_rng(3 + registered)
+    rng = np.random.default_rng(3 + registered + lut_ram)
     counts = {"raw_old": 0, "raw_new": 0, "held_through_write": 0}
 
     async def tb(ctx):
         mem = np.zeros((BANKS, depth), np.int64)
         pending = []                        # (cycle the write becomes visible, bank, addr, data)
         shown = None                        # the model's read data (None: nothing read yet)
+        held = None                         # LUT-RAM mode: (bank, addr) of the last read
         last_w = None                       # (cycle, bank, addr) of the latest write
         for cyc in range(600):
             for p in [p for p in pending if p[0] == cyc]:
                 mem[p[1], p[2]] = p[3]
             pending = [p for p in pending if p[0] > cyc]
+            if held is not None:
+                if shown is not None and shown != int(mem[held]):
+                    counts["held_through_write"] += 1      # the held entry was rewritten
+                shown = int(mem[held])
             if shown is not None:
                 assert ctx.get(dut.r.data) == shown, f"cycle {cyc}"
             we = rng.random() < 0.5
@@ -66,7 +79,8 @@ def test_buffer_write_visibility_and_read_hold(registered):
                 if last_w is not None and last_w[0] == cyc - 1 and (rb, ra) == last_w[1:]:
                     counts["raw_new" if lag == 1 else "raw_old"] += 1
                 shown = int(mem[rb, ra])    # the read samples the memory as it is on this cycle
-            elif shown is not None and we:
+                held = (rb, ra) if lut_ram else None
+            elif shown is not None and we and not lut_ram:
                 counts["held_through_write"] += 1
             if we:
                 pending.append((cyc + lag, wb, wa, wd))
@@ -81,6 +95,36 @@ def test_buffer_write_visibility_and_read_hold(registered):
     assert counts["raw_new" if lag == 1 else "raw_old"] > 20
 
 
+def test_lut_ram_slice_width_bounds_the_copy_fanout():
+    """One read address copy drives LUT_RAM_CELLS_PER_COPY 16-entry LUT-RAM cells (4 bits
+    each) over all banks."""
+    assert lut_ram_slice_bits(16) == 4 * LUT_RAM_CELLS_PER_COPY // BANKS
+    assert lut_ram_slice_bits(3) == 4 * LUT_RAM_CELLS_PER_COPY // BANKS
+    assert lut_ram_slice_bits(64) == LUT_RAM_CELLS_PER_COPY // BANKS     # 4 cells deep per 4 bits
+    assert lut_ram_slice_bits(16 * 1000) == 4                    # never below one cell wide
+
+
+def test_lut_ram_copies_are_kept_flip_flops_on_ecp5():
+    """On an ECP5 platform every slice's read address / bank and every bank-slice's write
+    address is its own set of TRELLIS_FF instances with ``keep`` (yosys would otherwise merge
+    the identical registers back into one, with the fanout they exist to split), each loading
+    from the read (write) port with the read enable (always) as clock enable."""
+    from amaranth.back import rtlil
+    from amaranth_boards.ulx3s import ULX3S_85F_Platform
+    width, depth = 10, 5
+    dut = BankedBuffer(width, depth, registered_write=True, lut_ram_slice_bits=4)
+    text = rtlil.convert(dut, name="buf", platform=ULX3S_85F_Platform())
+    cells = re.findall(r"attribute \\keep 1\n(?:  attribute [^\n]*\n)*  cell \\TRELLIS_FF \\(\S+)", text)
+    nslices, abits, bbits = 3, (depth - 1).bit_length(), (BANKS - 1).bit_length()
+    expect = {f"r_addr_s{g}_ff{i}" for g in range(nslices) for i in range(abits)}
+    expect |= {f"r_bank_s{g}_ff{i}" for g in range(nslices) for i in range(bbits)}
+    expect |= {f"w_addr_b{b}_s{g}_ff{i}" for b in range(BANKS) for g in range(nslices) for i in range(abits)}
+    assert set(cells) == expect and len(cells) == len(expect)
+    # the behavioural twin (no platform): no instance at all
+    assert "TRELLIS_FF" not in rtlil.convert(BankedBuffer(width, depth, registered_write=True,
+                                                          lut_ram_slice_bits=4), name="buf")
+
+
 def test_buffer_rejects_bad_arguments():
     # The half-built components warn "created but never used" when collected: collect them here.
     with warnings.catch_warnings():
@@ -89,6 +133,13 @@ def test_buffer_rejects_bad_arguments():
             BankedBuffer(8, 4, registered_write=1)
         with pytest.raises(ValueError, match="width and depth"):
             BankedBuffer(0, 4)
+        for bad in (0, True, 2.0):
+            with pytest.raises(ValueError, match="lut_ram_slice_bits"):
+                BankedBuffer(8, 4, registered_write=True, lut_ram_slice_bits=bad)
+        with pytest.raises(ValueError, match="registered_write=True"):
+            BankedBuffer(8, 4, lut_ram_slice_bits=4)
+        with pytest.raises(ValueError, match="depth"):
+            lut_ram_slice_bits(0)
         gc.collect()
 
 
