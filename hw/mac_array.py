@@ -41,6 +41,8 @@ class MacArray(wiring.Component):
     * ``acc_valid`` Out(1)  ``acc`` holds a row (row r of a tile whose last beat was
                     accepted on enabled cycle e, on enabled cycle e + array_latency + r)
     * ``acc_last``  Out(1)  that row is the tile's row R - 1
+    * ``acc_last_next`` Out(1)  the value ``acc_last`` takes after the next enabled cycle (a LUT
+                    of registers: lets the core register its params FIFO's read address, hw.core)
     """
 
     def __init__(self, cfg: ArrayConfig):
@@ -54,6 +56,7 @@ class MacArray(wiring.Component):
             "acc": Out(data.ArrayLayout(signed(cfg.acc_width), cfg.out_lanes)),
             "acc_valid": Out(1),
             "acc_last": Out(1),
+            "acc_last_next": Out(1),
         })
 
     def elaborate(self, platform):
@@ -77,11 +80,14 @@ class MacArray(wiring.Component):
                 m.submodules[f"pe_{i}_{j}"] = pe = pes[i][j]
                 m.d.comb += pe.en.eq(self.en)
 
-        # Input skew. Bubbles enter as a = 0 so no PE needs a valid mux in
-        # front of its multiplier; `last` only counts on an accepted beat.
+        # Input skew; `last` only counts on an accepted beat. "dual": bubbles enter as a = 0, so
+        # no PE needs a valid mux in front of its multiplier (P accumulates every cycle). "none":
+        # a bubble's product is never read (the PE adds it only under its valid flags), so the
+        # activation goes in as it is: zeroing it was a set/reset of every skew register driven
+        # by `valid` through a LUT (240 LSR pins on the 30 x 4 top, issue 6).
         a_in = Signal(data.ArrayLayout(signed(8), R))
         for i in range(R):
-            m.d.comb += a_in[i].eq(Mux(self.valid, self.act[i], 0))
+            m.d.comb += a_in[i].eq(Mux(self.valid, self.act[i], 0) if cfg.packing == "dual" else self.act[i])
         last_in = self.valid & self.last
         for i in range(R):
             pe = pes[i][0]
@@ -130,8 +136,10 @@ class MacArray(wiring.Component):
             out = delay(regs[0], C - 1 - j, f"deskew{j}")
             for s in range(S):
                 m.d.comb += self.acc[S * j + s].eq(out[s])
-            drained.append((vld[0], lst[0]))
+            # lst[0]'s next value: loaded (1 only with a single row) or shifted from lst[1].
+            drained.append((vld[0], lst[0], Mux(load, R == 1, lst[1] if R > 1 else 0)))
         # The last column needs no deskew, so its flags are already aligned
         # (all columns carry identical flags; synthesis drops the others).
-        m.d.comb += [self.acc_valid.eq(drained[C - 1][0]), self.acc_last.eq(drained[C - 1][1])]
+        m.d.comb += [self.acc_valid.eq(drained[C - 1][0]), self.acc_last.eq(drained[C - 1][1]),
+                     self.acc_last_next.eq(drained[C - 1][2])]
         return m
