@@ -13,9 +13,9 @@ cycle by cycle against docs/array.md:
   (tile_gap_ok, param_credit from an independent level/claimed model, pops on
   the enabled cycle the tile's last row enters the lanes);
 * ``out`` stays frozen while stalled; ``lut.ready`` is always 1;
-* internal: the params FIFO's registered read address equals the form it stands for
-  (``ArrayCore.shadow_checks``) and the array's ``acc_last_next`` is the next enabled
-  cycle's ``acc_last``, on every cycle.
+* internal: the params FIFO's registered read address and the drain chains' load copies
+  equal the forms they stand for (``ArrayCore.shadow_checks``, ``MacArray.shadow_checks``)
+  and the array's ``acc_last_next`` is the next enabled cycle's ``acc_last``, on every cycle.
 """
 from __future__ import annotations
 
@@ -88,9 +88,20 @@ def _random_ks(rng, n):
 
 # ---------------------------------------------------------------- MacArray
 
+class _CheckedArray(MacArray):
+    """``MacArray`` plus simulation assertions: each drain load copy equals the load pulse it
+    stands for on every cycle (``MacArray.shadow_checks``)."""
+
+    def elaborate(self, platform):
+        m = super().elaborate(platform)
+        for name, reg, comb in self.shadow_checks:
+            m.d.sync += Assert(reg == comb, f"array {name} != the bottom row's pulse")
+        return m
+
+
 def _run_array(cfg, seed, n_tiles=12, p_bubble=0.3, p_stall=0.25):
     rng = np.random.default_rng(seed)
-    dut = MacArray(cfg)
+    dut = _CheckedArray(cfg)
     tiles = [_tile(rng, cfg, k) for k in _random_ks(rng, n_tiles)]
     # Schedule (enabled cycles); last beats respect min_tile_cycles.
     sched, expect, prev_last = [], {}, None
@@ -147,7 +158,8 @@ def _run_array(cfg, seed, n_tiles=12, p_bubble=0.3, p_stall=0.25):
 @pytest.mark.parametrize("cfg", [
     ArrayConfig(rows=2, cols=2), ArrayConfig(rows=2, cols=3), ArrayConfig(rows=3, cols=2, weight_min=-128),
     ArrayConfig(rows=2, cols=2, packing="none"), ArrayConfig(rows=1, cols=1),
-], ids=["2x2", "2x3", "3x2_fullrange", "2x2_none", "1x1"])
+    ArrayConfig(rows=9, cols=2, packing="none"),
+], ids=["2x2", "2x3", "3x2_fullrange", "2x2_none", "1x1", "9x2_none_3loads"])
 def test_mac_array_values_and_array_latency(cfg):
     _run_array(cfg, seed=cfg.rows * 10 + cfg.cols)
 
