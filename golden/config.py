@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from ._check import INT32_MAX
 
 INPUT_LATENCY = 1
-PE_LATENCY = 2
+PE_LATENCY = 3
 DRAIN_LATENCY = 1
 #: Post-processing lane stages, in order; each is one register stage. Every stage is at
 #: most about one carry chain, one barrel shifter or one 18x18 multiplier deep (the ECP5

@@ -41,7 +41,7 @@ port                  dir     width
 """
 from __future__ import annotations
 
-from amaranth import Module, Shape, Signal, signed, unsigned
+from amaranth import Module, Mux, Shape, Signal, signed, unsigned
 from amaranth.lib import data, memory, stream, wiring
 from amaranth.lib.wiring import In, Out
 
@@ -56,7 +56,7 @@ __all__ = ["ArrayCore", "PARAMS_PUSH_TO_HEAD_CYCLES", "input_layout", "params_la
 
 # Cycles from a params push (accepted on t) to the lanes' params head showing it (t + 3):
 # the FIFO write is registered (t + 1) and the head is a register loaded from the LUT-RAM
-# read at rptr's next value (t + 2 -> t + 3). Slack: row 0 of its tile enters the lanes
+# read at a registered address, the head's next entry (t + 2 -> t + 3, on enabled cycles). Slack: row 0 of its tile enters the lanes
 # on >= t + 1 + cfg.array_latency (ArrayCore.elaborate asserts the margin).
 PARAMS_PUSH_TO_HEAD_CYCLES = 3
 
@@ -130,6 +130,11 @@ def _unpack(shape, bits):
     return v - (1 << s.width) if s.signed and v >> (s.width - 1) else v
 
 
+def _wrap_inc(ptr, depth: int):
+    """``(ptr + 1) % depth`` for a pointer in [0, depth) of any depth (not only powers of two)."""
+    return Mux(ptr == depth - 1, 0, ptr + 1)[:len(ptr)]
+
+
 class ArrayCore(wiring.Component):
     """The array core of docs/array.md.
 
@@ -173,19 +178,27 @@ class ArrayCore(wiring.Component):
         # * the write port is driven by registers (a push on cycle t is written at the end of
         #   t + 1), so the memory's write enable/data do not hang off the sequencer's params
         #   mux and this port's ready logic;
-        # * the head the lanes see (``head_q``) is a register loaded on every cycle from the
-        #   LUT-RAM read at rptr's next value, so the lanes' first stages start from
-        #   flip-flops, not from a LUT-RAM read + routing (their bias add chains).
+        # * the head the lanes see (``head_q``) is a register loaded on every enabled cycle from
+        #   the LUT-RAM read at ``ra``, so the lanes' first stages start from flip-flops, not
+        #   from a LUT-RAM read + routing (their bias add chains);
+        # * ``ra`` itself is a register: the entry the lanes need on the next enabled cycle,
+        #   rptr + acc_last (the tile's last row is at the lanes now, so this enabled cycle pops),
+        #   loaded from next-state values (rptr_n, the array's acc_last_next). The read address
+        #   was rptr_n, a LUT of the pop (the array's drain flags and en) driving the read
+        #   address of every LUT-RAM cell of the FIFO (~170 on the 30 x 4 top) before the read.
         # Together a push on t is in the lanes' head from t + PARAMS_PUSH_TO_HEAD_CYCLES (= 3:
-        # written at the end of t + 1, read at rptr_n during t + 2, registered at its end).
-        # Invisible at the ports: the head entry pushed on t is first used when its tile's
-        # row 0 enters the lanes, and that tile's last beat needs the credit of this push
-        # (param_credit is a register: accepted on >= t + 1), so row 0 enters on >= t + 1 +
-        # array_latency (array_latency >= INPUT_LATENCY + PE_LATENCY + DRAIN_LATENCY = 4, in
-        # enabled cycles, so >= t + 5 > t + 3: two cycles of margin); the head stays right
-        # until the pop (the entry is only rewritten after its pop, when rptr has moved past
-        # it, and head_q follows rptr's next value, so a pop's successor is in head_q on the
-        # cycle after the pop).
+        # written at the end of t + 1, read at ra during t + 2, registered at its end; later if
+        # en = 0 then, but the array waits as well, see below).
+        # Invisible at the ports: head_q(t + 1) = mem(t)[rptr(t + 1)] after every enabled cycle t
+        # (ra(t) = rptr(t) + pop(t) = rptr(t + 1), as pop = en & acc_last), as when the head was
+        # read at rptr_n; only its updates on disabled cycles are gone, and nothing reads head_q
+        # there. The head entry pushed on t is first used when its tile's row 0 enters the
+        # lanes, and that tile's last beat needs the credit of this push (param_credit is a
+        # register: accepted on >= t + 1), so row 0 enters array_latency enabled cycles after
+        # an enabled cycle >= t + 1: head_q was loaded on the enabled cycle before, >= t +
+        # array_latency (array_latency >= INPUT_LATENCY + PE_LATENCY + DRAIN_LATENCY = 5, so
+        # >= t + 5 > t + 2: three cycles of margin); the head stays right until the pop (the
+        # entry is only rewritten after its pop, when rptr has moved past it).
         assert 1 + cfg.array_latency >= PARAMS_PUSH_TO_HEAD_CYCLES, \
             "the registered FIFO write and head need the array's latency as slack"
         level = Signal(range(depth + 1))
@@ -193,6 +206,7 @@ class ArrayCore(wiring.Component):
         wptr = Signal(range(depth))
         rptr = Signal(range(depth))
         rptr_n = Signal(range(depth))
+        ra = Signal(range(depth))                         # == (rptr + arr.acc_last) % depth
         m.submodules.param_fifo = fifo = memory.Memory(shape=params_layout(cfg), depth=depth, init=[])
         wp = fifo.write_port()
         rd = fifo.read_port(domain="comb")
@@ -238,26 +252,26 @@ class ArrayCore(wiring.Component):
             level_n.eq(level + push - pop),
             claimed_n.eq(claimed + take_last - pop),
             wp.addr.eq(w_addr), wp.data.eq(w_data), wp.en.eq(w_en),
-            rd.addr.eq(rptr_n),
+            rd.addr.eq(ra),
         ]
         m.d.sync += [
             level.eq(level_n), claimed.eq(claimed_n),
             par_ready.eq(level_n < depth), param_credit.eq(level_n > claimed_n),
             w_en.eq(push), w_addr.eq(wptr), w_data.eq(self.params.payload),
-            rptr.eq(rptr_n), head_q.eq(rd.data),
+            rptr.eq(rptr_n),
         ]
+        with m.If(en):
+            # rptr and acc_last only change on enabled cycles, so ra does too.
+            m.d.sync += [ra.eq(Mux(arr.acc_last_next, _wrap_inc(rptr_n, depth), rptr_n)), head_q.eq(rd.data)]
         # Pointers wrap explicitly: any depth, not only powers of two.
         with m.If(push):
-            with m.If(wptr == depth - 1):
-                m.d.sync += wptr.eq(0)
-            with m.Else():
-                m.d.sync += wptr.eq(wptr + 1)
-        m.d.comb += rptr_n.eq(rptr)
-        with m.If(pop):
-            with m.If(rptr == depth - 1):
-                m.d.comb += rptr_n.eq(0)
-            with m.Else():
-                m.d.comb += rptr_n.eq(rptr + 1)
+            m.d.sync += wptr.eq(_wrap_inc(wptr, depth))
+        m.d.comb += rptr_n.eq(Mux(pop, _wrap_inc(rptr, depth), rptr))
+        # The registered read address and the combinational form it stands for (no hardware: read
+        # by tests/test_hw_core_amaranth.py, which asserts them equal on every cycle).
+        self.shadow_checks = [
+            ("ra", ra, Mux(arr.acc_last, _wrap_inc(rptr, depth), rptr)),
+        ]
 
         # ---- lanes: every row uses the FIFO head's params (head_q) as it enters.
         for lane, ln in enumerate(lanes):

@@ -26,6 +26,11 @@ from golden.config import PACK_SHIFT, ArrayConfig
 from .pe import PackedPE, check_hw_config, config_for, weight_word_width
 
 
+#: Rows of a drain chain whose load select one copy of the load pulse drives (issue 6: the
+#: select fans out to ~28 LUTs per row).
+DRAIN_ROWS_PER_LOAD = 4
+
+
 class MacArray(wiring.Component):
     """rows x cols PEs plus input skew, per-column drain chains and output deskew.
 
@@ -41,6 +46,8 @@ class MacArray(wiring.Component):
     * ``acc_valid`` Out(1)  ``acc`` holds a row (row r of a tile whose last beat was
                     accepted on enabled cycle e, on enabled cycle e + array_latency + r)
     * ``acc_last``  Out(1)  that row is the tile's row R - 1
+    * ``acc_last_next`` Out(1)  the value ``acc_last`` takes after the next enabled cycle (a LUT
+                    of registers: lets the core register its params FIFO's read address, hw.core)
     """
 
     def __init__(self, cfg: ArrayConfig):
@@ -54,6 +61,7 @@ class MacArray(wiring.Component):
             "acc": Out(data.ArrayLayout(signed(cfg.acc_width), cfg.out_lanes)),
             "acc_valid": Out(1),
             "acc_last": Out(1),
+            "acc_last_next": Out(1),
         })
 
     def elaborate(self, platform):
@@ -77,11 +85,14 @@ class MacArray(wiring.Component):
                 m.submodules[f"pe_{i}_{j}"] = pe = pes[i][j]
                 m.d.comb += pe.en.eq(self.en)
 
-        # Input skew. Bubbles enter as a = 0 so no PE needs a valid mux in
-        # front of its multiplier; `last` only counts on an accepted beat.
+        # Input skew; `last` only counts on an accepted beat. "dual": bubbles enter as a = 0, so
+        # no PE needs a valid mux in front of its multiplier (P accumulates every cycle). "none":
+        # a bubble's product is never read (the PE adds it only under its valid flags), so the
+        # activation goes in as it is: zeroing it was a set/reset of every skew register driven
+        # by `valid` through a LUT (240 LSR pins on the 30 x 4 top, issue 6).
         a_in = Signal(data.ArrayLayout(signed(8), R))
         for i in range(R):
-            m.d.comb += a_in[i].eq(Mux(self.valid, self.act[i], 0))
+            m.d.comb += a_in[i].eq(Mux(self.valid, self.act[i], 0) if cfg.packing == "dual" else self.act[i])
         last_in = self.valid & self.last
         for i in range(R):
             pe = pes[i][0]
@@ -112,26 +123,40 @@ class MacArray(wiring.Component):
 
         # Drain chains: parallel load on the bottom row's result pulse, then
         # shift towards row 0's register (the chain output), one row per cycle.
+        # The load selects every row's mux (~28 LUTs a row: 840 on the 30 x 4 top, 10.5 ns from
+        # one flip-flop), so each group of DRAIN_ROWS_PER_LOAD rows has its own copy (issue 6).
+        # Every PE sees the same beat stream, PE(i, j) i + j enabled cycles late, so the pulse
+        # of PE(R - 1 - k, j) delayed by k registers is the bottom row's pulse: copy k is that,
+        # distinct logic (another PE's flag), so synthesis cannot merge the copies back into
+        # one (k(k + 1) / 2 flip-flops per column). `shadow_checks`: copy k == the load.
         drained = []
+        self.shadow_checks = []
+        n_loads = -(-R // DRAIN_ROWS_PER_LOAD)
         for j in range(C):
             load = pes[R - 1][j].result_valid
+            loads = [delay(pes[R - 1 - k][j].result_valid, k, f"drain{j}_load{k}", reset_less=False)
+                     for k in range(n_loads)]
+            self.shadow_checks += [(f"drain{j}_load{k}", x, load) for k, x in enumerate(loads[1:], 1)]
             regs = [Signal(pes[i][j].result.shape(), name=f"drain{j}_{i}", reset_less=True) for i in range(R)]
             vld = [Signal(name=f"drain{j}_{i}_valid") for i in range(R)]
             lst = [Signal(name=f"drain{j}_{i}_last") for i in range(R)]
             with m.If(self.en):
-                with m.If(load):
-                    for i in range(R):
+                for i in range(R):
+                    with m.If(loads[i // DRAIN_ROWS_PER_LOAD]):
                         m.d.sync += [regs[i].eq(pes[i][j].result), vld[i].eq(1), lst[i].eq(i == R - 1)]
-                with m.Else():
-                    for i in range(R - 1):
-                        m.d.sync += [regs[i].eq(regs[i + 1]), vld[i].eq(vld[i + 1]), lst[i].eq(lst[i + 1])]
-                    m.d.sync += [vld[R - 1].eq(0), lst[R - 1].eq(0)]
+                    with m.Else():
+                        if i < R - 1:
+                            m.d.sync += [regs[i].eq(regs[i + 1]), vld[i].eq(vld[i + 1]), lst[i].eq(lst[i + 1])]
+                        else:
+                            m.d.sync += [vld[i].eq(0), lst[i].eq(0)]
             # Deskew: column j reaches its drain output j cycles after column 0.
             out = delay(regs[0], C - 1 - j, f"deskew{j}")
             for s in range(S):
                 m.d.comb += self.acc[S * j + s].eq(out[s])
-            drained.append((vld[0], lst[0]))
+            # lst[0]'s next value: loaded (1 only with a single row) or shifted from lst[1].
+            drained.append((vld[0], lst[0], Mux(load, R == 1, lst[1] if R > 1 else 0)))
         # The last column needs no deskew, so its flags are already aligned
         # (all columns carry identical flags; synthesis drops the others).
-        m.d.comb += [self.acc_valid.eq(drained[C - 1][0]), self.acc_last.eq(drained[C - 1][1])]
+        m.d.comb += [self.acc_valid.eq(drained[C - 1][0]), self.acc_last.eq(drained[C - 1][1]),
+                     self.acc_last_next.eq(drained[C - 1][2])]
         return m

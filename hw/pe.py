@@ -19,9 +19,13 @@ enable):
 
 * operand registers ``a_out/w_out/valid_out/last_out`` (also forwarded to the
   right / downwards neighbour: one register per hop, no fan-out);
-* stage 1: ``P`` (packed accumulate) and the flags ``flush``/``flush_last``;
-* stage 2: the wide accumulators, and at ``last`` the result register, whose
-  ``result_valid`` pulse is ``PE_LATENCY`` = 2 enabled cycles after the beat was
+* stage 1: ``P`` (packed accumulate; "none": the product, on ECP5 a MULT18X18D
+  output register) and the flags ``flush``/``flush_last``;
+* stage 2: the unpacked fields of P (the product) in fabric registers, and the
+  flags ``f2``/``ld2``;
+* stage 3: the wide accumulators (no reset: a tile restarts them by selecting
+  its first chain, flag ``first``), and at ``last`` the result register, whose
+  ``result_valid`` pulse is ``PE_LATENCY`` = 3 enabled cycles after the beat was
   in the operand registers.
 
 This module also holds the small helpers the other ``hw`` blocks share
@@ -149,7 +153,8 @@ class PackedPE(wiring.Component):
     A = ``cfg.acc_width``; S = ``cfg.lanes_per_pe``):
 
     * ``en``           In(1)          global enable: every register updates only when 1
-    * ``a``            In(signed(8))  activation (0 on bubbles: the array zeroes it)
+    * ``a``            In(signed(8))  activation ("dual": 0 on bubbles, the array zeroes it;
+                                      "none": anything on bubbles)
     * ``w``            In(signed(W))  weight word: packed (w_hi << 18) + w_lo, or one int8
     * ``valid``        In(1)          the beat is a real (accepted) input beat
     * ``last``         In(1)          final reduction beat of the tile (only with ``valid``)
@@ -186,9 +191,10 @@ class PackedPE(wiring.Component):
         aw = cfg.acc_width
         # Datapath registers are reset-less (no set/reset pin, no reset-net fanout into the
         # array): each is only consumed under a flag that is reset (valid_out, flush,
-        # result_valid). The accumulators keep their reset (a break mid-tile must not leave a
-        # partial sum), and so do, for "dual", P (it accumulates on every enabled cycle) and the
-        # activation (P relies on bubbles carrying a = 0, also right after a reset).
+        # result_valid), and so are the accumulators (a tile restarts them through `first`,
+        # which is reset: a break mid-tile leaves no partial sum). For "dual", P keeps its reset
+        # (it accumulates on every enabled cycle) and so does the activation (P relies on
+        # bubbles carrying a = 0, also right after a reset).
         a_out = Signal(signed(8), reset_less=cfg.packing == "none")
         w_out = Signal(self.w.shape(), reset_less=True)
         m.d.comb += [self.a_out.eq(a_out), self.w_out.eq(w_out)]
@@ -239,18 +245,49 @@ class PackedPE(wiring.Component):
                 ]
             fields = [mul.p]
 
-        # Stage 2: saturating wide accumulators; at the tile's last chain the
-        # sums go to the result register and the accumulators restart.
-        accs = [Signal(signed(aw), name=f"acc{s}") for s in range(cfg.lanes_per_pe)]
+        # Stage 2 (issue 6): the fields registered in the fabric, beside the accumulators. On ECP5
+        # the product is a MULT18X18D output register in the DSP rows; the adder straight behind
+        # it paid the DSP -> fabric route (several ns on the 30 x 4 top) and the carry chain in one
+        # cycle. The flags move along: `f2` = the registered fields complete a chain, `ld2` = the
+        # tile's last one (stage 3 loads the result register). flush_last implies flush (both
+        # registered from the same valid beat), so f2 = flush and ld2 = flush & flush_last; they
+        # are written with flush_last, which differs from PE to PE (last_out is an AND per hop),
+        # because `flush` itself is the same register along an anti-diagonal of the array and
+        # synthesis would merge those copies into one flip-flop driving the clock enables of
+        # every PE on it (up to 4 x 27 on the 30 x 4 top, 9 ns). `shadow_checks` holds the
+        # equalities (tests/test_hw_pe.py asserts them on every cycle).
+        fq = [Signal(f.shape(), name=f"field{s}", reset_less=True) for s, f in enumerate(fields)]
+        f2 = Signal()
+        ld2 = Signal()
+        with m.If(self.en):
+            m.d.sync += [q.eq(f) for q, f in zip(fq, fields)]
+            m.d.sync += [f2.eq(flush | flush_last), ld2.eq(flush_last)]
+        self.shadow_checks = [
+            ("f2", flush | flush_last, flush),
+            ("ld2", flush_last, flush & flush_last),
+        ]
+
+        # Stage 3: saturating wide accumulators, restarted by selecting the field instead of
+        # clearing them: `first` = the next chain starts a tile. So the accumulators need neither a
+        # reset nor a clear (no set/reset pins: on the 30 x 4 top the accumulators' reset was
+        # ~3 800 late LSR pins of the global reset net), and a reset mid-tile still leaves no
+        # partial sum behind (`first` is reset). The select is behind the adder (one LUT level
+        # with the saturation's), not in front of the carry chain. At the tile's last chain the
+        # same sums go to the result register.
+        accs = [Signal(signed(aw), name=f"acc{s}", reset_less=True) for s in range(cfg.lanes_per_pe)]
+        first = Signal(init=1)
         result = Signal(self.result.shape(), reset_less=True)
         m.d.comb += self.result.eq(result)
         with m.If(self.en):
-            m.d.sync += self.result_valid.eq(flush & flush_last)
-            with m.If(flush):
-                for s, (acc, f) in enumerate(zip(accs, fields)):
-                    total = saturate(acc + f, aw)
-                    with m.If(flush_last):
-                        m.d.sync += [result[s].eq(total), acc.eq(0)]
-                    with m.Else():
-                        m.d.sync += acc.eq(total)
+            m.d.sync += self.result_valid.eq(ld2)
+            for s, (acc, f) in enumerate(zip(accs, fq)):
+                total = Signal(signed(aw), name=f"total{s}")
+                m.d.comb += total.eq(Mux(first, saturate(f, aw), saturate(acc + f, aw)))
+                with m.If(f2):
+                    m.d.sync += acc.eq(total)
+                # ld2 implies f2; tested alone, the result's clock enable is the flag itself.
+                with m.If(ld2):
+                    m.d.sync += result[s].eq(total)
+            with m.If(f2):
+                m.d.sync += first.eq(ld2)
         return m

@@ -12,7 +12,10 @@ cycle by cycle against docs/array.md:
 * ``inp.ready`` and ``params.ready`` equal the documented rules on every cycle
   (tile_gap_ok, param_credit from an independent level/claimed model, pops on
   the enabled cycle the tile's last row enters the lanes);
-* ``out`` stays frozen while stalled; ``lut.ready`` is always 1.
+* ``out`` stays frozen while stalled; ``lut.ready`` is always 1;
+* internal: the params FIFO's registered read address and the drain chains' load copies
+  equal the forms they stand for (``ArrayCore.shadow_checks``, ``MacArray.shadow_checks``)
+  and the array's ``acc_last_next`` is the next enabled cycle's ``acc_last``, on every cycle.
 """
 from __future__ import annotations
 
@@ -22,6 +25,7 @@ import numpy as np
 import pytest
 from amaranth import Value
 from amaranth.back import verilog
+from amaranth.hdl import Assert
 from amaranth.sim import Simulator
 
 from golden._check import INT32_MAX, INT32_MIN
@@ -84,9 +88,20 @@ def _random_ks(rng, n):
 
 # ---------------------------------------------------------------- MacArray
 
+class _CheckedArray(MacArray):
+    """``MacArray`` plus simulation assertions: each drain load copy equals the load pulse it
+    stands for on every cycle (``MacArray.shadow_checks``)."""
+
+    def elaborate(self, platform):
+        m = super().elaborate(platform)
+        for name, reg, comb in self.shadow_checks:
+            m.d.sync += Assert(reg == comb, f"array {name} != the bottom row's pulse")
+        return m
+
+
 def _run_array(cfg, seed, n_tiles=12, p_bubble=0.3, p_stall=0.25):
     rng = np.random.default_rng(seed)
-    dut = MacArray(cfg)
+    dut = _CheckedArray(cfg)
     tiles = [_tile(rng, cfg, k) for k in _random_ks(rng, n_tiles)]
     # Schedule (enabled cycles); last beats respect min_tile_cycles.
     sched, expect, prev_last = [], {}, None
@@ -122,7 +137,10 @@ def _run_array(cfg, seed, n_tiles=12, p_bubble=0.3, p_stall=0.25):
                    [ctx.get(dut.acc[lane]) for lane in range(cfg.out_lanes)])
             if prev is not None and prev[0] == n:
                 assert obs == prev[1], "MacArray output changed during a stall"
-            prev = (n, obs)
+            if prev is not None and prev[0] == n - 1:
+                assert obs[1] == prev[2], f"acc_last_next at enabled cycle {n - 1}"
+            if prev is None or prev[0] != n:
+                prev = (n, obs, ctx.get(dut.acc_last_next))
             if en:
                 if obs[0]:
                     seen[n] = (obs[2], obs[1])
@@ -140,12 +158,25 @@ def _run_array(cfg, seed, n_tiles=12, p_bubble=0.3, p_stall=0.25):
 @pytest.mark.parametrize("cfg", [
     ArrayConfig(rows=2, cols=2), ArrayConfig(rows=2, cols=3), ArrayConfig(rows=3, cols=2, weight_min=-128),
     ArrayConfig(rows=2, cols=2, packing="none"), ArrayConfig(rows=1, cols=1),
-], ids=["2x2", "2x3", "3x2_fullrange", "2x2_none", "1x1"])
+    ArrayConfig(rows=9, cols=2, packing="none"),
+], ids=["2x2", "2x3", "3x2_fullrange", "2x2_none", "1x1", "9x2_none_3loads"])
 def test_mac_array_values_and_array_latency(cfg):
     _run_array(cfg, seed=cfg.rows * 10 + cfg.cols)
 
 
 # ---------------------------------------------------------------- ArrayCore
+
+class _CheckedCore(ArrayCore):
+    """``ArrayCore`` plus simulation assertions: the params FIFO's read address is a register
+    loaded from next-state logic (issue 6); it must equal the combinational form it stands for
+    on every cycle (``ArrayCore.shadow_checks``)."""
+
+    def elaborate(self, platform):
+        m = super().elaborate(platform)
+        for name, reg, comb in self.shadow_checks:
+            m.d.sync += Assert(reg == comb, f"core {name} != its combinational form")
+        return m
+
 
 def _run_core(cfg, seed, n_tiles=10, p_in=0.8, p_par=0.5, p_out=0.7, preload_lut=True, ks=None,
               check_coverage=True):
@@ -154,7 +185,7 @@ def _run_core(cfg, seed, n_tiles=10, p_in=0.8, p_par=0.5, p_out=0.7, preload_lut
     the tiles' reduction lengths (default random); ``check_coverage``: the run must have
     stalled the output and held a last beat."""
     rng = np.random.default_rng(seed)
-    dut = ArrayCore(cfg)
+    dut = _CheckedCore(cfg)
     lay_in, lay_par, lay_out = input_layout(cfg), params_layout(cfg), output_layout(cfg)
     lut = rng.integers(0, 256, 256) if preload_lut else np.zeros(256, np.int64)
     ks = _random_ks(rng, n_tiles) if ks is None else list(ks)

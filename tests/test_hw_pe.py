@@ -1,5 +1,7 @@
 """hw.pe.PackedPE: exact sums in both packing modes, PE_LATENCY, forwarding, enable,
-hardware config checks, and the DSP48E2 mapping (one DSP, no LUT multiplier, per PE)."""
+hardware config checks, and the DSP48E2 mapping (one DSP, no LUT multiplier, per PE).
+Every PE run also asserts the PE's registered flags equal the forms they stand for
+(``PackedPE.shadow_checks``) on every cycle."""
 from __future__ import annotations
 
 import dataclasses
@@ -8,7 +10,9 @@ import tempfile
 
 import numpy as np
 import pytest
+from amaranth import ResetInserter, Signal
 from amaranth.back import rtlil
+from amaranth.hdl import Assert
 from amaranth.sim import Simulator
 
 from golden.config import PE_LATENCY, ArrayConfig
@@ -51,9 +55,21 @@ def _expected(cfg, a, w):
     return out
 
 
+class _CheckedPE(PackedPE):
+    """``PackedPE`` plus simulation assertions: the stage-2 flags are written in a form that
+    keeps synthesis from merging them across PEs (hw.pe); each must equal the form it stands
+    for on every cycle (``PackedPE.shadow_checks``)."""
+
+    def elaborate(self, platform):
+        m = super().elaborate(platform)
+        for name, reg, comb in self.shadow_checks:
+            m.d.sync += Assert(reg == comb, f"PE {name} != its plain form")
+        return m
+
+
 def _run_pe(cfg, seed, tiles=None, p_bubble=0.25, p_stall=0.2):
     rng = np.random.default_rng(seed)
-    dut = PackedPE(cfg)
+    dut = _CheckedPE(cfg)
     if tiles is None:
         tiles = _tiles(rng, cfg, 24)
     # Beat schedule in enabled cycles: (a, w_word, valid, last) per enabled cycle.
@@ -61,8 +77,12 @@ def _run_pe(cfg, seed, tiles=None, p_bubble=0.25, p_stall=0.2):
     for a, w in tiles:
         for k in range(len(a)):
             while rng.random() < p_bubble:
-                # Bubbles carry a = 0 (the array zeroes them) but arbitrary weights.
-                beats.append((0, int(rng.integers(-2**20, 2**20)) if cfg.packing == "dual" else 5, 0, 0))
+                # Bubbles: arbitrary weights; "dual": a = 0 (the array zeroes it, P accumulates
+                # every cycle), "none": any activation (the array passes it through, hw.mac_array).
+                if cfg.packing == "dual":
+                    beats.append((0, int(rng.integers(-2**20, 2**20)), 0, 0))
+                else:
+                    beats.append((int(rng.integers(-128, 128)), int(rng.integers(-128, 128)), 0, 0))
             word = pack_weights(w[k, 0], w[k, 1]) if cfg.packing == "dual" else int(w[k, 0])
             beats.append((int(a[k]), word, 1, int(k == len(a) - 1)))
         # Input at enabled index c -> operand registers at c + 1 -> result valid PE_LATENCY later.
@@ -131,6 +151,51 @@ def test_pe_saturates_accumulators(packing):
     tiles = [(a, np.full((24, 2), -127, np.int64)), (a, np.full((24, 2), 127, np.int64)),
              (a[:3], np.full((3, 2), 5, np.int64))]
     _run_pe(cfg, seed=11, tiles=tiles)
+
+
+@pytest.mark.parametrize("packing", ["dual", "none"])
+def test_pe_reset_mid_tile_leaves_no_partial_sum(packing):
+    # The accumulators have no reset: a tile restarts them through `first` (hw.pe), which is
+    # reset. A reset while a tile's chains are in the accumulators (and in flight behind them)
+    # must leave nothing of that tile in the next tile's result.
+    cfg = ArrayConfig(rows=1, cols=1, packing=packing)
+    rng = np.random.default_rng(3)
+    rst = Signal()
+    pe = _CheckedPE(cfg)
+    dut = ResetInserter(rst)(pe)
+    chain = cfg.chain or 1
+
+    def beats(k):
+        a = rng.integers(-128, 128, k)
+        w = rng.integers(cfg.weight_min, 128, (k, 2))
+        words = [pack_weights(w[i, 0], w[i, 1]) if packing == "dual" else int(w[i, 0]) for i in range(k)]
+        return a, w, words
+
+    a0, _, w0 = beats(2 * chain + 1)           # a tile that never ends: flushed chains, then reset
+    a1, w1m, w1 = beats(chain + 2)
+    sched = [(int(a), wd, 1, 0, 0) for a, wd in zip(a0, w0)]
+    sched += [(0, 0, 0, 0, 1)]
+    sched += [(int(a), wd, 1, int(i == len(a1) - 1), 0) for i, (a, wd) in enumerate(zip(a1, w1))]
+    sched += [(0, 0, 0, 0, 0)] * (PE_LATENCY + 3)
+    seen = []
+
+    async def tb(ctx):
+        for a, word, v, last, r in sched:
+            ctx.set(pe.en, 1)
+            ctx.set(pe.a, a)
+            ctx.set(pe.w, word)
+            ctx.set(pe.valid, v)
+            ctx.set(pe.last, last)
+            ctx.set(rst, r)
+            if ctx.get(pe.result_valid):
+                seen.append([ctx.get(pe.result[s]) for s in range(cfg.lanes_per_pe)])
+            await ctx.tick()
+
+    sim = Simulator(dut)
+    sim.add_clock(1e-6)
+    sim.add_testbench(tb)
+    sim.run()
+    assert seen == [_expected(cfg, a1, w1m)]
 
 
 def test_widths_follow_config():
