@@ -142,15 +142,19 @@ class Sequencer(wiring.Component):
         def enq_at(ptr):
             return enq & (tail == ptr)
 
+        # An engine that moves to (or waits at) a free entry loads its state from the payload
+        # on every cycle until the entry is valid: the load on the enqueue cycle is the one that
+        # counts, and the choice is the free[ptr] flip-flop, not enq (the decoder's job.valid).
         def job_next(ptr, name):
-            """jobs[ptr] as it will be on the next cycle (an enqueue into ``ptr`` replaces it)."""
+            """jobs[ptr] as it will be on the next cycle if the entry is valid then (a free entry
+            may be loaded with the payload now)."""
             nxt = Signal(jl, name=name)
-            m.d.comb += nxt.eq(Mux(enq_at(ptr), pl, jobs[ptr]))
+            m.d.comb += nxt.eq(Mux(free[ptr], pl, jobs[ptr]))
             return nxt
 
         def next_entry(ptr):
-            """The precomputed values of jobs[ptr] as they will be on the next cycle."""
-            b = enq_at(ptr)
+            """The precomputed values of jobs[ptr] as they will be on the next cycle (as job_next)."""
+            b = free[ptr]
             return dict(k1=Mux(b, pl_k1, k1[ptr]), km1=Mux(b, pl_km1, km1[ptr]),
                         nt1=Mux(b, pl_nt1, nt1[ptr]), ntm1=Mux(b, pl_ntm1, ntm1[ptr]))
 
@@ -213,7 +217,7 @@ class Sequencer(wiring.Component):
         with m.Else():
             with m.If(take):
                 m.d.sync += v.eq(0)
-            with m.If(enq_at(sptr)):                    # the entry was invalid: reference counters 0
+            with m.If(free[sptr]):                      # idle at a free entry: track the payload
                 m.d.sync += [j_rem.eq(pl_km1), j_end.eq(pl_k1), t_rem.eq(pl_ntm1), t_end.eq(pl_nt1),
                              a_addr.eq(pl.act_offset), g_addr.eq(pl.wgt_offset)]
 
@@ -292,7 +296,7 @@ class Sequencer(wiring.Component):
                                  o_addr.eq(o_addr + 1)]
             with m.Else():
                 m.d.sync += [w_r.eq(w_r + 1), o_addr.eq(o_addr + 1)]
-        with m.Elif(enq_at(wptr)):                              # the entry was invalid: w_t is 0
+        with m.Elif(free[wptr]):                                # idle at a free entry: track the payload
             m.d.sync += [w_trem.eq(pl_ntm1), w_tend.eq(pl_nt1), o_addr.eq(pl.out_offset)]
 
         # ---- entry flags, registered from next-state logic. Timing (issue 6): s_avail gates
