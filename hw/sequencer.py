@@ -2,7 +2,10 @@
 
 A job (``job_layout``) is one decoded RUN descriptor (golden/isa.py). The
 queue holds ``JOB_QUEUE_DEPTH`` jobs (entries in a ring, per-entry flags
-``valid``/``streamed``/``pushed``). Three engines walk the ring in order,
+``valid``/``streamed``/``pushed``; the hardware keeps them as registers ``free`` =
+~valid, ``savail`` = valid & ~streamed, ``pavail`` = valid & ~pushed, and stores
+with each job its k == 1, k - 1, ntiles == 1, ntiles == 2, ntiles - 1, so the
+engines' decisions start from flip-flops). Three engines walk the ring in order,
 each at its own pace:
 
 * beat streamer: issues one act/wgt buffer read per cycle while it has a job
@@ -164,11 +167,12 @@ class Sequencer(wiring.Component):
         # they set are one or two LUT levels from flip-flops. The counters count down (the
         # work left in the tile/job), so an end test is a register and the next one a compare
         # of a register with a constant. Exactness argument for the shadows: an entry's
-        # payload only changes on an enqueue into it, which needs the entry invalid; an
-        # engine's state is reloaded when its pointer moves on and only counts while the entry
-        # is valid, so an enqueue into the pointed entry loads the shadow from the payload.
-        # The up-counters s_j/s_t/p_cnt/w_t are kept for the shadow checks only (no loads in
-        # hardware: synthesis removes them).
+        # payload only changes while the entry is free (invalid); an engine's state is
+        # reloaded when its pointer moves on, counts only while the entry is valid, and is
+        # reloaded from the payload on every cycle its entry is free, so the load on the
+        # enqueue cycle is the entry's. The up-counters s_j/s_t/p_cnt/w_t and the valid/
+        # streamed/pushed flags are kept for the shadow checks only (nothing in hardware reads
+        # them: synthesis removes them).
 
         # ---- beat streamer
         sj = jobs[sptr]
