@@ -32,7 +32,7 @@ from golden._check import INT32_MAX, INT32_MIN
 from golden.config import ArrayConfig
 from golden.array_model import LANE_FIELDS
 from golden.requant import multiply_by_quantized_multiplier
-from hw.core import (PARAMS_PUSH_TO_HEAD_CYCLES, ArrayCore, input_layout, lut_layout, output_layout, pack_payload, params_layout,
+from hw.core import (PARAM_FIFO_GROUP_BITS, PARAMS_PUSH_TO_HEAD_CYCLES, ArrayCore, input_layout, lut_layout, output_layout, pack_payload, params_layout,
                      unpack_payload)
 from hw.mac_array import MacArray
 
@@ -351,6 +351,20 @@ def test_core_params_fifo_fills():
     # Params offered eagerly, inputs slow: the FIFO fills and params.ready drops.
     log = _run_core(ArrayConfig(rows=2, cols=2, param_fifo_depth=2), seed=5, p_in=0.3, p_par=1.0)
     assert log["params_full"] > 0
+
+
+def test_core_params_fifo_read_address_copies():
+    # The params FIFO is split into memories of <= PARAM_FIFO_GROUP_BITS (48 LUT-RAM cells), each
+    # read at its own copy of ra; the simulated runs above assert every copy == ra on every cycle
+    # (shadow_checks). The 30 x 4 ULX3S top: 4 lanes' params + lut_en = 169 cells -> 4 copies.
+    from hw.fpga import ULX3S_CFG
+    assert -(-params_layout(ULX3S_CFG).size // PARAM_FIFO_GROUP_BITS) == 4
+    for cfg in (ArrayConfig(rows=2, cols=3), ULX3S_CFG):
+        n = -(-params_layout(cfg).size // PARAM_FIFO_GROUP_BITS)
+        core = ArrayCore(cfg)
+        core.elaborate(None)
+        copies = [name for name, _, _ in core.shadow_checks if name.startswith("ra_g")]
+        assert copies == [f"ra_g{g}" for g in range(n)]
 
 
 def test_core_ports_and_layouts():
