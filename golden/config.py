@@ -54,7 +54,7 @@ REQUANT_STAGES = (
     "prelu_rshift",  # alpha RDBPOT: coarse shift, rounding-bit terms
     "prelu_rfine",   # alpha RDBPOT: fine shift, rounding bit; clamp bounds - zero point
     "prelu_rround",  # alpha RDBPOT: increment; value select
-    "clamp",         # compares against act_min/act_max - zero point; + zero point (8 bits)
+    "clamp",         # compares (in 16-bit halves) against act_min/act_max - zero point; + zero point
     "clip",          # the clamp's select: the 8-bit code
     "lut_rd",        # optional 256-entry table: LUT-RAM row read, 4 of its 16 words
     "lut",           # the table entry (or the code)

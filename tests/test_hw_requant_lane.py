@@ -711,3 +711,23 @@ def test_split_shift_and_rounding_stages_exact():
             assert g["shl"] == want, (case, g)
         else:
             assert g["rnd"] == int(rdbpot(case["x32"], -s)), (case, g)
+
+
+def test_split_compare_exact():
+    # ``_split_cmp`` / ``_split_flags`` (the clamp's compares, and the left shifts' through
+    # ``_split_lt_gt``) equal x < c_lt and x > c_gt for a 32-bit x against narrow signed bounds
+    # (the clamp: signed(10)), around both halves' boundaries and the bounds themselves.
+    from amaranth import Signal as S
+    from hw import requant_lane as rl
+    x, clo, chi = S(signed(32)), S(signed(10)), S(signed(10))
+    lt, gt = rl._split_flags({k: v for k, (_, v) in rl._split_lt_gt(x, clo, chi).items()})
+    rng = np.random.default_rng(5)
+    cases = []
+    for c in (-512, -300, -129, -1, 0, 1, 255, 511):
+        for v in (c - 1, c, c + 1, -1 << 16, (-1 << 16) - 1, (1 << 16) - 1, 1 << 16, INT32_MIN, INT32_MAX,
+                  *rng.integers(-2**17, 2**17, 3), *rng.integers(INT32_MIN, INT32_MAX + 1, 2)):
+            cases.append({"x": int(v), "clo": c, "chi": int(rng.integers(-512, 512))})
+            cases.append({"x": int(v), "clo": int(rng.integers(-512, 512)), "chi": c})
+    got = _comb_cases({"x": x, "clo": clo, "chi": chi}, {"lt": (S(), lt), "gt": (S(), gt)}, cases)
+    for case, g in zip(cases, got):
+        assert g == {"lt": int(case["x"] < case["clo"]), "gt": int(case["x"] > case["chi"])}, (case, g)
