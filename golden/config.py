@@ -32,7 +32,8 @@ DRAIN_LATENCY = 1
 #: timing target, docs/fpga.md); hw/requant_lane.py has the per-stage detail of both modes.
 REQUANT_STAGES = (
     "bias",          # acc + bias_eff (exact); left-shift limits
-    "lshift",        # sat32 + left shift: overflow compares beside the shifter (tflite); |t| (ort)
+    "lshift",        # sat32 + left shift: coarse shift, split overflow compares (tflite); |t| (ort)
+    "lsat",          # tflite: fine shift, overflow flags
     "ort_msb",       # tflite: the saturating select; ort: msb of |t|
     "ort_norm",      # ort: 24 bits from the msb, rounding increment
     "operand",       # the multiplier operand (ort: the rounded significand)
@@ -43,7 +44,8 @@ REQUANT_STAGES = (
     "rshift",        # RoundingDivideByPOT: coarse shift, rounding-bit terms (ort: product rounding)
     "rfine",         # RoundingDivideByPOT: fine shift (by e mod 4), rounding bit
     "rround",        # RoundingDivideByPOT: increment
-    "prelu_shl",     # negative values: alpha's left shift: overflow compares beside the shifter
+    "prelu_shl",     # negative values: alpha's left shift: coarse shift, split overflow compares
+    "prelu_lsat",    # alpha's left shift: fine shift, overflow flags
     "prelu_sat",     # the saturating select (the alpha multiplier's operand)
     "prelu_mul",     # alpha SRDHM: partial products
     "prelu_psum",    # alpha SRDHM: middle sum, nudge
@@ -52,9 +54,10 @@ REQUANT_STAGES = (
     "prelu_rshift",  # alpha RDBPOT: coarse shift, rounding-bit terms
     "prelu_rfine",   # alpha RDBPOT: fine shift, rounding bit; clamp bounds - zero point
     "prelu_rround",  # alpha RDBPOT: increment; value select
-    "clamp",         # compares against act_min/act_max - zero point; + zero point (8 bits)
+    "clamp",         # compares (in 16-bit halves) against act_min/act_max - zero point; + zero point
     "clip",          # the clamp's select: the 8-bit code
-    "lut",           # optional 256-entry table
+    "lut_rd",        # optional 256-entry table: LUT-RAM row read, 4 of its 16 words
+    "lut",           # the table entry (or the code)
 )
 REQUANT_LATENCY = len(REQUANT_STAGES)
 

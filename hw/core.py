@@ -41,12 +41,13 @@ port                  dir     width
 """
 from __future__ import annotations
 
-from amaranth import Module, Mux, Shape, Signal, signed, unsigned
+from amaranth import Cat, Module, Mux, Shape, Signal, signed, unsigned
 from amaranth.lib import data, memory, stream, wiring
 from amaranth.lib.wiring import In, Out
 
 from golden.config import ArrayConfig
 
+from .buffers import _copy
 from .mac_array import MacArray
 from .pe import check_hw_config, config_for
 from .requant_lane import CODE_WIDTH, RequantLane, lane_params_layout, lut_layout
@@ -59,6 +60,10 @@ __all__ = ["ArrayCore", "PARAMS_PUSH_TO_HEAD_CYCLES", "input_layout", "params_la
 # read at a registered address, the head's next entry (t + 2 -> t + 3, on enabled cycles). Slack: row 0 of its tile enters the lanes
 # on >= t + 1 + cfg.array_latency (ArrayCore.elaborate asserts the margin).
 PARAMS_PUSH_TO_HEAD_CYCLES = 3
+#: The params FIFO is split into memories of at most this many bits, each read at its own copy of
+#: the read address: 48 TRELLIS_DPR16X4 cells (4 bits each) per copy (issue 6, docs/fpga.md "Timing").
+_LUTRAM_BITS = 4
+PARAM_FIFO_GROUP_BITS = 48 * _LUTRAM_BITS
 
 
 def input_layout(cfg: ArrayConfig) -> data.StructLayout:
@@ -207,9 +212,18 @@ class ArrayCore(wiring.Component):
         rptr = Signal(range(depth))
         rptr_n = Signal(range(depth))
         ra = Signal(range(depth))                         # == (rptr + arr.acc_last) % depth
-        m.submodules.param_fifo = fifo = memory.Memory(shape=params_layout(cfg), depth=depth, init=[])
-        wp = fifo.write_port()
-        rd = fifo.read_port(domain="comb")
+        # The FIFO's bits are split into PARAM_FIFO_GROUP_BITS-wide memories, each read at its own
+        # copy of ra (``_copy``: not merged by yosys): ra drove the read address of every LUT-RAM
+        # cell (169 TRELLIS_DPR16X4 per bit on the 30 x 4 top, issue 6); a copy drives <= 48.
+        width = params_layout(cfg).size
+        n_groups = -(-width // PARAM_FIFO_GROUP_BITS)
+        gbits = -(-width // n_groups)
+        gbits += -gbits % _LUTRAM_BITS                    # whole 4-bit LUT-RAM cells per group
+        groups = [(lo, min(lo + gbits, width)) for lo in range(0, width, gbits)]
+        fifos = []
+        for g, (lo, hi) in enumerate(groups):
+            m.submodules[f"param_fifo{g}"] = f = memory.Memory(shape=unsigned(hi - lo), depth=depth, init=[])
+            fifos.append((f.write_port(), f.read_port(domain="comb")))
         # Datapath (reset-less): before the first push the lanes see no valid row.
         head_q = Signal(params_layout(cfg), reset_less=True)
         w_en = Signal()                                   # control: reset
@@ -251,26 +265,34 @@ class ArrayCore(wiring.Component):
             self.params.ready.eq(par_ready),
             level_n.eq(level + push - pop),
             claimed_n.eq(claimed + take_last - pop),
-            wp.addr.eq(w_addr), wp.data.eq(w_data), wp.en.eq(w_en),
-            rd.addr.eq(ra),
         ]
+        for (wp, _), (lo, hi) in zip(fifos, groups):
+            m.d.comb += [wp.addr.eq(w_addr), wp.data.eq(w_data.as_value()[lo:hi]), wp.en.eq(w_en)]
         m.d.sync += [
             level.eq(level_n), claimed.eq(claimed_n),
             par_ready.eq(level_n < depth), param_credit.eq(level_n > claimed_n),
             w_en.eq(push), w_addr.eq(wptr), w_data.eq(self.params.payload),
             rptr.eq(rptr_n),
         ]
+        ra_n = Mux(arr.acc_last_next, _wrap_inc(rptr_n, depth), rptr_n)
+        ra_copies = [_copy(m, platform, ra_n, en, f"ra_g{g}") for g in range(len(groups))]
+        for (_, rd), ra_g in zip(fifos, ra_copies):
+            m.d.comb += rd.addr.eq(ra_g)
         with m.If(en):
             # rptr and acc_last only change on enabled cycles, so ra does too.
-            m.d.sync += [ra.eq(Mux(arr.acc_last_next, _wrap_inc(rptr_n, depth), rptr_n)), head_q.eq(rd.data)]
+            m.d.sync += [ra.eq(ra_n), head_q.eq(Cat(*(rd.data for _, rd in fifos)))]
         # Pointers wrap explicitly: any depth, not only powers of two.
         with m.If(push):
             m.d.sync += wptr.eq(_wrap_inc(wptr, depth))
         m.d.comb += rptr_n.eq(Mux(pop, _wrap_inc(rptr, depth), rptr))
         # The registered read address and the combinational form it stands for (no hardware: read
         # by tests/test_hw_core_amaranth.py, which asserts them equal on every cycle).
+        # Each copy of ra equals ra (the same next value and enable; the copies have no reset: after
+        # a reset they are reloaded on the first enabled cycle, and no row reaches the lanes for
+        # array_latency cycles, so the head they read meanwhile is never used).
         self.shadow_checks = [
             ("ra", ra, Mux(arr.acc_last, _wrap_inc(rptr, depth), rptr)),
+            *((f"ra_g{g}", ra_g, ra) for g, ra_g in enumerate(ra_copies)),
         ]
 
         # ---- lanes: every row uses the FIFO head's params (head_q) as it enters.

@@ -25,26 +25,32 @@ head). The ort datapath (``hw.ort_requant``) runs beside the tflite one and
 shares its bias adder, its first multiplier, the clamp and the LUT.
 
 Timing (issue 6, docs/fpga.md "Timing"): no stage is deeper than about one
-carry chain plus a LUT level, one barrel shifter, one 18x18 multiplier
+carry chain plus a LUT level, a part of a barrel shifter, one 18x18 multiplier
 (MULT18X18D) or a few LUT levels. Each 32 x 31 product is four registered
 18x18 partial products (operands split at bit 17; on ECP5 each registered in its
 MULT18X18D's output register, ``hw.ecp5_mult``) summed over three stages in
 <= 34-bit chains; the saturating left shifts register their overflow compares
-beside the shifter and select a stage later; the rounding shifts are split
-from their increments; the clamp registers its compares and selects a stage
+(in two halves) beside a coarse shift, combine them beside the fine shift a stage
+later and select a stage after that; the rounding shifts are split
+from their increments, their rounding bit's terms registered as parts; the clamp registers its compares and selects a stage
 later; whatever depends on the parameters alone (shift limits, masks, clamp
 bounds) is computed one stage ahead ("prep") and registered, as LUT logic
 (thermometer codes) rather than shifters and decrements. Only ``valid`` and
 ``last`` have a reset (see ``_RESET_REGS``); the ``lut`` write is registered
-once (``LUT_WRITE_DELAY``) before the table's write port.
+once (``LUT_WRITE_DELAY``) before the table's write port; the table read is
+split over two stages (``lut_rd``, ``lut``).
 
 ============  ======================================  ====================================
 stage         tflite                                  ort (mode = 1)
 ============  ======================================  ====================================
 bias          s = acc + bias (exact); prep: limits    same s; scale significand and
               of the left shift                       exponent field
-lshift        sat32(s) << max(shift, 0): two          a = |sat32(s)|, sign, t = 0;
-              compares beside a barrel shifter        the significand into ``mult``
+lshift        sat32(s) << max(shift, 0): coarse       a = |sat32(s)|, sign, t = 0;
+              shift (by a multiple of 4) beside the   the significand into ``mult``
+              two compares, each as two <= 18-bit
+              halves (``_split_cmp``)
+lsat          fine shift (by shift mod 4), the        (delay)
+              overflow flags from the halves
 ort_msb       the saturating select                   msb index of a
 ort_norm      (delay)                                 24 bits of a from the msb, RNE
                                                       increment, exponent part
@@ -55,10 +61,13 @@ plo           product bits [17, 40) + carry           + OR of bits [0, 17)
 phi           product bits [40, 63); prep: RDBPOT     exact product bits [22, 48),
               masks of max(-shift, 0)                 sticky of bits [0, 22)
 rshift        x >> (e & ~3), rounding bit terms       product rounded to 24 bits:
-                                                      kept bits, increment, exponent
+              (4 bits at (e-1) & ~3, 4 partial        kept bits, increment, exponent
+              sticky ORs)
 rfine         >> (e & 3), rounding bit                (delay)
 rround        + rounding bit; prep: alpha limits      + increment; integer shift amount
-prelu_shl     alpha left shift: compares, shifter     integer rounding: shift, increment
+prelu_shl     alpha left shift: coarse shift, split   integer rounding: shift, increment
+              compares
+prelu_lsat    fine shift, overflow flags              (delay)
 prelu_sat     the select (the alpha operand)          (delay)
 prelu_mul     alpha partial products                  magnitude (saturated at 2**10)
 prelu_psum    alpha sum, nudge                        sign
@@ -70,9 +79,13 @@ prelu_rfine   >> (e & 3), rounding bit; prep:         (delay)
 prelu_rround  + rounding bit; PReLU select (prelu     the mode selects the ort value
               and v < 0)
 clamp         v < act_min - zp, v > act_max - zp,     shared
-              v + zp (8 bits)
-clip          the select: the clipped code            shared
-lut           optional table                          shared
+              v + zp (8 bits); the compares as
+              their 16-bit halves' terms
+clip          the flags, the select: the clipped      shared
+              code
+lut_rd        table row at code & 15 (LUT-RAM),       shared
+              its 4 words at code bits [4, 6)
+lut           the word at bits [6, 8), or the code    shared
 ============  ======================================  ====================================
 
 Every representable parameter is handled exactly, not only the documented
@@ -111,6 +124,11 @@ SCALE_WIDTH = 32
 #: Registers between the ``lut`` write port and the table memory: a write on cycle t is read
 #: from cycle t + 1 + LUT_WRITE_DELAY (see the lut stage in ``RequantLane.elaborate``).
 LUT_WRITE_DELAY = 1
+#: The table's memory: _LUT_ROWS rows (one LUT-RAM depth) of _LUT_WORDS 8-bit entries; stage lut_rd
+#: narrows a row to 2**(8 - 4 - _LUT_SEL_BITS) words by the code's bits [4, 4 + _LUT_SEL_BITS).
+_LUT_ROWS = 16
+_LUT_WORDS = LUT_DEPTH // _LUT_ROWS
+_LUT_SEL_BITS = 2
 
 
 def lane_params_layout(cfg: ArrayConfig) -> data.StructLayout:
@@ -174,21 +192,63 @@ def _shl_limits(shift) -> dict:
     return {"left": _left_amount(shift), "lo": lo.as_signed()}
 
 
+#: The saturating left shift's compares are split at this bit: two chains of <= ~18 bits side
+#: by side instead of one of 32-34 (issue 6: ``lshift_gt``/``prelu_shl_gt`` 8.3-9.7 ns on a 4 x 2).
+_CMP_SPLIT = 16
+
+
+def _split_cmp(x, c) -> dict:
+    """The terms of ``x > c`` and ``x < c`` (both signed) as four chains of <= ~18 bits:
+    x > c = gt_h | (ge_h & gt_l), x < c = lt_h | (le_h & lt_l) (high parts signed, low parts
+    unsigned bits [0, _CMP_SPLIT)); ``_satshl_fine`` combines them a stage later."""
+    w = max(len(x), len(c), _CMP_SPLIT + 1)
+    x, c = (Cat(v, v[-1].replicate(w - len(v))) for v in (x, c))   # both signed: sign-extend
+    xh, ch = x[_CMP_SPLIT:].as_signed(), c[_CMP_SPLIT:].as_signed()
+    xl, cl = x[:_CMP_SPLIT], c[:_CMP_SPLIT]
+    u1 = unsigned(1)
+    return {"gt_h": (u1, xh > ch), "ge_h": (u1, xh >= ch), "gt_l": (u1, xl > cl),
+            "lt_h": (u1, xh < ch), "le_h": (u1, xh <= ch), "lt_l": (u1, xl < cl)}
+
+
 def _satshl_cmp(x, lim) -> dict:
-    """First half of sat32(x * 2**left) for a signed ``x`` of any width, ``lim`` from ``_shl_limits``
-    (registered): the two overflow compares (carry chains) beside the 32-bit barrel shifter,
-    registered separately so that the 3-way select is the next stage (``_satshl_sel``).
+    """First third of sat32(x * 2**left) for a signed ``x`` of any width, ``lim`` from ``_shl_limits``
+    (registered): the coarse part of the 32-bit barrel shift (by left rounded down to a multiple
+    of 2**_FINE_BITS: an 8:1 mux per bit) beside the split overflow compares (``_split_cmp``)
+    against ~lo and lo; ``_satshl_fine`` finishes both, ``_satshl_sel`` selects.
 
     golden.requant.saturating_left_shift of sat32(x): saturation is monotone, so
     saturating first and then shifting with saturation (a bound stays a bound)
     equals one saturation of the exact x * 2**left.
     """
-    xs = (x[:_W32] << lim["left"])[:_W32].as_signed()
-    return {"xs": (signed(_W32), xs), "gt": (unsigned(1), x > ~lim["lo"]), "lt": (unsigned(1), x < lim["lo"])}
+    left = lim["left"]
+    coarse = Cat(Const(0, _FINE_BITS), left[_FINE_BITS:])
+    xc = (x[:_W32] << coarse)[:_W32].as_signed()
+    return {"xc": (signed(_W32), xc), "lf": (unsigned(_FINE_BITS), left[:_FINE_BITS]),
+            **_split_lt_gt(x, lim["lo"], ~lim["lo"])}
+
+
+def _split_lt_gt(x, c_lt, c_gt) -> dict:
+    """``_split_cmp`` terms of x < c_lt (suffix ``_l``) and x > c_gt (suffix ``_g``)."""
+    return {**{f"{k}_l": v for k, v in _split_cmp(x, c_lt).items() if k.startswith("l")},
+            **{f"{k}_g": v for k, v in _split_cmp(x, c_gt).items() if k.startswith("g")}}
+
+
+def _split_flags(r):
+    """(x < c_lt, x > c_gt) from the registered ``_split_lt_gt`` terms (one LUT each)."""
+    return (r["lt_h_l"] | (r["le_h_l"] & r["lt_l_l"]), r["gt_h_g"] | (r["ge_h_g"] & r["gt_l_g"]))
+
+
+def _satshl_fine(r) -> dict:
+    """Second third: the rest of the shift (by left mod 2**_FINE_BITS: a 4:1 mux per bit) and
+    the overflow flags from ``_satshl_cmp``'s compare terms (one LUT each), registered so the
+    3-way select (``_satshl_sel``, fanout 32 per flag) starts from flip-flops."""
+    u1 = unsigned(1)
+    lt, gt = _split_flags(r)
+    return {"xs": (signed(_W32), (r["xc"] << r["lf"])[:_W32].as_signed()), "gt": (u1, gt), "lt": (u1, lt)}
 
 
 def _satshl_sel(r):
-    """Second half of the saturating left shift: the select of ``_satshl_cmp``'s registers (one LUT level)."""
+    """Last third of the saturating left shift: the select of ``_satshl_fine``'s registers (one LUT level)."""
     return Mux(r["gt"], INT32_MAX, Mux(r["lt"], INT32_MIN, r["xs"]))[:_W32].as_signed()
 
 
@@ -301,21 +361,34 @@ def _rdbpot_shift(x, pr) -> dict:
     same holds for e = 32 (bit 31 is the sign: x >= 0 stays, x < 0 gives -1 + 1
     = 0 unless x = INT32_MIN). Here: the coarse part of the shift (by e rounded
     down to a multiple of 2**_FINE_BITS) beside the bit select and the masked OR,
-    whose two terms are registered apart; ``_rdbpot_fine`` finishes the shift and
-    the rounding bit, the increment is the stage after.
+    whose terms are registered apart: the half bit x[e - 1] split like the shift (the
+    2**_FINE_BITS bits of x from (e - 1) rounded down, an 8:1 mux each, and the rest of e - 1)
+    and the masked OR as _STK_PARTS partial ORs (two LUT levels; issue 6: ``rshift_rnd``, a
+    32:1 bit select, 10.5 ns on the 30 x 4). ``_rdbpot_fine`` finishes the shift and the
+    rounding bit, the increment is the stage after.
     """
-    e = pr["e"]
+    e, em1 = pr["e"], pr["em1"]
     coarse = Cat(Const(0, _FINE_BITS), e[_FINE_BITS:])
-    half = x.bit_select(pr["em1"], 1)
-    sticky = (x[:_W32 - 1] & pr["mk"]).any()
+    hc = (x >> Cat(Const(0, _FINE_BITS), em1[_FINE_BITS:]))[:1 << _FINE_BITS]
+    masked = x[:_W32 - 1] & pr["mk"]
+    part = -(-len(masked) // _STK_PARTS)
+    stk = Cat(*(masked[i:i + part].any() for i in range(0, len(masked), part)))
     return {"qc": (signed(_W32), x >> coarse), "ef": (unsigned(_FINE_BITS), e[:_FINE_BITS]),
-            "rnd": (unsigned(1), pr["enz"] & half), "stk": (unsigned(1), ~x[-1] | sticky)}
+            "hc": (unsigned(1 << _FINE_BITS), hc), "hf": (unsigned(_FINE_BITS), em1[:_FINE_BITS]),
+            "enz": (unsigned(1), pr["enz"]), "pos": (unsigned(1), ~x[-1]), "stk": (stk.shape(), stk)}
+
+
+#: The RDBPOT sticky OR (31 masked bits) is registered as this many partial ORs.
+_STK_PARTS = 4
 
 
 def _rdbpot_fine(r) -> dict:
     """Stage "rfine": the rest of the shift (by e mod 2**_FINE_BITS: one 4:1 mux per bit) and the
-    rounding bit (``_rdbpot_shift``): q = x >> e, inc."""
-    return {"q": (signed(_W32), r["qc"] >> r["ef"]), "inc": (unsigned(1), r["rnd"] & r["stk"])}
+    rounding bit from ``_rdbpot_shift``'s terms: q = x >> e, inc = (e != 0) & x[e - 1] &
+    (x >= 0 | some masked bit below)."""
+    half = r["hc"].bit_select(r["hf"], 1)
+    return {"q": (signed(_W32), r["qc"] >> r["ef"]),
+            "inc": (unsigned(1), r["enz"] & half & (r["pos"] | r["stk"].any()))}
 
 
 def _regs_of(d: dict) -> dict:
@@ -447,6 +520,9 @@ class RequantLane(wiring.Component):
             mult = Mux(mode_ort(s), s["mant"], mult)
         s = stage("lshift", {**_satshl_cmp(s["s"], s), "mult": (unsigned(MULT_WIDTH), mult)},
                   keep=(*flags, "shift", "efield", *alpha, *late), ort_fields=ort_regs)
+        # lsat: tflite: the rest of the shift, the overflow flags from the compare halves. ort: (delay).
+        s = stage("lsat", _satshl_fine(s),
+                  keep=(*flags, "a", "shift", "mult", "efield", "neg", "tzero", *alpha, *late))
         # ort_msb: tflite: the saturating select. ort: the msb index of |t|.
         ort_regs = {}
         if ort:
@@ -507,6 +583,8 @@ class RequantLane(wiring.Component):
         s = stage("prelu_shl", {**_satshl_cmp(s["v"], s), "mult": (unsigned(MULT_WIDTH), s["alpha_mult"]),
                                 "neg_alpha": (u1, s["prelu"] & s["v"][-1])},
                   keep=(*flags, "v", "neg", "alpha_shift", *late), ort_fields=ort_regs)
+        s = stage("prelu_lsat", _satshl_fine(s),
+                  keep=(*flags, "v", "neg", "mult", "neg_alpha", "alpha_shift", *late, "mq", "minc", "ozero", "sat"))
         s = stage("prelu_sat", {"a": (i32, _satshl_sel(s))},
                   keep=(*flags, "v", "neg", "mult", "neg_alpha", "alpha_shift", *late, "mq", "minc", "ozero", "sat"))
         # prelu_mul .. prelu_phi: the alpha SRDHM product. ort: |f| rounded to an integer
@@ -542,41 +620,61 @@ class RequantLane(wiring.Component):
         # min with act_max, also for act_min > act_max), as two comparisons of v against the
         # bounds minus zp beside an 8-bit add (registered), then the select of the 8-bit code.
         # Shared by both modes: clamp(v, act_min - zp, act_max - zp) + zp = clamp(v + zp, act_min, act_max).
-        s = stage("clamp", {"lt": (u1, s["v"] < s["lo"]), "gt": (u1, s["v"] > s["hi"]),
+        # The 32-bit compares are registered as their <= 16-bit halves (``_split_cmp``: issue 6,
+        # `clamp_gt` 7.6 ns on a 4 x 2) and combined in the select.
+        s = stage("clamp", {**_split_lt_gt(s["v"], s["lo"], s["hi"]),
                             "sum": (u8, (s["v"][:CODE_WIDTH] + s["zp8"])[:CODE_WIDTH])},
                   keep=("valid", "last", "lut_en", "qmin", "qhi"))
-        s = stage("clip", {"v": (u8, Mux(s["lt"], s["qmin"], Mux(s["gt"], s["qhi"], s["sum"])))},
+        below, above = _split_flags(s)
+        s = stage("clip", {"v": (u8, Mux(below, s["qmin"], Mux(above, s["qhi"], s["sum"])))},
                   keep=("valid", "last", "lut_en"))
 
-        # lut: the table is written by the `lut` stream regardless of `en`, through one register
+        # lut_rd / lut: the table is one LUT-RAM row of _LUT_WORDS entries per low address nibble
+        # (entry a is word a >> 4 of row a & 15, each word written alone: byte write enables).
+        # lut_rd reads the row at the code's low nibble and registers the 4 words its bits
+        # [4, 6) select (LUT-RAM read + a 4:1 mux); lut selects one by bits [6, 8) (issue 6: the
+        # 256-entry read, a 16:1 mux and the lut_en select in one stage, `out__payload` 10.5 ns).
+        # The table is written by the `lut` stream regardless of `en`, through one register
         # (issue 6: the write came combinationally from the decoder and drove the 32 LUT-RAM
         # cells' write enables, `lut_mem` WRE 12.0 ns). A write on cycle t is in the table from
-        # t + 1 + LUT_WRITE_DELAY (asynchronous read port). Nothing can read it earlier:
+        # t + 1 + LUT_WRITE_DELAY (asynchronous read port, read in lut_rd). Nothing can read it earlier:
         # the core's contract (docs/array.md, golden.array_model) forbids a write while a
         # lut_en tile is in flight, from the cycle after the one accepting its last beat; a
-        # tile accepted on or after the write reaches this stage at least
-        # cfg.array_latency + REQUANT_LATENCY - 1 >= 2 cycles later. In the accelerator the
+        # tile accepted on or after the write reaches lut_rd at least
+        # cfg.array_latency + REQUANT_STAGES.index("lut_rd") >= 2 cycles later. In the accelerator the
         # decoder (hw/decoder.py) writes the table only in WRITE of WRITE_LUT, entered from
         # WAIT once the sequencer's `jobs` = 0 (a job retires after its last row left the
         # lanes, so the lanes are empty) and no RUN can be queued before the decoder is back
         # in IDLE and has taken the next command through CHECK and DECIDE, and a queued job's
-        # rows reach this stage REQUANT_LATENCY - 1 cycles after entering the lane. The tightest
+        # rows reach lut_rd REQUANT_STAGES.index("lut_rd") cycles after entering the lane. The tightest
         # case (a write 1 + LUT_WRITE_DELAY cycles before the read) is
         # tests/test_hw_requant_lane.py::test_lane_lut_write_to_read_distance; the top tests
         # (tests/test_hw_top_amaranth.py, tests/test_rtl_top.py) run lut_en jobs after WRITE_LUT.
-        m.submodules.lut_mem = mem = memory.Memory(shape=u8, depth=LUT_DEPTH, init=[])
-        wp = mem.write_port()
+        m.submodules.lut_mem = mem = memory.Memory(shape=unsigned(CODE_WIDTH * _LUT_WORDS), depth=_LUT_ROWS,
+                                                   init=[])
+        wp = mem.write_port(granularity=CODE_WIDTH)
         rp = mem.read_port(domain="comb")
-        lut_wv = Signal(name="lut_wv")                                   # reset: no write after a reset
-        lut_wa = Signal(u8, name="lut_wa", reset_less=True)
+        addr, nib = self.lut.payload.addr, _LUT_ROWS.bit_length() - 1
+        # Registered one-hot word enables (reset: no write after a reset): straight from flip-flops
+        # to the LUT-RAM write enables.
+        lut_we = Signal(_LUT_WORDS, name="lut_we")
+        lut_wa = Signal(nib, name="lut_wa", reset_less=True)
         lut_wd = Signal(u8, name="lut_wd", reset_less=True)
-        m.d.sync += [lut_wv.eq(self.lut.valid), lut_wa.eq(self.lut.payload.addr), lut_wd.eq(self.lut.payload.data)]
+        m.d.sync += [lut_we.eq(Cat(*(self.lut.valid & (addr[nib:] == j) for j in range(_LUT_WORDS)))),
+                     lut_wa.eq(addr[:nib]), lut_wd.eq(self.lut.payload.data)]
         m.d.comb += [
             self.lut.ready.eq(1),
-            wp.addr.eq(lut_wa), wp.data.eq(lut_wd), wp.en.eq(lut_wv),
-            rp.addr.eq(s["v"]),
+            wp.addr.eq(lut_wa), wp.data.eq(Cat(*([lut_wd] * _LUT_WORDS))), wp.en.eq(lut_we),
+            rp.addr.eq(s["v"][:nib]),
         ]
-        s = stage("lut", {"v": (u8, Mux(s["lut_en"], rp.data, s["v"]))}, keep=("valid", "last"))
+        sel = s["v"][nib:nib + _LUT_SEL_BITS]
+        cand = Cat(*(rp.data.word_select(Cat(sel, Const(g, CODE_WIDTH - nib - _LUT_SEL_BITS)), CODE_WIDTH)
+                     for g in range(1 << (CODE_WIDTH - nib - _LUT_SEL_BITS))))
+        s = stage("lut_rd", {"cand": (cand.shape(), cand), "hs": (unsigned(CODE_WIDTH - nib - _LUT_SEL_BITS),
+                                                                  s["v"][nib + _LUT_SEL_BITS:])},
+                  keep=("valid", "last", "lut_en", "v"))
+        s = stage("lut", {"v": (u8, Mux(s["lut_en"], s["cand"].word_select(s["hs"], CODE_WIDTH), s["v"]))},
+                  keep=("valid", "last"))
 
         # Implemented stages, in order, must be exactly the configured ones:
         # a change to REQUANT_STAGES (and so REQUANT_LATENCY) must change this code.

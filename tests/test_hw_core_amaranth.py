@@ -25,14 +25,14 @@ import numpy as np
 import pytest
 from amaranth import Value
 from amaranth.back import verilog
-from amaranth.hdl import Assert
+from amaranth.hdl import Assert, Fragment
 from amaranth.sim import Simulator
 
 from golden._check import INT32_MAX, INT32_MIN
 from golden.config import ArrayConfig
 from golden.array_model import LANE_FIELDS
 from golden.requant import multiply_by_quantized_multiplier
-from hw.core import (PARAMS_PUSH_TO_HEAD_CYCLES, ArrayCore, input_layout, lut_layout, output_layout, pack_payload, params_layout,
+from hw.core import (PARAM_FIFO_GROUP_BITS, PARAMS_PUSH_TO_HEAD_CYCLES, ArrayCore, input_layout, lut_layout, output_layout, pack_payload, params_layout,
                      unpack_payload)
 from hw.mac_array import MacArray
 
@@ -351,6 +351,31 @@ def test_core_params_fifo_fills():
     # Params offered eagerly, inputs slow: the FIFO fills and params.ready drops.
     log = _run_core(ArrayConfig(rows=2, cols=2, param_fifo_depth=2), seed=5, p_in=0.3, p_par=1.0)
     assert log["params_full"] > 0
+
+
+def test_core_params_fifo_read_address_copies():
+    # The params FIFO is split into memories of <= PARAM_FIFO_GROUP_BITS (48 LUT-RAM cells), each
+    # read at its own copy of ra; the simulated runs above assert every copy == ra on every cycle
+    # (shadow_checks). The 30 x 4 ULX3S top: 4 lanes' params + lut_en = 169 cells -> 4 copies.
+    from hw.fpga import ULX3S_CFG
+    assert -(-params_layout(ULX3S_CFG).size // PARAM_FIFO_GROUP_BITS) == 4
+    for cfg in (ArrayConfig(rows=2, cols=3), ULX3S_CFG):
+        n = -(-params_layout(cfg).size // PARAM_FIFO_GROUP_BITS)
+        core = ArrayCore(cfg)
+        Fragment.get(core, None)
+        copies = [name for name, _, _ in core.shadow_checks if name.startswith("ra_g")]
+        assert copies == [f"ra_g{g}" for g in range(n)]
+    # On ECP5 each copy is its own set of kept TRELLIS_FF instances (hw.buffers._copy: yosys
+    # would merge identical registers back into one).
+    import re
+    from amaranth.back import rtlil
+    from amaranth_boards.ulx3s import ULX3S_85F_Platform
+    cfg = ArrayConfig(rows=2, cols=3)
+    n = -(-params_layout(cfg).size // PARAM_FIFO_GROUP_BITS)
+    text = rtlil.convert(ArrayCore(cfg), name="core", platform=ULX3S_85F_Platform())
+    cells = re.findall(r"attribute \\keep 1\n(?:  attribute [^\n]*\n)*  cell \\TRELLIS_FF \\(ra_g\S+)", text)
+    abits = (cfg.param_fifo_depth - 1).bit_length()
+    assert sorted(cells) == sorted(f"ra_g{g}_ff{i}" for g in range(n) for i in range(abits))
 
 
 def test_core_ports_and_layouts():

@@ -33,10 +33,12 @@ from golden._check import INT32_MAX, INT32_MIN
 from golden.array_model import MODE_ORT, check_params, lane_field_shapes, postprocess
 from golden.config import REQUANT_LATENCY, REQUANT_STAGES, ArrayConfig
 from golden.requant import (_requantize_ort_int, _rne_shift, f32_decompose, multiply_by_quantized_multiplier,
-                            rdbpot, srdhm)
+                            rdbpot, saturating_left_shift, srdhm)
 from hw.requant_lane import LUT_WRITE_DELAY, SHIFT_WIDTH, RequantLane, lane_params_layout
 
 CFG = ArrayConfig(rows=1, cols=1)
+#: Enabled cycles from a row entering the lane to its table read (stage lut_rd).
+LUT_READ = REQUANT_STAGES.index("lut_rd")
 FIELDS = tuple(name for name, _ in lane_params_layout(CFG))
 #: Every row of a stimulus carries these (params fields plus the lane inputs).
 COLUMNS = ("acc",) + FIELDS + ("lut_en",)
@@ -434,12 +436,12 @@ def _run_lane(cfg, v, lut_init, seed, p_bubble=0.15, p_stall=0.2, lut_rewrite_at
     sim.run()
 
     # Row entering on enabled cycle c: on the output on enabled cycle c + REQUANT_LATENCY;
-    # its LUT read happened on enabled cycle c + REQUANT_LATENCY - 1.
+    # its LUT read happened on enabled cycle c + LUT_READ (stage lut_rd).
     expect = {}
     idx = np.array(sorted(row_at.values()))
     enter = np.array([c for c in sorted(row_at)])
-    for ver in set(version_at_enabled[c + REQUANT_LATENCY - 1] for c in enter):
-        sel = np.array([version_at_enabled[c + REQUANT_LATENCY - 1] == ver for c in enter])
+    for ver in set(version_at_enabled[c + LUT_READ] for c in enter):
+        sel = np.array([version_at_enabled[c + LUT_READ] == ver for c in enter])
         codes = reference({k: a[idx[sel]] for k, a in v.items()}, versions[ver])
         for c, i, code in zip(enter[sel], idx[sel], codes):
             expect[int(c) + REQUANT_LATENCY] = (1, int(i % 3 == 0), int(code))
@@ -473,7 +475,7 @@ def test_reference_primitives_sanity():
     assert int(srdhm(INT32_MIN, INT32_MIN)) == INT32_MAX
     assert int(srdhm(-1, 2**30)) == 0 and int(srdhm(1, 2**30)) == 1   # nudge, truncation (not floor)
     assert int(rdbpot(-3, 1)) == -2 and int(rdbpot(3, 1)) == 2        # ties away from zero
-    assert REQUANT_LATENCY == len(REQUANT_STAGES) == 24
+    assert REQUANT_LATENCY == len(REQUANT_STAGES) == 27
 
 
 def test_ort_reference_is_golden_and_float32():
@@ -613,15 +615,15 @@ def test_lane_latency_is_requant_latency(mode):
 @pytest.mark.parametrize("dist", [LUT_WRITE_DELAY, LUT_WRITE_DELAY + 1, LUT_WRITE_DELAY + 2])
 def test_lane_lut_write_to_read_distance(dist):
     # The registered LUT write (issue 6): a write on cycle w is read from w + 1 + LUT_WRITE_DELAY
-    # (LUT_WRITE_DELAY = 1: from w + 2). An isolated lut_en row's table read happens on the cycle before it reaches
-    # out (entry + REQUANT_LATENCY - 1); the write lands ``dist`` cycles before that read.
+    # (LUT_WRITE_DELAY = 1: from w + 2). An isolated lut_en row's table read happens in stage lut_rd,
+    # two cycles before it reaches out (entry + LUT_READ); the write lands ``dist`` cycles before that read.
     # dist = LUT_WRITE_DELAY + 1 is the tightest case that must (and does) see the new entry:
-    # the core's contract keeps every write >= cfg.array_latency + REQUANT_LATENCY - 1 cycles
+    # the core's contract keeps every write >= cfg.array_latency + LUT_READ cycles
     # ahead of the read of a tile accepted with or after it (a LUT written immediately before
     # a RUN), and dist = LUT_WRITE_DELAY pins the delay (that read still sees the old entry).
     dut = RequantLane(CFG)
     enter, old, new = 40, 7, 200
-    read_at = enter + REQUANT_LATENCY - 1
+    read_at = enter + LUT_READ
     hits = []
 
     async def tb(ctx):
@@ -646,3 +648,86 @@ def test_lane_lut_write_to_read_distance(dist):
 
     _simulate(dut, tb)
     assert hits == [(enter + REQUANT_LATENCY, new if dist >= 1 + LUT_WRITE_DELAY else old)]
+
+
+def _comb_cases(inputs, outputs, cases):
+    """Evaluate a combinational Module: ``inputs`` / ``outputs`` are dicts of Signals, ``cases`` a list
+    of input dicts; returns the output dicts."""
+    from amaranth import Module
+    m, got = Module(), []
+    m.d.comb += [sig.eq(val) for sig, val in outputs.values()]
+
+    async def tb(ctx):
+        for case in cases:
+            for k, v in case.items():
+                ctx.set(inputs[k], v)
+            got.append({k: ctx.get(sig) for k, (sig, _) in outputs.items()})
+
+    sim = Simulator(m)
+    sim.add_testbench(tb)
+    sim.run()
+    return got
+
+
+def test_split_shift_and_rounding_stages_exact():
+    # The stage splits of issue 6 (hw.requant_lane): the saturating left shift (coarse shift and
+    # split compares, then fine shift and flags, then select) and RoundingDivideByPOT's rounding
+    # terms (half bit split like the shift, sticky OR as partial ORs), chained combinationally
+    # here, equal golden on the boundary cases of every split: x at the bounds +-1, the rounding
+    # half with its only sticky bit in each partial OR, both signs, every shift amount.
+    from amaranth import Signal as S
+    from hw import requant_lane as rl
+    x34, x32, sh = S(signed(34)), S(signed(32)), S(signed(SHIFT_WIDTH))
+
+    def regs(d):
+        return {k: v for k, (_, v) in d.items()}
+
+    lim = rl._shl_limits(sh)
+    shl = rl._satshl_sel(regs(rl._satshl_fine(regs(rl._satshl_cmp(x34, lim)))))
+    pr = rl._rdbpot_prep(sh)
+    fine = regs(rl._rdbpot_fine(regs(rl._rdbpot_shift(x32, pr))))
+    rnd = (fine["q"] + fine["inc"])[:32].as_signed()
+    outs = {"shl": (S(signed(32)), shl), "rnd": (S(signed(32)), rnd)}
+    rng = np.random.default_rng(11)
+    cases = []
+    for left in range(0, 32):
+        lo = INT32_MIN >> left
+        for x in (lo, lo - 1, lo + 1, ~lo, ~lo + 1, ~lo - 1, 2**33 - 1, -2**33, 0, -1,
+                  lo - (1 << 16), ~lo + (1 << 16), *rng.integers(-2**33, 2**33, 4)):
+            cases.append({"x34": int(x), "x32": 0, "sh": left})
+    for e in range(1, 33):
+        for sign in (0, 1):
+            for k in [None, *range(e - 1)]:          # bit e - 1 (the half) and at most one bit below
+                bits = (1 << (e - 1)) | (0 if k is None else 1 << k)
+                bits = (bits | (1 << 31)) if sign else (bits & ~(1 << 31))
+                cases.append({"x34": 0, "x32": bits - (1 << 32) if bits >> 31 else bits, "sh": -e})
+            for x in rng.integers(INT32_MIN, INT32_MAX + 1, 6):
+                cases.append({"x34": 0, "x32": int(x), "sh": -e})
+    got = _comb_cases({"x34": x34, "x32": x32, "sh": sh}, outs, cases)
+    for case, g in zip(cases, got):
+        s = case["sh"]
+        if s >= 0:
+            want = int(saturating_left_shift(np.clip(case["x34"], INT32_MIN, INT32_MAX), s))
+            assert g["shl"] == want, (case, g)
+        else:
+            assert g["rnd"] == int(rdbpot(case["x32"], -s)), (case, g)
+
+
+def test_split_compare_exact():
+    # ``_split_cmp`` / ``_split_flags`` (the clamp's compares, and the left shifts' through
+    # ``_split_lt_gt``) equal x < c_lt and x > c_gt for a 32-bit x against narrow signed bounds
+    # (the clamp: signed(10)), around both halves' boundaries and the bounds themselves.
+    from amaranth import Signal as S
+    from hw import requant_lane as rl
+    x, clo, chi = S(signed(32)), S(signed(10)), S(signed(10))
+    lt, gt = rl._split_flags({k: v for k, (_, v) in rl._split_lt_gt(x, clo, chi).items()})
+    rng = np.random.default_rng(5)
+    cases = []
+    for c in (-512, -300, -129, -1, 0, 1, 255, 511):
+        for v in (c - 1, c, c + 1, -1 << 16, (-1 << 16) - 1, (1 << 16) - 1, 1 << 16, INT32_MIN, INT32_MAX,
+                  *rng.integers(-2**17, 2**17, 3), *rng.integers(INT32_MIN, INT32_MAX + 1, 2)):
+            cases.append({"x": int(v), "clo": c, "chi": int(rng.integers(-512, 512))})
+            cases.append({"x": int(v), "clo": int(rng.integers(-512, 512)), "chi": c})
+    got = _comb_cases({"x": x, "clo": clo, "chi": chi}, {"lt": (S(), lt), "gt": (S(), gt)}, cases)
+    for case, g in zip(cases, got):
+        assert g == {"lt": int(case["x"] < case["clo"]), "gt": int(case["x"] > case["chi"])}, (case, g)
