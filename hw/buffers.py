@@ -21,7 +21,8 @@ into slices of that many bits (one memory each, read asynchronously), and the re
 the read bank select and the write address are registered inside the buffer in one copy
 per slice (per bank and slice for the write address), so every copy drives at most
 ``lut_ram_slice_bits / 4`` LUT-RAM cells (TRELLIS_DPR16X4: 4 bits x 16 entries) straight from
-flip-flops; the write enables come from one register per bank (no decode LUT). Read
+flip-flops; the write enables are one reset-less copy per bank and slice ANDed with a
+one-bit reset register (so a write presented in a reset cycle still never lands). Read
 semantics differ in one point only: the data shows the CURRENT contents of the addressed
 entry (a write landing while it is shown becomes visible), where the synchronous port shows
 the contents at the read. Callers use it only where the shown entry cannot be written (the
@@ -150,14 +151,24 @@ class BankedBuffer(wiring.Component):
         # address register (or a mux in front of a synchronous read) drove all of their read
         # address pins and one decode LUT all their write enables. Each copy below drives one
         # slice. The copies are the same register; `_copy` keeps them apart in synthesis.
-        # Write side: en per bank keeps its reset (no stale write may land after a reset).
+        # Write side: the enable must keep its reset (no write presented in a reset cycle may
+        # land), but the reset-less `_copy` registers cannot see the reset (ResetInserter does
+        # not reach instance pins). So each bank-and-slice enable is a reset-less copy ANDed with
+        # `live`, a reset register that is 0 exactly on the cycle after a reset cycle:
+        # copy(t+1) & live(t+1) = d(t) & ~rst(t), the reset register's own next value. The AND
+        # of two flip-flops is distinct per copy (yosys cannot merge it) and drives one slice.
         w_data = Signal(unsigned(self.width), name="w_reg_data", reset_less=True)
         m.d.sync += w_data.eq(self.w.data)
-        w_en = []
+        live = Signal(name="w_live")                # init 0: also 0 on the first cycle
+        m.d.sync += live.eq(1)
+        # `shadow_checks` (tests): (name, copy, reference) with the per-bank reset register the
+        # enables replace (read by nothing else: synthesis removes it).
+        ref = []
         for b in range(BANKS):
-            en_b = Signal(name=f"w_reg_en{b}")      # registered: drives every slice of bank b
+            en_b = Signal(name=f"w_reg_en{b}")
             m.d.sync += en_b.eq(self.w.en & (self.w.bank == b))
-            w_en.append(en_b)
+            ref.append(en_b)
+        self.shadow_checks = []
         out = []
         for g, (lo, hi) in enumerate(self.slices()):
             r_addr = _copy(m, platform, self.r.addr, self.r.en, f"r_addr_s{g}")
@@ -165,11 +176,15 @@ class BankedBuffer(wiring.Component):
             rdata = []
             for b in range(BANKS):
                 w_addr = _copy(m, platform, self.w.addr, C(1, 1), f"w_addr_b{b}_s{g}")
+                w_en_copy = _copy(m, platform, self.w.en & (self.w.bank == b), C(1, 1), f"w_en_b{b}_s{g}")
+                w_en_bg = Signal(name=f"w_en_b{b}_s{g}_live")
+                m.d.comb += w_en_bg.eq(w_en_copy & live)
+                self.shadow_checks.append((f"w_en_b{b}_s{g}", w_en_bg, ref[b]))
                 mem = memory.Memory(shape=unsigned(hi - lo), depth=self.depth, init=[])
                 m.submodules[f"bank{b}_s{g}"] = mem
                 wp = mem.write_port()
                 rp = mem.read_port(domain="comb")
-                m.d.comb += [wp.en.eq(w_en[b]), wp.addr.eq(w_addr), wp.data.eq(w_data[lo:hi]),
+                m.d.comb += [wp.en.eq(w_en_bg), wp.addr.eq(w_addr), wp.data.eq(w_data[lo:hi]),
                              rp.addr.eq(r_addr)]
                 rdata.append(rp.data)
             out.append(Array(rdata)[r_sel])

@@ -13,6 +13,7 @@ import warnings
 
 import numpy as np
 import pytest
+from amaranth import ResetInserter, Signal
 from amaranth.hdl import Assert
 from amaranth.sim import Simulator
 
@@ -42,7 +43,8 @@ def test_buffer_write_visibility_and_read_hold(mode):
         assert dut.slices() == [(0, 4), (4, 8), (8, 10)]
     lag = 2 if registered else 1
     rng = np.random.default_rng(3 + registered + lut_ram)
-    counts = {"raw_old": 0, "raw_new": 0, "held_through_write": 0}
+    counts = {"raw_old": 0, "raw_new": 0, "held_through_write": 0, "dropped_by_reset": 0}
+    rst = Signal()
 
     async def tb(ctx):
         mem = np.zeros((BANKS, depth), np.int64)
@@ -75,6 +77,13 @@ def test_buffer_write_visibility_and_read_hold(mode):
             ctx.set(dut.r.en, re)
             ctx.set(dut.r.bank, rb)
             ctx.set(dut.r.addr, ra)
+            # A reset (registered modes, cycles without a read: the read data is not reset) drops
+            # the write presented on its cycle and nothing else (LUT-RAM mode: the reset-less
+            # per-slice enable copies must agree with the reset register every cycle).
+            reset = registered and not re and rng.random() < 0.1
+            ctx.set(rst, reset)
+            for name, copy, ref in getattr(dut, "shadow_checks", []):
+                assert ctx.get(copy) == ctx.get(ref), f"cycle {cyc}: {name}"
             if re:
                 if last_w is not None and last_w[0] == cyc - 1 and (rb, ra) == last_w[1:]:
                     counts["raw_new" if lag == 1 else "raw_old"] += 1
@@ -82,17 +91,21 @@ def test_buffer_write_visibility_and_read_hold(mode):
                 held = (rb, ra) if lut_ram else None
             elif shown is not None and we and not lut_ram:
                 counts["held_through_write"] += 1
-            if we:
+            if we and reset:
+                counts["dropped_by_reset"] += 1
+            elif we:
                 pending.append((cyc + lag, wb, wa, wd))
                 last_w = (cyc, wb, wa)
             await ctx.tick()
 
-    sim = Simulator(dut)
+    sim = Simulator(ResetInserter(rst)(dut))
     sim.add_clock(1e-6)
     sim.add_testbench(tb)
     sim.run()
     assert counts["held_through_write"] > 20
     assert counts["raw_new" if lag == 1 else "raw_old"] > 20
+    assert counts["dropped_by_reset"] > 5 if registered else counts["dropped_by_reset"] == 0
+    assert len(getattr(dut, "shadow_checks", [])) == (BANKS * 3 if lut_ram else 0)
 
 
 def test_lut_ram_slice_width_bounds_the_copy_fanout():
@@ -119,6 +132,7 @@ def test_lut_ram_copies_are_kept_flip_flops_on_ecp5():
     expect = {f"r_addr_s{g}_ff{i}" for g in range(nslices) for i in range(abits)}
     expect |= {f"r_bank_s{g}_ff{i}" for g in range(nslices) for i in range(bbits)}
     expect |= {f"w_addr_b{b}_s{g}_ff{i}" for b in range(BANKS) for g in range(nslices) for i in range(abits)}
+    expect |= {f"w_en_b{b}_s{g}_ff0" for b in range(BANKS) for g in range(nslices)}
     assert set(cells) == expect and len(cells) == len(expect)
     # the behavioural twin (no platform): no instance at all
     assert "TRELLIS_FF" not in rtlil.convert(BankedBuffer(width, depth, registered_write=True,
