@@ -40,7 +40,7 @@ from golden.config import BANKS
 from .ecp5_mult import is_ecp5
 
 __all__ = ["BankedBuffer", "write_signature", "read_signature", "bank_shape", "WRITE_TO_READ_MIN_CYCLES",
-           "LUT_RAM_CELLS_PER_COPY", "lut_ram_slice_bits"]
+           "LUT_RAM_CELLS_PER_COPY", "lut_ram_slice_bits", "live_register", "enable_copy"]
 
 #: Fewest cycles from the decoder presenting the final entry of a WRITE_ACT/WGT/PARAMS on a
 #: buffer's write port (cycle t) to the first read of that entry by the sequencer: the
@@ -152,15 +152,10 @@ class BankedBuffer(wiring.Component):
         # address pins and one decode LUT all their write enables. Each copy below drives one
         # slice. The copies are the same register; `_copy` keeps them apart in synthesis.
         # Write side: the enable must keep its reset (no write presented in a reset cycle may
-        # land), but the reset-less `_copy` registers cannot see the reset (ResetInserter does
-        # not reach instance pins). So each bank-and-slice enable is a reset-less copy ANDed with
-        # `live`, a reset register that is 0 exactly on the cycle after a reset cycle:
-        # copy(t+1) & live(t+1) = d(t) & ~rst(t), the reset register's own next value. The AND
-        # of two flip-flops is distinct per copy (yosys cannot merge it) and drives one slice.
+        # land): one `enable_copy` per bank and slice.
         w_data = Signal(unsigned(self.width), name="w_reg_data", reset_less=True)
         m.d.sync += w_data.eq(self.w.data)
-        live = Signal(name="w_live")                # init 0: also 0 on the first cycle
-        m.d.sync += live.eq(1)
+        live = live_register(m)
         # `shadow_checks` (tests): (name, copy, reference) with the per-bank reset register the
         # enables replace (read by nothing else: synthesis removes it).
         ref = []
@@ -176,9 +171,7 @@ class BankedBuffer(wiring.Component):
             rdata = []
             for b in range(BANKS):
                 w_addr = _copy(m, platform, self.w.addr, C(1, 1), f"w_addr_b{b}_s{g}")
-                w_en_copy = _copy(m, platform, self.w.en & (self.w.bank == b), C(1, 1), f"w_en_b{b}_s{g}")
-                w_en_bg = Signal(name=f"w_en_b{b}_s{g}_live")
-                m.d.comb += w_en_bg.eq(w_en_copy & live)
+                w_en_bg = enable_copy(m, platform, self.w.en & (self.w.bank == b), live, f"w_en_b{b}_s{g}")
                 self.shadow_checks.append((f"w_en_b{b}_s{g}", w_en_bg, ref[b]))
                 mem = memory.Memory(shape=unsigned(hi - lo), depth=self.depth, init=[])
                 m.submodules[f"bank{b}_s{g}"] = mem
@@ -206,4 +199,24 @@ def _copy(m, platform, d, en, name):
     else:
         with m.If(en):
             m.d.sync += q.eq(d)
+    return q
+
+
+def live_register(m, name="w_live"):
+    """A reset register (init 0) loaded with 1: ``live(t+1) = ~rst(t)``, and 0 on the first cycle."""
+    live = Signal(name=name)
+    m.d.sync += live.eq(1)
+    return live
+
+
+def enable_copy(m, platform, d, live, name):
+    """One copy of the reset register ``q <= d`` (init 0) for one group of its loads.
+
+    A replicated enable must keep its reset (no write presented in a reset cycle may land), but
+    the reset-less ``_copy`` instances cannot see the reset (ResetInserter does not reach
+    instance pins). So the copy is ``_copy(d) & live`` (``live_register``):
+    ``copy(t+1) & live(t+1) = d(t) & ~rst(t)``, exactly the reset register's next value. The AND
+    of two flip-flops is distinct per copy (yosys cannot merge it) and drives only its group."""
+    q = Signal(name=f"{name}_live")
+    m.d.comb += q.eq(_copy(m, platform, d, C(1, 1), name) & live)
     return q
