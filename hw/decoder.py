@@ -119,8 +119,9 @@ class Decoder(wiring.Component):
         return {fl.name: value[fl.offset:fl.offset + fl.width] for fl in self.lay[op]}
 
     # ---- the descriptor checks (golden.isa.descriptor_errors, as logic), a two-stage pipeline
-    def _checks(self, m, op_r):
-        """Returns (end_bad, field_bad, reserved_bad): registered 1-bit values valid in ``DECIDE``.
+    def _checks(self, m, op_r, ok_r):
+        """Returns (end_bad, field_bad, reserved_bad, bad): registered 1-bit values valid in ``DECIDE``
+        (``bad``: any error, ``~ok_r`` included: the drop decision).
 
         Stage A registers on every cycle, from ``cmd.payload`` (the bridge's
         descriptor shift register on the board): each field's own range test,
@@ -133,7 +134,8 @@ class Decoder(wiring.Component):
         compares the end values and the products with the depths / the room (one
         carry chain each), ORed under the opcode (``op_r``: the registered
         one-hot opcode), and ORs the opcode's field tests and reserved chunks:
-        three registers in parallel. ``DECIDE`` thus reads registered bits only
+        registers in parallel (the products' compares apart from the end sums';
+        the field / reserved / opcode tests once more ORed for the decision). ``DECIDE`` thus reads registered bits only
         (the drop decision, ``dropped`` and the flags: <= 2 LUT levels, issue 6),
         and the products, the 128-bit mask and the compares are never in one
         cycle with the descriptor's arrival, the FSM or the flags; the command
@@ -193,13 +195,16 @@ class Decoder(wiring.Component):
             room = reg((depth - off)[:w], name.replace("need", "room"))
             over.append(mul.p[w:].any() | (mul.p[:w] > room))
 
-        # -- stage B (end of CHECK): compares, then the opcode's tests; three registers in parallel
+        # -- stage B (end of CHECK): compares, then the opcode's tests; registers in parallel
         end_bad = [op_r[op] & (pend[op] > buffer_depth(cfg, PAYLOAD_BUFFER[op])) for op in PAYLOAD_BUFFER]
-        end_bad.append(op_r[Op.RUN] & ((wgt_end > cfg.wgt_depth) | Cat(*over).any()))
-        fld_bad = [op_r[op] & Cat(*bits).any() for op, bits in field_bad.items() if bits]
-        return (reg(Cat(*end_bad).any(), "end_bad"), reg(Cat(*fld_bad).any(), "field_bad"),
-                reg(Cat(*[op_r[op] & Cat(*bits).any() for op, bits in resv.items() if bits]).any(),
-                    "reserved_bad"))
+        end_bad.append(op_r[Op.RUN] & (wgt_end > cfg.wgt_depth))
+        fld_bad = Cat(*[op_r[op] & Cat(*bits).any() for op, bits in field_bad.items() if bits]).any()
+        resv_bad = Cat(*[op_r[op] & Cat(*bits).any() for op, bits in resv.items() if bits]).any()
+        end_bad_r = reg(Cat(*end_bad).any(), "end_bad")
+        need_bad_r = reg(op_r[Op.RUN] & Cat(*over).any(), "need_bad")
+        lit_bad_r = reg(fld_bad | resv_bad | ~ok_r, "lit_bad")
+        return (end_bad_r | need_bad_r, reg(fld_bad, "field_bad"), reg(resv_bad, "reserved_bad"),
+                lit_bad_r | end_bad_r | need_bad_r)
 
     def elaborate(self, platform):
         cfg = self.cfg
@@ -257,8 +262,8 @@ class Decoder(wiring.Component):
         status = Signal(32)
         m.d.comb += status.eq(flags | Mux(self.jobs != 0, STATUS_BUSY, 0) | (self.jobs << STATUS_JOBS_SHIFT))
 
-        end_bad, field_bad, reserved_bad = self._checks(m, op_r)
-        errs = Cat(~ok_r, end_bad | field_bad, reserved_bad)
+        end_bad, field_bad, reserved_bad, bad = self._checks(m, op_r, ok_r)
+        errs = Cat(~ok_r, end_bad | field_bad, reserved_bad)            # bad = errs.any()
         assert (int(Flag.BAD_OPCODE), int(Flag.BAD_RANGE), int(Flag.RESERVED)) == (1, 2, 4)
         is_write = Cat(*[op_r[op] for op in write_ops]).any()
 
@@ -275,6 +280,9 @@ class Decoder(wiring.Component):
         wlast = Signal(wpe_max, reset_less=True)               # WRITE: one-hot of the final word
         wi = Signal(range(max(wpe_max, status_response_words(cfg)) + 1))   # READ/RESP: word index
         nresp_m1 = Signal(range(status_response_words(cfg)), reset_less=True)
+        wi_d, nresp_m1_d = Signal.like(wi), Signal.like(nresp_m1)          # their next values
+        m.d.comb += [wi_d.eq(wi), nresp_m1_d.eq(nresp_m1)]
+        m.d.sync += [wi.eq(wi_d), nresp_m1.eq(nresp_m1_d)]
         is_sync = Signal(reset_less=True)
         rv = Signal()                                          # READ: a row held in out_r.data
         lens = {op: self._fields(desc, op)["length"] for op in pay_ops}
@@ -358,7 +366,7 @@ class Decoder(wiring.Component):
         # registered bits only: it feeds the CMDS_DROPPED increment register (hw/top.py), <= 2 LUT
         # levels (issue 6). The same cases as the drop_and_flag calls below.
         final = wend & elast
-        m.d.comb += self.dropped.eq((decide_r & (~ok_r | end_bad | field_bad | reserved_bad))
+        m.d.comb += self.dropped.eq((decide_r & bad)
                                     | (write_r & self.din.valid & (final ^ self.din.payload.last)))
 
         def next_entry():
@@ -370,8 +378,11 @@ class Decoder(wiring.Component):
         # the bridge's capture register gets no synchronous reset from the decoder's state (issue 6:
         # a 257-wide LSR net through two LUTs). Word wi of the row / of the snapshot.
         n_out = wpe_of[Op.READ_OUT]
-        row_end = wi == n_out - 1
-        is_last = wi == nresp_m1
+        # The word-index tests as flags registered from the next values (the FSM's READ/RESP exits
+        # and out_r.en read a flip-flop, not a compare).
+        row_end = Signal(init=int(n_out == 1))              # wi == n_out - 1
+        is_last = Signal(init=1)                            # wi == nresp_m1 (both 0 at start)
+        m.d.sync += [row_end.eq(wi_d == n_out - 1), is_last.eq(wi_d == nresp_m1_d)]
         n_w = status_response_words(cfg)
         row_send = _word_mux([self.out_r.data[q * bus_bits:(q + 1) * bus_bits] for q in range(n_out)], wi)
         padded = Cat(snap, Const(0, n_w * bus_bits - len(snap)))
@@ -387,7 +398,7 @@ class Decoder(wiring.Component):
             with state("CHECK"):
                 lenm1 = by_op({op: lens[op] - 1 for op in pay_ops}, off_w + 1)
                 m.d.sync += [
-                    wi.eq(0), rv.eq(0),
+                    rv.eq(0),
                     bank.eq(by_op({op: fld(op, "bank") for op in bank_ops}, len(bank))),
                     pa.eq(by_op({op: fld(op, "offset") for op in pay_ops}, off_w)),
                     erem.eq(lenm1), elast.eq(by_op({op: lens[op] == 1 for op in pay_ops}, 1)),
@@ -395,13 +406,13 @@ class Decoder(wiring.Component):
                     wend.eq(Cat(*[op_r[op] for op in pay_ops if wpe_of[op] == 1]).any()),
                     wlast.eq(by_op({op: 1 << (wpe_of[op] - 1) for op in pay_ops}, wpe_max)),
                     is_sync.eq(op_r[Op.SYNC]),
-                    nresp_m1.eq(Mux(op_r[Op.SYNC], sync_response_words(cfg) - 1,
-                                    status_response_words(cfg) - 1)),
                 ]
+                m.d.comb += [wi_d.eq(0), nresp_m1_d.eq(Mux(op_r[Op.SYNC], sync_response_words(cfg) - 1,
+                                                           status_response_words(cfg) - 1))]
                 m.d.comb += wsel_d.eq(1)
                 goto("DECIDE")
             with state("DECIDE"):
-                with m.If(errs.any()):
+                with m.If(bad):
                     drop_and_flag(errs)
                     with m.If(ok_r & is_write):
                         goto("DISCARD")
@@ -457,21 +468,21 @@ class Decoder(wiring.Component):
                     m.d.sync += rv.eq(0)
                 with m.If(take):
                     with m.If(row_end):
-                        m.d.sync += wi.eq(0)
+                        m.d.comb += wi_d.eq(0)
                         next_entry()
                         with m.If(elast):
                             goto("IDLE")
                     with m.Else():
-                        m.d.sync += wi.eq(wi + 1)
+                        m.d.comb += wi_d.eq(wi + 1)
             with state("RESP"):
                 m.d.comb += self.dout.valid.eq(1)
                 with m.If(self.dout.ready):
-                    m.d.sync += wi.eq(wi + 1)
+                    m.d.comb += wi_d.eq(wi + 1)
                     with m.If(is_last):
                         goto("IDLE")
         # The state flags kept as registers (goto) and the state tests they stand for, and each
         # replicated enable and its original (no hardware: read by tests/test_hw_decoder.py, which
         # asserts them equal on every cycle).
         self.shadow_checks = [(f"{name.lower()}_r", reg, fsm.ongoing(name)) for name, (reg, _) in shadow.items()]
-        self.shadow_checks += copies
+        self.shadow_checks += copies + [("row_end", row_end, wi == n_out - 1), ("is_last", is_last, wi == nresp_m1)]
         return m

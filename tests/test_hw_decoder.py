@@ -226,3 +226,56 @@ def test_writes_and_length_mismatch(cfg, seed):
         else:                                            # early: the final entry is never complete
             assert writes == (want[:-1] if mode == "early" else want), (op, mode)
             assert (drops, flags) == (1, int(isa.Flag.LENGTH_MISMATCH)), (op, mode)
+
+
+WIDE = ArrayConfig(rows=2, cols=6, bus_bytes=4, act_depth=32, wgt_depth=16, param_depth=2, out_depth=40)
+
+
+@pytest.mark.parametrize("cfg,seed", [(ULX3S_CFG, 5), (WIDE, 6)])   # WIDE: 3 words per out row
+def test_read_out_stream(cfg, seed):
+    """READ_OUT of n rows under random dout backpressure: one out-buffer read per row at offset + i
+    (the row's address when issued), the rows' words in order with ``last`` on the final word only;
+    on every cycle the registered word-index flags (``row_end``, ``is_last``) equal their compares."""
+    rng = np.random.default_rng(seed)
+    dut = _CheckedDecoder(cfg, params_layout(cfg).size)
+    bus_bits = cfg.bus_bytes * 8
+    n_out = isa.words_per_entry(isa.entry_bytes(cfg, "out"), cfg.bus_bytes)
+    reqs = [(int(rng.integers(0, 2)), int(rng.integers(0, cfg.out_depth - 4)), int(rng.integers(1, 5)))
+            for _ in range(4)]
+    got = []
+
+    async def tb(ctx):
+        for bank, offset, n in reqs:
+            ctx.set(dut.cmd.payload, isa.encode(cfg, Op.READ_OUT, bank=bank, offset=offset, length=n))
+            ctx.set(dut.cmd.valid, 1)
+            assert ctx.get(dut.cmd.ready)               # the previous READ_OUT ended in IDLE
+            await ctx.tick()
+            ctx.set(dut.cmd.valid, 0)
+            reads, words, row = [], [], None
+            for _ in range(40 * n):
+                ready = int(rng.integers(0, 3) != 0)
+                ctx.set(dut.dout.ready, ready)
+                if ready and ctx.get(dut.dout.valid):
+                    words.append((ctx.get(dut.dout.payload.data), ctx.get(dut.dout.payload.last)))
+                    if words[-1][1]:
+                        await ctx.tick()                # the final word's transfer
+                        break
+                if ctx.get(dut.out_r.en):
+                    reads.append((ctx.get(dut.out_r.bank), ctx.get(dut.out_r.addr)))
+                    row = ctx.get(dut.out_r.addr)
+                await ctx.tick()
+                if row is not None:                     # the out buffer's synchronous read: the row
+                    ctx.set(dut.out_r.data, sum((row * n_out + q + 1) << (q * bus_bits) for q in range(n_out)))
+            ctx.set(dut.dout.ready, 0)
+            got.append((reads, words))
+            for _ in range(3):
+                await ctx.tick()
+
+    sim = Simulator(dut)
+    sim.add_clock(1e-6)
+    sim.add_testbench(tb)
+    sim.run()
+    for (bank, offset, n), (reads, words) in zip(reqs, got):
+        assert reads == [(bank, offset + i) for i in range(n)]
+        want = [((offset + i) * n_out + q + 1) & ((1 << bus_bits) - 1) for i in range(n) for q in range(n_out)]
+        assert words == [(w, int(j == len(want) - 1)) for j, w in enumerate(want)], (bank, offset, n)
