@@ -38,11 +38,13 @@ Every wait ends: jobs always finish (the sequencer's sinks are on-chip) and
 
 Timing (issue 6, docs/fpga.md): every high-fanout enable comes from a
 flip-flop (``idle_r``: descriptor load; copies of ``wait_r``: snapshot;
-copies of ``wsel``: payload words; the write enables), ``dropped`` (a counter
-increment) comes from registered check bits and state flags, the job's ``macs``
-from a registered product, the end-of-payload tests are registered
-flags (``wend``, ``elast``, ``rmore``) instead of compares with the length,
-and the datapath registers are reset-less (each is written before it is
+copies of ``wsel``: payload words; the write enables; a copy of ``pa``: the
+out buffer's read address), ``dropped`` (a counter increment), ``out_r.en`` and
+``dout.valid`` come from registered check bits and state flags (``*_r``, loaded
+from the next state), the job's ``macs`` from a registered product, the READ /
+RESP word-index tests (``row_end``, ``is_last``) and the end-of-payload tests
+(``wend``, ``elast``, ``rmore``) are registered flags instead of compares, and
+the datapath registers are reset-less (each is written before it is
 read after a reset: IDLE, CHECK or the entry's words come first). The first
 check stage is computed from ``cmd.payload`` on its way into ``desc``, so it
 assumes ``cmd.payload`` comes from registers (on the board: the UART
@@ -222,8 +224,8 @@ class Decoder(wiring.Component):
         # decision (decide_r, write_r: ``dropped`` feeds a counter increment register) come from
         # flip-flops, not from the state decode. resp_r selects dout's data (see dout below).
         shadow = {s: (Signal(init=(s == "IDLE"), name=f"{s.lower()}_r"), Signal(name=f"{s.lower()}_d"))
-                  for s in ("IDLE", "DECIDE", "WAIT", "WRITE", "RESP")}
-        (idle_r, _), (decide_r, _), (wait_r, wait_d), (write_r, _), (resp_r, _) = shadow.values()
+                  for s in ("IDLE", "DECIDE", "WAIT", "WRITE", "READ", "RESP")}
+        (idle_r, _), (decide_r, _), (wait_r, wait_d), (write_r, _), (read_r, _), (resp_r, _) = shadow.values()
         m.d.sync += [r.eq(d) for r, d in shadow.values()]
 
         def goto(state):
@@ -332,8 +334,15 @@ class Decoder(wiring.Component):
                     m.d.sync += words[q][lo:lo + _COPY_LOADS].eq(self.din.payload.data[lo:lo + _COPY_LOADS])
         w_en = {op: Signal(name=f"w_en_{op.name.lower()}") for op in write_ops}
         m.d.sync += [e.eq(0) for e in w_en.values()]
+        # pa from its next value pa_d; the out buffer's read address (fanout ~44: every DP16KD
+        # of the out banks) is a copy of it (``_copy``), so the write ports' address net is apart.
+        pa_d = Signal.like(pa)
+        m.d.comb += pa_d.eq(pa)
+        m.d.sync += pa.eq(pa_d)
+        out_addr = _copy(m, platform, pa_d, Const(1), "out_addr")
+        copies.append(("out_addr", out_addr, pa))
         with m.If(Cat(*w_en.values()).any()):
-            m.d.sync += pa.eq(pa + 1)
+            m.d.comb += pa_d.eq(pa + 1)
         m.d.comb += [
             self.act_w.en.eq(w_en[Op.WRITE_ACT]), self.wgt_w.en.eq(w_en[Op.WRITE_WGT]),
             self.par_w.en.eq(w_en[Op.WRITE_PARAMS]), self.lut.valid.eq(w_en[Op.WRITE_LUT]),
@@ -341,7 +350,7 @@ class Decoder(wiring.Component):
             self.wgt_w.bank.eq(bank), self.wgt_w.addr.eq(pa), self.wgt_w.data.eq(asm),
             self.par_w.bank.eq(bank), self.par_w.addr.eq(pa), self.par_w.data.eq(asm),
             self.lut.payload.addr.eq(pa), self.lut.payload.data.eq(asm),
-            self.out_r.bank.eq(bank), self.out_r.addr.eq(pa),
+            self.out_r.bank.eq(bank), self.out_r.addr.eq(out_addr),
         ]
 
         # ---- the response snapshot: loads on every WAIT cycle (an enable straight from a FF, not
@@ -390,6 +399,12 @@ class Decoder(wiring.Component):
         m.d.comb += [self.dout.payload.data.eq(Mux(resp_r, resp_send, row_send)),
                      self.dout.payload.last.eq(Mux(resp_r, is_last, row_end & elast))]
 
+        # READ's out-buffer read (issue) and dout.valid from the shadow flags, not the state decode
+        # (out_r.en: ~22 DP16KD enables; dout.valid: the bridge and the OUT_STALL increment).
+        take = rv & self.dout.ready
+        issue = read_r & rmore & (~rv | (take & row_end))
+        m.d.comb += [self.dout.valid.eq((read_r & rv) | resp_r), self.out_r.en.eq(issue)]
+
         with m.FSM() as fsm:
             with state("IDLE"):
                 m.d.comb += self.cmd.ready.eq(1)
@@ -397,10 +412,10 @@ class Decoder(wiring.Component):
                     goto("CHECK")
             with state("CHECK"):
                 lenm1 = by_op({op: lens[op] - 1 for op in pay_ops}, off_w + 1)
+                m.d.comb += pa_d.eq(by_op({op: fld(op, "offset") for op in pay_ops}, off_w))
                 m.d.sync += [
                     rv.eq(0),
                     bank.eq(by_op({op: fld(op, "bank") for op in bank_ops}, len(bank))),
-                    pa.eq(by_op({op: fld(op, "offset") for op in pay_ops}, off_w)),
                     erem.eq(lenm1), elast.eq(by_op({op: lens[op] == 1 for op in pay_ops}, 1)),
                     rrem.eq(lenm1), rmore.eq(1),
                     wend.eq(Cat(*[op_r[op] for op in pay_ops if wpe_of[op] == 1]).any()),
@@ -459,11 +474,9 @@ class Decoder(wiring.Component):
                 with m.If(self.din.valid & self.din.payload.last):
                     goto("IDLE")
             with state("READ"):
-                take = rv & self.dout.ready
-                issue = rmore & (~rv | (take & row_end))
-                m.d.comb += [self.dout.valid.eq(rv), self.out_r.en.eq(issue)]
                 with m.If(issue):
-                    m.d.sync += [pa.eq(pa + 1), rrem.eq(rrem - 1), rmore.eq(rrem != 0), rv.eq(1)]
+                    m.d.comb += pa_d.eq(pa + 1)
+                    m.d.sync += [rrem.eq(rrem - 1), rmore.eq(rrem != 0), rv.eq(1)]
                 with m.Elif(take & row_end):
                     m.d.sync += rv.eq(0)
                 with m.If(take):
@@ -475,7 +488,6 @@ class Decoder(wiring.Component):
                     with m.Else():
                         m.d.comb += wi_d.eq(wi + 1)
             with state("RESP"):
-                m.d.comb += self.dout.valid.eq(1)
                 with m.If(self.dout.ready):
                     m.d.comb += wi_d.eq(wi + 1)
                     with m.If(is_last):
