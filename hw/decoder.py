@@ -305,11 +305,15 @@ class Decoder(wiring.Component):
                      jp.macs.eq(macs.p)]
 
         # Interlock: the current command's wait condition (busy inputs, one-hot opcode, bank register).
+        # The (opcode, bank) pair as one-hot registered selects (loaded in CHECK with the bank), so
+        # blocked is one AND-OR of busy bits (no bank mux, no opcode gating after it: it decides
+        # the WAIT exits, i.e. the FSM's and the shadow flags' next state).
+        busy_of = {Op.WRITE_ACT: self.act_busy, Op.WRITE_WGT: self.wgt_busy,
+                   Op.WRITE_PARAMS: self.par_busy, Op.READ_OUT: self.out_busy}
+        bank_sel = {(op, b): Signal(name=f"wait_{op.name.lower()}_{b}", reset_less=True)
+                    for op in busy_of for b in range(BANKS)}
         blocked = Signal()
-        m.d.comb += blocked.eq((op_r[Op.WRITE_ACT] & self.act_busy.bit_select(bank, 1))
-                               | (op_r[Op.WRITE_WGT] & self.wgt_busy.bit_select(bank, 1))
-                               | (op_r[Op.WRITE_PARAMS] & self.par_busy.bit_select(bank, 1))
-                               | (op_r[Op.READ_OUT] & self.out_busy.bit_select(bank, 1))
+        m.d.comb += blocked.eq(Cat(*[sel & busy_of[op][b] for (op, b), sel in bank_sel.items()]).any()
                                | ((op_r[Op.WRITE_LUT] | op_r[Op.SYNC]) & (self.jobs != 0))
                                | (op_r[Op.RUN] & ~self.job.ready))
 
@@ -412,10 +416,12 @@ class Decoder(wiring.Component):
                     goto("CHECK")
             with state("CHECK"):
                 lenm1 = by_op({op: lens[op] - 1 for op in pay_ops}, off_w + 1)
+                bank_d = by_op({op: fld(op, "bank") for op in bank_ops}, len(bank))
+                m.d.sync += [sel.eq(op_r[op] & (bank_d == b)) for (op, b), sel in bank_sel.items()]
                 m.d.comb += pa_d.eq(by_op({op: fld(op, "offset") for op in pay_ops}, off_w))
                 m.d.sync += [
                     rv.eq(0),
-                    bank.eq(by_op({op: fld(op, "bank") for op in bank_ops}, len(bank))),
+                    bank.eq(bank_d),
                     erem.eq(lenm1), elast.eq(by_op({op: lens[op] == 1 for op in pay_ops}, 1)),
                     rrem.eq(lenm1), rmore.eq(1),
                     wend.eq(Cat(*[op_r[op] for op in pay_ops if wpe_of[op] == 1]).any()),
@@ -496,5 +502,8 @@ class Decoder(wiring.Component):
         # replicated enable and its original (no hardware: read by tests/test_hw_decoder.py, which
         # asserts them equal on every cycle).
         self.shadow_checks = [(f"{name.lower()}_r", reg, fsm.ongoing(name)) for name, (reg, _) in shadow.items()]
+        loading = fsm.ongoing("IDLE") | fsm.ongoing("CHECK")     # bank / op_r not yet both loaded
+        self.shadow_checks += [(sel.name, sel, Mux(loading, sel, op_r[op] & (bank == b)))
+                               for (op, b), sel in bank_sel.items()]
         self.shadow_checks += copies + [("row_end", row_end, wi == n_out - 1), ("is_last", is_last, wi == nresp_m1)]
         return m
