@@ -4,11 +4,11 @@ One command at a time, in order. States:
 
 * ``IDLE``: ``cmd.ready`` = 1; a transfer registers the 128-bit descriptor,
   its one-hot opcode and the first stage of the checks (``_checks``: field
-  range tests, reserved-bit chunks, end sums and products, computed from
-  ``cmd.payload``).
-* ``CHECK`` (1 cycle): the second stage: the end values are compared with
-  the buffer depths and the opcode's tests ORed (registered); the payload
-  state (bank, address, entry counters) is loaded.
+  range tests, reserved-bit chunks, end sums, the RUN products (registered
+  multipliers) and the room after the offsets, computed from ``cmd.payload``).
+* ``CHECK`` (1 cycle): the second stage: the end values and products are
+  compared with the buffer depths / the room and the opcode's tests ORed
+  (registered); the payload state (bank, address, entry counters) is loaded.
 * ``DECIDE`` (1 cycle): the decision from the registered check bits. A
   failing command sets its sticky flags, pulses ``dropped`` and goes to
   ``DISCARD`` (WRITE_* opcodes: the payload is consumed up to ``last``) or
@@ -37,16 +37,22 @@ Every wait ends: jobs always finish (the sequencer's sinks are on-chip) and
 ``dout`` backpressure only holds the decoder itself.
 
 Timing (issue 6, docs/fpga.md): every high-fanout enable comes from a
-flip-flop (``idle_r``: descriptor load; ``wait_r``: snapshot; ``wsel``:
-payload words; the write enables), the end-of-payload tests are registered
-flags (``wend``, ``elast``, ``rmore``) instead of compares with the length,
-and the datapath registers are reset-less (each is written before it is
+flip-flop (``idle_r``: descriptor load; copies of ``wait_r``: snapshot;
+copies of ``wsel``: payload words; the write enables; a copy of ``pa``: the
+out buffer's read address), ``dropped`` (a counter increment), ``out_r.en`` and
+``dout.valid`` come from registered check bits and state flags (``*_r``, loaded
+from the next state), the job's ``macs`` from a registered product, the READ /
+RESP word-index tests (``row_end``, ``is_last``) and the end-of-payload tests
+(``wend``, ``elast``, ``rmore``) are registered flags instead of compares, and
+the datapath registers are reset-less (each is written before it is
 read after a reset: IDLE, CHECK or the entry's words come first). The first
 check stage is computed from ``cmd.payload`` on its way into ``desc``, so it
 assumes ``cmd.payload`` comes from registers (on the board: the UART
 bridge's descriptor shift register).
 """
 from __future__ import annotations
+
+from contextlib import contextmanager
 
 from amaranth import Cat, Const, Module, Mux, Signal, unsigned
 from amaranth.lib import data, stream, wiring
@@ -58,12 +64,16 @@ from golden.isa import (COUNTER_BITS, DESC_BITS, ERROR_MASK, JOB_QUEUE_DEPTH, LU
                         entry_bytes, k_max, layout, ntiles_max, reserved_mask, status_response_words,
                         sync_response_words, words_per_entry)
 
-from .buffers import read_signature, write_signature
+from .buffers import _copy, read_signature, write_signature
 from .ecp5_mult import RegisteredMult
 from .requant_lane import lut_layout
 from .sequencer import job_layout
 
 __all__ = ["Decoder", "bus_layout"]
+
+#: Loads per copy of a replicated enable (wait_r for the snapshot, wsel for the assembly words):
+#: a net with fanout > ~30-60 must come straight from its own flip-flop (issue 6, docs/fpga.md).
+_COPY_LOADS = 64
 
 
 def bus_layout(cfg: ArrayConfig) -> data.StructLayout:
@@ -110,25 +120,28 @@ class Decoder(wiring.Component):
         """``{name: slice of value}`` of ``op``'s fields in a descriptor-wide ``value``."""
         return {fl.name: value[fl.offset:fl.offset + fl.width] for fl in self.lay[op]}
 
-    # ---- the descriptor checks (golden.isa.descriptor_errors, as logic), a three-stage pipeline
-    def _checks(self, m, op_r, desc):
-        """Returns (range_bad, reserved_bad): 1-bit values valid in ``DECIDE``.
+    # ---- the descriptor checks (golden.isa.descriptor_errors, as logic), a two-stage pipeline
+    def _checks(self, m, op_r, ok_r):
+        """Returns (end_bad, field_bad, reserved_bad, bad): registered 1-bit values valid in ``DECIDE``
+        (``bad``: any error, ``~ok_r`` included: the drop decision).
 
         Stage A registers on every cycle, from ``cmd.payload`` (the bridge's
         descriptor shift register on the board): each field's own range test,
         the reserved bits OR-reduced in 64-bit chunks, the end sums
-        (``offset + length``, ``wgt_offset + k``); in ``CHECK`` they hold the
-        values of the accepted descriptor. Stage B (registered at the end of
-        ``CHECK``) compares the end values (one carry chain each) and ORs the
-        tests of the opcode's fields (``op_r``: the registered one-hot opcode).
-        Beside stage B, from the registered descriptor ``desc``: the products
-        ``ntiles * k`` and ``ntiles * rows`` (``RegisteredMult``: operands from
-        flip-flops, product registered) and the room left after ``act_offset``
-        / ``out_offset``. ``DECIDE`` reads four registered bits (with ``ok_r``)
-        and the two product-versus-room compares. The products, the 128-bit
-        mask and the end compares are thus never in one cycle with the
-        descriptor's arrival or the FSM and the flags (issue 6), and the
-        command timeline has no cycle more than with two check cycles.
+        (``offset + length``, ``wgt_offset + k``), the RUN products
+        ``ntiles * k`` and ``ntiles * rows`` (``RegisteredMult``: the
+        MULT18X18D's output register on the ECP5) and the room left after
+        ``act_offset`` / ``out_offset``; in ``CHECK`` they hold the values of the
+        accepted descriptor. Stage B (registered at the end of ``CHECK``)
+        compares the end values and the products with the depths / the room (one
+        carry chain each), ORed under the opcode (``op_r``: the registered
+        one-hot opcode), and ORs the opcode's field tests and reserved chunks:
+        registers in parallel (the products' compares apart from the end sums';
+        the field / reserved / opcode tests once more ORed for the decision). ``DECIDE`` thus reads registered bits only
+        (the drop decision, ``dropped`` and the flags: <= 2 LUT levels, issue 6),
+        and the products, the 128-bit mask and the compares are never in one
+        cycle with the descriptor's arrival, the FSM or the flags; the command
+        timeline is unchanged (two check cycles).
         """
         cfg = self.cfg
         p = self.cmd.payload
@@ -167,24 +180,12 @@ class Decoder(wiring.Component):
         for op in PAYLOAD_BUFFER:
             f = self._fields(p, op)
             pend[op] = reg(f["offset"] + f["length"], f"pay_end_{op.name.lower()}")
-        wgt_end = reg(self._fields(p, Op.RUN)["wgt_offset"] + self._fields(p, Op.RUN)["k"], "wgt_end")
-
-        # -- stage B (end of CHECK): compares, then the opcode's tests
-        end_bad = [op_r[op] & (pend[op] > buffer_depth(cfg, PAYLOAD_BUFFER[op])) for op in PAYLOAD_BUFFER]
-        end_bad.append(op_r[Op.RUN] & (wgt_end > cfg.wgt_depth))
-        fld_bad = [op_r[op] & Cat(*bits).any() for op, bits in field_bad.items() if bits]
-        # Two registers: the compares' carry chains and the field tests' OR tree in parallel.
-        end_bad_r = reg(Cat(*end_bad).any(), "end_bad")
-        field_bad_r = reg(Cat(*fld_bad).any(), "field_bad")
-        reserved_bad = reg(Cat(*[op_r[op] & Cat(*bits).any() for op, bits in resv.items() if bits]).any(),
-                           "reserved_bad")
-
-        # -- the RUN products, from the registered descriptor (held from CHECK on): multiplied in
-        # CHECK into a registered product (the MULT18X18D's output register on the ECP5), the
-        # room after each offset registered beside it, compared in DECIDE (one short carry chain
-        # each; the product's bits above the room's width are an OR beside it). The product is
-        # thus never in one cycle with the descriptor's arrival nor with the FSM (issue 6).
-        rf = self._fields(desc, Op.RUN)
+        rf = self._fields(p, Op.RUN)
+        wgt_end = reg(rf["wgt_offset"] + rf["k"], "wgt_end")
+        # The RUN products, multiplied from cmd.payload on every cycle into a registered product
+        # (en = 1: in CHECK it holds the accepted descriptor's), the room after each offset
+        # registered beside it; compared in CHECK (the product's bits above the room's width are
+        # an OR beside the carry chain).
         over = []
         for name, b, depth, off in (("act_need", rf["k"], cfg.act_depth, rf["act_offset"]),
                                     ("out_need", Const(cfg.rows), cfg.out_depth, rf["out_offset"])):
@@ -195,8 +196,17 @@ class Decoder(wiring.Component):
             # (< depth), otherwise the field test flags the command anyway: taken modulo.
             room = reg((depth - off)[:w], name.replace("need", "room"))
             over.append(mul.p[w:].any() | (mul.p[:w] > room))
-        need_bad = op_r[Op.RUN] & Cat(*over).any()
-        return end_bad_r | field_bad_r | need_bad, reserved_bad
+
+        # -- stage B (end of CHECK): compares, then the opcode's tests; registers in parallel
+        end_bad = [op_r[op] & (pend[op] > buffer_depth(cfg, PAYLOAD_BUFFER[op])) for op in PAYLOAD_BUFFER]
+        end_bad.append(op_r[Op.RUN] & (wgt_end > cfg.wgt_depth))
+        fld_bad = Cat(*[op_r[op] & Cat(*bits).any() for op, bits in field_bad.items() if bits]).any()
+        resv_bad = Cat(*[op_r[op] & Cat(*bits).any() for op, bits in resv.items() if bits]).any()
+        end_bad_r = reg(Cat(*end_bad).any(), "end_bad")
+        need_bad_r = reg(op_r[Op.RUN] & Cat(*over).any(), "need_bad")
+        lit_bad_r = reg(fld_bad | resv_bad | ~ok_r, "lit_bad")
+        return (end_bad_r | need_bad_r, reg(fld_bad, "field_bad"), reg(resv_bad, "reserved_bad"),
+                lit_bad_r | end_bad_r | need_bad_r)
 
     def elaborate(self, platform):
         cfg = self.cfg
@@ -208,15 +218,26 @@ class Decoder(wiring.Component):
         def fld(op, name):
             return self._fields(desc, op)[name]
 
-        # ---- FSM shadow flags: registers equal to "state == IDLE" / "state == WAIT", so the
-        # descriptor's load enable (~140 FFs) and the snapshot's (~450 FFs) come from a FF.
-        idle_r = Signal(init=1)
-        wait_r = Signal()
-        resp_r = Signal()           # "state == RESP": selects dout's data (see dout below)
+        # ---- FSM shadow flags: registers equal to "state == S", loaded from the next state (``_d``:
+        # this state's own name unless a goto follows, see ``state``), so the descriptor's load
+        # enable (~140 FFs, idle_r), the snapshot's (~450 FFs, wait_r's copies) and the drop
+        # decision (decide_r, write_r: ``dropped`` feeds a counter increment register) come from
+        # flip-flops, not from the state decode. resp_r selects dout's data (see dout below).
+        shadow = {s: (Signal(init=(s == "IDLE"), name=f"{s.lower()}_r"), Signal(name=f"{s.lower()}_d"))
+                  for s in ("IDLE", "DECIDE", "WAIT", "WRITE", "READ", "RESP")}
+        (idle_r, _), (decide_r, _), (wait_r, wait_d), (write_r, _), (read_r, _), (resp_r, _) = shadow.values()
+        m.d.sync += [r.eq(d) for r, d in shadow.values()]
 
         def goto(state):
             m.next = state
-            m.d.sync += [idle_r.eq(state == "IDLE"), wait_r.eq(state == "WAIT"), resp_r.eq(state == "RESP")]
+            m.d.comb += [d.eq(state == s) for s, (_, d) in shadow.items()]
+
+        @contextmanager
+        def state(name):
+            """``m.State(name)`` whose next state is ``name`` unless a goto in it says otherwise."""
+            with m.State(name):
+                m.d.comb += [d.eq(name == s) for s, (_, d) in shadow.items()]
+                yield
 
         # ---- the opcode, one-hot, registered with the descriptor (ok_r: a known opcode)
         op_r = {op: Signal(name=f"op_{op.name.lower()}", reset_less=True) for op in Op}
@@ -243,8 +264,8 @@ class Decoder(wiring.Component):
         status = Signal(32)
         m.d.comb += status.eq(flags | Mux(self.jobs != 0, STATUS_BUSY, 0) | (self.jobs << STATUS_JOBS_SHIFT))
 
-        range_bad, reserved_bad = self._checks(m, op_r, desc)
-        errs = Cat(~ok_r, range_bad, reserved_bad)
+        end_bad, field_bad, reserved_bad, bad = self._checks(m, op_r, ok_r)
+        errs = Cat(~ok_r, end_bad | field_bad, reserved_bad)            # bad = errs.any()
         assert (int(Flag.BAD_OPCODE), int(Flag.BAD_RANGE), int(Flag.RESERVED)) == (1, 2, 4)
         is_write = Cat(*[op_r[op] for op in write_ops]).any()
 
@@ -255,11 +276,15 @@ class Decoder(wiring.Component):
         elast = Signal(reset_less=True)                        # the current entry is the final one
         rrem = Signal(off_w + 1, reset_less=True)              # READ: reads to issue after the next
         rmore = Signal()                                       # READ: a read is left to issue
-        wsel = Signal(wpe_max, init=1)                         # WRITE: one-hot word within the entry
+        wsel = Signal(wpe_max, reset_less=True)                # WRITE: one-hot word within the entry
+        wsel_d = Signal(wpe_max)                               # its next value (CHECK sets it first)
         wend = Signal()                                        # WRITE: wsel is the entry's final word
         wlast = Signal(wpe_max, reset_less=True)               # WRITE: one-hot of the final word
         wi = Signal(range(max(wpe_max, status_response_words(cfg)) + 1))   # READ/RESP: word index
         nresp_m1 = Signal(range(status_response_words(cfg)), reset_less=True)
+        wi_d, nresp_m1_d = Signal.like(wi), Signal.like(nresp_m1)          # their next values
+        m.d.comb += [wi_d.eq(wi), nresp_m1_d.eq(nresp_m1)]
+        m.d.sync += [wi.eq(wi_d), nresp_m1.eq(nresp_m1_d)]
         is_sync = Signal(reset_less=True)
         rv = Signal()                                          # READ: a row held in out_r.data
         lens = {op: self._fields(desc, op)["length"] for op in pay_ops}
@@ -272,35 +297,56 @@ class Decoder(wiring.Component):
                      jp.par_bank.eq(rf["par_bank"]), jp.par_index.eq(rf["par_index"]),
                      jp.out_bank.eq(rf["out_bank"]), jp.out_offset.eq(rf["out_offset"]),
                      jp.k.eq(rf["k"]), jp.ntiles.eq(rf["ntiles"])]
-        # rows_valid * lanes_valid, registered in CHECK (one small multiplier off the job path).
-        macs = Signal.like(jp.macs, reset_less=True)
-        m.d.comb += jp.macs.eq(macs)
+        # rows_valid * lanes_valid from the registered descriptor (held from CHECK on) into a
+        # registered product (the MULT18X18D's output register on the ECP5, not a MULT output
+        # straight into the job queue: issue 6); valid from DECIDE on, the job leaves in WAIT.
+        m.submodules.macs = macs = RegisteredMult(rf["rows_valid"].shape(), rf["lanes_valid"].shape())
+        m.d.comb += [macs.a.eq(rf["rows_valid"]), macs.b.eq(rf["lanes_valid"]), macs.en.eq(1),
+                     jp.macs.eq(macs.p)]
 
         # Interlock: the current command's wait condition (busy inputs, one-hot opcode, bank register).
+        # The (opcode, bank) pair as one-hot registered selects (loaded in CHECK with the bank), so
+        # blocked is one AND-OR of busy bits (no bank mux, no opcode gating after it: it decides
+        # the WAIT exits, i.e. the FSM's and the shadow flags' next state).
+        busy_of = {Op.WRITE_ACT: self.act_busy, Op.WRITE_WGT: self.wgt_busy,
+                   Op.WRITE_PARAMS: self.par_busy, Op.READ_OUT: self.out_busy}
+        bank_sel = {(op, b): Signal(name=f"wait_{op.name.lower()}_{b}", reset_less=True)
+                    for op in busy_of for b in range(BANKS)}
         blocked = Signal()
-        m.d.comb += blocked.eq((op_r[Op.WRITE_ACT] & self.act_busy.bit_select(bank, 1))
-                               | (op_r[Op.WRITE_WGT] & self.wgt_busy.bit_select(bank, 1))
-                               | (op_r[Op.WRITE_PARAMS] & self.par_busy.bit_select(bank, 1))
-                               | (op_r[Op.READ_OUT] & self.out_busy.bit_select(bank, 1))
+        m.d.comb += blocked.eq(Cat(*[sel & busy_of[op][b] for (op, b), sel in bank_sel.items()]).any()
                                | ((op_r[Op.WRITE_LUT] | op_r[Op.SYNC]) & (self.jobs != 0))
                                | (op_r[Op.RUN] & ~self.job.ready))
 
         # ---- payload assembly and the buffer writes, straight from registers. Word p of the
         # entry loads whenever wsel selects it (in any state: asm is only read by a registered
-        # write, which follows the entry's final word), so asm's enables are wsel's flip-flops.
+        # write, which follows the entry's final word), so asm's enables are flip-flops: copies of
+        # wsel (``_copy``: kept apart by synthesis), one per <= _COPY_LOADS bits of a word.
         # The write of an entry is registered: it happens on the cycle after its final word, with
         # data = asm, addr = pa, bank = bank. Invisible at the top's ports: the buffers and the LUT
         # are read only by jobs, which a RUN hands over at least 3 cycles later (CHECK, DECIDE,
         # WAIT), and a WRITE waits until no queued job reads its bank.
         asm = Signal(wpe_max * bus_bits, reset_less=True)
         words = [asm[q * bus_bits:(q + 1) * bus_bits] for q in range(wpe_max)]
+        m.d.sync += wsel.eq(wsel_d)
+        m.d.comb += wsel_d.eq(wsel)
+        copies = []                                   # (name, copy, the register it copies)
         for q in range(wpe_max):
-            with m.If(wsel[q]):
-                m.d.sync += words[q].eq(self.din.payload.data)
+            for lo in range(0, bus_bits, _COPY_LOADS):
+                en = _copy(m, platform, wsel_d[q], Const(1), f"wsel{q}_{lo // _COPY_LOADS}")
+                copies.append((f"wsel{q}_{lo // _COPY_LOADS}", en, wsel[q]))
+                with m.If(en):
+                    m.d.sync += words[q][lo:lo + _COPY_LOADS].eq(self.din.payload.data[lo:lo + _COPY_LOADS])
         w_en = {op: Signal(name=f"w_en_{op.name.lower()}") for op in write_ops}
         m.d.sync += [e.eq(0) for e in w_en.values()]
+        # pa from its next value pa_d; the out buffer's read address (fanout ~44: every DP16KD
+        # of the out banks) is a copy of it (``_copy``), so the write ports' address net is apart.
+        pa_d = Signal.like(pa)
+        m.d.comb += pa_d.eq(pa)
+        m.d.sync += pa.eq(pa_d)
+        out_addr = _copy(m, platform, pa_d, Const(1), "out_addr")
+        copies.append(("out_addr", out_addr, pa))
         with m.If(Cat(*w_en.values()).any()):
-            m.d.sync += pa.eq(pa + 1)
+            m.d.comb += pa_d.eq(pa + 1)
         m.d.comb += [
             self.act_w.en.eq(w_en[Op.WRITE_ACT]), self.wgt_w.en.eq(w_en[Op.WRITE_WGT]),
             self.par_w.en.eq(w_en[Op.WRITE_PARAMS]), self.lut.valid.eq(w_en[Op.WRITE_LUT]),
@@ -308,20 +354,33 @@ class Decoder(wiring.Component):
             self.wgt_w.bank.eq(bank), self.wgt_w.addr.eq(pa), self.wgt_w.data.eq(asm),
             self.par_w.bank.eq(bank), self.par_w.addr.eq(pa), self.par_w.data.eq(asm),
             self.lut.payload.addr.eq(pa), self.lut.payload.data.eq(asm),
-            self.out_r.bank.eq(bank), self.out_r.addr.eq(pa),
+            self.out_r.bank.eq(bank), self.out_r.addr.eq(out_addr),
         ]
 
         # ---- the response snapshot: loads on every WAIT cycle (an enable straight from a FF, not
         # the interlock decision), so on entering RESP it holds status and counters of the WAIT
-        # cycle that left for RESP (SYNC: status only).
+        # cycle that left for RESP (SYNC: status only). The enable is wait_r in one reset-less copy
+        # per <= _COPY_LOADS bits (fanout ~450 on one FF before): after a reset a copy may differ
+        # from wait_r for one cycle (it loaded the pre-reset next state), harmless: snap is read
+        # only in RESP, which is entered from a WAIT cycle, where every copy is 1.
         snap = Signal(STATUS_SLOTS * COUNTER_BITS, reset_less=True)
-        with m.If(wait_r):
-            m.d.sync += snap.eq(Cat(status, Const(0, COUNTER_BITS - len(status)),
-                                    self.counters.as_value() & ~is_sync.replicate(len(self.counters.as_value()))))
+        snap_d = Cat(status, Const(0, COUNTER_BITS - len(status)),
+                     self.counters.as_value() & ~is_sync.replicate(len(self.counters.as_value())))
+        for lo in range(0, len(snap), _COPY_LOADS):
+            en = _copy(m, platform, wait_d, Const(1), f"wait_r{lo // _COPY_LOADS}")
+            copies.append((f"wait_r{lo // _COPY_LOADS}", en, wait_r))
+            with m.If(en):
+                m.d.sync += snap[lo:lo + _COPY_LOADS].eq(snap_d[lo:lo + _COPY_LOADS])
 
         def drop_and_flag(extra_flags):
             m.d.sync += flags.eq(flags | extra_flags)
-            m.d.comb += self.dropped.eq(1)
+
+        # ``dropped`` (DECIDE's decision, WRITE's length mismatch) from the shadow flags and
+        # registered bits only: it feeds the CMDS_DROPPED increment register (hw/top.py), <= 2 LUT
+        # levels (issue 6). The same cases as the drop_and_flag calls below.
+        final = wend & elast
+        m.d.comb += self.dropped.eq((decide_r & bad)
+                                    | (write_r & self.din.valid & (final ^ self.din.payload.last)))
 
         def next_entry():
             """The current entry is complete: count it (erem, elast)."""
@@ -332,8 +391,11 @@ class Decoder(wiring.Component):
         # the bridge's capture register gets no synchronous reset from the decoder's state (issue 6:
         # a 257-wide LSR net through two LUTs). Word wi of the row / of the snapshot.
         n_out = wpe_of[Op.READ_OUT]
-        row_end = wi == n_out - 1
-        is_last = wi == nresp_m1
+        # The word-index tests as flags registered from the next values (the FSM's READ/RESP exits
+        # and out_r.en read a flip-flop, not a compare).
+        row_end = Signal(init=int(n_out == 1))              # wi == n_out - 1
+        is_last = Signal(init=1)                            # wi == nresp_m1 (both 0 at start)
+        m.d.sync += [row_end.eq(wi_d == n_out - 1), is_last.eq(wi_d == nresp_m1_d)]
         n_w = status_response_words(cfg)
         row_send = _word_mux([self.out_r.data[q * bus_bits:(q + 1) * bus_bits] for q in range(n_out)], wi)
         padded = Cat(snap, Const(0, n_w * bus_bits - len(snap)))
@@ -341,28 +403,37 @@ class Decoder(wiring.Component):
         m.d.comb += [self.dout.payload.data.eq(Mux(resp_r, resp_send, row_send)),
                      self.dout.payload.last.eq(Mux(resp_r, is_last, row_end & elast))]
 
+        # READ's out-buffer read (issue) and dout.valid from the shadow flags, not the state decode
+        # (out_r.en: ~22 DP16KD enables; dout.valid: the bridge and the OUT_STALL increment).
+        take = rv & self.dout.ready
+        issue = read_r & rmore & (~rv | (take & row_end))
+        m.d.comb += [self.dout.valid.eq((read_r & rv) | resp_r), self.out_r.en.eq(issue)]
+
         with m.FSM() as fsm:
-            with m.State("IDLE"):
+            with state("IDLE"):
                 m.d.comb += self.cmd.ready.eq(1)
                 with m.If(self.cmd.valid):
                     goto("CHECK")
-            with m.State("CHECK"):
+            with state("CHECK"):
                 lenm1 = by_op({op: lens[op] - 1 for op in pay_ops}, off_w + 1)
+                bank_d = by_op({op: fld(op, "bank") for op in bank_ops}, len(bank))
+                m.d.sync += [sel.eq(op_r[op] & (bank_d == b)) for (op, b), sel in bank_sel.items()]
+                m.d.comb += pa_d.eq(by_op({op: fld(op, "offset") for op in pay_ops}, off_w))
                 m.d.sync += [
-                    macs.eq(rf["rows_valid"] * rf["lanes_valid"]), wi.eq(0), rv.eq(0),
-                    bank.eq(by_op({op: fld(op, "bank") for op in bank_ops}, len(bank))),
-                    pa.eq(by_op({op: fld(op, "offset") for op in pay_ops}, off_w)),
+                    rv.eq(0),
+                    bank.eq(bank_d),
                     erem.eq(lenm1), elast.eq(by_op({op: lens[op] == 1 for op in pay_ops}, 1)),
                     rrem.eq(lenm1), rmore.eq(1),
-                    wsel.eq(1), wend.eq(Cat(*[op_r[op] for op in pay_ops if wpe_of[op] == 1]).any()),
+                    wend.eq(Cat(*[op_r[op] for op in pay_ops if wpe_of[op] == 1]).any()),
                     wlast.eq(by_op({op: 1 << (wpe_of[op] - 1) for op in pay_ops}, wpe_max)),
                     is_sync.eq(op_r[Op.SYNC]),
-                    nresp_m1.eq(Mux(op_r[Op.SYNC], sync_response_words(cfg) - 1,
-                                    status_response_words(cfg) - 1)),
                 ]
+                m.d.comb += [wi_d.eq(0), nresp_m1_d.eq(Mux(op_r[Op.SYNC], sync_response_words(cfg) - 1,
+                                                           status_response_words(cfg) - 1))]
+                m.d.comb += wsel_d.eq(1)
                 goto("DECIDE")
-            with m.State("DECIDE"):
-                with m.If(errs.any()):
+            with state("DECIDE"):
+                with m.If(bad):
                     drop_and_flag(errs)
                     with m.If(ok_r & is_write):
                         goto("DISCARD")
@@ -370,7 +441,7 @@ class Decoder(wiring.Component):
                         goto("IDLE")
                 with m.Else():
                     goto("WAIT")
-            with m.State("WAIT"):
+            with state("WAIT"):
                 with m.If(~blocked):
                     with m.If(op_r[Op.RUN]):
                         m.d.comb += self.job.valid.eq(1)
@@ -385,16 +456,17 @@ class Decoder(wiring.Component):
                         goto("RESP")
                     with m.Else():                                    # WRITE_*
                         goto("WRITE")
-            with m.State("WRITE"):
+            with state("WRITE"):
                 m.d.comb += self.din.ready.eq(1)
-                final = wend & elast
                 with m.If(self.din.valid):
                     with m.If(wend):
-                        m.d.sync += [wsel.eq(1), wend.eq(wlast[0])]
+                        m.d.comb += wsel_d.eq(1)
+                        m.d.sync += wend.eq(wlast[0])
                         m.d.sync += [w_en[op].eq(op_r[op]) for op in write_ops]
                         next_entry()
                     with m.Else():
-                        m.d.sync += [wsel.eq(wsel << 1), wend.eq((wsel[:-1] & wlast[1:]).any())]
+                        m.d.comb += wsel_d.eq(wsel << 1)
+                        m.d.sync += wend.eq((wsel[:-1] & wlast[1:]).any())
                     with m.If(final & self.din.payload.last):
                         goto("IDLE")
                     with m.Elif(final):                        # last missing on the final word
@@ -403,34 +475,35 @@ class Decoder(wiring.Component):
                     with m.Elif(self.din.payload.last):        # last early
                         drop_and_flag(int(Flag.LENGTH_MISMATCH))
                         goto("IDLE")
-            with m.State("DISCARD"):
+            with state("DISCARD"):
                 m.d.comb += self.din.ready.eq(1)
                 with m.If(self.din.valid & self.din.payload.last):
                     goto("IDLE")
-            with m.State("READ"):
-                take = rv & self.dout.ready
-                issue = rmore & (~rv | (take & row_end))
-                m.d.comb += [self.dout.valid.eq(rv), self.out_r.en.eq(issue)]
+            with state("READ"):
                 with m.If(issue):
-                    m.d.sync += [pa.eq(pa + 1), rrem.eq(rrem - 1), rmore.eq(rrem != 0), rv.eq(1)]
+                    m.d.comb += pa_d.eq(pa + 1)
+                    m.d.sync += [rrem.eq(rrem - 1), rmore.eq(rrem != 0), rv.eq(1)]
                 with m.Elif(take & row_end):
                     m.d.sync += rv.eq(0)
                 with m.If(take):
                     with m.If(row_end):
-                        m.d.sync += wi.eq(0)
+                        m.d.comb += wi_d.eq(0)
                         next_entry()
                         with m.If(elast):
                             goto("IDLE")
                     with m.Else():
-                        m.d.sync += wi.eq(wi + 1)
-            with m.State("RESP"):
-                m.d.comb += self.dout.valid.eq(1)
+                        m.d.comb += wi_d.eq(wi + 1)
+            with state("RESP"):
                 with m.If(self.dout.ready):
-                    m.d.sync += wi.eq(wi + 1)
+                    m.d.comb += wi_d.eq(wi + 1)
                     with m.If(is_last):
                         goto("IDLE")
-        # The state flags kept as registers (goto) and the state tests they stand for (no hardware:
-        # read by tests/test_hw_decoder.py, which asserts them equal on every cycle).
-        self.shadow_checks = [(f"{name.lower()}_r", reg, fsm.ongoing(name))
-                              for name, reg in (("IDLE", idle_r), ("WAIT", wait_r), ("RESP", resp_r))]
+        # The state flags kept as registers (goto) and the state tests they stand for, and each
+        # replicated enable and its original (no hardware: read by tests/test_hw_decoder.py, which
+        # asserts them equal on every cycle).
+        self.shadow_checks = [(f"{name.lower()}_r", reg, fsm.ongoing(name)) for name, (reg, _) in shadow.items()]
+        loading = fsm.ongoing("IDLE") | fsm.ongoing("CHECK")     # bank / op_r not yet both loaded
+        self.shadow_checks += [(sel.name, sel, Mux(loading, sel, op_r[op] & (bank == b)))
+                               for (op, b), sel in bank_sel.items()]
+        self.shadow_checks += copies + [("row_end", row_end, wi == n_out - 1), ("is_last", is_last, wi == nresp_m1)]
         return m

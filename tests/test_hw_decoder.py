@@ -137,3 +137,145 @@ def test_run_product_checks_match_golden(cfg, seed, n):
             assert g[1] == {n_: f[n_] for n_ in g[1]}
             n_ok += 1
     assert n_ok >= n // 8 and n_range >= n // 8            # both outcomes well represented
+
+
+def _simulate_writes(cfg, cmds):
+    """``cmds``: (op, bank, offset, entries, mode) with mode ok | early (``last`` one word early) |
+    missing (no ``last`` on the final word, two more words, ``last`` on the second); din.valid
+    drops every third cycle. Returns, per command, the (bank, addr, data) writes of its buffer, the
+    ``dropped`` pulses and the flags afterwards; a CLEAR_STATUS follows each command."""
+    dut = _CheckedDecoder(cfg, params_layout(cfg).size)
+    ports = {Op.WRITE_ACT: dut.act_w, Op.WRITE_PARAMS: dut.par_w}
+    clear = isa.encode(cfg, Op.CLEAR_STATUS, counters=0)
+    out = []
+
+    async def tb(ctx):
+        cycle = 0
+        for op, bank, offset, entries, mode in cmds:
+            words = isa.pack_entries(entries, cfg.bus_bytes)
+            if mode == "ok":
+                pay = [(d, int(i == len(words) - 1)) for i, d in enumerate(words)]
+            elif mode == "early":
+                pay = [(d, int(i == len(words) - 2)) for i, d in enumerate(words[:-1])]
+            else:
+                pay = [(d, 0) for d in words] + [(0x5A, 0), (0xA5, 1)]
+            writes, drops = [], 0
+            for cmd in (isa.encode(cfg, op, bank=bank, offset=offset, length=len(entries)), clear):
+                ctx.set(dut.cmd.payload, cmd)
+                ctx.set(dut.cmd.valid, 1)
+                while not ctx.get(dut.cmd.ready):
+                    await ctx.tick()
+                await ctx.tick()
+                ctx.set(dut.cmd.valid, 0)
+                i = 0
+                for _ in range(6 * len(pay) + 12):       # until back in IDLE (cmd.ready) with all words sent
+                    if cmd == clear and ctx.get(dut.cmd.ready):
+                        break
+                    valid = int(i < len(pay) and cycle % 3 != 2)
+                    ctx.set(dut.din.valid, valid)
+                    if valid:
+                        ctx.set(dut.din.payload.data, pay[i][0])
+                        ctx.set(dut.din.payload.last, pay[i][1])
+                    if ctx.get(ports[op].en):
+                        writes.append((ctx.get(ports[op].bank), ctx.get(ports[op].addr), ctx.get(ports[op].data)))
+                    drops += ctx.get(dut.dropped)
+                    i += valid and ctx.get(dut.din.ready)
+                    if cmd != clear and i == len(pay) and ctx.get(dut.cmd.ready):
+                        break
+                    cycle += 1
+                    await ctx.tick()
+                else:
+                    raise AssertionError(f"{op.name} {mode}: did not finish")
+                ctx.set(dut.din.valid, 0)
+                if cmd != clear:
+                    await ctx.tick()                     # the registered write of the final entry
+                    if ctx.get(ports[op].en):
+                        writes.append((ctx.get(ports[op].bank), ctx.get(ports[op].addr), ctx.get(ports[op].data)))
+                    out.append((writes, drops, ctx.get(dut.flags)))
+
+    sim = Simulator(dut)
+    sim.add_clock(1e-6)
+    sim.add_testbench(tb)
+    sim.run()
+    return out
+
+
+@pytest.mark.parametrize("cfg,seed", [(ULX3S_CFG, 3), (SMALL, 4)])
+def test_writes_and_length_mismatch(cfg, seed):
+    """WRITE_ACT / WRITE_PARAMS (multi-word entries; on ULX3S_CFG each assembly word's enable is
+    split over several wsel copies): the entries written at offset + i with the entry's bytes,
+    LENGTH_MISMATCH drops (one ``dropped`` pulse) for ``last`` early / missing; on every cycle the
+    shadow flags equal their state tests and every replicated enable equals its original."""
+    rng = np.random.default_rng(seed)
+    cmds = []
+    for op, buf in ((Op.WRITE_ACT, "act"), (Op.WRITE_PARAMS, "params")):
+        eb = isa.entry_bytes(cfg, buf)
+        for mode in ("ok", "early", "missing", "ok"):
+            depth = isa.buffer_depth(cfg, buf)
+            offset = int(rng.integers(0, depth - 1))
+            n = int(rng.integers(2, min(3, depth - offset) + 1))
+            cmds.append((op, int(rng.integers(0, 2)), offset, rng.integers(0, 256, (n, eb)), mode))
+    got = _simulate_writes(cfg, cmds)
+    assert isa.words_per_entry(isa.entry_bytes(cfg, "params"), cfg.bus_bytes) > 1
+    for (op, bank, offset, entries, mode), (writes, drops, flags) in zip(cmds, got):
+        width = cfg.rows * 8 if op == Op.WRITE_ACT else params_layout(cfg).size
+        want = [(bank, offset + i, int.from_bytes(bytes(e.astype(np.uint8)), "little") & ((1 << width) - 1))
+                for i, e in enumerate(entries)]
+        if mode == "ok":
+            assert (writes, drops, flags) == (want, 0, 0), (op, mode)
+        else:                                            # early: the final entry is never complete
+            assert writes == (want[:-1] if mode == "early" else want), (op, mode)
+            assert (drops, flags) == (1, int(isa.Flag.LENGTH_MISMATCH)), (op, mode)
+
+
+WIDE = ArrayConfig(rows=2, cols=6, bus_bytes=4, act_depth=32, wgt_depth=16, param_depth=2, out_depth=40)
+
+
+@pytest.mark.parametrize("cfg,seed", [(ULX3S_CFG, 5), (WIDE, 6)])   # WIDE: 3 words per out row
+def test_read_out_stream(cfg, seed):
+    """READ_OUT of n rows under random dout backpressure: one out-buffer read per row at offset + i
+    (the row's address when issued), the rows' words in order with ``last`` on the final word only;
+    on every cycle the registered word-index flags (``row_end``, ``is_last``) equal their compares."""
+    rng = np.random.default_rng(seed)
+    dut = _CheckedDecoder(cfg, params_layout(cfg).size)
+    bus_bits = cfg.bus_bytes * 8
+    n_out = isa.words_per_entry(isa.entry_bytes(cfg, "out"), cfg.bus_bytes)
+    reqs = [(int(rng.integers(0, 2)), int(rng.integers(0, cfg.out_depth - 4)), int(rng.integers(1, 5)))
+            for _ in range(4)]
+    got = []
+
+    async def tb(ctx):
+        for bank, offset, n in reqs:
+            ctx.set(dut.cmd.payload, isa.encode(cfg, Op.READ_OUT, bank=bank, offset=offset, length=n))
+            ctx.set(dut.cmd.valid, 1)
+            assert ctx.get(dut.cmd.ready)               # the previous READ_OUT ended in IDLE
+            await ctx.tick()
+            ctx.set(dut.cmd.valid, 0)
+            reads, words, row = [], [], None
+            for _ in range(40 * n):
+                ready = int(rng.integers(0, 3) != 0)
+                ctx.set(dut.dout.ready, ready)
+                if ready and ctx.get(dut.dout.valid):
+                    words.append((ctx.get(dut.dout.payload.data), ctx.get(dut.dout.payload.last)))
+                    if words[-1][1]:
+                        await ctx.tick()                # the final word's transfer
+                        break
+                if ctx.get(dut.out_r.en):
+                    reads.append((ctx.get(dut.out_r.bank), ctx.get(dut.out_r.addr)))
+                    row = ctx.get(dut.out_r.addr)
+                await ctx.tick()
+                if row is not None:                     # the out buffer's synchronous read: the row
+                    ctx.set(dut.out_r.data, sum((row * n_out + q + 1) << (q * bus_bits) for q in range(n_out)))
+            ctx.set(dut.dout.ready, 0)
+            got.append((reads, words))
+            for _ in range(3):
+                await ctx.tick()
+
+    sim = Simulator(dut)
+    sim.add_clock(1e-6)
+    sim.add_testbench(tb)
+    sim.run()
+    for (bank, offset, n), (reads, words) in zip(reqs, got):
+        assert reads == [(bank, offset + i) for i in range(n)]
+        want = [((offset + i) * n_out + q + 1) & ((1 << bus_bits) - 1) for i in range(n) for q in range(n_out)]
+        assert words == [(w, int(j == len(want) - 1)) for j, w in enumerate(want)], (bank, offset, n)
