@@ -95,7 +95,7 @@ in ort mode any act_min/act_max/zp of their signed(9) fields and any 32-bit
 """
 from __future__ import annotations
 
-from amaranth import Cat, Const, Module, Mux, Signal, signed, unsigned
+from amaranth import Array, Cat, Const, Module, Mux, Signal, signed, unsigned
 from amaranth.lib import data, memory, stream, wiring
 from amaranth.lib.wiring import In, Out
 
@@ -668,12 +668,16 @@ class RequantLane(wiring.Component):
             rp.addr.eq(s["v"][:nib]),
         ]
         sel = s["v"][nib:nib + _LUT_SEL_BITS]
-        cand = Cat(*(rp.data.word_select(Cat(sel, Const(g, CODE_WIDTH - nib - _LUT_SEL_BITS)), CODE_WIDTH)
+        # Word g * 2**_LUT_SEL_BITS + sel of the row, for every g; the words are indexed through
+        # Array muxes (a variable word_select would be a $mul by the word width in the netlist).
+        n_sel = 1 << _LUT_SEL_BITS
+        cand = Cat(*(Array(rp.data.word_select(g * n_sel + i, CODE_WIDTH) for i in range(n_sel))[sel]
                      for g in range(1 << (CODE_WIDTH - nib - _LUT_SEL_BITS))))
         s = stage("lut_rd", {"cand": (cand.shape(), cand), "hs": (unsigned(CODE_WIDTH - nib - _LUT_SEL_BITS),
                                                                   s["v"][nib + _LUT_SEL_BITS:])},
                   keep=("valid", "last", "lut_en", "v"))
-        s = stage("lut", {"v": (u8, Mux(s["lut_en"], s["cand"].word_select(s["hs"], CODE_WIDTH), s["v"]))},
+        cand_words = Array(s["cand"].word_select(i, CODE_WIDTH) for i in range(len(s["cand"]) // CODE_WIDTH))
+        s = stage("lut", {"v": (u8, Mux(s["lut_en"], cand_words[s["hs"]], s["v"]))},
                   keep=("valid", "last"))
 
         # Implemented stages, in order, must be exactly the configured ones:
