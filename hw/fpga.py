@@ -513,13 +513,16 @@ def _pass(cfg: ArrayConfig, workdir: Path, freq_hz: float, baud: int, timeouts: 
 
 def build_ulx3s(cfg: ArrayConfig = ULX3S_CFG, out_dir="build/ulx3s", *, target_mhz: float = TARGET_MHZ,
                 baud: int | None = None, compare_packing: bool = True, rebuild_at_fmax: bool = True,
-                max_passes: int = MAX_PASSES, timeouts: dict | None = None, seed: int = 1, log=print) -> dict:
+                max_passes: int = MAX_PASSES, pll_mhz: float | None = None, timeouts: dict | None = None,
+                seed: int = 1, log=print) -> dict:
     """The whole ULX3S flow (module docstring). Returns the report dict (also written as
     ``<out_dir>/report.json``); the bitstream is ``<out_dir>/ulx3s.bit``."""
     from .ulx3s import DEFAULT_BAUD
     baud = DEFAULT_BAUD if baud is None else baud
     if isinstance(max_passes, bool) or not isinstance(max_passes, int) or not 1 <= max_passes <= 10:
         raise ValueError(f"max_passes must be an integer in [1, 10], got {max_passes!r}")
+    if pll_mhz is not None and not 10 <= pll_mhz <= target_mhz:
+        raise ValueError(f"pll_mhz must be in [10, target_mhz={target_mhz:g}] MHz, got {pll_mhz:g}")
     timeouts = {"yosys": 3600, "nextpnr": 10800, "ecppack": 600, **(timeouts or {})}
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -527,7 +530,10 @@ def build_ulx3s(cfg: ArrayConfig = ULX3S_CFG, out_dir="build/ulx3s", *, target_m
     log(f"ulx3s: {cfg.rows}x{cfg.cols} packing={cfg.packing} ({cfg.macs_per_cycle} MACs/cycle), "
         f"target {target_mhz:g} MHz: synthesis + place and route (several minutes each)...")
     # the PLL at the fastest frequency <= the target that the UART divisor can follow (150 MHz: exact)
-    first = _pass(cfg, out / "pass1", _bitstream_freq(target_mhz, baud), baud, timeouts, seed, pnr_mhz=target_mhz)
+    # pass 1's PLL: the target (default), or a slower clock given up front (pll_mhz: one place and
+    # route for the target that also writes a bitstream at a clock it is expected to close)
+    first = _pass(cfg, out / "pass1", _bitstream_freq(pll_mhz or target_mhz, baud), baud, timeouts, seed,
+                  pnr_mhz=target_mhz)
     log(f"  pass 1 (PLL {first['clock_mhz']:.3f} MHz): Fmax {first['fmax_mhz']:.2f} MHz, "
         f"{'met' if first['met'] else 'NOT met'}")
     passes = [first]
@@ -749,6 +755,9 @@ def cli(target: str, argv=None) -> int:
         p.add_argument("--no-compare", action="store_true", help="skip the other packing's synthesis")
         p.add_argument("--no-rebuild", action="store_true",
                        help="keep the first pass's bitstream even if it misses timing")
+        p.add_argument("--pll-mhz", type=float, default=None,
+                       help="clock pass 1's bitstream at this frequency (<= --freq) while placing and routing "
+                            "for --freq (default: --freq)")
         p.add_argument("--max-passes", type=int, default=MAX_PASSES,
                        help=f"place-and-route passes at most (pass 1 at --freq, then lowered PLL frequencies until "
                             f"one closes; default {MAX_PASSES})")
@@ -767,7 +776,7 @@ def cli(target: str, argv=None) -> int:
         if target == "ulx3s":
             rep = build_ulx3s(cfg, args.out_dir, target_mhz=args.freq, baud=args.baud,
                               compare_packing=not args.no_compare, rebuild_at_fmax=not args.no_rebuild,
-                              max_passes=args.max_passes, timeouts={"yosys": args.yosys_timeout, "nextpnr": args.nextpnr_timeout}, seed=args.seed)
+                              max_passes=args.max_passes, pll_mhz=args.pll_mhz, timeouts={"yosys": args.yosys_timeout, "nextpnr": args.nextpnr_timeout}, seed=args.seed)
         else:
             rep = estimate_xcup(cfg, args.out_dir, timeout_s=args.yosys_timeout)
     except ValueError as e:

@@ -638,6 +638,13 @@ def test_rebuilds_lower_the_pll_but_keep_the_target_until_a_pass_closes(tmp_path
     assert len(calls) == 2 and not rep["bitstream_timing_met"]
     with pytest.raises(ValueError, match=r"max_passes must be an integer in \[1, 10\]"):
         fpga.build_ulx3s(CFG, tmp_path, max_passes=0)
+    # pll_mhz: pass 1 already clocks the bitstream lower, still placed and routed for the target
+    fmax = iter([62.08])
+    calls.clear()
+    rep = fpga.build_ulx3s(CFG, tmp_path, compare_packing=False, pll_mhz=60.0, log=lambda *a: None)
+    assert len(calls) == 1 and calls[0][1] <= 60.0 and calls[0][2] == 150.0 and rep["bitstream_timing_met"]
+    with pytest.raises(ValueError, match=r"pll_mhz must be in \[10, target_mhz=150\] MHz"):
+        fpga.build_ulx3s(CFG, tmp_path, pll_mhz=151.0)
 
 
 def test_timing_by_block_from_detailed_nextpnr_report():
