@@ -60,6 +60,16 @@ def _run_words(cfg, rng, n):
     return words
 
 
+async def _send_cmd(ctx, dut, cmd):
+    """Present ``cmd`` on the decoder's command port until it is taken, then drop valid."""
+    ctx.set(dut.cmd.payload, cmd)
+    ctx.set(dut.cmd.valid, 1)
+    while not ctx.get(dut.cmd.ready):
+        await ctx.tick()
+    await ctx.tick()
+    ctx.set(dut.cmd.valid, 0)
+
+
 def _simulate(cfg, words):
     """Each word as a command, a CLEAR_STATUS after each dropped one; returns, per word, (dropped
     cycle - transfer cycle, flags after DECIDE) or (None, job payload) for a job handed over."""
@@ -71,12 +81,7 @@ def _simulate(cfg, words):
         ctx.set(dut.job.ready, 1)
         for w in words:
             for cmd in (w, clear):
-                ctx.set(dut.cmd.payload, cmd)
-                ctx.set(dut.cmd.valid, 1)
-                while not ctx.get(dut.cmd.ready):
-                    await ctx.tick()
-                await ctx.tick()
-                ctx.set(dut.cmd.valid, 0)
+                await _send_cmd(ctx, dut, cmd)
                 for dt in range(1, 6):                   # CHECK (1), DECIDE (2), WAIT (3)
                     if ctx.get(dut.dropped):
                         await ctx.tick()
@@ -161,12 +166,7 @@ def _simulate_writes(cfg, cmds):
                 pay = [(d, 0) for d in words] + [(0x5A, 0), (0xA5, 1)]
             writes, drops = [], 0
             for cmd in (isa.encode(cfg, op, bank=bank, offset=offset, length=len(entries)), clear):
-                ctx.set(dut.cmd.payload, cmd)
-                ctx.set(dut.cmd.valid, 1)
-                while not ctx.get(dut.cmd.ready):
-                    await ctx.tick()
-                await ctx.tick()
-                ctx.set(dut.cmd.valid, 0)
+                await _send_cmd(ctx, dut, cmd)
                 i = 0
                 for _ in range(6 * len(pay) + 12):       # until back in IDLE (cmd.ready) with all words sent
                     if cmd == clear and ctx.get(dut.cmd.ready):
