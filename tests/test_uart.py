@@ -26,6 +26,7 @@ import dataclasses
 import stat
 import sys
 import textwrap
+import time
 
 import numpy as np
 import pytest
@@ -481,6 +482,81 @@ def test_tool_timeout_is_killed_with_its_last_lines(tmp_path, monkeypatch):
     assert e.value.returncode is None
 
 
+# router2's overused-wire counts per iteration on the 30x4 top (docs/fpga.md, session 4 logs)
+_CONVERGED = [49892, 31828, 20647, 13814, 9455, 6754, 5290, 3926, 2838, 2151, 1730, 1487, 1180, 859, 594, 427,
+              331, 248, 194, 140, 115, 115, 106, 116, 91, 54, 54, 40, 43, 36, 29, 29, 14, 18, 14, 13, 11, 5, 4,
+              4, 3, 4, 5, 1, 2, 0]
+_OSCILLATING = [50463, 33799, 22682, 14755, 10203, 7348, 5708, 4653, 4052, 3417, 2696, 2338, 2076, 1958, 1636,
+                1383, 1165, 940, 854, 781, 722, 678, 608, 615, 520, 479, 437, 358, 321, 281, 258, 267, 260, 246,
+                225, 192, 216, 216, 211, 207, 182, 184, 193, 198, 194, 189, 194, 197, 195, 178, 159, 170, 172,
+                181, 210, 200, 201, 199, 204, 222, 228, 224, 250, 255, 254, 282, 263, 288, 304, 293]
+
+
+def _router_log(counts, start=1):
+    return "Info: Running router2...\n" + "".join(
+        f"Info:     iter={i} wires={760000 + i} overused={c} overuse={c + 3} archfail=NA\n"
+        for i, c in enumerate(counts, start))
+
+
+def test_router2_stall_spares_converging_runs_and_stops_oscillating_ones():
+    for n in range(1, len(_CONVERGED) + 1):
+        assert fpga.router2_stall(_router_log(_CONVERGED[:n])) is None
+    first = next(n for n in range(1, len(_OSCILLATING) + 1) if fpga.router2_stall(_router_log(_OSCILLATING[:n])))
+    assert first == 51 + fpga.ROUTER_PATIENCE          # best 159 at iteration 51
+    why = fpga.router2_stall(_router_log(_OSCILLATING))
+    assert "fewest overused wires 159 at iteration 51" in why and "no fewer in the 19 iterations" in why
+    # a second router run in the same log starts the count over; a best of 0 is a converged run
+    assert fpga.router2_stall(_router_log(_OSCILLATING) + _router_log([900, 800])) is None
+    assert fpga.router2_stall(_router_log([5, 0] + [0] * 30)) is None
+
+
+def test_watchdog_stops_a_running_tool(tmp_path, monkeypatch):
+    monkeypatch.setattr(fpga, "WATCH_POLL_S", 0.2)
+    name = _fake_tool(tmp_path, monkeypatch, """
+        import time
+        with open("tool.log", "w") as f:
+            for i in range(1, 100000):
+                f.write(f"Info:     iter={i} wires=1 overused={500 if i < 3 else 600} overuse=1 archfail=NA\\n")
+                f.flush()
+                time.sleep(0.01)
+    """)
+    t0 = time.monotonic()
+    with pytest.raises(fpga.ToolStalled) as e:
+        fpga.run_tool(name, [], tmp_path, 60, log="tool.log", watch=lambda text: fpga.router2_stall(text, 20))
+    assert time.monotonic() - t0 < 30 and "fewest overused wires 500 at iteration 1" in str(e.value)
+    assert "stopped: router2 did not converge" in str(e.value) and e.value.returncode is None
+    size = (tmp_path / "tool.log").stat().st_size
+    time.sleep(0.5)
+    assert (tmp_path / "tool.log").stat().st_size == size      # the tool is gone
+
+
+def test_nextpnr_tries_the_next_seed_when_routing_stalls(tmp_path, monkeypatch):
+    seeds = []
+
+    def fake_run_tool(name, args, cwd, timeout_s, log=None, watch=None):
+        s = int(args[args.index("--seed") + 1])
+        seeds.append(s)
+        (cwd / "nextpnr.log").write_text(_router_log(_OSCILLATING))
+        why = watch((cwd / "nextpnr.log").read_text())
+        if s in stall:
+            raise fpga.ToolStalled(name, why, [], str(cwd / "nextpnr.log"))
+        (cwd / "nextpnr_report.json").write_text("{}")
+        return 1.0
+
+    monkeypatch.setattr(fpga, "run_tool", fake_run_tool)
+    monkeypatch.setattr(fpga, "parse_nextpnr_report", lambda rep: {"fmax": {}})
+    stall, said = {1, 2}, []
+    out = fpga._nextpnr(tmp_path, "ulx3s", 150.0, 100, seed=1, attempts=3, log=said.append)
+    assert seeds == [1, 2, 3] and out["seed"] == 3 and [s["seed"] for s in out["stalled_seeds"]] == [1, 2]
+    assert "159 at iteration 51" in out["stalled_seeds"][0]["why"] and "placing again with seed 2" in said[0]
+    assert (tmp_path / "nextpnr_seed1_stalled.log").exists() and (tmp_path / "nextpnr_seed2_stalled.log").exists()
+    seeds.clear()
+    stall = {4, 5}
+    with pytest.raises(fpga.ToolError, match=r"routing did not converge with seeds 4\.\.5 .*try --seed 6"):
+        fpga._nextpnr(tmp_path, "ulx3s", 150.0, 100, seed=4, attempts=2, log=said.append)
+    assert seeds == [4, 5]
+
+
 # --------------------------------------------------------------------------- synthesis smoke
 def test_bridge_synthesises_for_ecp5(tmp_path):
     """yosys synth_ecp5 of the bridge alone: the 2 KiB FIFO is one DP16KD, no multipliers."""
@@ -574,7 +650,7 @@ def test_pass_is_reused_only_when_rtlil_constraints_and_options_are_unchanged(tm
         calls.append("yosys")
         return STAT_TABLE, 1.0
 
-    def nextpnr(workdir, name, freq_mhz, timeout_s, seed):
+    def nextpnr(workdir, name, freq_mhz, timeout_s, seed, attempts, log):
         calls.append("nextpnr")
         (workdir / f"{name}.config").write_text("cfg")
         return {"fmax": {"clk": {"achieved_mhz": 40.0, "constraint_mhz": freq_mhz}}, "resources": {}}
@@ -614,7 +690,7 @@ def test_rebuilds_lower_the_pll_but_keep_the_target_until_a_pass_closes(tmp_path
     fmax = iter([62.08, 51.51, 50.0])
     calls = []
 
-    def fake_pass(cfg, workdir, freq_hz, baud, timeouts, seed, pnr_mhz=None):
+    def fake_pass(cfg, workdir, freq_hz, baud, timeouts, seed, pnr_mhz=None, attempts=None, log=None):
         workdir.mkdir(parents=True, exist_ok=True)
         (workdir / "ulx3s.bit").write_bytes(workdir.name.encode())
         f = next(fmax)
