@@ -1,9 +1,11 @@
 """``BankedBuffer``: one on-chip buffer of the accelerator top, ``BANKS`` banks of
 ``depth`` entries (docs/top.md, "Buffers").
 
-Each bank is one ``amaranth.lib.memory.Memory`` with one write port and one
-synchronous read port (a simple dual-port RAM: BRAM/URAM on the FPGA), so the
-decoder can fill one bank while the sequencer reads the other.
+The banks are one ``amaranth.lib.memory.Memory`` (a power-of-two depth: the
+bank index as the top address bits) or one per bank (other depths), with one
+write port and one synchronous read port (a simple dual-port RAM: BRAM/URAM
+on the FPGA), so the decoder can fill one bank while the sequencer reads the
+other.
 
 Port interfaces (``write_signature`` / ``read_signature``, seen from the
 user, i.e. the decoder or the sequencer):
@@ -120,6 +122,23 @@ class BankedBuffer(wiring.Component):
             r_data = Signal(unsigned(self.width), name="w_reg_data", reset_less=True)
             m.d.sync += [r_en.eq(w_en), r_bank.eq(w_bank), r_addr.eq(w_addr), r_data.eq(w_data)]
             w_en, w_bank, w_addr, w_data = r_en, r_bank, r_addr, r_data
+        if self.depth & (self.depth - 1) == 0:
+            # A power-of-two depth: all banks in one memory, the bank index as the top address
+            # bits (a concatenation, nothing wasted), so the read data comes straight from the RAM:
+            # no bank multiplexer behind a BRAM's 4.3 ns clock-to-out (issue 6: on the 30x4 top
+            # the act buffer's bank mux, a PFUMX, sat in front of every skew register).
+            mem = memory.Memory(shape=unsigned(self.width), depth=BANKS << len(self.r.addr), init=[])
+            m.submodules.banks = mem
+            wp = mem.write_port()
+            rp = mem.read_port(transparent_for=())
+            m.d.comb += [
+                wp.en.eq(w_en), wp.addr.eq(Cat(w_addr, w_bank)), wp.data.eq(w_data),
+                rp.en.eq(self.r.en), rp.addr.eq(Cat(self.r.addr, self.r.bank)), self.r.data.eq(rp.data),
+            ]
+            return m
+        # Any other depth: one memory per bank (a shared one would waste the padding to a power
+        # of two, e.g. 4608 -> 8192 entries per bank) and the bank of the last read selects which
+        # memory's (held) data is shown.
         rdata = []
         for b in range(BANKS):
             mem = memory.Memory(shape=unsigned(self.width), depth=self.depth, init=[])
@@ -131,7 +150,6 @@ class BankedBuffer(wiring.Component):
                 rp.en.eq(self.r.en), rp.addr.eq(self.r.addr),
             ]
             rdata.append(rp.data)
-        # The bank of the last read selects which memory's (held) data is shown.
         sel = Signal(bank_shape(), reset_less=True)     # datapath: travels with the read data
         with m.If(self.r.en):
             m.d.sync += sel.eq(self.r.bank)

@@ -61,9 +61,10 @@ __all__ = ["ArrayCore", "PARAMS_PUSH_TO_HEAD_CYCLES", "input_layout", "params_la
 # on >= t + 1 + cfg.array_latency (ArrayCore.elaborate asserts the margin).
 PARAMS_PUSH_TO_HEAD_CYCLES = 3
 #: The params FIFO is split into memories of at most this many bits, each read at its own copy of
-#: the read address: 48 TRELLIS_DPR16X4 cells (4 bits each) per copy (issue 6, docs/fpga.md "Timing").
+#: the read address and write enable: 24 TRELLIS_DPR16X4 cells (4 bits each) per copy (issue 6,
+#: docs/fpga.md "Timing"; with 48 a write-enable copy had fanout 172 and arrived at ~10 ns).
 _LUTRAM_BITS = 4
-PARAM_FIFO_GROUP_BITS = 48 * _LUTRAM_BITS
+PARAM_FIFO_GROUP_BITS = 24 * _LUTRAM_BITS
 
 
 def input_layout(cfg: ArrayConfig) -> data.StructLayout:
@@ -214,7 +215,7 @@ class ArrayCore(wiring.Component):
         ra = Signal(range(depth))                         # == (rptr + arr.acc_last) % depth
         # The FIFO's bits are split into PARAM_FIFO_GROUP_BITS-wide memories, each read at its own
         # copy of ra (``_copy``: not merged by yosys): ra drove the read address of every LUT-RAM
-        # cell (169 TRELLIS_DPR16X4 per bit on the 30 x 4 top, issue 6); a copy drives <= 48.
+        # cell (169 TRELLIS_DPR16X4 per bit on the 30 x 4 top, issue 6); a copy drives <= 24.
         width = params_layout(cfg).size
         n_groups = -(-width // PARAM_FIFO_GROUP_BITS)
         gbits = -(-width // n_groups)

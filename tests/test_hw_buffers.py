@@ -28,8 +28,9 @@ from test_hw_top_amaranth import (check_session, load_all, rand_bytes, rand_para
 
 
 # --------------------------------------------------------------------------- the buffer alone
+@pytest.mark.parametrize("depth", [5, 8])          # 8: the banks in one memory (power of two)
 @pytest.mark.parametrize("mode", ["plain", "registered", "lut_ram"])
-def test_buffer_write_visibility_and_read_hold(mode):
+def test_buffer_write_visibility_and_read_hold(mode, depth):
     """Random writes and reads against a model: a write on cycle t is readable from t + 1
     (plain) or t + 2 (registered write, also in LUT-RAM mode); read data holds until the next
     read enable, through writes to the held entry (LUT-RAM mode: the held ADDRESS holds and the
@@ -37,7 +38,7 @@ def test_buffer_write_visibility_and_read_hold(mode):
     LUT-RAM buffer has three slices (4 + 4 + 2 bits), each with its own address copies."""
     registered = mode != "plain"
     lut_ram = mode == "lut_ram"
-    width, depth = 10, 5
+    width = 10
     dut = BankedBuffer(width, depth, registered_write=registered, lut_ram_slice_bits=4 if lut_ram else None)
     if lut_ram:
         assert dut.slices() == [(0, 4), (4, 8), (8, 10)]
@@ -124,7 +125,7 @@ def test_lut_ram_copies_are_kept_flip_flops_on_ecp5():
     from the read (write) port with the read enable (always) as clock enable."""
     from amaranth.back import rtlil
     from amaranth_boards.ulx3s import ULX3S_85F_Platform
-    width, depth = 10, 5
+    width = 10
     dut = BankedBuffer(width, depth, registered_write=True, lut_ram_slice_bits=4)
     text = rtlil.convert(dut, name="buf", platform=ULX3S_85F_Platform())
     cells = re.findall(r"attribute \\keep 1\n(?:  attribute [^\n]*\n)*  cell \\TRELLIS_FF \\(\S+)", text)
