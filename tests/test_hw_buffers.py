@@ -14,7 +14,6 @@ import warnings
 import numpy as np
 import pytest
 from amaranth import ResetInserter, Signal
-from amaranth.hdl import Assert
 from amaranth.sim import Simulator
 
 import hw.top
@@ -25,6 +24,7 @@ from hw.buffers import LUT_RAM_CELLS_PER_COPY, WRITE_TO_READ_MIN_CYCLES, BankedB
 from hw.sequencer import Sequencer
 from test_hw_top_amaranth import (check_session, load_all, rand_bytes, rand_params, run_cmd, simple,
                                   write_cmd)
+from shadow_checks import checked
 
 
 # --------------------------------------------------------------------------- the buffer alone
@@ -125,7 +125,7 @@ def test_lut_ram_copies_are_kept_flip_flops_on_ecp5():
     from the read (write) port with the read enable (always) as clock enable."""
     from amaranth.back import rtlil
     from amaranth_boards.ulx3s import ULX3S_85F_Platform
-    width = 10
+    width, depth = 10, 5
     dut = BankedBuffer(width, depth, registered_write=True, lut_ram_slice_bits=4)
     text = rtlil.convert(dut, name="buf", platform=ULX3S_85F_Platform())
     cells = re.findall(r"attribute \\keep 1\n(?:  attribute [^\n]*\n)*  cell \\TRELLIS_FF \\(\S+)", text)
@@ -169,16 +169,7 @@ CFG_ROW1 = ArrayConfig(rows=1, cols=1, weight_min=-128, act_depth=48, wgt_depth=
                        bus_bytes=4, max_k=8, param_fifo_depth=8)
 
 
-class _CheckedSequencer(Sequencer):
-    """``Sequencer`` plus simulation assertions: every flag the sequencer keeps as a register
-    loaded from next-state logic (issue 6) equals the combinational form it replaces, on every
-    cycle (``Sequencer.shadow_checks``), so the change is invisible at its ports."""
-
-    def elaborate(self, platform):
-        m = super().elaborate(platform)
-        for name, reg, comb in self.shadow_checks:
-            m.d.sync += Assert(reg == comb, f"sequencer {name} != its combinational form")
-        return m
+_CheckedSequencer = checked(Sequencer, "sequencer")
 
 
 @pytest.fixture

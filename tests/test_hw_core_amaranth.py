@@ -25,7 +25,7 @@ import numpy as np
 import pytest
 from amaranth import Value
 from amaranth.back import verilog
-from amaranth.hdl import Assert, Fragment
+from amaranth.hdl import Fragment
 from amaranth.sim import Simulator
 
 from golden._check import INT32_MAX, INT32_MIN
@@ -35,6 +35,7 @@ from golden.requant import multiply_by_quantized_multiplier
 from hw.core import (PARAM_FIFO_GROUP_BITS, PARAMS_PUSH_TO_HEAD_CYCLES, ArrayCore, input_layout, lut_layout, output_layout, pack_payload, params_layout,
                      unpack_payload)
 from hw.mac_array import MacArray
+from shadow_checks import checked
 
 FIELDS = LANE_FIELDS  # the shared lane params definition (golden.array_model)
 
@@ -88,15 +89,7 @@ def _random_ks(rng, n):
 
 # ---------------------------------------------------------------- MacArray
 
-class _CheckedArray(MacArray):
-    """``MacArray`` plus simulation assertions: each drain load copy equals the load pulse it
-    stands for on every cycle (``MacArray.shadow_checks``)."""
-
-    def elaborate(self, platform):
-        m = super().elaborate(platform)
-        for name, reg, comb in self.shadow_checks:
-            m.d.sync += Assert(reg == comb, f"array {name} != the bottom row's pulse")
-        return m
+_CheckedArray = checked(MacArray, "array")
 
 
 def _run_array(cfg, seed, n_tiles=12, p_bubble=0.3, p_stall=0.25):
@@ -166,16 +159,7 @@ def test_mac_array_values_and_array_latency(cfg):
 
 # ---------------------------------------------------------------- ArrayCore
 
-class _CheckedCore(ArrayCore):
-    """``ArrayCore`` plus simulation assertions: the params FIFO's read address is a register
-    loaded from next-state logic (issue 6); it must equal the combinational form it stands for
-    on every cycle (``ArrayCore.shadow_checks``)."""
-
-    def elaborate(self, platform):
-        m = super().elaborate(platform)
-        for name, reg, comb in self.shadow_checks:
-            m.d.sync += Assert(reg == comb, f"core {name} != its combinational form")
-        return m
+_CheckedCore = checked(ArrayCore, "core")
 
 
 def _run_core(cfg, seed, n_tiles=10, p_in=0.8, p_par=0.5, p_out=0.7, preload_lut=True, ks=None,

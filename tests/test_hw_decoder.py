@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from amaranth import Assert
 from amaranth.sim import Simulator
 
 from golden import isa
@@ -21,16 +20,12 @@ from golden.isa import Op
 from hw.core import params_layout
 from hw.decoder import Decoder
 from hw.fpga import ULX3S_CFG
+from shadow_checks import checked
 
 SMALL = ArrayConfig(rows=3, cols=2, bus_bytes=4, act_depth=32, wgt_depth=16, param_depth=2, out_depth=40)
 
 
-class _CheckedDecoder(Decoder):
-    def elaborate(self, platform):
-        m = super().elaborate(platform)
-        for name, reg, comb in self.shadow_checks:
-            m.d.sync += Assert(reg == comb, f"decoder {name} != its combinational form")
-        return m
+_CheckedDecoder = checked(Decoder, "decoder")
 
 
 def _run_words(cfg, rng, n):

@@ -12,12 +12,12 @@ import numpy as np
 import pytest
 from amaranth import ResetInserter, Signal
 from amaranth.back import rtlil
-from amaranth.hdl import Assert
 from amaranth.sim import Simulator
 
 from golden.config import PE_LATENCY, ArrayConfig
 from hw.mac_array import MacArray
 from hw.pe import PackedPE, check_hw_config, pack_weights, packed_acc_width, weight_word_width
+from shadow_checks import checked
 
 
 def _tiles(rng, cfg, n_tiles, extreme_every=3):
@@ -55,16 +55,7 @@ def _expected(cfg, a, w):
     return out
 
 
-class _CheckedPE(PackedPE):
-    """``PackedPE`` plus simulation assertions: the stage-2 flags are written in a form that
-    keeps synthesis from merging them across PEs (hw.pe); each must equal the form it stands
-    for on every cycle (``PackedPE.shadow_checks``)."""
-
-    def elaborate(self, platform):
-        m = super().elaborate(platform)
-        for name, reg, comb in self.shadow_checks:
-            m.d.sync += Assert(reg == comb, f"PE {name} != its plain form")
-        return m
+_CheckedPE = checked(PackedPE, "PE")
 
 
 def _run_pe(cfg, seed, tiles=None, p_bubble=0.25, p_stall=0.2):

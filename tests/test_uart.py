@@ -30,7 +30,7 @@ import time
 
 import numpy as np
 import pytest
-from amaranth import Assert, Module
+from amaranth import Module
 from amaranth.sim import Simulator
 
 from firmware.device import DeviceError, DeviceTimeout
@@ -44,6 +44,7 @@ from golden.isa import Op
 from hw import fpga, uart
 from hw.uart import UartBridge, UartRx, UartSim, UartTx
 from hw.ulx3s import ecp5_pll
+from shadow_checks import checked
 
 # Small enough for the Python simulator: 2 rows x 1 dual PE (2 lanes), 2-byte bus.
 CFG = ArrayConfig(rows=2, cols=1, weight_min=-128, act_depth=32, wgt_depth=16, param_depth=2, out_depth=16,
@@ -117,15 +118,7 @@ def test_tx_rx_loopback_break_and_glitch(divisor):
 
 
 # --------------------------------------------------------------------------- bridge alone
-class _CheckedBridgeCore(uart._BridgeCore):
-    """``_BridgeCore`` plus simulation assertions: each enable it keeps as a register loaded from
-    next-state logic (issue 6) equals the combinational form it replaces, on every cycle."""
-
-    def elaborate(self, platform):
-        m = super().elaborate(platform)
-        for name, reg, comb in self.shadow_checks:
-            m.d.sync += Assert(reg == comb, f"bridge {name} != its combinational form")
-        return m
+_CheckedBridgeCore = checked(uart._BridgeCore, "bridge")
 
 
 @pytest.fixture
