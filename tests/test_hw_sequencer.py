@@ -16,7 +16,7 @@ from golden import isa
 from golden.config import BANKS
 from golden.isa import JOB_QUEUE_DEPTH, Op
 from test_hw_buffers import CFG_ROW1, checked_sequencer  # noqa: F401  (fixture)
-from test_hw_top_amaranth import (CFG, CFG_NARROW, _random_session, check_session, load_all, run_cmd,
+from test_hw_top_amaranth import (CFG, CFG_NARROW, _random_session, check_session, load_all, rand_run_fields, run_cmd,
                                   simple)
 
 
@@ -29,14 +29,7 @@ def _queue_session(cfg, rng, n):
         k = int(rng.choice([1, 1, 2, min(3, kmax), int(rng.integers(1, kmax + 1))]))
         nt_max = min(cfg.act_depth // k, cfg.out_depth // cfg.rows)
         nt = int(rng.choice([1, 1, 2, min(3, nt_max), int(rng.integers(1, nt_max + 1))]))
-        cmds.append(run_cmd(cfg, act_bank=int(rng.integers(0, BANKS)), wgt_bank=int(rng.integers(0, BANKS)),
-                            par_bank=int(rng.integers(0, BANKS)), out_bank=i % BANKS, k=k, ntiles=nt,
-                            act_offset=int(rng.integers(0, cfg.act_depth - nt * k + 1)),
-                            wgt_offset=int(rng.integers(0, cfg.wgt_depth - k + 1)),
-                            par_index=int(rng.integers(0, cfg.param_depth)),
-                            out_offset=int(rng.integers(0, cfg.out_depth - nt * cfg.rows + 1)),
-                            rows_valid=int(rng.integers(0, cfg.rows + 1)),
-                            lanes_valid=int(rng.integers(0, cfg.out_lanes + 1))))
+        cmds.append(run_cmd(cfg, **rand_run_fields(cfg, rng, k, nt, out_bank=i % BANKS)))
     cmds += [simple(cfg, Op.SYNC), simple(cfg, Op.READ_STATUS)]
     cmds += [simple(cfg, Op.READ_OUT, bank=b, offset=0, length=cfg.out_depth) for b in range(BANKS)]
     return cmds

@@ -469,6 +469,17 @@ def test_malformed_commands_flagged_dropped_payload_consumed(cfg):
     assert isa.parse_status(cfg, got[-1])["JOBS_DONE"] == len(cases)
 
 
+def rand_run_fields(cfg, rng, k, nt, out_bank=None):
+    """The fields of a valid RUN of ``k`` x ``nt`` tiles: random banks (``out_bank`` if given),
+    offsets anywhere the tiles fit, random params index and valid rows/lanes."""
+    return dict(act_bank=int(rng.integers(0, BANKS)), act_offset=int(rng.integers(0, cfg.act_depth - nt * k + 1)),
+                wgt_bank=int(rng.integers(0, BANKS)), wgt_offset=int(rng.integers(0, cfg.wgt_depth - k + 1)),
+                par_bank=int(rng.integers(0, BANKS)), par_index=int(rng.integers(0, cfg.param_depth)),
+                out_bank=int(rng.integers(0, BANKS)) if out_bank is None else out_bank,
+                out_offset=int(rng.integers(0, cfg.out_depth - nt * cfg.rows + 1)), k=k, ntiles=nt,
+                rows_valid=int(rng.integers(0, cfg.rows + 1)), lanes_valid=int(rng.integers(0, cfg.out_lanes + 1)))
+
+
 def _random_session(cfg, rng, n):
     """Valid commands mixed with bit-flipped / random descriptors, each with a consistent payload."""
     cmds = load_all(cfg, rng)
@@ -492,13 +503,7 @@ def _random_session(cfg, rng, n):
             if op == Op.RUN:
                 k = int(rng.integers(1, isa.k_max(cfg) + 1))
                 nt = int(rng.integers(1, min(cfg.act_depth // k, cfg.out_depth // cfg.rows, 3) + 1))
-                fields = dict(act_bank=int(rng.integers(0, 2)), act_offset=int(rng.integers(0, cfg.act_depth - nt * k + 1)),
-                              wgt_bank=int(rng.integers(0, 2)), wgt_offset=int(rng.integers(0, cfg.wgt_depth - k + 1)),
-                              par_bank=int(rng.integers(0, 2)), par_index=int(rng.integers(0, cfg.param_depth)),
-                              out_bank=int(rng.integers(0, 2)),
-                              out_offset=int(rng.integers(0, cfg.out_depth - nt * cfg.rows + 1)), k=k, ntiles=nt,
-                              rows_valid=int(rng.integers(0, cfg.rows + 1)),
-                              lanes_valid=int(rng.integers(0, cfg.out_lanes + 1)))
+                fields = rand_run_fields(cfg, rng, k, nt)
             elif op == Op.READ_OUT:
                 ln = int(rng.integers(1, cfg.out_depth + 1))
                 fields = dict(bank=int(rng.integers(0, 2)), offset=int(rng.integers(0, cfg.out_depth - ln + 1)),
