@@ -41,7 +41,7 @@ from golden.config import BANKS
 
 from .ecp5_mult import is_ecp5
 
-__all__ = ["BankedBuffer", "write_signature", "read_signature", "bank_shape", "WRITE_TO_READ_MIN_CYCLES",
+__all__ = ["BankedBuffer", "write_signature", "read_signature", "bank_shape", "WRITE_TO_READ_MIN_CYCLES", "kept_copy",
            "LUT_RAM_CELLS_PER_COPY", "lut_ram_slice_bits", "live_register", "enable_copy"]
 
 #: Fewest cycles from the decoder presenting the final entry of a WRITE_ACT/WGT/PARAMS on a
@@ -168,7 +168,7 @@ class BankedBuffer(wiring.Component):
         # Timing (issue 6): the 30x4 top's params buffer is ~680 TRELLIS_DPR16X4; one read
         # address register (or a mux in front of a synchronous read) drove all of their read
         # address pins and one decode LUT all their write enables. Each copy below drives one
-        # slice. The copies are the same register; `_copy` keeps them apart in synthesis.
+        # slice. The copies are the same register; `kept_copy` keeps them apart in synthesis.
         # Write side: the enable must keep its reset (no write presented in a reset cycle may
         # land): one `enable_copy` per bank and slice.
         w_data = Signal(unsigned(self.width), name="w_reg_data", reset_less=True)
@@ -184,11 +184,11 @@ class BankedBuffer(wiring.Component):
         self.shadow_checks = []
         out = []
         for g, (lo, hi) in enumerate(self.slices()):
-            r_addr = _copy(m, platform, self.r.addr, self.r.en, f"r_addr_s{g}")
-            r_sel = _copy(m, platform, self.r.bank, self.r.en, f"r_bank_s{g}")
+            r_addr = kept_copy(m, platform, self.r.addr, self.r.en, f"r_addr_s{g}")
+            r_sel = kept_copy(m, platform, self.r.bank, self.r.en, f"r_bank_s{g}")
             rdata = []
             for b in range(BANKS):
-                w_addr = _copy(m, platform, self.w.addr, C(1, 1), f"w_addr_b{b}_s{g}")
+                w_addr = kept_copy(m, platform, self.w.addr, C(1, 1), f"w_addr_b{b}_s{g}")
                 w_en_bg = enable_copy(m, platform, self.w.en & (self.w.bank == b), live, f"w_en_b{b}_s{g}")
                 self.shadow_checks.append((f"w_en_b{b}_s{g}", w_en_bg, ref[b]))
                 mem = memory.Memory(shape=unsigned(hi - lo), depth=self.depth, init=[])
@@ -203,7 +203,7 @@ class BankedBuffer(wiring.Component):
         return m
 
 
-def _copy(m, platform, d, en, name):
+def kept_copy(m, platform, d, en, name):
     """One copy of a replicated, reset-less register ``q <= d`` when ``en``: on an ECP5 platform
     TRELLIS_FF instances with ``keep`` (yosys' opt_merge would fold identical Amaranth registers
     into one and with it the fanout this copy exists to split), elsewhere a plain register."""
@@ -231,10 +231,10 @@ def enable_copy(m, platform, d, live, name):
     """One copy of the reset register ``q <= d`` (init 0) for one group of its loads.
 
     A replicated enable must keep its reset (no write presented in a reset cycle may land), but
-    the reset-less ``_copy`` instances cannot see the reset (ResetInserter does not reach
-    instance pins). So the copy is ``_copy(d) & live`` (``live_register``):
+    the reset-less ``kept_copy`` instances cannot see the reset (ResetInserter does not reach
+    instance pins). So the copy is ``kept_copy(d) & live`` (``live_register``):
     ``copy(t+1) & live(t+1) = d(t) & ~rst(t)``, exactly the reset register's next value. The AND
     of two flip-flops is distinct per copy (yosys cannot merge it) and drives only its group."""
     q = Signal(name=f"{name}_live")
-    m.d.comb += q.eq(_copy(m, platform, d, C(1, 1), name) & live)
+    m.d.comb += q.eq(kept_copy(m, platform, d, C(1, 1), name) & live)
     return q

@@ -47,7 +47,7 @@ from amaranth.lib.wiring import In, Out
 
 from golden.config import ArrayConfig
 
-from .buffers import _copy, enable_copy, live_register
+from .buffers import kept_copy, enable_copy, live_register
 from .mac_array import MacArray
 from .pe import check_hw_config, config_for
 from .requant_lane import CODE_WIDTH, RequantLane, lane_params_layout, lut_layout
@@ -214,7 +214,7 @@ class ArrayCore(wiring.Component):
         rptr_n = Signal(range(depth))
         ra = Signal(range(depth))                         # == (rptr + arr.acc_last) % depth
         # The FIFO's bits are split into PARAM_FIFO_GROUP_BITS-wide memories, each read at its own
-        # copy of ra (``_copy``: not merged by yosys): ra drove the read address of every LUT-RAM
+        # copy of ra (``kept_copy``: not merged by yosys): ra drove the read address of every LUT-RAM
         # cell (169 TRELLIS_DPR16X4 per bit on the 30 x 4 top, issue 6); a copy drives <= 24.
         width = params_layout(cfg).size
         n_groups = -(-width // PARAM_FIFO_GROUP_BITS)
@@ -273,7 +273,7 @@ class ArrayCore(wiring.Component):
         live = live_register(m)
         w_copies = []
         for g, ((wp, _), (lo, hi)) in enumerate(zip(fifos, groups)):
-            w_addr_g = _copy(m, platform, wptr, C(1, 1), f"w_addr_g{g}")
+            w_addr_g = kept_copy(m, platform, wptr, C(1, 1), f"w_addr_g{g}")
             w_en_g = enable_copy(m, platform, push, live, f"w_en_g{g}")
             w_copies += [(f"w_addr_g{g}", w_addr_g, w_addr), (f"w_en_g{g}", w_en_g, w_en)]
             m.d.comb += [wp.addr.eq(w_addr_g), wp.data.eq(w_data.as_value()[lo:hi]), wp.en.eq(w_en_g)]
@@ -284,7 +284,7 @@ class ArrayCore(wiring.Component):
             rptr.eq(rptr_n),
         ]
         ra_n = Mux(arr.acc_last_next, _wrap_inc(rptr_n, depth), rptr_n)
-        ra_copies = [_copy(m, platform, ra_n, en, f"ra_g{g}") for g in range(len(groups))]
+        ra_copies = [kept_copy(m, platform, ra_n, en, f"ra_g{g}") for g in range(len(groups))]
         for (_, rd), ra_g in zip(fifos, ra_copies):
             m.d.comb += rd.addr.eq(ra_g)
         with m.If(en):

@@ -59,12 +59,11 @@ from amaranth.lib import data, stream, wiring
 from amaranth.lib.wiring import In, Out
 
 from golden.config import BANKS, ArrayConfig
-from golden.isa import (COUNTER_BITS, DESC_BITS, ERROR_MASK, JOB_QUEUE_DEPTH, LUT_ENTRIES, OPCODE_BITS,
-                        PAYLOAD_BUFFER, STATUS_BUSY, STATUS_JOBS_SHIFT, STATUS_SLOTS, Flag, Op, buffer_depth,
-                        entry_bytes, k_max, layout, ntiles_max, reserved_mask, status_response_words,
-                        sync_response_words, words_per_entry)
+from golden.isa import (COUNTER_BITS, DESC_BITS, ERROR_MASK, JOB_QUEUE_DEPTH, OPCODE_BITS, PAYLOAD_BUFFER,
+                        STATUS_BUSY, STATUS_JOBS_SHIFT, STATUS_SLOTS, Flag, Op, buffer_depth, entry_bytes, layout,
+                        reserved_mask, status_response_words, sync_response_words, words_per_entry)
 
-from .buffers import _copy, read_signature, write_signature
+from .buffers import kept_copy, read_signature, write_signature
 from .ecp5_mult import RegisteredMult
 from .requant_lane import lut_layout
 from .sequencer import job_layout
@@ -320,7 +319,7 @@ class Decoder(wiring.Component):
         # ---- payload assembly and the buffer writes, straight from registers. Word p of the
         # entry loads whenever wsel selects it (in any state: asm is only read by a registered
         # write, which follows the entry's final word), so asm's enables are flip-flops: copies of
-        # wsel (``_copy``: kept apart by synthesis), one per <= _COPY_LOADS bits of a word.
+        # wsel (``kept_copy``: kept apart by synthesis), one per <= _COPY_LOADS bits of a word.
         # The write of an entry is registered: it happens on the cycle after its final word, with
         # data = asm, addr = pa, bank = bank. Invisible at the top's ports: the buffers and the LUT
         # are read only by jobs, which a RUN hands over at least 3 cycles later (CHECK, DECIDE,
@@ -332,18 +331,18 @@ class Decoder(wiring.Component):
         copies = []                                   # (name, copy, the register it copies)
         for q in range(wpe_max):
             for lo in range(0, bus_bits, _COPY_LOADS):
-                en = _copy(m, platform, wsel_d[q], Const(1), f"wsel{q}_{lo // _COPY_LOADS}")
+                en = kept_copy(m, platform, wsel_d[q], Const(1), f"wsel{q}_{lo // _COPY_LOADS}")
                 copies.append((f"wsel{q}_{lo // _COPY_LOADS}", en, wsel[q]))
                 with m.If(en):
                     m.d.sync += words[q][lo:lo + _COPY_LOADS].eq(self.din.payload.data[lo:lo + _COPY_LOADS])
         w_en = {op: Signal(name=f"w_en_{op.name.lower()}") for op in write_ops}
         m.d.sync += [e.eq(0) for e in w_en.values()]
         # pa from its next value pa_d; the out buffer's read address (fanout ~44: every DP16KD
-        # of the out banks) is a copy of it (``_copy``), so the write ports' address net is apart.
+        # of the out banks) is a copy of it (``kept_copy``), so the write ports' address net is apart.
         pa_d = Signal.like(pa)
         m.d.comb += pa_d.eq(pa)
         m.d.sync += pa.eq(pa_d)
-        out_addr = _copy(m, platform, pa_d, Const(1), "out_addr")
+        out_addr = kept_copy(m, platform, pa_d, Const(1), "out_addr")
         copies.append(("out_addr", out_addr, pa))
         with m.If(Cat(*w_en.values()).any()):
             m.d.comb += pa_d.eq(pa + 1)
@@ -367,7 +366,7 @@ class Decoder(wiring.Component):
         snap_d = Cat(status, Const(0, COUNTER_BITS - len(status)),
                      self.counters.as_value() & ~is_sync.replicate(len(self.counters.as_value())))
         for lo in range(0, len(snap), _COPY_LOADS):
-            en = _copy(m, platform, wait_d, Const(1), f"wait_r{lo // _COPY_LOADS}")
+            en = kept_copy(m, platform, wait_d, Const(1), f"wait_r{lo // _COPY_LOADS}")
             copies.append((f"wait_r{lo // _COPY_LOADS}", en, wait_r))
             with m.If(en):
                 m.d.sync += snap[lo:lo + _COPY_LOADS].eq(snap_d[lo:lo + _COPY_LOADS])

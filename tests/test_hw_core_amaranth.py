@@ -349,7 +349,7 @@ def test_core_params_fifo_read_address_copies():
         Fragment.get(core, None)
         copies = [name for name, _, _ in core.shadow_checks if name.startswith("ra_g")]
         assert copies == [f"ra_g{g}" for g in range(n)]
-    # On ECP5 each copy is its own set of kept TRELLIS_FF instances (hw.buffers._copy: yosys
+    # On ECP5 each copy is its own set of kept TRELLIS_FF instances (hw.buffers.kept_copy: yosys
     # would merge identical registers back into one).
     import re
     from amaranth.back import rtlil

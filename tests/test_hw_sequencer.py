@@ -64,6 +64,7 @@ def test_shadow_checks_cover_the_registered_state():
     Fragment.get(seq, None)
     names = {n for n, _, _ in seq.shadow_checks}
     want = {"job_ready", "s_avail", "p_avail", "n_avail", "w_lastrow", "j_rem", "t_rem", "j_end", "t_end",
-            "a_addr", "g_addr", "p_rem", "p_last", "p_rem1", "w_trem", "w_tend", "o_addr"}
+            "a_addr", "g_addr", "a_bank", "g_bank", "p_rem", "p_last", "p_rem1", "w_trem", "w_tend", "o_addr",
+            "o_bank"}
     want |= {f"{f}{i}" for f in ("free", "savail", "pavail", "entry") for i in range(JOB_QUEUE_DEPTH)}
     assert want <= names
