@@ -14,7 +14,7 @@ tool's own last log lines; nothing waits forever.
   critical path; a placement that router2 does not converge on is given up
   by a watchdog, ``router2_stall``, and placed again with the next seed) ->
   ``ecppack``. If the target is not met, the bitstream is
-  rebuilt with the PLL at the fastest EHXPLLL frequency <= 95 % of the
+  rebuilt with the PLL at the fastest EHXPLLL frequency <= 85 % of the
   reached Fmax (and a UART divisor with <= 1 % baud error) while nextpnr
   keeps optimising for the target (``_board_files``: its constraint is the
   target, not the slower PLL's, so the new placement is pass 1's, not a
@@ -60,9 +60,11 @@ __all__ = ["ToolError", "ULX3S_CFG", "ULX3S_CFG_DUAL", "TARGET_MHZ", "ECP5_DEVIC
 
 #: Timing target of the whole top (MHz).
 TARGET_MHZ = 150.0
-#: A rebuild clocks the bitstream this far below the previous pass's Fmax (a new placement varies
-#: by a few %).
-PASS2_MARGIN = 0.05
+#: A rebuild clocks the bitstream this far below the previous pass's Fmax: a rebuild is a new
+#: placement (its netlist differs in the UART divisor and LED counters), and new placements of the
+#: same design land far apart (the 4x2 top: 75.10 -> 66.59 MHz, -11 %; the 30x4 top across seeds:
+#: docs/fpga.md, session 5), so 5 % (sessions 3-4) left most rebuilds unmet.
+PASS2_MARGIN = 0.15
 #: Passes at most: the target, then lowered PLL frequencies until one closes.
 MAX_PASSES = 3
 #: router2 gives up a placement when its best count of overused wires has not improved for this
@@ -619,7 +621,7 @@ def build_ulx3s(cfg: ArrayConfig = ULX3S_CFG, out_dir="build/ulx3s", *, target_m
     while not final["met"] and rebuild_at_fmax and len(passes) < max_passes:
         k = len(passes) + 1
         f = _bitstream_freq(final["fmax_mhz"] * (1 - PASS2_MARGIN), baud)
-        log(f"  pass {k}: rebuilding with the PLL at {f / 1e6:.3f} MHz (<= 95 % of pass {k - 1}'s Fmax), "
+        log(f"  pass {k}: rebuilding with the PLL at {f / 1e6:.3f} MHz (<= {100 * (1 - PASS2_MARGIN):g} % of pass {k - 1}'s Fmax), "
             f"placed and routed for {target_mhz:g} MHz, for a bitstream that closes timing...")
         final = _pass(cfg, out / f"pass{k}", f, baud, timeouts, seed, pnr_mhz=target_mhz, attempts=route_attempts,
                       log=log)

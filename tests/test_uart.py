@@ -677,10 +677,10 @@ def test_board_lpf_leaves_the_pll_clock_to_nextpnrs_freq(tmp_path):
 
 
 def test_rebuilds_lower_the_pll_but_keep_the_target_until_a_pass_closes(tmp_path, monkeypatch):
-    """Pass 1 at the target misses; every rebuild clocks the PLL <= 95 % of the previous pass's Fmax,
+    """Pass 1 at the target misses; every rebuild clocks the PLL <= 85 % of the previous pass's Fmax,
     is placed and routed for the target, and is met only when its Fmax reaches its own PLL clock;
     the bitstream is the last pass's."""
-    fmax = iter([62.08, 51.51, 50.0])
+    fmax = iter([62.08, 44.0, 40.0])
     calls = []
 
     def fake_pass(cfg, workdir, freq_hz, baud, timeouts, seed, pnr_mhz=None, attempts=None, log=None):
@@ -697,11 +697,11 @@ def test_rebuilds_lower_the_pll_but_keep_the_target_until_a_pass_closes(tmp_path
     rep = fpga.build_ulx3s(CFG, tmp_path, compare_packing=False, log=lambda *a: None)
     assert [c[0] for c in calls] == ["pass1", "pass2", "pass3"]
     assert calls[0][1:] == (150.0, 150.0) and all(c[2] == 150.0 for c in calls)
-    assert calls[1][1] <= 62.08 * 0.95 and calls[2][1] <= 51.51 * 0.95
+    assert calls[1][1] <= 62.08 * 0.85 and calls[2][1] <= 44.0 * 0.85
     assert [p["met"] for p in rep["passes"]] == [False, False, True]
     assert rep["bitstream_timing_met"] and rep["bitstream_clock_mhz"] == calls[2][1] and not rep["target_met"]
     assert (tmp_path / "ulx3s.bit").read_bytes() == b"pass3" and rep["fmax_mhz"] == 62.08
-    fmax = iter([62.08, 51.51, 50.0])
+    fmax = iter([62.08, 44.0, 40.0])
     calls.clear()
     rep = fpga.build_ulx3s(CFG, tmp_path, compare_packing=False, max_passes=2, log=lambda *a: None)
     assert len(calls) == 2 and not rep["bitstream_timing_met"]
