@@ -129,6 +129,13 @@ def pack_weights(w_lo: int, w_hi: int) -> int:
     return (int(w_hi) << PACK_SHIFT) + int(w_lo)
 
 
+def _clamp(raw, hi, lo, width: int):
+    """signed(``width``) view of an exact sum ``raw`` with its flags ``hi``/``lo`` (raw above / below
+    the range): the bound when a flag is set, else raw's low bits (one LUT per bit)."""
+    lo_lim, hi_lim = -(1 << (width - 1)), (1 << (width - 1)) - 1
+    return Mux(hi, hi_lim, Mux(lo, lo_lim, raw[:width]))[:width].as_signed()
+
+
 def saturate(value, width: int):
     """Amaranth expression: the signed ``value`` clamped to signed(``width``) (result is signed(width)).
 
@@ -271,23 +278,64 @@ class PackedPE(wiring.Component):
         # clearing them: `first` = the next chain starts a tile. So the accumulators need neither a
         # reset nor a clear (no set/reset pins: on the 30 x 4 top the accumulators' reset was
         # ~3 800 late LSR pins of the global reset net), and a reset mid-tile still leaves no
-        # partial sum behind (`first` is reset). The select is behind the adder (one LUT level
-        # with the saturation's), not in front of the carry chain. At the tile's last chain the
-        # same sums go to the result register.
-        accs = [Signal(signed(aw), name=f"acc{s}", reset_less=True) for s in range(cfg.lanes_per_pe)]
+        # partial sum behind (`first` is reset). At the tile's last chain the same sums go to the
+        # result register.
+        #
+        # The saturation is applied one step late (timing, issue 6: clamping behind the adder put
+        # the carry chain, an in-range test fanning out to every bit and the select into one
+        # cycle, the 4 x 2 top's critical path). Each accumulator is kept as the exact sum `raw`
+        # (one bit wider than the sum of two operands can need) with two flags, `hi_q`/`lo_q` =
+        # raw is above/below signed(A). The saturating accumulator it stands for is
+        # clamp(raw) = hi_q ? max : lo_q ? min : raw, and the next step adds the field to that
+        # value: raw' = (first ? 0 : clamp(raw)) + f, whose operand is one LUT of flip-flops
+        # (raw_i, first, hi_q, lo_q) in front of the carry chain; the flags of raw' are one LUT of
+        # its two top bits. By induction clamp(raw) after every step is exactly the per-step
+        # saturating sum, min(max(acc + f, min), max) (tests/test_hw_pe.py, and `shadow_checks`
+        # against that accumulator on every cycle). The result register holds (raw, flags) the
+        # same way and `result` is its clamp: a LUT in front of the drain chains' load.
         first = Signal(init=1)
-        result = Signal(self.result.shape(), reset_less=True)
-        m.d.comb += self.result.eq(result)
-        with m.If(self.en):
-            m.d.sync += self.result_valid.eq(ld2)
-            for s, (acc, f) in enumerate(zip(accs, fq)):
-                total = Signal(signed(aw), name=f"total{s}")
-                m.d.comb += total.eq(Mux(first, saturate(f, aw), saturate(acc + f, aw)))
+        results = []
+        for s, f in enumerate(fq):
+            rw = max(aw, len(f)) + 1
+            raw = Signal(signed(rw), name=f"acc{s}_raw", reset_less=True)
+            hi_q = Signal(name=f"acc{s}_hi", reset_less=True)
+            lo_q = Signal(name=f"acc{s}_lo", reset_less=True)
+            res_raw = Signal(signed(rw), name=f"result{s}_raw", reset_less=True)
+            res_hi = Signal(name=f"result{s}_hi", reset_less=True)
+            res_lo = Signal(name=f"result{s}_lo", reset_less=True)
+            clamped = Signal(signed(aw), name=f"acc{s}")
+            m.d.comb += clamped.eq(_clamp(raw, hi_q, lo_q, aw))
+            operand = Signal(signed(aw), name=f"operand{s}")
+            m.d.comb += operand.eq(Mux(first, 0, clamped))
+            total = Signal(signed(rw), name=f"total{s}")
+            m.d.comb += total.eq(operand + f)
+            t_hi = Signal(name=f"total{s}_hi")
+            t_lo = Signal(name=f"total{s}_lo")
+            # out of range iff the bits from aw - 1 up are not all equal (no compare chain behind
+            # the adder); the sign says which bound
+            top = total[aw - 1:]
+            out_of_range = ~(top.all() | ~top.any())
+            m.d.comb += [t_hi.eq(out_of_range & ~total[-1]), t_lo.eq(out_of_range & total[-1])]
+            with m.If(self.en):
                 with m.If(f2):
-                    m.d.sync += acc.eq(total)
+                    m.d.sync += [raw.eq(total), hi_q.eq(t_hi), lo_q.eq(t_lo)]
                 # ld2 implies f2; tested alone, the result's clock enable is the flag itself.
                 with m.If(ld2):
-                    m.d.sync += result[s].eq(total)
+                    m.d.sync += [res_raw.eq(total), res_hi.eq(t_hi), res_lo.eq(t_lo)]
+            results.append(_clamp(res_raw, res_hi, res_lo, aw))
+            # The per-step saturating accumulator and result register this stands for (read only by
+            # the shadow checks: no hardware).
+            ref = Signal(signed(aw), name=f"ref_acc{s}", reset_less=True)
+            ref_res = Signal(signed(aw), name=f"ref_result{s}", reset_less=True)
+            ref_total = Mux(first, saturate(f, aw), saturate(ref + f, aw))
+            with m.If(self.en & f2):
+                m.d.sync += ref.eq(ref_total)
+            with m.If(self.en & ld2):
+                m.d.sync += ref_res.eq(ref_total)
+            self.shadow_checks += [(f"acc{s}", clamped, ref), (f"result{s}", results[-1], ref_res)]
+        m.d.comb += self.result.eq(Cat(*results))
+        with m.If(self.en):
+            m.d.sync += self.result_valid.eq(ld2)
             with m.If(f2):
                 m.d.sync += first.eq(ld2)
         return m

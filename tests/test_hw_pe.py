@@ -145,6 +145,26 @@ def test_pe_saturates_accumulators(packing):
 
 
 @pytest.mark.parametrize("packing", ["dual", "none"])
+def test_pe_saturation_is_per_step_not_at_the_end(packing):
+    """A tile that saturates and then comes back: each step clamps (the hardware applies the clamp one
+    step late, hw.pe stage 3), so products after the saturation start from the bound, not from the
+    exact sum; both bounds."""
+    cfg = ArrayConfig(rows=1, cols=1, packing=packing, max_k=4)          # 18-bit accumulators
+    a = np.full(40, -127, np.int64)
+    up = np.full((24, 2), -127, np.int64)                                 # +16129 per product
+    down = np.full((16, 2), 127, np.int64)                                # -16129 per product
+    w_up_down = np.concatenate([up, down])
+    w_down_up = np.concatenate([down, up])[:40]
+    for w in (w_up_down, w_down_up):
+        per_step = _expected(cfg, a, w)
+        end_clamp = [min(max(int((a * w[:, s]).sum()), -(1 << 17)), (1 << 17) - 1) for s in range(2)]
+        assert per_step != end_clamp                                      # the tile tells them apart
+    tiles = [(a, w_up_down), (a, w_down_up), (a[:3], np.full((3, 2), 5, np.int64)),
+             (np.full(16, 127, np.int64), np.full((16, 2), 127, np.int64)), (a[:2], up[:2])]
+    _run_pe(cfg, seed=12, tiles=tiles)
+
+
+@pytest.mark.parametrize("packing", ["dual", "none"])
 def test_pe_reset_mid_tile_leaves_no_partial_sum(packing):
     # The accumulators have no reset: a tile restarts them through `first` (hw.pe), which is
     # reset. A reset while a tile's chains are in the accumulators (and in flight behind them)
