@@ -24,7 +24,7 @@ from dataclasses import dataclass
 
 from ._check import INT32_MAX
 
-INPUT_LATENCY = 1
+INPUT_LATENCY = 2
 PE_LATENCY = 3
 DRAIN_LATENCY = 1
 #: Post-processing lane stages, in order; each is one register stage. Every stage is at

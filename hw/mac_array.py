@@ -21,7 +21,7 @@ from amaranth import Module, Mux, Signal, signed
 from amaranth.lib import data, wiring
 from amaranth.lib.wiring import In, Out
 
-from golden.config import PACK_SHIFT, ArrayConfig
+from golden.config import INPUT_LATENCY, PACK_SHIFT, ArrayConfig
 
 from .pe import PackedPE, check_hw_config, config_for, weight_word_width
 
@@ -93,14 +93,19 @@ class MacArray(wiring.Component):
         a_in = Signal(data.ArrayLayout(signed(8), R))
         for i in range(R):
             m.d.comb += a_in[i].eq(Mux(self.valid, self.act[i], 0) if cfg.packing == "dual" else self.act[i])
+        # Every input goes through INPUT_LATENCY - 1 registers of its own before the skew (timing,
+        # issue 6: on the 30 x 4 top the act buffer's DP16KD outputs were placed ~10 ns of routing
+        # away from the skew registers beside the PE rows; a register per bit between them lets the
+        # placer split the distance). Row i's skew adds i more, column j's j.
+        pre = INPUT_LATENCY - 1
         last_in = self.valid & self.last
         for i in range(R):
             pe = pes[i][0]
             m.d.comb += [
                 # "dual": the activation skew keeps its reset (P needs a = 0 on bubbles, hw.pe)
-                pe.a.eq(delay(a_in[i], i, f"skew_a{i}", reset_less=cfg.packing == "none")),
-                pe.valid.eq(delay(self.valid, i, f"skew_v{i}", reset_less=False)),
-                pe.last.eq(delay(last_in, i, f"skew_l{i}", reset_less=False)),
+                pe.a.eq(delay(a_in[i], pre + i, f"skew_a{i}", reset_less=cfg.packing == "none")),
+                pe.valid.eq(delay(self.valid, pre + i, f"skew_v{i}", reset_less=False)),
+                pe.last.eq(delay(last_in, pre + i, f"skew_l{i}", reset_less=False)),
             ]
             for j in range(1, C):
                 left, pe = pes[i][j - 1], pes[i][j]
@@ -108,7 +113,7 @@ class MacArray(wiring.Component):
 
         # Weight skew, then the packed word formed once per column at the top edge.
         for j in range(C):
-            lanes = [delay(self.wgt[S * j + s], j, f"skew_w{j}_{s}") for s in range(S)]
+            lanes = [delay(self.wgt[S * j + s], pre + j, f"skew_w{j}_{s}") for s in range(S)]
             top = pes[0][j]
             if cfg.packing == "dual":
                 # (w_hi << 18) + w_lo: the low 18 bits are sext(w_lo)'s, so only
