@@ -8,6 +8,8 @@ the full default ArrayConfig), and returns::
     fmax_mhz           Fmax of the ULX3S top (best place-and-route pass), per nextpnr
     fmax_target_mhz    the target (150)
     ecp5               {LUT4, FF, MULT18X18D, DP16KD: {used, available}}, bitstream pass
+    ecp5_passes        per pass: PLL clock, Fmax, met, tool times, the nextpnr seed kept (``--seeds N``:
+                       every routed seed's Fmax) and the seeds given up
     ecp5_critical_path nextpnr's worst clock-to-clock path (delay, blocks it crosses)
     ecp5_endpoints     every clocked endpoint: count, late (> period), arrival p50/p90/max
     ecp5_timing_by_block  the 12 worst blocks: endpoints, late ones by kind, worst arrival and net
@@ -46,6 +48,8 @@ def add_arguments(p) -> None:
     p.add_argument("--skip-ulx3s", action="store_true")
     p.add_argument("--no-compare", action="store_true", help="skip the ECP5 packing comparison synthesis")
     p.add_argument("--reuse", default=None, help="read DIR/ulx3s/report.json and DIR/xcup/report.json")
+    p.add_argument("--seeds", type=int, default=1, help="nextpnr placements per pass, the fastest kept (hw.fpga)")
+    p.add_argument("--jobs", type=int, default=1, help="nextpnr runs at once")
     p.add_argument("--yosys-timeout", type=float, default=3600)
     p.add_argument("--nextpnr-timeout", type=float, default=10800)
 
@@ -81,7 +85,8 @@ def run(args) -> dict:
             u = _load(Path(args.reuse) / "ulx3s" / "report.json", cfg, free)
         else:
             u = fpga.build_ulx3s(cfg, out / "ulx3s", target_mhz=target, compare_packing=not args.no_compare,
-                                 timeouts={"yosys": args.yosys_timeout, "nextpnr": args.nextpnr_timeout})
+                                 timeouts={"yosys": args.yosys_timeout, "nextpnr": args.nextpnr_timeout},
+                                 seeds=args.seeds, jobs=args.jobs)
         result.update({
             "fmax_mhz": u["fmax_mhz"], "fmax_target_met": u["target_met"],
             "ecp5": {k: v for k, v in u["resources"].items()},
@@ -89,7 +94,9 @@ def run(args) -> dict:
             "ecp5_critical_path": {k: v for k, v in (u["critical_path"] or {}).items() if k != "cells"},
             "bitstream_bytes": u["bitstream_bytes"], "bitstream_clock_mhz": u["bitstream_clock_mhz"],
             "bitstream_timing_met": u["bitstream_timing_met"],
-            "ecp5_passes": [{k: p[k] for k in ("clock_mhz", "fmax_mhz", "met", "synth_seconds", "pnr_seconds")}
+            # per pass: the kept nextpnr seed, and every routed seed's Fmax when several were placed
+            "ecp5_passes": [{k: p[k] for k in ("clock_mhz", "fmax_mhz", "met", "synth_seconds", "pnr_seconds", "seed",
+                                               "seed_fmax_mhz", "stalled_seeds") if k in p}
                             for p in u["passes"]],
             # every clocked endpoint of the best pass: how many miss the period, and where (per block)
             "ecp5_endpoints": max(u["passes"], key=lambda p: p["fmax_mhz"]).get("endpoints"),
