@@ -18,6 +18,10 @@ user, i.e. the decoder or the sequencer):
   hold is what lets the sequencer keep a beat on the core's input while the
   core is not ready, without a separate skid register.
 
+Sliced block-RAM mode (``bram_slice_bits``, registered write, power-of-two depth: the act and wgt
+buffers): the memory is split into slices of that many bits, each written through its own copy
+of the registered write enable and address; reads are unchanged.
+
 LUT-RAM mode (``lut_ram_slice_bits``, the params buffer on the FPGA): each bank is split
 into slices of that many bits (one memory each, read asynchronously), and the read address,
 the read bank select and the write address are registered inside the buffer in one copy
@@ -42,6 +46,7 @@ from golden.config import BANKS
 from .ecp5_mult import is_ecp5
 
 __all__ = ["BankedBuffer", "write_signature", "read_signature", "bank_shape", "WRITE_TO_READ_MIN_CYCLES", "kept_copy",
+           "BRAM_SLICE_BITS",
            "LUT_RAM_CELLS_PER_COPY", "lut_ram_slice_bits", "live_register", "enable_copy"]
 
 #: Fewest cycles from the decoder presenting the final entry of a WRITE_ACT/WGT/PARAMS on a
@@ -61,6 +66,11 @@ WRITE_TO_READ_MIN_CYCLES = 5
 #: copy drives, the slice in every bank (issue 6: a net with fanout > ~30-60 must come straight
 #: from its own flip-flop).
 LUT_RAM_CELLS_PER_COPY = 32
+
+
+#: Block-RAM mode with ``bram_slice_bits``: bits per slice of the act/wgt buffers, i.e. per copy of
+#: the registered write enable and address: 4 DP16KD in 2048x9 mode (2 in 1024x18).
+BRAM_SLICE_BITS = 36
 
 
 def lut_ram_slice_bits(depth: int) -> int:
@@ -92,7 +102,7 @@ class BankedBuffer(wiring.Component):
     """``BANKS`` memories of ``depth`` x ``width`` bits; ports ``w`` and ``r`` (flipped signatures)."""
 
     def __init__(self, width: int, depth: int, *, registered_write: bool = False,
-                 lut_ram_slice_bits: int | None = None):
+                 lut_ram_slice_bits: int | None = None, bram_slice_bits: int | None = None):
         if width < 1 or depth < 1:
             raise ValueError(f"width and depth must be >= 1, got width={width}, depth={depth}")
         if not isinstance(registered_write, bool):
@@ -103,12 +113,23 @@ class BankedBuffer(wiring.Component):
                 raise ValueError(f"lut_ram_slice_bits must be None or an int >= 1, got {lut_ram_slice_bits!r}")
             if not registered_write:
                 raise ValueError("lut_ram_slice_bits needs registered_write=True (its write registers are per bank)")
+        if bram_slice_bits is not None:
+            if isinstance(bram_slice_bits, bool) or not isinstance(bram_slice_bits, int) or bram_slice_bits < 1:
+                raise ValueError(f"bram_slice_bits must be None or an int >= 1, got {bram_slice_bits!r}")
+            if not registered_write or lut_ram_slice_bits is not None or depth & (depth - 1):
+                raise ValueError("bram_slice_bits needs registered_write=True, no lut_ram_slice_bits and a "
+                                 f"power-of-two depth (its copies are of the registered write port), got "
+                                 f"depth={depth}")
+        self.bram_slice_bits = bram_slice_bits
         self.width, self.depth = width, depth
         self.registered_write = registered_write
         self.lut_ram_slice_bits = lut_ram_slice_bits
         super().__init__({"w": In(write_signature(width, depth)), "r": In(read_signature(width, depth))})
 
     def elaborate(self, platform):
+        # (name, copy, reference): every replicated register and the one it copies (tests assert
+        # them equal on every cycle, tests/shadow_checks.py)
+        self.shadow_checks = []
         if self.lut_ram_slice_bits is not None:
             return self._elaborate_lut_ram(platform)
         m = Module()
@@ -127,14 +148,30 @@ class BankedBuffer(wiring.Component):
             # bits (a concatenation, nothing wasted), so the read data comes straight from the RAM:
             # no bank multiplexer behind a BRAM's 4.3 ns clock-to-out (issue 6: on the 30x4 top
             # the act buffer's bank mux, a PFUMX, sat in front of every skew register).
-            mem = memory.Memory(shape=unsigned(self.width), depth=BANKS << len(self.r.addr), init=[])
-            m.submodules.banks = mem
-            wp = mem.write_port()
-            rp = mem.read_port(transparent_for=())
-            m.d.comb += [
-                wp.en.eq(w_en), wp.addr.eq(Cat(w_addr, w_bank)), wp.data.eq(w_data),
-                rp.en.eq(self.r.en), rp.addr.eq(Cat(self.r.addr, self.r.bank)), self.r.data.eq(rp.data),
-            ]
+            # With bram_slice_bits the memory is split into slices of that many bits, each written
+            # through its own copy of the registered write enable and address (issue 6: one
+            # register drove the write address / enable pins of all 27 act DP16KD across the die,
+            # 11.8 ns on the 30x4 top); the read port is shared (its address and enable are the
+            # sequencer's registers).
+            slices = [(0, self.width)] if self.bram_slice_bits is None else self.slices(self.bram_slice_bits)
+            live = live_register(m) if self.bram_slice_bits is not None else None
+            rdata = []
+            for g, (lo, hi) in enumerate(slices):
+                mem = memory.Memory(shape=unsigned(hi - lo), depth=BANKS << len(self.r.addr), init=[])
+                m.submodules["banks" if self.bram_slice_bits is None else f"banks_s{g}"] = mem
+                wp = mem.write_port()
+                rp = mem.read_port(transparent_for=())
+                en_g, addr_g = w_en, Cat(w_addr, w_bank)
+                if self.bram_slice_bits is not None:
+                    en_g = enable_copy(m, platform, self.w.en, live, f"w_en_s{g}")
+                    addr_g = kept_copy(m, platform, Cat(self.w.addr, self.w.bank), C(1, 1), f"w_addr_s{g}")
+                    self.shadow_checks += [(f"w_en_s{g}", en_g, w_en), (f"w_addr_s{g}", addr_g, Cat(w_addr, w_bank))]
+                m.d.comb += [
+                    wp.en.eq(en_g), wp.addr.eq(addr_g), wp.data.eq(w_data[lo:hi]),
+                    rp.en.eq(self.r.en), rp.addr.eq(Cat(self.r.addr, self.r.bank)),
+                ]
+                rdata.append(rp.data)
+            m.d.comb += self.r.data.eq(Cat(*rdata))
             return m
         # Any other depth: one memory per bank (a shared one would waste the padding to a power
         # of two, e.g. 4608 -> 8192 entries per bank) and the bank of the last read selects which
@@ -156,9 +193,10 @@ class BankedBuffer(wiring.Component):
         m.d.comb += self.r.data.eq(Array(rdata)[sel])
         return m
 
-    def slices(self) -> list[tuple[int, int]]:
-        """The [lo, hi) bit ranges of the LUT-RAM slices (``lut_ram_slice_bits`` each, the last narrower)."""
-        sb = self.lut_ram_slice_bits
+    def slices(self, sb: int | None = None) -> list[tuple[int, int]]:
+        """The [lo, hi) bit ranges of the slices of ``sb`` bits (default ``lut_ram_slice_bits``; the
+        last narrower)."""
+        sb = self.lut_ram_slice_bits if sb is None else sb
         return [(lo, min(lo + sb, self.width)) for lo in range(0, self.width, sb)]
 
     def _elaborate_lut_ram(self, platform):

@@ -43,7 +43,7 @@ from amaranth.lib.wiring import In, Out, connect
 from golden.config import ArrayConfig
 from golden.isa import COUNTER_BITS, DESC_BITS, STATUS_SLOTS, Slot, layout
 
-from .buffers import BankedBuffer, lut_ram_slice_bits
+from .buffers import BRAM_SLICE_BITS, BankedBuffer, lut_ram_slice_bits
 from .core import ArrayCore, params_layout
 from .decoder import Decoder, bus_layout
 from .pe import check_hw_config, config_for
@@ -75,8 +75,14 @@ class Accelerator(wiring.Component):
         # straight from flip-flops: the params bank's enable drives every LUT-RAM slice of it);
         # nothing reads a written entry sooner (hw.buffers.WRITE_TO_READ_MIN_CYCLES). The out
         # buffer, written by the sequencer and read back by READ_OUT right after the job, is not.
-        m.submodules.act = act = BankedBuffer(cfg.rows * 8, cfg.act_depth, registered_write=True)
-        m.submodules.wgt = wgt = BankedBuffer(cfg.out_lanes * 8, cfg.wgt_depth, registered_write=True)
+        # Power-of-two depths (one memory for both banks): the write port's register in one copy
+        # per BRAM_SLICE_BITS of the width (hw.buffers).
+        def slicing(depth):
+            return BRAM_SLICE_BITS if depth & (depth - 1) == 0 else None
+        m.submodules.act = act = BankedBuffer(cfg.rows * 8, cfg.act_depth, registered_write=True,
+                                              bram_slice_bits=slicing(cfg.act_depth))
+        m.submodules.wgt = wgt = BankedBuffer(cfg.out_lanes * 8, cfg.wgt_depth, registered_write=True,
+                                              bram_slice_bits=slicing(cfg.wgt_depth))
         # The params buffer (LUT-RAM, read every cycle) registers its read address in one copy per
         # slice (hw.buffers, LUT-RAM mode): its ~680 read ports on the 30x4 top hung off one
         # address mux. Its read shows the entry's current contents, which equals the synchronous

@@ -23,7 +23,7 @@
 from __future__ import annotations
 
 from amaranth import ClockDomain, Elaboratable, Instance, Module, ResetInserter, Signal
-from amaranth.lib.cdc import AsyncFFSynchronizer
+from amaranth.lib.cdc import AsyncFFSynchronizer, FFSynchronizer
 
 from golden.config import ArrayConfig
 
@@ -146,7 +146,11 @@ class ULX3STop(Elaboratable):
             lm.d.sync += hb.eq(hb - 1)
         stretch = int(self.freq_hz) // 50
         acts = []
-        for line in (acc.rx, acc.tx):
+        # the rx pin is asynchronous: synchronised before the stretcher's logic (the bridge has its
+        # own synchroniser); tx is the bridge's registered output
+        rx_sync = Signal(init=1)
+        m.submodules.led_rx_sync = FFSynchronizer(acc.rx, rx_sync, init=1)
+        for line in (rx_sync, acc.tx):
             c = Signal(range(stretch + 1))
             with lm.If(~line):
                 lm.d.sync += c.eq(stretch)

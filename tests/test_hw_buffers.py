@@ -28,20 +28,25 @@ from shadow_checks import checked
 
 
 # --------------------------------------------------------------------------- the buffer alone
-@pytest.mark.parametrize("depth", [5, 8])          # 8: the banks in one memory (power of two)
-@pytest.mark.parametrize("mode", ["plain", "registered", "lut_ram"])
+_CheckedBuffer = checked(BankedBuffer, "buffer")
+
+
+@pytest.mark.parametrize("mode,depth", [(mode, depth) for mode in ("plain", "registered", "lut_ram")
+                                        for depth in (5, 8)] + [("bram_sliced", 8)])   # 8: one memory
 def test_buffer_write_visibility_and_read_hold(mode, depth):
     """Random writes and reads against a model: a write on cycle t is readable from t + 1
     (plain) or t + 2 (registered write, also in LUT-RAM mode); read data holds until the next
     read enable, through writes to the held entry (LUT-RAM mode: the held ADDRESS holds and the
     data follows writes to that entry); the bank of the last read selects the shown data. The
-    LUT-RAM buffer has three slices (4 + 4 + 2 bits), each with its own address copies."""
+    LUT-RAM buffer has three slices (4 + 4 + 2 bits), each with its own address copies; so has the
+    sliced block-RAM buffer, with its own write enable and address copies."""
     registered = mode != "plain"
     lut_ram = mode == "lut_ram"
     width = 10
-    dut = BankedBuffer(width, depth, registered_write=registered, lut_ram_slice_bits=4 if lut_ram else None)
-    if lut_ram:
-        assert dut.slices() == [(0, 4), (4, 8), (8, 10)]
+    dut = _CheckedBuffer(width, depth, registered_write=registered, lut_ram_slice_bits=4 if lut_ram else None,
+                         bram_slice_bits=4 if mode == "bram_sliced" else None)
+    if lut_ram or mode == "bram_sliced":
+        assert dut.slices(4) == [(0, 4), (4, 8), (8, 10)]
     lag = 2 if registered else 1
     rng = np.random.default_rng(3 + registered + lut_ram)
     counts = {"raw_old": 0, "raw_new": 0, "held_through_write": 0, "dropped_by_reset": 0}
@@ -106,7 +111,7 @@ def test_buffer_write_visibility_and_read_hold(mode, depth):
     assert counts["held_through_write"] > 20
     assert counts["raw_new" if lag == 1 else "raw_old"] > 20
     assert counts["dropped_by_reset"] > 5 if registered else counts["dropped_by_reset"] == 0
-    assert len(getattr(dut, "shadow_checks", [])) == (BANKS * 3 if lut_ram else 0)
+    assert len(getattr(dut, "shadow_checks", [])) == {"lut_ram": BANKS * 3, "bram_sliced": 2 * 3}.get(mode, 0)
 
 
 def test_lut_ram_slice_width_bounds_the_copy_fanout():
@@ -140,6 +145,20 @@ def test_lut_ram_copies_are_kept_flip_flops_on_ecp5():
                                                           lut_ram_slice_bits=4), name="buf")
 
 
+def test_bram_slice_copies_are_kept_flip_flops_on_ecp5():
+    """Sliced block-RAM mode on an ECP5 platform: every slice's write address (with the bank bit)
+    and write enable copy is its own set of TRELLIS_FF instances with ``keep``."""
+    from amaranth.back import rtlil
+    from amaranth_boards.ulx3s import ULX3S_85F_Platform
+    width, depth = 10, 8
+    text = rtlil.convert(BankedBuffer(width, depth, registered_write=True, bram_slice_bits=4), name="buf",
+                         platform=ULX3S_85F_Platform())
+    cells = re.findall(r"attribute \\keep 1\n(?:  attribute [^\n]*\n)*  cell \\TRELLIS_FF \\(\S+)", text)
+    abits = (depth - 1).bit_length() + (BANKS - 1).bit_length()
+    expect = {f"w_addr_s{g}_ff{i}" for g in range(3) for i in range(abits)} | {f"w_en_s{g}_ff0" for g in range(3)}
+    assert set(cells) == expect and len(cells) == len(expect)
+
+
 def test_buffer_rejects_bad_arguments():
     # The half-built components warn "created but never used" when collected: collect them here.
     with warnings.catch_warnings():
@@ -155,6 +174,14 @@ def test_buffer_rejects_bad_arguments():
             BankedBuffer(8, 4, lut_ram_slice_bits=4)
         with pytest.raises(ValueError, match="depth"):
             lut_ram_slice_bits(0)
+        for bad in (0, True, 2.0):
+            with pytest.raises(ValueError, match="bram_slice_bits"):
+                BankedBuffer(8, 4, registered_write=True, bram_slice_bits=bad)
+        for kw in ({"registered_write": False}, {"registered_write": True, "lut_ram_slice_bits": 4}):
+            with pytest.raises(ValueError, match="bram_slice_bits needs registered_write=True"):
+                BankedBuffer(8, 4, bram_slice_bits=4, **kw)
+        with pytest.raises(ValueError, match="power-of-two depth .*depth=5"):
+            BankedBuffer(8, 5, registered_write=True, bram_slice_bits=4)
         gc.collect()
 
 

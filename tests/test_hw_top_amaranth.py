@@ -31,6 +31,9 @@ CFG = ArrayConfig(rows=2, cols=2, weight_min=-128, act_depth=40, wgt_depth=20, p
 # Entries wider than the bus (act 3 bytes on 2, wgt/out 2 bytes on 2 but params many words), 1 param slot.
 CFG_NARROW = ArrayConfig(rows=3, cols=1, weight_min=-128, act_depth=24, wgt_depth=9, param_depth=1, out_depth=12,
                          bus_bytes=2, max_k=9, param_fifo_depth=1)
+# Power-of-two act/wgt depths: sliced block-RAM buffers (hw.buffers.BRAM_SLICE_BITS), act 40 bits = 2 slices.
+CFG_POW2 = ArrayConfig(rows=5, cols=1, weight_min=-128, act_depth=32, wgt_depth=16, param_depth=2, out_depth=16,
+                       bus_bytes=4, max_k=16, param_fifo_depth=2)
 
 
 # --------------------------------------------------------------------------- commands
@@ -299,7 +302,7 @@ def load_all(cfg, rng, lut=True):
 
 
 # --------------------------------------------------------------------------- tests
-@pytest.mark.parametrize("cfg", [CFG, CFG_NARROW], ids=["2x2_bus4", "3x1_bus2"])
+@pytest.mark.parametrize("cfg", [CFG, CFG_NARROW, CFG_POW2], ids=["2x2_bus4", "3x1_bus2", "5x1_pow2"])
 def test_runs_match_golden_tiles(cfg):
     """Load, several RUNs (multi-tile, both banks, weight reuse, LUT), READ_OUT; exact vs tile_value."""
     rng = np.random.default_rng(1)
