@@ -18,6 +18,11 @@ user, i.e. the decoder or the sequencer):
   hold is what lets the sequencer keep a beat on the core's input while the
   core is not ready, without a separate skid register.
 
+``collision_free=True``: the user guarantees that no read (``en`` = 1) addresses an entry on the
+cycle a write to it reaches the memory (the accelerator top: its decoder/sequencer interlock,
+asserted by tests/test_hw_top_amaranth.py ``_SpacedAccelerator``); what such a read returns is
+then undefined on the FPGA (synthesis may map the memory without read-first emulation).
+
 Sliced block-RAM mode (``bram_slice_bits``, registered write, power-of-two depth: the act and wgt
 buffers): the memory is split into slices of that many bits, each written through its own copy
 of the registered write enable and address; reads are unchanged.
@@ -102,7 +107,8 @@ class BankedBuffer(wiring.Component):
     """``BANKS`` memories of ``depth`` x ``width`` bits; ports ``w`` and ``r`` (flipped signatures)."""
 
     def __init__(self, width: int, depth: int, *, registered_write: bool = False,
-                 lut_ram_slice_bits: int | None = None, bram_slice_bits: int | None = None):
+                 lut_ram_slice_bits: int | None = None, bram_slice_bits: int | None = None,
+                 collision_free: bool = False):
         if width < 1 or depth < 1:
             raise ValueError(f"width and depth must be >= 1, got width={width}, depth={depth}")
         if not isinstance(registered_write, bool):
@@ -120,7 +126,10 @@ class BankedBuffer(wiring.Component):
                 raise ValueError("bram_slice_bits needs registered_write=True, no lut_ram_slice_bits and a "
                                  f"power-of-two depth (its copies are of the registered write port), got "
                                  f"depth={depth}")
+        if not isinstance(collision_free, bool):
+            raise ValueError(f"collision_free must be a bool, got {collision_free!r}")
         self.bram_slice_bits = bram_slice_bits
+        self.collision_free = collision_free
         self.width, self.depth = width, depth
         self.registered_write = registered_write
         self.lut_ram_slice_bits = lut_ram_slice_bits
@@ -157,7 +166,8 @@ class BankedBuffer(wiring.Component):
             live = live_register(m) if self.bram_slice_bits is not None else None
             rdata = []
             for g, (lo, hi) in enumerate(slices):
-                mem = memory.Memory(shape=unsigned(hi - lo), depth=BANKS << len(self.r.addr), init=[])
+                mem = memory.Memory(shape=unsigned(hi - lo), depth=BANKS << len(self.r.addr), init=[],
+                                    attrs=self._mem_attrs())
                 m.submodules["banks" if self.bram_slice_bits is None else f"banks_s{g}"] = mem
                 wp = mem.write_port()
                 rp = mem.read_port(transparent_for=())
@@ -178,7 +188,7 @@ class BankedBuffer(wiring.Component):
         # memory's (held) data is shown.
         rdata = []
         for b in range(BANKS):
-            mem = memory.Memory(shape=unsigned(self.width), depth=self.depth, init=[])
+            mem = memory.Memory(shape=unsigned(self.width), depth=self.depth, init=[], attrs=self._mem_attrs())
             m.submodules[f"bank{b}"] = mem
             wp = mem.write_port()
             rp = mem.read_port(transparent_for=())
@@ -192,6 +202,16 @@ class BankedBuffer(wiring.Component):
             m.d.sync += sel.eq(self.r.bank)
         m.d.comb += self.r.data.eq(Array(rdata)[sel])
         return m
+
+    def _mem_attrs(self) -> dict:
+        # collision_free: yosys' `no_rw_check` lets it map the memory as a plain BRAM. Without it,
+        # the non-transparent read must return the old data even when the write to the same entry
+        # lands on the read's cycle, which the ECP5 DP16KD does not guarantee across its ports:
+        # yosys emulates it (the write delayed by a register, a bypass register per output bit
+        # enabled by the read enable, an address compare and a mux behind the BRAM's output). On
+        # the 30 x 4 top that was 243 flip-flops on the act/wgt read enable (fanout 333) and a mux
+        # between the DP16KD and the skew registers (issue 6).
+        return {"no_rw_check": 1} if self.collision_free else {}
 
     def slices(self, sb: int | None = None) -> list[tuple[int, int]]:
         """The [lo, hi) bit ranges of the slices of ``sb`` bits (default ``lut_ram_slice_bits``; the

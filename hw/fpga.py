@@ -58,7 +58,7 @@ from pathlib import Path
 from golden.config import ArrayConfig
 
 __all__ = ["ToolError", "ULX3S_CFG", "ULX3S_CFG_DUAL", "TARGET_MHZ", "ECP5_DEVICE", "ECP5_AVAILABLE",
-           "ToolStalled", "router2_stall", "run_tool", "parse_yosys_stat", "parse_nextpnr_report", "synth_ecp5_resources", "build_ulx3s", "estimate_xcup",
+           "ToolStalled", "router2_stall", "collision_x_for_no_rw_check", "run_tool", "parse_yosys_stat", "parse_nextpnr_report", "synth_ecp5_resources", "build_ulx3s", "estimate_xcup",
            "XCUP_NOTE", "macs_per_dsp48e2", "summary_lines", "cli"]
 
 #: Timing target of the whole top (MHz).
@@ -287,7 +287,46 @@ def _accelerator_rtlil(cfg: ArrayConfig, path: Path) -> None:
     from amaranth.back import rtlil
 
     from .top import Accelerator
-    path.write_text(rtlil.convert(Accelerator(cfg), name="accelerator"))
+    path.write_text(collision_x_for_no_rw_check(rtlil.convert(Accelerator(cfg), name="accelerator"))[0])
+
+
+_MEMORY_DECL = re.compile(r"((?:[ \t]*attribute [^\n]*\n)*)[ \t]*memory [^\n]*?(\S+)\n")
+_MEMRD_CELL = re.compile(r"(?ms)^[ \t]*cell \$memrd_v2 .*?^[ \t]*end$")
+_COLLISION_X = re.compile(r"(parameter \\COLLISION_X_MASK )(\d+)'[01]+")
+
+
+def collision_x_for_no_rw_check(text: str) -> tuple[str, int]:
+    """RTLIL ``text`` with every read port of a memory that carries the ``no_rw_check`` attribute
+    (``hw.buffers.BankedBuffer(collision_free=True)``) marked COLLISION_X (a read on the cycle a
+    write to its entry lands returns undefined data); returns the text and the number of read
+    ports marked. Amaranth writes COLLISION_X_MASK = 0 on every read port and yosys reads the
+    attribute only in its Verilog frontend, so without this the ECP5 mapping emulates read-first
+    behaviour across the DP16KD's ports (write delay, bypass registers and a mux behind the BRAM
+    output: docs/fpga.md, session 6). Per module: memory names are local to their module."""
+    out, marked = [], 0
+    for mod in re.split(r"(?m)^(?=module )", text):
+        names = {name for attrs, name in _MEMORY_DECL.findall(mod) if "\\no_rw_check 1" in attrs}
+        if not names:
+            out.append(mod)
+            continue
+        memids = {'"' + n.replace("\\", "\\\\") + '"' for n in names}
+        found = set()
+
+        def mark(cell):
+            nonlocal marked
+            text = cell.group(0)
+            memid = re.search(r"parameter \\MEMID (\S+)", text).group(1)
+            if memid not in memids:
+                return text
+            found.add(memid)
+            marked += 1
+            return _COLLISION_X.sub(lambda m: f"{m.group(1)}{m.group(2)}'{'1' * int(m.group(2))}", text)
+
+        mod = _MEMRD_CELL.sub(mark, mod)
+        if found != memids:
+            raise RuntimeError(f"no read port found for the no_rw_check memories {sorted(memids - found)}")
+        out.append(mod)
+    return "".join(out), marked
 
 
 def synth_ecp5_resources(cfg: ArrayConfig, workdir, timeout_s: float = 3600) -> dict:
@@ -595,7 +634,8 @@ def _board_files(cfg: ArrayConfig, workdir: Path, name: str, freq_hz: float, bau
     plan = platform().prepare(top, name=name)
     for fn, content in plan.files.items():
         if fn.endswith(".il"):
-            (workdir / fn).write_bytes(content if isinstance(content, bytes) else content.encode())
+            text = content.decode() if isinstance(content, bytes) else content
+            (workdir / fn).write_text(collision_x_for_no_rw_check(text)[0])
         elif fn.endswith(".lpf"):
             text = content.decode() if isinstance(content, bytes) else content
             if top.pll is not None:
@@ -764,7 +804,7 @@ def _xcup_synth(component, name: str, workdir: Path, timeout_s: float, dsp_only:
     ``$mul``/``$__soft_mul`` cell."""
     from amaranth.back import rtlil
     workdir.mkdir(parents=True, exist_ok=True)
-    (workdir / f"{name}.il").write_text(rtlil.convert(component, name=name))
+    (workdir / f"{name}.il").write_text(collision_x_for_no_rw_check(rtlil.convert(component, name=name))[0])
     stop = " -run :coarse" if dsp_only else ""
     script = f"read_rtlil {name}.il\nsynth_xilinx -family xcup -flatten -top {name}{stop}\ntee -q -o stat.txt stat\n"
     key = hashlib.sha256(_rtlil_digest(workdir / f"{name}.il") + script.encode()).hexdigest()

@@ -79,10 +79,12 @@ class Accelerator(wiring.Component):
         # per BRAM_SLICE_BITS of the width (hw.buffers).
         def slicing(depth):
             return BRAM_SLICE_BITS if depth & (depth - 1) == 0 else None
+        # collision_free: a write never lands on a bank in the cycle a job's read of it (the
+        # decoder's busy interlock, WRITE_TO_READ_MIN_CYCLES; asserted by tests/test_hw_top_amaranth).
         m.submodules.act = act = BankedBuffer(cfg.rows * 8, cfg.act_depth, registered_write=True,
-                                              bram_slice_bits=slicing(cfg.act_depth))
+                                              bram_slice_bits=slicing(cfg.act_depth), collision_free=True)
         m.submodules.wgt = wgt = BankedBuffer(cfg.out_lanes * 8, cfg.wgt_depth, registered_write=True,
-                                              bram_slice_bits=slicing(cfg.wgt_depth))
+                                              bram_slice_bits=slicing(cfg.wgt_depth), collision_free=True)
         # The params buffer (LUT-RAM, read every cycle) registers its read address in one copy per
         # slice (hw.buffers, LUT-RAM mode): its ~680 read ports on the 30x4 top hung off one
         # address mux. Its read shows the entry's current contents, which equals the synchronous

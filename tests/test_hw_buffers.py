@@ -159,6 +159,48 @@ def test_bram_slice_copies_are_kept_flip_flops_on_ecp5():
     assert set(cells) == expect and len(cells) == len(expect)
 
 
+def test_collision_free_buffer_maps_to_plain_dp16kd(tmp_path):
+    """collision_free=True (the act/wgt buffers of the top): the flow marks its read ports COLLISION_X
+    (hw.fpga.collision_x_for_no_rw_check) and yosys maps the memory to DP16KD alone. Without it,
+    yosys emulates read-first across the DP16KD's ports: the write data delayed a cycle (36
+    flip-flops), a bypass register per output bit behind the read enable (36) and a mux behind the
+    BRAM output."""
+    from amaranth.back import rtlil
+    from hw import fpga
+    cells = {}
+    for free in (False, True):
+        text, n = fpga.collision_x_for_no_rw_check(rtlil.convert(
+            BankedBuffer(36, 1024, registered_write=True, bram_slice_bits=36, collision_free=free), name="buf"))
+        assert n == int(free)
+        d = tmp_path / str(free)
+        d.mkdir()
+        (d / "buf.il").write_text(text)
+        stat, _ = fpga._yosys(d, "read_rtlil buf.il\nsynth_ecp5 -top buf\ntee -q -o stat.txt stat\n", 600)
+        cells[free] = fpga.parse_yosys_stat(stat)
+    assert cells[True]["DP16KD"] == cells[False]["DP16KD"] == 4            # 2048 x 9 each
+    # the write port's registers: data 36, address + bank 11, enable copy and live: ~50
+    assert cells[True]["TRELLIS_FF"] <= 36 + 11 + 4
+    assert cells[False]["TRELLIS_FF"] >= cells[True]["TRELLIS_FF"] + 72
+    assert cells[True].get("LUT4", 0) < 8 and cells[False]["LUT4"] > 40
+
+
+def test_collision_x_marks_only_the_collision_free_buffers_of_the_top():
+    """In the accelerator's RTLIL (one module per block) exactly the act/wgt buffers' read ports are
+    marked: act 40 bits = 2 slices, wgt 1 slice; the params LUT-RAM, the out buffer and the core's
+    memories keep Amaranth's COLLISION_X_MASK 0."""
+    from amaranth.back import rtlil
+    from hw import fpga
+    from hw.top import Accelerator
+    cfg = ArrayConfig(rows=5, cols=1, weight_min=-128, act_depth=32, wgt_depth=16, param_depth=2, out_depth=16,
+                      bus_bytes=4, max_k=16, param_fifo_depth=2)
+    text = rtlil.convert(Accelerator(cfg), name="acc")
+    marked, n = fpga.collision_x_for_no_rw_check(text)
+    assert n == 3 and marked.count("COLLISION_X_MASK 1'1") == 3
+    assert marked.count("$memrd_v2") == text.count("$memrd_v2") > 3
+    assert marked.count("COLLISION_X_MASK 1'0") == text.count("COLLISION_X_MASK 1'0") - 3
+    assert fpga.collision_x_for_no_rw_check(rtlil.convert(BankedBuffer(8, 4), name="b"))[1] == 0
+
+
 def test_buffer_rejects_bad_arguments():
     # The half-built components warn "created but never used" when collected: collect them here.
     with warnings.catch_warnings():
@@ -182,6 +224,8 @@ def test_buffer_rejects_bad_arguments():
                 BankedBuffer(8, 4, bram_slice_bits=4, **kw)
         with pytest.raises(ValueError, match="power-of-two depth .*depth=5"):
             BankedBuffer(8, 5, registered_write=True, bram_slice_bits=4)
+        with pytest.raises(ValueError, match="collision_free must be a bool"):
+            BankedBuffer(8, 4, collision_free=1)
         gc.collect()
 
 
