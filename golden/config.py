@@ -13,7 +13,8 @@ contract they add up to):
                      (product/packed accumulate, then unpack into the wide
                      accumulators)
 * ``DRAIN_LATENCY``  bottom-row result valid -> first row on the column's
-                     drain output (parallel load of the drain chain)
+                     drain output (parallel load of the drain chain, then the
+                     column's saturating output register)
 * ``REQUANT_LATENCY`` the post-processing lane, input -> ``out`` register,
                      per stage in ``REQUANT_STAGES``
 """
@@ -26,7 +27,7 @@ from ._check import INT32_MAX
 
 INPUT_LATENCY = 2
 PE_LATENCY = 3
-DRAIN_LATENCY = 1
+DRAIN_LATENCY = 2
 #: Post-processing lane stages, in order; each is one register stage. Every stage is at
 #: most about one carry chain, one barrel shifter or one 18x18 multiplier deep (the ECP5
 #: timing target, docs/fpga.md); hw/requant_lane.py has the per-stage detail of both modes.

@@ -8,10 +8,12 @@ Timing (enabled cycles; docs/array.md). A beat accepted on enabled cycle e is
   registers before PE(0, j) and then move one PE per cycle down;
 * for a tile's last beat, PE(i, j)'s result is valid PE_LATENCY later;
 * the bottom row's result-valid pulse parallel-loads column j's drain chain
-  (DRAIN_LATENCY = 1: row 0 is on the drain output the next enabled cycle),
-  which then shifts one row per enabled cycle, row 0 first; the other rows'
-  result registers still hold the tile because ``min_tile_cycles`` = rows
-  keeps the next tile's results at least ``rows`` cycles away;
+  with the PEs' exact results, which then shifts one row per enabled cycle
+  towards row 0; row 0 goes through the column's saturating output register
+  (DRAIN_LATENCY = 2: row 0 is on the drain output two enabled cycles after
+  the pulse); the other rows' result registers still hold the tile because
+  ``min_tile_cycles`` = rows keeps the next tile's results at least ``rows``
+  cycles away;
 * the deskew delays column j by cols - 1 - j registers, so row r of every
   column reaches the output ports on e + cfg.array_latency + r.
 """
@@ -23,12 +25,12 @@ from amaranth.lib.wiring import In, Out
 
 from golden.config import INPUT_LATENCY, PACK_SHIFT, ArrayConfig
 
-from .pe import PackedPE, check_hw_config, config_for, weight_word_width
+from .pe import PackedPE, check_hw_config, clamp_exact, config_for, weight_word_width
 
 
 #: Rows of a drain chain whose load select one copy of the load pulse drives (issue 6: the
-#: select fans out to ~28 LUTs per row).
-DRAIN_ROWS_PER_LOAD = 4
+#: select fans out to ~35 LUTs per row: a row's exact result and flags).
+DRAIN_ROWS_PER_LOAD = 2
 
 
 class MacArray(wiring.Component):
@@ -46,8 +48,8 @@ class MacArray(wiring.Component):
     * ``acc_valid`` Out(1)  ``acc`` holds a row (row r of a tile whose last beat was
                     accepted on enabled cycle e, on enabled cycle e + array_latency + r)
     * ``acc_last``  Out(1)  that row is the tile's row R - 1
-    * ``acc_last_next`` Out(1)  the value ``acc_last`` takes after the next enabled cycle (a LUT
-                    of registers: lets the core register its params FIFO's read address, hw.core)
+    * ``acc_last_next`` Out(1)  the value ``acc_last`` takes after the next enabled cycle (a
+                    register: lets the core register its params FIFO's read address, hw.core)
     """
 
     def __init__(self, cfg: ArrayConfig):
@@ -127,13 +129,18 @@ class MacArray(wiring.Component):
                 m.d.comb += pes[i][j].w.eq(pes[i - 1][j].w_out)
 
         # Drain chains: parallel load on the bottom row's result pulse, then
-        # shift towards row 0's register (the chain output), one row per cycle.
-        # The load selects every row's mux (~28 LUTs a row: 840 on the 30 x 4 top, 10.5 ns from
-        # one flip-flop), so each group of DRAIN_ROWS_PER_LOAD rows has its own copy (issue 6).
-        # Every PE sees the same beat stream, PE(i, j) i + j enabled cycles late, so the pulse
-        # of PE(R - 1 - k, j) delayed by k registers is the bottom row's pulse: copy k is that,
-        # distinct logic (another PE's flag), so synthesis cannot merge the copies back into
+        # shift towards row 0's register, one row per cycle, then one output register per column.
+        # The load selects every row's mux, so each group of DRAIN_ROWS_PER_LOAD rows has its own
+        # copy (issue 6: one select for all rows was ~840 LUTs on the 30 x 4 top, 10.5 ns from one
+        # flip-flop). Every PE sees the same beat stream, PE(i, j) i + j enabled cycles late, so
+        # the pulse of PE(R - 1 - k, j) delayed by k registers is the bottom row's pulse: copy k is
+        # that, distinct logic (another PE's flag), so synthesis cannot merge the copies back into
         # one (k(k + 1) / 2 flip-flops per column). `shadow_checks`: copy k == the load.
+        # The chains carry the PEs' exact results (hw.pe.exact_result_width: one bit more than
+        # acc_width) and the saturation is applied once per column, between the chain's row 0
+        # and the output register (DRAIN_LATENCY = 2): clamping in every PE put a LUT per bit in
+        # front of every row's load mux (two LUT levels behind the load's fanout, the 30 x 4
+        # top's drain paths at 9.9 ns, issue 6) and cost rows x cols x acc_width LUTs.
         drained = []
         self.shadow_checks = []
         n_loads = -(-R // DRAIN_ROWS_PER_LOAD)
@@ -142,24 +149,29 @@ class MacArray(wiring.Component):
             loads = [delay(pes[R - 1 - k][j].result_valid, k, f"drain{j}_load{k}", reset_less=False)
                      for k in range(n_loads)]
             self.shadow_checks += [(f"drain{j}_load{k}", x, load) for k, x in enumerate(loads[1:], 1)]
-            regs = [Signal(pes[i][j].result.shape(), name=f"drain{j}_{i}", reset_less=True) for i in range(R)]
+            regs = [Signal(pes[i][j].result_exact.shape(), name=f"drain{j}_{i}", reset_less=True) for i in range(R)]
             vld = [Signal(name=f"drain{j}_{i}_valid") for i in range(R)]
             lst = [Signal(name=f"drain{j}_{i}_last") for i in range(R)]
+            out = Signal(data.ArrayLayout(signed(cfg.acc_width), S), name=f"drain{j}_out", reset_less=True)
+            out_vld = Signal(name=f"drain{j}_out_valid")
+            out_lst = Signal(name=f"drain{j}_out_last")
             with m.If(self.en):
                 for i in range(R):
                     with m.If(loads[i // DRAIN_ROWS_PER_LOAD]):
-                        m.d.sync += [regs[i].eq(pes[i][j].result), vld[i].eq(1), lst[i].eq(i == R - 1)]
+                        m.d.sync += [regs[i].eq(pes[i][j].result_exact), vld[i].eq(1), lst[i].eq(i == R - 1)]
                     with m.Else():
                         if i < R - 1:
                             m.d.sync += [regs[i].eq(regs[i + 1]), vld[i].eq(vld[i + 1]), lst[i].eq(lst[i + 1])]
                         else:
                             m.d.sync += [vld[i].eq(0), lst[i].eq(0)]
+                m.d.sync += [out[s].eq(clamp_exact(regs[0][s], cfg.acc_width)) for s in range(S)]
+                m.d.sync += [out_vld.eq(vld[0]), out_lst.eq(lst[0])]
             # Deskew: column j reaches its drain output j cycles after column 0.
-            out = delay(regs[0], C - 1 - j, f"deskew{j}")
+            out = delay(out, C - 1 - j, f"deskew{j}")
             for s in range(S):
                 m.d.comb += self.acc[S * j + s].eq(out[s])
-            # lst[0]'s next value: loaded (1 only with a single row) or shifted from lst[1].
-            drained.append((vld[0], lst[0], Mux(load, R == 1, lst[1] if R > 1 else 0)))
+            # the output's last flag after the next enabled cycle is lst[0] (a register)
+            drained.append((out_vld, out_lst, lst[0]))
         # The last column needs no deskew, so its flags are already aligned
         # (all columns carry identical flags; synthesis drops the others).
         m.d.comb += [self.acc_valid.eq(drained[C - 1][0]), self.acc_last.eq(drained[C - 1][1]),

@@ -40,7 +40,7 @@ from amaranth.lib.wiring import In, Out
 from golden._check import INT8_MAX, INT8_MIN
 from golden.config import PACK_SHIFT, PACKING_MODES, ArrayConfig, packed_chain_bound
 
-from .ecp5_mult import RegisteredMult
+from .ecp5_mult import RegisteredMult, product_shape
 
 #: Width of the DSP48E2 P register: the packed chain must accumulate inside it.
 DSP48E2_P_WIDTH = 48
@@ -129,11 +129,30 @@ def pack_weights(w_lo: int, w_hi: int) -> int:
     return (int(w_hi) << PACK_SHIFT) + int(w_lo)
 
 
-def _clamp(raw, hi, lo, width: int):
-    """signed(``width``) view of an exact sum ``raw`` with its flags ``hi``/``lo`` (raw above / below
-    the range): the bound when a flag is set, else raw's low bits (one LUT per bit)."""
+def field_width(cfg) -> int:
+    """Signed width of the widest field a PE adds to an accumulator: the int8 x int8 product
+    ("none"), or the low / high field unpacked from P ("dual": sext of PACK_SHIFT bits, and
+    (P >> PACK_SHIFT) + P[PACK_SHIFT - 1])."""
+    if cfg.packing == "dual":
+        return max(PACK_SHIFT, packed_acc_width(cfg) - PACK_SHIFT + 1)
+    return product_shape(signed(8), signed(weight_word_width(cfg))).width
+
+
+def exact_result_width(cfg) -> int:
+    """Signed width of an accumulator or result as the PE keeps it (saturation applied one step
+    late): the exact sum of a clamped accumulator and one field, one bit wider than the wider of
+    the two. Its value is ``clamp_exact(raw, cfg.acc_width)``."""
+    return max(cfg.acc_width, field_width(cfg)) + 1
+
+
+def clamp_exact(raw, width: int):
+    """signed(``width``) value of an exact sum ``raw``: the bound of raw's sign when raw's bits
+    from ``width - 1`` up are not all equal (out of range), else raw's low bits. With
+    ``len(raw) == width + 1`` every output bit is one LUT of raw's bit and its top two bits."""
+    top = raw[width - 1:]
+    out_of_range = ~(top.all() | ~top.any())
     lo_lim, hi_lim = -(1 << (width - 1)), (1 << (width - 1)) - 1
-    return Mux(hi, hi_lim, Mux(lo, lo_lim, raw[:width]))[:width].as_signed()
+    return Mux(out_of_range, Mux(raw[-1], lo_lim, hi_lim), raw[:width])[:width].as_signed()
 
 
 def saturate(value, width: int):
@@ -171,6 +190,9 @@ class PackedPE(wiring.Component):
     * ``last_out``     Out(1)         operand register, forwarded right
     * ``result``       Out(ArrayLayout(signed(A), S))  the tile's sums; [0] = w_lo
                        field, [1] = w_hi field; held until the next tile's result
+    * ``result_exact`` Out(ArrayLayout(signed(exact_result_width(cfg)), S))  the result registers
+                       themselves (exact sums): ``result`` is their clamp (``clamp_exact``). The
+                       array's drain chains carry these and clamp once per column, at the drain output.
     * ``result_valid`` Out(1)         one enabled-cycle pulse, PE_LATENCY after the
                        last beat was in the operand registers
     """
@@ -189,6 +211,7 @@ class PackedPE(wiring.Component):
             "valid_out": Out(1),
             "last_out": Out(1),
             "result": Out(data.ArrayLayout(signed(cfg.acc_width), cfg.lanes_per_pe)),
+            "result_exact": Out(data.ArrayLayout(signed(exact_result_width(cfg)), cfg.lanes_per_pe)),
             "result_valid": Out(1),
         })
 
@@ -237,7 +260,7 @@ class PackedPE(wiring.Component):
             # Exact unpack (arithmetic.md §4): the arithmetic shift borrows 1
             # from the high field when the low field is negative; add it back.
             lo = p[:PACK_SHIFT].as_signed()
-            hi = (p >> PACK_SHIFT) + p[PACK_SHIFT - 1]
+            hi = p.shift_right(PACK_SHIFT) + p[PACK_SHIFT - 1]
             fields = [lo, hi]
         else:
             # One product per beat: the registered product `p` (reset-less, read only under
@@ -284,45 +307,39 @@ class PackedPE(wiring.Component):
         # The saturation is applied one step late (timing, issue 6: clamping behind the adder put
         # the carry chain, an in-range test fanning out to every bit and the select into one
         # cycle, the 4 x 2 top's critical path). Each accumulator is kept as the exact sum `raw`
-        # (one bit wider than the sum of two operands can need) with two flags, `hi_q`/`lo_q` =
-        # raw is above/below signed(A). The saturating accumulator it stands for is
-        # clamp(raw) = hi_q ? max : lo_q ? min : raw, and the next step adds the field to that
-        # value: raw' = (first ? 0 : clamp(raw)) + f, whose operand is one LUT of flip-flops
-        # (raw_i, first, hi_q, lo_q) in front of the carry chain; the flags of raw' are one LUT of
-        # its two top bits. By induction clamp(raw) after every step is exactly the per-step
-        # saturating sum, min(max(acc + f, min), max) (tests/test_hw_pe.py, and `shadow_checks`
-        # against that accumulator on every cycle). The result register holds (raw, flags) the
-        # same way and `result` is its clamp: a LUT in front of the drain chains' load.
+        # of a clamped accumulator and a field (``exact_result_width``: one bit wider than the
+        # wider of the two). The saturating accumulator it stands for is clamp(raw) (``clamp_exact``:
+        # the bound when raw's bits from A - 1 up are not all equal, else raw's low bits), and the
+        # next step adds the field to that value: raw' = (first ? 0 : clamp(raw)) + f. With
+        # fields no wider than A, raw has A + 1 bits and bit i of the operand is one LUT4 of
+        # flip-flops (first, raw_i and raw's top two bits) in front of the carry chain, and the
+        # carry chain's sum goes straight to the register (session 6 registered two range flags
+        # behind the chain: a LUT after it, the 30 x 4 top's worst PE paths). By induction
+        # clamp(raw) after every step is exactly the per-step saturating sum,
+        # min(max(acc + f, min), max) (tests/test_hw_pe.py, and `shadow_checks` against that
+        # accumulator on every cycle). The result register holds raw the same way
+        # (``result_exact``); ``result`` is its clamp, which the array applies once per column.
         first = Signal(init=1)
         results = []
         for s, f in enumerate(fq):
-            rw = max(aw, len(f)) + 1
+            rw = len(self.result_exact[s])
+            assert len(f) < rw
             raw = Signal(signed(rw), name=f"acc{s}_raw", reset_less=True)
-            hi_q = Signal(name=f"acc{s}_hi", reset_less=True)
-            lo_q = Signal(name=f"acc{s}_lo", reset_less=True)
             res_raw = Signal(signed(rw), name=f"result{s}_raw", reset_less=True)
-            res_hi = Signal(name=f"result{s}_hi", reset_less=True)
-            res_lo = Signal(name=f"result{s}_lo", reset_less=True)
             clamped = Signal(signed(aw), name=f"acc{s}")
-            m.d.comb += clamped.eq(_clamp(raw, hi_q, lo_q, aw))
+            m.d.comb += clamped.eq(clamp_exact(raw, aw))
             operand = Signal(signed(aw), name=f"operand{s}")
             m.d.comb += operand.eq(Mux(first, 0, clamped))
             total = Signal(signed(rw), name=f"total{s}")
             m.d.comb += total.eq(operand + f)
-            t_hi = Signal(name=f"total{s}_hi")
-            t_lo = Signal(name=f"total{s}_lo")
-            # out of range iff the bits from aw - 1 up are not all equal (no compare chain behind
-            # the adder); the sign says which bound
-            top = total[aw - 1:]
-            out_of_range = ~(top.all() | ~top.any())
-            m.d.comb += [t_hi.eq(out_of_range & ~total[-1]), t_lo.eq(out_of_range & total[-1])]
             with m.If(self.en):
                 with m.If(f2):
-                    m.d.sync += [raw.eq(total), hi_q.eq(t_hi), lo_q.eq(t_lo)]
+                    m.d.sync += raw.eq(total)
                 # ld2 implies f2; tested alone, the result's clock enable is the flag itself.
                 with m.If(ld2):
-                    m.d.sync += [res_raw.eq(total), res_hi.eq(t_hi), res_lo.eq(t_lo)]
-            results.append(_clamp(res_raw, res_hi, res_lo, aw))
+                    m.d.sync += res_raw.eq(total)
+            results.append(clamp_exact(res_raw, aw))
+            m.d.comb += self.result_exact[s].eq(res_raw)
             # The per-step saturating accumulator and result register this stands for (read only by
             # the shadow checks: no hardware).
             ref = Signal(signed(aw), name=f"ref_acc{s}", reset_less=True)
