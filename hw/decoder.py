@@ -43,7 +43,10 @@ out buffer's read address), ``dropped`` (a counter increment), ``out_r.en`` and
 ``dout.valid`` come from registered check bits and state flags (``*_r``, loaded
 from the next state), the job's ``macs`` from a registered product, the READ /
 RESP word-index tests (``row_end``, ``is_last``) and the end-of-payload tests
-(``wend``, ``elast``, ``rmore``) are registered flags instead of compares, and
+(``wend``, ``elast``, ``rmore``) are registered flags instead of compares, CHECK's loads
+(``pre_off``, ``pre_lenm1``, ``pre_len1``) are registered from ``cmd.payload`` like the first
+check stage, the flags, the entry counters and the readies read the shadow flags, RESP shifts the
+snapshot so dout's word needs no word mux, and
 the datapath registers are reset-less (each is written before it is
 read after a reset: IDLE, CHECK or the entry's words come first). The first
 check stage is computed from ``cmd.payload`` on its way into ``desc``, so it
@@ -223,8 +226,12 @@ class Decoder(wiring.Component):
         # decision (decide_r, write_r: ``dropped`` feeds a counter increment register) come from
         # flip-flops, not from the state decode. resp_r selects dout's data (see dout below).
         shadow = {s: (Signal(init=(s == "IDLE"), name=f"{s.lower()}_r"), Signal(name=f"{s.lower()}_d"))
-                  for s in ("IDLE", "DECIDE", "WAIT", "WRITE", "READ", "RESP")}
-        (idle_r, _), (decide_r, _), (wait_r, wait_d), (write_r, _), (read_r, _), (resp_r, _) = shadow.values()
+                  for s in ("IDLE", "CHECK", "DECIDE", "WAIT", "WRITE", "DISCARD", "READ", "RESP")}
+        ((idle_r, _), (check_r, _), (decide_r, _), (wait_r, wait_d), (write_r, _), (discard_r, _), (read_r, _),
+         (resp_r, resp_d)) = shadow.values()
+        # The handshakes' readies straight from the shadow flags (issue 6: the bridge's cmd/din
+        # valid and the decoder's state decode were two LUT levels in front of its registers).
+        m.d.comb += [self.cmd.ready.eq(idle_r), self.din.ready.eq(write_r | discard_r)]
         m.d.sync += [r.eq(d) for r, d in shadow.values()]
 
         def goto(state):
@@ -245,11 +252,11 @@ class Decoder(wiring.Component):
             m.d.sync += [desc.eq(p), ok_r.eq(Cat(*[p[:OPCODE_BITS] == int(op) for op in Op]).any())]
             m.d.sync += [op_r[op].eq(p[:OPCODE_BITS] == int(op)) for op in Op]
 
-        def by_op(values, width):
+        def by_op(values, width, sel=op_r):
             """AND-OR of ``{op: value}`` by the registered one-hot opcode (0 for ops not listed)."""
             acc = Const(0, width)
             for op, v in values.items():
-                acc = acc | Mux(op_r[op], v, 0)
+                acc = acc | Mux(sel[op], v, 0)
             return acc[:width]
         pay_ops = list(PAYLOAD_BUFFER)
         write_ops = [op for op in pay_ops if op != Op.READ_OUT]
@@ -287,6 +294,21 @@ class Decoder(wiring.Component):
         is_sync = Signal(reset_less=True)
         rv = Signal()                                          # READ: a row held in out_r.data
         lens = {op: self._fields(desc, op)["length"] for op in pay_ops}
+        # CHECK's loads of pa / erem / rrem / elast, precomputed like the stage-A checks (issue 6):
+        # registered on every cycle from cmd.payload with its own opcode decode, so in CHECK they
+        # hold the accepted descriptor's values and CHECK loads flip-flops (no opcode AND-OR, no
+        # length - 1 carry chain in front of pa, its out_addr copies and the entry counters).
+        op_p = {op: p[:OPCODE_BITS] == int(op) for op in Op}
+        lens_p = {op: self._fields(p, op)["length"] for op in pay_ops}
+        pre_off = Signal(off_w, name="pre_off", reset_less=True)
+        pre_lenm1 = Signal(off_w + 1, name="pre_lenm1", reset_less=True)
+        pre_len1 = Signal(name="pre_len1", reset_less=True)
+        m.d.sync += [pre_off.eq(by_op({op: self._fields(p, op)["offset"] for op in pay_ops}, off_w, op_p)),
+                     pre_lenm1.eq(by_op({op: lens_p[op] - 1 for op in pay_ops}, off_w + 1, op_p)),
+                     pre_len1.eq(by_op({op: lens_p[op] == 1 for op in pay_ops}, 1, op_p))]
+        pre_refs = [("pre_off", pre_off, by_op({op: fld(op, "offset") for op in pay_ops}, off_w)),
+                    ("pre_lenm1", pre_lenm1, by_op({op: lens[op] - 1 for op in pay_ops}, off_w + 1)),
+                    ("pre_len1", pre_len1, by_op({op: lens[op] == 1 for op in pay_ops}, 1))]
 
         # The RUN job (valid in WAIT; the queue's ready is the wait condition).
         rf = {n: fld(Op.RUN, n) for n in (fl.name for fl in self.lay[Op.RUN])}
@@ -336,16 +358,15 @@ class Decoder(wiring.Component):
                 with m.If(en):
                     m.d.sync += words[q][lo:lo + _COPY_LOADS].eq(self.din.payload.data[lo:lo + _COPY_LOADS])
         w_en = {op: Signal(name=f"w_en_{op.name.lower()}") for op in write_ops}
-        m.d.sync += [e.eq(0) for e in w_en.values()]
+        w_any = Signal()                              # == any w_en: pa's increment reads one flip-flop
+        m.d.sync += [e.eq(0) for e in w_en.values()] + [w_any.eq(0)]
         # pa from its next value pa_d; the out buffer's read address (fanout ~44: every DP16KD
         # of the out banks) is a copy of it (``kept_copy``), so the write ports' address net is apart.
         pa_d = Signal.like(pa)
-        m.d.comb += pa_d.eq(pa)
         m.d.sync += pa.eq(pa_d)
         out_addr = kept_copy(m, platform, pa_d, Const(1), "out_addr")
         copies.append(("out_addr", out_addr, pa))
-        with m.If(Cat(*w_en.values()).any()):
-            m.d.comb += pa_d.eq(pa + 1)
+        copies.append(("w_any", w_any, Cat(*w_en.values()).any()))
         m.d.comb += [
             self.act_w.en.eq(w_en[Op.WRITE_ACT]), self.wgt_w.en.eq(w_en[Op.WRITE_WGT]),
             self.par_w.en.eq(w_en[Op.WRITE_PARAMS]), self.lut.valid.eq(w_en[Op.WRITE_LUT]),
@@ -362,17 +383,52 @@ class Decoder(wiring.Component):
         # per <= _COPY_LOADS bits (fanout ~450 on one FF before): after a reset a copy may differ
         # from wait_r for one cycle (it loaded the pre-reset next state), harmless: snap is read
         # only in RESP, which is entered from a WAIT cycle, where every copy is 1.
-        snap = Signal(STATUS_SLOTS * COUNTER_BITS, reset_less=True)
-        snap_d = Cat(status, Const(0, COUNTER_BITS - len(status)),
-                     self.counters.as_value() & ~is_sync.replicate(len(self.counters.as_value())))
+        #
+        # In RESP the snapshot shifts down by one word per word taken (issue 6), so the word on dout
+        # is always snap's first word: no word mux on wi (fanout ~bus_bits) in front of the bridge's
+        # capture register. Its enable per group is one LUT of flip-flops (wait_r, resp_r copies and
+        # dout.ready, the bridge's register). is_sync (masks every counter bit: fanout ~450) is one
+        # copy per group too (loaded in CHECK, like is_sync). snap_ref is the unshifted snapshot the
+        # checks compare with (no hardware: read by nothing else, synthesis removes it).
+        n_w = status_response_words(cfg)
+        snap_bits = STATUS_SLOTS * COUNTER_BITS
+        snap = Signal(n_w * bus_bits, reset_less=True)         # the snapshot, zero-padded to whole words
+        snap_ref = Signal(snap_bits, reset_less=True)
+        counters = self.counters.as_value()
+        snap_raw = Cat(status, Const(0, COUNTER_BITS - len(status)), counters)
+        with m.If(wait_r):
+            m.d.sync += snap_ref.eq(Cat(status, Const(0, COUNTER_BITS - len(status)),
+                                        counters & ~is_sync.replicate(len(counters))))
+        snap_next = Cat(snap[bus_bits:], Const(0, bus_bits))
+        resp_copies = []                              # resp_r's copy per group: the snapshot's word select
         for lo in range(0, len(snap), _COPY_LOADS):
-            en = kept_copy(m, platform, wait_d, Const(1), f"wait_r{lo // _COPY_LOADS}")
-            copies.append((f"wait_r{lo // _COPY_LOADS}", en, wait_r))
+            hi, g = min(lo + _COPY_LOADS, len(snap)), lo // _COPY_LOADS
+            en = kept_copy(m, platform, wait_d, Const(1), f"wait_r{g}")
+            resp_c = kept_copy(m, platform, resp_d, Const(1), f"resp_r{g}")
+            sync_c = kept_copy(m, platform, op_r[Op.SYNC], check_r, f"is_sync{g}")
+            copies += [(f"wait_r{g}", en, wait_r), (f"resp_r{g}", resp_c, resp_r), (f"is_sync{g}", sync_c, is_sync)]
+            resp_copies.append(resp_c)
+            # counter bits are masked in SYNC's snapshot (status only); bits past the snapshot are 0
+            d = Cat(*[Const(0, 1) if i >= snap_bits else (snap_raw[i] & ~sync_c if i >= COUNTER_BITS else snap_raw[i])
+                      for i in range(lo, hi)])
             with m.If(en):
-                m.d.sync += snap[lo:lo + _COPY_LOADS].eq(snap_d[lo:lo + _COPY_LOADS])
+                m.d.sync += snap[lo:hi].eq(d)
+            with m.Elif(resp_c & self.dout.ready):
+                m.d.sync += snap[lo:hi].eq(snap_next[lo:hi])
+
+        # flags from the shadow flags and registered bits (issue 6: the state decode and the interlock
+        # decision were in front of their enables). WAIT never blocks CLEAR_STATUS (no bank, no job
+        # test), so its clear is wait_r & the opcode. flags_ref: the FSM's own form, for the checks.
+        flags_ref = Signal.like(flags)
+        clear = wait_r & op_r[Op.CLEAR_STATUS]
+        mismatch = write_r & self.din.valid & ((wend & elast) ^ self.din.payload.last)
+        m.d.sync += flags.eq(Mux(clear, 0, flags | Mux(decide_r & bad, errs, 0)
+                                 | Mux(mismatch, int(Flag.LENGTH_MISMATCH), 0)))
+        m.d.comb += [self.clear_counters.eq(clear & fld(Op.CLEAR_STATUS, "counters")),
+                     self.job.valid.eq(wait_r & op_r[Op.RUN] & self.job.ready)]
 
         def drop_and_flag(extra_flags):
-            m.d.sync += flags.eq(flags | extra_flags)
+            m.d.sync += flags_ref.eq(flags_ref | extra_flags)
 
         # ``dropped`` (DECIDE's decision, WRITE's length mismatch) from the shadow flags and
         # registered bits only: it feeds the CMDS_DROPPED increment register (hw/top.py), <= 2 LUT
@@ -381,9 +437,6 @@ class Decoder(wiring.Component):
         m.d.comb += self.dropped.eq((decide_r & bad)
                                     | (write_r & self.din.valid & (final ^ self.din.payload.last)))
 
-        def next_entry():
-            """The current entry is complete: count it (erem, elast)."""
-            m.d.sync += [erem.eq(erem - 1), elast.eq(erem == 1)]
 
         # ---- dout's payload: READ's row word or RESP's snapshot word, selected by resp_r (a
         # flip-flop), not gated by the state: only read with dout.valid, and with no constant-0 arm
@@ -395,11 +448,13 @@ class Decoder(wiring.Component):
         row_end = Signal(init=int(n_out == 1))              # wi == n_out - 1
         is_last = Signal(init=1)                            # wi == nresp_m1 (both 0 at start)
         m.d.sync += [row_end.eq(wi_d == n_out - 1), is_last.eq(wi_d == nresp_m1_d)]
-        n_w = status_response_words(cfg)
         row_send = _word_mux([self.out_r.data[q * bus_bits:(q + 1) * bus_bits] for q in range(n_out)], wi)
-        padded = Cat(snap, Const(0, n_w * bus_bits - len(snap)))
-        resp_send = _word_mux([padded[q * bus_bits:(q + 1) * bus_bits] for q in range(n_w)], wi)
-        m.d.comb += [self.dout.payload.data.eq(Mux(resp_r, resp_send, row_send)),
+        padded = Cat(snap_ref, Const(0, n_w * bus_bits - len(snap_ref)))
+        resp_ref = _word_mux([padded[q * bus_bits:(q + 1) * bus_bits] for q in range(n_w)], wi)
+        resp_send = snap[:bus_bits]
+        m.d.comb += [self.dout.payload.data.eq(Cat(*[Mux(resp_copies[lo // _COPY_LOADS], resp_send[lo:hi], row_send[lo:hi])
+                                                     for lo in range(0, bus_bits, _COPY_LOADS)
+                                                     for hi in [min(lo + _COPY_LOADS, bus_bits)]])),
                      self.dout.payload.last.eq(Mux(resp_r, is_last, row_end & elast))]
 
         # READ's out-buffer read (issue) and dout.valid from the shadow flags, not the state decode
@@ -407,22 +462,35 @@ class Decoder(wiring.Component):
         take = rv & self.dout.ready
         issue = read_r & rmore & (~rv | (take & row_end))
         m.d.comb += [self.dout.valid.eq((read_r & rv) | resp_r), self.out_r.en.eq(issue)]
+        # pa's next value from flip-flops and dout.ready only: CHECK's load (pre_off), the
+        # increment (a write's w_en, READ's issue)
+        # (the increment is never in CHECK: the select of pa + 1 is last, the carry chain and the
+        # CHECK mux of flip-flops beside it; ``pa_inc`` is ``w_any | issue``, split so that
+        # dout.ready enters at its last LUT)
+        pa_inc = (w_any | (read_r & rmore & ~rv)) | (read_r & rmore & row_end & self.dout.ready)
+        m.d.comb += pa_d.eq(Mux(pa_inc, pa + 1, Mux(check_r, pre_off, pa)))
+        # The entry counters, READ's read counter and rv, outside the FSM: their enables are the
+        # shadow flags and registered bits (issue 6), the same cases as the FSM's states.
+        with m.If(check_r):
+            m.d.sync += [rv.eq(0), erem.eq(pre_lenm1), elast.eq(pre_len1), rrem.eq(pre_lenm1), rmore.eq(1)]
+        with m.Else():
+            with m.If((write_r & self.din.valid & wend) | (read_r & take & row_end)):   # an entry is complete
+                m.d.sync += [erem.eq(erem - 1), elast.eq(erem == 1)]
+            with m.If(issue):
+                m.d.sync += [rrem.eq(rrem - 1), rmore.eq(rrem != 0), rv.eq(1)]
+            with m.Elif(read_r & take & row_end):
+                m.d.sync += rv.eq(0)
 
+        job_valid_ref, clear_counters_ref = Signal(), Signal()     # the FSM's forms, for the checks
         with m.FSM() as fsm:
             with state("IDLE"):
-                m.d.comb += self.cmd.ready.eq(1)
                 with m.If(self.cmd.valid):
                     goto("CHECK")
             with state("CHECK"):
-                lenm1 = by_op({op: lens[op] - 1 for op in pay_ops}, off_w + 1)
                 bank_d = by_op({op: fld(op, "bank") for op in bank_ops}, len(bank))
                 m.d.sync += [sel.eq(op_r[op] & (bank_d == b)) for (op, b), sel in bank_sel.items()]
-                m.d.comb += pa_d.eq(by_op({op: fld(op, "offset") for op in pay_ops}, off_w))
                 m.d.sync += [
-                    rv.eq(0),
                     bank.eq(bank_d),
-                    erem.eq(lenm1), elast.eq(by_op({op: lens[op] == 1 for op in pay_ops}, 1)),
-                    rrem.eq(lenm1), rmore.eq(1),
                     wend.eq(Cat(*[op_r[op] for op in pay_ops if wpe_of[op] == 1]).any()),
                     wlast.eq(by_op({op: 1 << (wpe_of[op] - 1) for op in pay_ops}, wpe_max)),
                     is_sync.eq(op_r[Op.SYNC]),
@@ -443,11 +511,11 @@ class Decoder(wiring.Component):
             with state("WAIT"):
                 with m.If(~blocked):
                     with m.If(op_r[Op.RUN]):
-                        m.d.comb += self.job.valid.eq(1)
+                        m.d.comb += job_valid_ref.eq(1)
                         goto("IDLE")
                     with m.Elif(op_r[Op.CLEAR_STATUS]):
-                        m.d.sync += flags.eq(0)
-                        m.d.comb += self.clear_counters.eq(fld(Op.CLEAR_STATUS, "counters"))
+                        m.d.sync += flags_ref.eq(0)
+                        m.d.comb += clear_counters_ref.eq(fld(Op.CLEAR_STATUS, "counters"))
                         goto("IDLE")
                     with m.Elif(op_r[Op.READ_OUT]):
                         goto("READ")
@@ -456,13 +524,11 @@ class Decoder(wiring.Component):
                     with m.Else():                                    # WRITE_*
                         goto("WRITE")
             with state("WRITE"):
-                m.d.comb += self.din.ready.eq(1)
                 with m.If(self.din.valid):
                     with m.If(wend):
                         m.d.comb += wsel_d.eq(1)
                         m.d.sync += wend.eq(wlast[0])
-                        m.d.sync += [w_en[op].eq(op_r[op]) for op in write_ops]
-                        next_entry()
+                        m.d.sync += [w_en[op].eq(op_r[op]) for op in write_ops] + [w_any.eq(is_write)]
                     with m.Else():
                         m.d.comb += wsel_d.eq(wsel << 1)
                         m.d.sync += wend.eq((wsel[:-1] & wlast[1:]).any())
@@ -475,19 +541,12 @@ class Decoder(wiring.Component):
                         drop_and_flag(int(Flag.LENGTH_MISMATCH))
                         goto("IDLE")
             with state("DISCARD"):
-                m.d.comb += self.din.ready.eq(1)
                 with m.If(self.din.valid & self.din.payload.last):
                     goto("IDLE")
             with state("READ"):
-                with m.If(issue):
-                    m.d.comb += pa_d.eq(pa + 1)
-                    m.d.sync += [rrem.eq(rrem - 1), rmore.eq(rrem != 0), rv.eq(1)]
-                with m.Elif(take & row_end):
-                    m.d.sync += rv.eq(0)
                 with m.If(take):
                     with m.If(row_end):
                         m.d.comb += wi_d.eq(0)
-                        next_entry()
                         with m.If(elast):
                             goto("IDLE")
                     with m.Else():
@@ -505,4 +564,12 @@ class Decoder(wiring.Component):
         self.shadow_checks += [(sel.name, sel, Mux(loading, sel, op_r[op] & (bank == b)))
                                for (op, b), sel in bank_sel.items()]
         self.shadow_checks += copies + [("row_end", row_end, wi == n_out - 1), ("is_last", is_last, wi == nresp_m1)]
+        checking = fsm.ongoing("CHECK")                # the precomputed loads hold the descriptor's values
+        self.shadow_checks += [(name, Mux(checking, reg, ref), ref) for name, reg, ref in pre_refs]
+        self.shadow_checks += [("flags", flags, flags_ref), ("job_valid", self.job.valid, job_valid_ref),
+                               ("clear_counters", self.clear_counters, clear_counters_ref),
+                               ("resp_word", Mux(resp_r, resp_send, resp_ref), resp_ref),
+                               ("cmd_ready", self.cmd.ready, fsm.ongoing("IDLE")),
+                               ("pa_inc", pa_inc, w_any | issue), ("pa_inc_in_check", pa_inc & check_r, 0),
+                               ("din_ready", self.din.ready, fsm.ongoing("WRITE") | fsm.ongoing("DISCARD"))]
         return m

@@ -163,32 +163,43 @@ class UartRx(wiring.Component):
         s1, line = Signal(init=1), Signal(init=1)
         m.d.sync += [s1.eq(self.rx), line.eq(s1)]          # 2-FF synchroniser
         cnt = Signal(range(d))
+        # cnt == 0 as a flip-flop loaded with cnt (issue 6: the sample decisions, and with them the
+        # byte's valid, its payload's enable and brk, read one flip-flop instead of a compare)
+        tick = Signal(init=1)
         nbit = Signal(range(8))
         sh = Signal(8)
         m.d.sync += [self.data.valid.eq(0), self.brk.eq(0)]
+
+        def count_down():
+            m.d.sync += [cnt.eq(cnt - 1), tick.eq(cnt == 1)]
+
+        def load(v):
+            m.d.sync += [cnt.eq(v), tick.eq(int(v == 0))]
         with m.FSM():
             with m.State("IDLE"):
                 with m.If(~line):
-                    m.d.sync += cnt.eq(d // 2 - 1)
+                    load(d // 2 - 1)
                     m.next = "START"
             with m.State("START"):                          # mid start bit: still low?
-                with m.If(cnt != 0):
-                    m.d.sync += cnt.eq(cnt - 1)
+                with m.If(~tick):
+                    count_down()
                 with m.Elif(line):
                     m.next = "IDLE"                         # a glitch, not a start bit
                 with m.Else():
-                    m.d.sync += [cnt.eq(d - 1), nbit.eq(0)]
+                    load(d - 1)
+                    m.d.sync += nbit.eq(0)
                     m.next = "DATA"
             with m.State("DATA"):
-                with m.If(cnt != 0):
-                    m.d.sync += cnt.eq(cnt - 1)
+                with m.If(~tick):
+                    count_down()
                 with m.Else():
-                    m.d.sync += [sh.eq(Cat(sh[1:], line)), cnt.eq(d - 1), nbit.eq(nbit + 1)]
+                    load(d - 1)
+                    m.d.sync += [sh.eq(Cat(sh[1:], line)), nbit.eq(nbit + 1)]
                     with m.If(nbit == 7):
                         m.next = "STOP"
             with m.State("STOP"):
-                with m.If(cnt != 0):
-                    m.d.sync += cnt.eq(cnt - 1)
+                with m.If(~tick):
+                    count_down()
                 with m.Elif(line):
                     m.d.sync += [self.data.payload.eq(sh), self.data.valid.eq(1)]
                     m.next = "IDLE"
@@ -198,6 +209,7 @@ class UartRx(wiring.Component):
             with m.State("WAIT_HIGH"):
                 with m.If(line):
                     m.next = "IDLE"
+        self.shadow_checks = [("tick", tick, cnt == 0)]   # asserted by tests/test_uart.py
         return m
 
 
@@ -296,9 +308,10 @@ class _BridgeCore(wiring.Component):
         with m.If(issue):
             m.d.sync += rp.eq(rp + 1)
         m.d.sync += [rd1.eq(issue), rd2.eq(rd1), b0.eq(rport.data)]
+        is_other = Signal(reset_less=True)          # none of the three: an error byte in TYPE
         with m.If(rd2):
             m.d.sync += [b.eq(b0), is_cmd.eq(b0 == H_CMD), is_data.eq(b0 == H_DATA), is_hello.eq(b0 == H_HELLO),
-                         bv.eq(1)]
+                         is_other.eq(~Cat(b0 == H_CMD, b0 == H_DATA, b0 == H_HELLO).any()), bv.eq(1)]
         with m.Elif(take):
             m.d.sync += bv.eq(0)
 
@@ -307,6 +320,8 @@ class _BridgeCore(wiring.Component):
         word = Signal(bus_bits, reset_less=True)
         hdr = Signal(16, reset_less=True)
         cnt = Signal(range(max(DESC_BYTES, bb, 3)), reset_less=True)
+        cnt_is0 = Signal(init=1, reset_less=True)   # cnt == 0, loaded with cnt (issue 6: no compare in
+        #                                             the last-byte decisions); cnt's init is 0
         left = Signal(16, reset_less=True)
         left_is0 = Signal(reset_less=True)      # left == 0, one cycle late (left is stable long before use)
         flag_last = Signal(reset_less=True)
@@ -348,16 +363,13 @@ class _BridgeCore(wiring.Component):
                 m.d.comb += take.eq(bv)
                 with m.If(bv):
                     with m.If(is_cmd):
-                        m.d.sync += cnt.eq(DESC_BYTES - 1)
+                        m.d.sync += [cnt.eq(DESC_BYTES - 1), cnt_is0.eq(int(DESC_BYTES == 1))]
                         m.next = "CMD_BYTES"
                     with m.Elif(is_data):
-                        m.d.sync += cnt.eq(2)
+                        m.d.sync += [cnt.eq(2), cnt_is0.eq(0)]
                         m.next = "DATA_HDR"
                     with m.Elif(is_hello):
                         m.next = "HELLO_NONCE"
-                    with m.Else():
-                        m.d.sync += err_byte.eq(b)
-                        m.d.comb += err_set.eq(1)
             with m.State("HELLO_NONCE"):
                 m.d.comb += take.eq(bv)
                 with m.If(bv):
@@ -367,8 +379,8 @@ class _BridgeCore(wiring.Component):
             with m.State("CMD_BYTES"):
                 m.d.comb += take.eq(bv)
                 with m.If(bv):
-                    m.d.sync += cnt.eq(cnt - 1)                  # desc shifts on sh_desc
-                    with m.If(cnt == 0):
+                    m.d.sync += [cnt.eq(cnt - 1), cnt_is0.eq(cnt == 1)]     # desc shifts on sh_desc
+                    with m.If(cnt_is0):
                         m.d.sync += cmd_v.eq(1)
                         m.next = "CMD_OUT"
             with m.State("CMD_OUT"):
@@ -378,17 +390,17 @@ class _BridgeCore(wiring.Component):
             with m.State("DATA_HDR"):
                 m.d.comb += take.eq(bv)
                 with m.If(bv):
-                    m.d.sync += [hdr.eq(Cat(hdr[8:], b)), cnt.eq(cnt - 1)]
-                    with m.If(cnt == 0):
+                    m.d.sync += [hdr.eq(Cat(hdr[8:], b)), cnt.eq(cnt - 1), cnt_is0.eq(cnt == 1)]
+                    with m.If(cnt_is0):
                         # hdr holds flags and count low; b is count high
                         m.d.sync += [flag_last.eq(hdr[0]), left.eq(Cat(hdr[8:], b)),   # DATA_LAST = bit 0
-                                     cnt.eq(bb - 1)]
+                                     cnt.eq(bb - 1), cnt_is0.eq(int(bb == 1))]
                         m.next = "WORD_BYTES"
             with m.State("WORD_BYTES"):
                 m.d.comb += take.eq(bv)
                 with m.If(bv):
-                    m.d.sync += cnt.eq(cnt - 1)                  # word shifts on sh_word
-                    with m.If(cnt == 0):
+                    m.d.sync += [cnt.eq(cnt - 1), cnt_is0.eq(cnt == 1)]     # word shifts on sh_word
+                    with m.If(cnt_is0):
                         m.d.sync += [din_v.eq(1), din_last.eq(flag_last & left_is0)]
                         m.next = "WORD_OUT"
             with m.State("WORD_OUT"):
@@ -396,14 +408,24 @@ class _BridgeCore(wiring.Component):
                     m.d.sync += din_v.eq(0)
                     m.next = "WORD_NEXT"
             with m.State("WORD_NEXT"):                      # the burst's count, from registers only
-                m.d.sync += [left.eq(left - 1), cnt.eq(bb - 1)]
+                m.d.sync += [left.eq(left - 1), cnt.eq(bb - 1), cnt_is0.eq(int(bb == 1))]
                 with m.If(left_is0):
                     m.next = "TYPE"
                 with m.Else():
                     m.next = "WORD_BYTES"
+        # The error byte's decision from flip-flops (issue 6: the state decode and the three type
+        # compares were in front of err_req and err_byte's enable): type_r == "state is TYPE",
+        # loaded from the next state (the transitions above); is_other registered with the byte.
+        type_r = Signal(init=1)
+        type_next = ((fsm.ongoing("TYPE") & ~(bv & (is_cmd | is_data | is_hello))) | (fsm.ongoing("HELLO_NONCE") & bv)
+                     | (fsm.ongoing("CMD_OUT") & self.cmd.ready) | (fsm.ongoing("WORD_NEXT") & left_is0))
+        m.d.sync += type_r.eq(type_next)
+        m.d.comb += err_set.eq(type_r & bv & is_other)
+        with m.If(err_set):
+            m.d.sync += err_byte.eq(b)
         # next values of bv and of "state is CMD_BYTES / WORD_BYTES" (the transitions above)
         bv_next = rd2 | (bv & ~take)
-        last_byte = bv & (cnt == 0)
+        last_byte = bv & cnt_is0
         cmdb_next = ((fsm.ongoing("TYPE") & bv & is_cmd) | (fsm.ongoing("CMD_BYTES") & ~last_byte))
         wordb_next = ((fsm.ongoing("DATA_HDR") & last_byte) | (fsm.ongoing("WORD_NEXT") & ~left_is0)
                       | (fsm.ongoing("WORD_BYTES") & ~last_byte))
@@ -416,7 +438,9 @@ class _BridgeCore(wiring.Component):
         self.shadow_checks = [("sh_desc", sh_desc, bv & fsm.ongoing("CMD_BYTES")),
                               ("sh_word", sh_word, bv & fsm.ongoing("WORD_BYTES")),
                               *((f"sh_word_c{i}", Mux(live, c, sh_word), sh_word)
-                                for i, c in enumerate(sh_word_copies))]
+                                for i, c in enumerate(sh_word_copies)),
+                              ("type_r", type_r, fsm.ongoing("TYPE")), ("cnt_is0", cnt_is0, cnt == 0),
+                              ("err_set", err_set, fsm.ongoing("TYPE") & bv & ~is_cmd & ~is_data & ~is_hello)]
 
         # ---- credit: one D_CREDIT per credit_unit bytes taken out of the FIFO (power of two: wraps)
         ccnt = Signal(range(self.credit_unit))
@@ -458,9 +482,14 @@ class _BridgeCore(wiring.Component):
         busy, loading = Signal(), Signal()
         p_hello, p_err, p_credit, p_word = (Signal() for _ in range(4))
         m.d.comb += [utx.data.payload.eq(tbuf[:8]), utx.data.valid.eq(busy)]
-        with m.If(busy):
-            with m.If(utx.data.ready):
-                m.d.sync += [tbuf.eq(tbuf >> 8), tleft.eq(tleft - 1), busy.eq(tleft != 1)]
+        # loading is only ever set while not busy and clears as busy sets (loading implies ~busy, a
+        # shadow check): the frame-sent pulses are p_x & loading, one LUT of flip-flops (issue 6:
+        # err_req's and the credit counter's next values read them), and the shift register's
+        # enable is busy & ready | loading.
+        m.d.comb += [hello_sent.eq(p_hello & loading), err_sent.eq(p_err & loading),
+                     credit_sent.eq(p_credit & loading), word_sent.eq(p_word & loading)]
+        with m.If(busy & utx.data.ready):
+            m.d.sync += [tbuf.eq(tbuf >> 8), tleft.eq(tleft - 1), busy.eq(tleft != 1)]
         with m.Elif(loading):
             frames = [(p_hello, int.from_bytes(hello, "little") | (nonce << 40), HELLO_BYTES),
                       (p_err, Cat(Const(D_ERROR, 8), err_byte), 2),
@@ -471,14 +500,13 @@ class _BridgeCore(wiring.Component):
                 sel_buf = sel_buf | Mux(p_, frame, 0)
                 sel_len = sel_len | Mux(p_, length, 0)
             m.d.sync += [tbuf.eq(sel_buf), tleft.eq(sel_len), busy.eq(1), loading.eq(0)]
-            m.d.comb += [hello_sent.eq(p_hello), err_sent.eq(p_err), credit_sent.eq(p_credit),
-                         word_sent.eq(p_word)]
-        with m.Else():
+        with m.Elif(~busy):
             has_credit = credits != 0
             m.d.sync += [p_hello.eq(hello_req), p_err.eq(~hello_req & err_req),
                          p_credit.eq(~hello_req & ~err_req & has_credit),
                          p_word.eq(~hello_req & ~err_req & ~has_credit & dv),
                          loading.eq(hello_req | err_req | has_credit | dv)]
+        self.shadow_checks.append(("loading_not_busy", loading & busy, 0))
         return m
 
 
@@ -521,9 +549,14 @@ class UartBridge(wiring.Component):
 
     def elaborate(self, platform):
         m = Module()
-        # the receiver is reset by rst only: a break must not reset the unit that detects it
+        # the receiver is reset by rst only: a break must not reset the unit that detects it. Through
+        # a register (issue 6: rst is a LUT of the PLL lock on the board, and that LUT drove the
+        # receiver's ~60 set/reset pins): the receiver is reset one cycle later, like the core and
+        # the accelerator (acc_rst); init 0, so nothing changes at the start of a simulation.
+        urx_rst = Signal(reset_less=True)
+        m.d.sync += urx_rst.eq(self.rst)
         urx = UartRx(self.divisor)
-        m.submodules.urx = ResetInserter(self.rst)(urx)
+        m.submodules.urx = ResetInserter(urx_rst)(urx)
         core = _BridgeCore(self.cfg, self.divisor, self.fifo_bytes, self.credit_unit)
         # registered (urx.brk is a register too: no logic between flip-flops and the LSR pins);
         # reset-less with init 1: asserted from configuration until the first clock edge without rst

@@ -61,13 +61,16 @@ async def ticks(ctx, n):
 
 
 # --------------------------------------------------------------------------- bit level
+_CheckedUartRx = checked(UartRx, "uart rx")
+
+
 @pytest.mark.parametrize("divisor", [4, 5])
 def test_tx_rx_loopback_break_and_glitch(divisor):
     rng = np.random.default_rng(divisor)
     data = [0x00, 0xFF, 0x55, 0xAA] + [int(v) for v in rng.integers(0, 256, 40)]
     m = Module()
     m.submodules.tx = tx = UartTx(divisor)
-    m.submodules.rx = rx = UartRx(divisor)
+    m.submodules.rx = rx = _CheckedUartRx(divisor)     # its shadow checks on every cycle
     sel_tx = [True]            # testbench switch: line = tx, or driven directly
     line = {"v": 1}
     got, brks = [], []
@@ -126,6 +129,7 @@ _CheckedBridgeCore = checked(uart._BridgeCore, "bridge")
 @pytest.fixture
 def checked_bridge(monkeypatch):
     monkeypatch.setattr(uart, "_BridgeCore", _CheckedBridgeCore)
+    monkeypatch.setattr(uart, "UartRx", _CheckedUartRx)
 
 
 def test_bridge_framing_and_credit_flow_control(checked_bridge):
@@ -227,6 +231,7 @@ def _conv(rng):
 def sim_link():
     with pytest.MonkeyPatch.context() as mp:       # the end-to-end sessions check the bridge's shadows too
         mp.setattr(uart, "_BridgeCore", _CheckedBridgeCore)
+        mp.setattr(uart, "UartRx", _CheckedUartRx)
         link = UartSim(CFG, divisor=2, fifo_bytes=64, credit_unit=8)
     yield link
     link.close()
