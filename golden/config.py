@@ -33,19 +33,19 @@ DRAIN_LATENCY = 2
 #: timing target, docs/fpga.md); hw/requant_lane.py has the per-stage detail of both modes.
 REQUANT_STAGES = (
     "bias",          # acc + bias_eff (exact); left-shift limits
-    "lshift",        # sat32 + left shift: coarse shift, split overflow compares (tflite); |t| (ort)
-    "lsat",          # tflite: fine shift, overflow flags
-    "ort_msb",       # tflite: the saturating select; ort: msb of |t|
-    "ort_norm",      # ort: 24 bits from the msb, rounding increment
+    "lshift",        # sat32 + left shift: coarse shift, overflow tests as partial ORs (tflite); |t| (ort)
+    "lsat",          # tflite: fine shift, overflow flags; ort: msb byte of |t|, msb in each byte
+    "ort_msb",       # tflite: the saturating select; ort: msb of |t|, shift by its byte
+    "ort_norm",      # ort: 24 bits from the msb (fine shift), rounding increment
     "operand",       # the multiplier operand (ort: the rounded significand)
     "mul",           # SRDHM: four 18x18 partial products
-    "psum",          # SRDHM: middle sum, nudge
-    "plo",           # SRDHM: product bits [17, 40)
-    "phi",           # SRDHM: product bits [40, 63); RDBPOT masks
+    "psum",          # SRDHM: middle sum in 17-bit halves, nudge (carries registered)
+    "plo",           # SRDHM: product bits [17, 34); high parts + carries
+    "phi",           # SRDHM: product bits [34, 63); RDBPOT masks
     "rshift",        # RoundingDivideByPOT: coarse shift, rounding-bit terms (ort: product rounding)
     "rfine",         # RoundingDivideByPOT: fine shift (by e mod 4), rounding bit
     "rround",        # RoundingDivideByPOT: increment
-    "prelu_shl",     # negative values: alpha's left shift: coarse shift, split overflow compares
+    "prelu_shl",     # negative values: alpha's left shift: coarse shift, overflow tests as partial ORs
     "prelu_lsat",    # alpha's left shift: fine shift, overflow flags
     "prelu_sat",     # the saturating select (the alpha multiplier's operand)
     "prelu_mul",     # alpha SRDHM: partial products

@@ -29,9 +29,11 @@ carry chain plus a LUT level, a part of a barrel shifter, one 18x18 multiplier
 (MULT18X18D) or a few LUT levels. Each 32 x 31 product is four registered
 18x18 partial products (operands split at bit 17; on ECP5 each registered in its
 MULT18X18D's output register, ``hw.ecp5_mult``) summed over three stages in
-<= 34-bit chains; the saturating left shifts register their overflow compares
-(in two halves) beside a coarse shift, combine them beside the fine shift a stage
-later and select a stage after that; the rounding shifts are split
+<= 18-bit chains behind the multipliers, then <= 30-bit chains with the registered
+carries as carry-ins; the saturating left shifts register their overflow tests
+(partial ORs of the value under a thermometer mask, no compare chain) beside a
+coarse shift, combine them beside the fine shift a stage later and select a
+stage after that; the rounding shifts are split
 from their increments, their rounding bit's terms registered as parts; the clamp registers its compares and selects a stage
 later; whatever depends on the parameters alone (shift limits, masks, clamp
 bounds) is computed one stage ahead ("prep") and registered, as LUT logic
@@ -45,29 +47,31 @@ stage         tflite                                  ort (mode = 1)
 ============  ======================================  ====================================
 bias          s = acc + bias (exact); prep: limits    same s; scale significand and
               of the left shift                       exponent field
-lshift        sat32(s) << max(shift, 0): coarse       a = |sat32(s)|, sign, t = 0;
-              shift (by a multiple of 4) beside the   the significand into ``mult``
-              two compares, each as two <= 18-bit
-              halves (``_split_cmp``)
-lsat          fine shift (by shift mod 4), the        (delay)
-              overflow flags from the halves
-ort_msb       the saturating select                   msb index of a
-ort_norm      (delay)                                 24 bits of a from the msb, RNE
-                                                      increment, exponent part
+lshift        sat32(s) << max(shift, 0): coarse       a = |sat32(s)|, sign, t = 0 as
+              shift (by a multiple of 4) beside the   partial ORs; the significand
+              two overflow tests as partial ORs       into ``mult``
+lsat          fine shift (by shift mod 4), the        msb byte of a, msb within each
+              overflow flags from the partial ORs     byte; t = 0
+ort_msb       the saturating select                   msb index of a; a shifted by its
+                                                      msb byte (coarse normalisation)
+ort_norm      (delay)                                 24 bits of a from the msb (fine
+                                                      shift), RNE increment, exponent
 operand       multiplier operand                      rounded significand ma (24 bits)
 mul           4 partial products (18x18 each)         same, ma x significand
-psum          lh + hl; X + 2**30 (nudge)              same, no nudge
-plo           product bits [17, 40) + carry           + OR of bits [0, 17)
-phi           product bits [40, 63); prep: RDBPOT     exact product bits [22, 48),
+psum          lh + hl in 17-bit halves; X's bits      same, no nudge
+              [30, 34) + 2**30 (nudge); carries kept
+plo           product bits [17, 34) + carry; high     + OR of bits [0, 17)
+              parts + the psum carries
+phi           product bits [34, 63); prep: RDBPOT     exact product bits [22, 48),
               masks of max(-shift, 0)                 sticky of bits [0, 22)
 rshift        x >> (e & ~3), rounding bit terms       product rounded to 24 bits:
               (4 bits at (e-1) & ~3, 4 partial        kept bits, increment, exponent
               sticky ORs)
 rfine         >> (e & 3), rounding bit                (delay)
 rround        + rounding bit; prep: alpha limits      + increment; integer shift amount
-prelu_shl     alpha left shift: coarse shift, split   integer rounding: shift, increment
-              compares
-prelu_lsat    fine shift, overflow flags              (delay)
+prelu_shl     alpha left shift: coarse shift,         integer rounding: shift, guard,
+              overflow tests as partial ORs           sticky as partial ORs
+prelu_lsat    fine shift, overflow flags              increment
 prelu_sat     the select (the alpha operand)          (delay)
 prelu_mul     alpha partial products                  magnitude (saturated at 2**10)
 prelu_psum    alpha sum, nudge                        sign
@@ -105,6 +109,7 @@ from golden.config import REQUANT_STAGES, ArrayConfig
 from golden.requant import MAX_LEFT_SHIFT, MAX_RIGHT_SHIFT
 
 from . import ort_requant as ort_dp
+from .buffers import kept_copy
 from .ecp5_mult import RegisteredMult
 from .pe import check_hw_config, config_for, signed_width
 
@@ -192,15 +197,16 @@ def _shl_limits(shift) -> dict:
     return {"left": _left_amount(shift), "lo": lo.as_signed()}
 
 
-#: The saturating left shift's compares are split at this bit: two chains of <= ~18 bits side
-#: by side instead of one of 32-34 (issue 6: ``lshift_gt``/``prelu_shl_gt`` 8.3-9.7 ns on a 4 x 2).
+#: The clamp's compares are split at this bit: two chains of <= ~18 bits side by side instead
+#: of one of 32-34 (issue 6: ``clamp_gt`` 7.6 ns on a 4 x 2; the saturating left shifts used
+#: them too until they were 9.2 ns on the 30 x 4, see ``_satshl_cmp``).
 _CMP_SPLIT = 16
 
 
 def _split_cmp(x, c) -> dict:
     """The terms of ``x > c`` and ``x < c`` (both signed) as four chains of <= ~18 bits:
     x > c = gt_h | (ge_h & gt_l), x < c = lt_h | (le_h & lt_l) (high parts signed, low parts
-    unsigned bits [0, _CMP_SPLIT)); ``_satshl_fine`` combines them a stage later."""
+    unsigned bits [0, _CMP_SPLIT)); ``_split_flags`` combines them a stage later."""
     w = max(len(x), len(c), _CMP_SPLIT + 1)
     x, c = (Cat(v, v[-1].replicate(w - len(v))) for v in (x, c))   # both signed: sign-extend
     xh, ch = x[_CMP_SPLIT:].as_signed(), c[_CMP_SPLIT:].as_signed()
@@ -210,11 +216,22 @@ def _split_cmp(x, c) -> dict:
             "lt_h": (u1, xh < ch), "le_h": (u1, xh <= ch), "lt_l": (u1, xl < cl)}
 
 
+#: The saturating left shift's overflow tests are registered as partial ORs of this many bits each.
+_OVF_PART = 8
+
+
 def _satshl_cmp(x, lim) -> dict:
     """First third of sat32(x * 2**left) for a signed ``x`` of any width, ``lim`` from ``_shl_limits``
     (registered): the coarse part of the 32-bit barrel shift (by left rounded down to a multiple
-    of 2**_FINE_BITS: an 8:1 mux per bit) beside the split overflow compares (``_split_cmp``)
-    against ~lo and lo; ``_satshl_fine`` finishes both, ``_satshl_sel`` selects.
+    of 2**_FINE_BITS: an 8:1 mux per bit) beside the overflow tests against ~lo and lo as
+    partial ORs; ``_satshl_fine`` finishes both, ``_satshl_sel`` selects.
+
+    lo = -2**k with k = 31 - left, and its bits (sign-extended to x's width) are the mask
+    m_i = (i >= k). So x > ~lo (x >= 2**k) iff x >= 0 and some bit of x at or above k is set,
+    and x < lo (x < -2**k, i.e. x >> k <= -2) iff x < 0 and some bit of x at or above k is
+    clear: ``gtp`` / ``ltp`` hold those ORs of x & m / ~x & m in _OVF_PART-bit parts (two
+    LUT levels each from flip-flops, no carry chain; issue 6: the compares' chains plus the
+    LUTs yosys derives the other compares with, ``lshift_gt_h_g`` 9.2 ns on the 30 x 4).
 
     golden.requant.saturating_left_shift of sat32(x): saturation is monotone, so
     saturating first and then shifting with saturation (a bound stays a bound)
@@ -223,8 +240,13 @@ def _satshl_cmp(x, lim) -> dict:
     left = lim["left"]
     coarse = Cat(Const(0, _FINE_BITS), left[_FINE_BITS:])
     xc = (x[:_W32] << coarse)[:_W32].as_signed()
+    lo = lim["lo"]
+    mask = Cat(lo, lo[-1].replicate(max(len(x) - len(lo), 0)))[:len(x)]
+    parts = range(0, len(x), _OVF_PART)
+    gtp = Cat(*((x[i:i + _OVF_PART] & mask[i:i + _OVF_PART]).any() for i in parts))
+    ltp = Cat(*((~x[i:i + _OVF_PART] & mask[i:i + _OVF_PART]).any() for i in parts))
     return {"xc": (signed(_W32), xc), "lf": (unsigned(_FINE_BITS), left[:_FINE_BITS]),
-            **_split_lt_gt(x, lim["lo"], ~lim["lo"])}
+            "sgn": (unsigned(1), x[-1]), "gtp": (gtp.shape(), gtp), "ltp": (ltp.shape(), ltp)}
 
 
 def _split_lt_gt(x, c_lt, c_gt) -> dict:
@@ -240,10 +262,11 @@ def _split_flags(r):
 
 def _satshl_fine(r) -> dict:
     """Second third: the rest of the shift (by left mod 2**_FINE_BITS: a 4:1 mux per bit) and
-    the overflow flags from ``_satshl_cmp``'s compare terms (one LUT each), registered so the
+    the overflow flags from ``_satshl_cmp``'s partial ORs and sign (one LUT5 each), registered so the
     3-way select (``_satshl_sel``, fanout 32 per flag) starts from flip-flops."""
     u1 = unsigned(1)
-    lt, gt = _split_flags(r)
+    gt = ~r["sgn"] & r["gtp"].any()
+    lt = r["sgn"] & r["ltp"].any()
     return {"xs": (signed(_W32), (r["xc"] << r["lf"])[:_W32].as_signed()), "gt": (u1, gt), "lt": (u1, lt)}
 
 
@@ -258,8 +281,8 @@ def _satshl_sel(r):
 _SPLIT = 17
 #: The SRDHM rounding nudge 2**30 sits at this bit of the product.
 _NUDGE_BIT = _W32 - 2
-#: Bit of the product where the high part of the registered sum starts (see ``_product_low``).
-_MID_BIT = 40
+#: Bit of the product where the high parts of the registered sums start: hh's weight, 2 * _SPLIT.
+_HI_BIT = 2 * _SPLIT
 
 
 def _partial_products(m, en, name, a, b) -> dict:
@@ -282,24 +305,32 @@ def _partial_products(m, en, name, a, b) -> dict:
 
 
 def _product_sum(pp, nudge) -> dict:
-    """Stage "psum": two carry chains side by side.
+    """Stage "psum": the first adds of P = ll + (lh + hl) * 2**17 + hh * 2**34 + nudge * 2**30 as
+    chains of <= 18 bits side by side, straight from the multipliers' output registers.
 
-    ``mid`` = lh + hl, and X + nudge * 2**30 with X = ll + hh * 2**34 (a concatenation,
-    no adder: ll < 2**34), kept as ``xl`` = bits [0, 30) and ``xh`` = (X >> 30) + nudge.
-    ``nudge`` is 1 for SRDHM (the 2**30 rounding term) and 0 for the exact ort product.
+    The middle sum lh + hl is split at bit _SPLIT: ``midl`` = lh[:17] + hl[:17] (18 bits, its
+    carry ``midl[17]`` weighs 2**34) and ``midh`` = lh[17:] + hl[17:] (signed, weight 2**34);
+    X = ll + hh * 2**34 is a concatenation (ll < 2**34), and only ll's top bits take the nudge:
+    ``xn`` = ll[30:34] + nudge (5 bits, its carry weighs 2**34); ``xl`` = ll[:30] and ``hh`` pass.
+    So P = xl + xn[:4] * 2**30 + midl[:17] * 2**17 + (hh + midh + xn[4] + midl[17]) * 2**34.
+    (issue 6: the 33/34-bit chains ``mid`` = lh + hl and X >> 30 + nudge behind the MULT18X18D
+    outputs, ``psum_mid`` 9.2 ns on the 30 x 4.) ``nudge`` is 1 for SRDHM (the 2**30 rounding
+    term) and 0 for the exact ort product.
     """
-    x_hi = Cat(pp["ll"][_NUDGE_BIT:], pp["hh"]).as_signed()
-    vals = {"mid": pp["lh"] + pp["hl"], "xl": pp["ll"][:_NUDGE_BIT], "xh": x_hi + nudge}
+    ll, lh, hl = pp["ll"], pp["lh"], pp["hl"]
+    vals = {"midl": lh[:_SPLIT] + hl[:_SPLIT], "midh": lh[_SPLIT:] + hl[_SPLIT:].as_signed(),
+            "xl": ll[:_NUDGE_BIT], "xn": ll[_NUDGE_BIT:_HI_BIT] + nudge, "hh": pp["hh"]}
     return {k: (v.shape(), v) for k, v in vals.items()}
 
 
 def _product_low(s) -> dict:
-    """Stage "plo": the product's bits [17, 40) (``lo``, with the carry out as its bit 23):
-    X'[17:40] + mid[0:23]; the high parts of X' and mid are passed on."""
-    n = _MID_BIT - _SPLIT
-    x_mid = Cat(s["xl"][_SPLIT:], s["xh"][:_MID_BIT - _NUDGE_BIT])
-    vals = {"lo": x_mid + s["mid"][:n], "xhh": s["xh"][_MID_BIT - _NUDGE_BIT:].as_signed(),
-            "midh": s["mid"][n:].as_signed()}
+    """Stage "plo": the product's bits [17, 34) (``lo``, with the carry out as its bit 17):
+    X'[17:34] + midl[:17]; beside it the high parts take the two carries of "psum" as their
+    chains' carry-in: ``xhi`` = hh + xn[4], ``mhi`` = midh + midl[17] (all <= 30-bit chains)."""
+    n = _HI_BIT - _SPLIT
+    x_mid = Cat(s["xl"][_SPLIT:], s["xn"][:_HI_BIT - _NUDGE_BIT])
+    vals = {"lo": x_mid + s["midl"][:n], "xhi": s["hh"] + s["xn"][_HI_BIT - _NUDGE_BIT],
+            "mhi": s["midh"] + s["midl"][n]}
     return {k: (v.shape(), v) for k, v in vals.items()}
 
 
@@ -308,11 +339,12 @@ _PROD_LO = 22
 
 
 def _product_high(s):
-    """Stage "phi": the product's bits [22, 63) as unsigned(41): lo[5:23] and the high sum
-    xhh + midh + carry. The SRDHM result (bits [31, 63), see ``_srdhm_word``) and the ort
-    product's bits [22, 48) both lie in it."""
-    high = s["xhh"] + s["midh"] + s["lo"][_MID_BIT - _SPLIT]
-    return Cat(s["lo"][_PROD_LO - _SPLIT:_MID_BIT - _SPLIT], high[:2 * _W32 - 1 - _MID_BIT])
+    """Stage "phi": the product's bits [22, 63) as unsigned(41): lo[5:17] and the high sum
+    xhi + mhi + lo's carry (one chain, the carry as its carry-in). The SRDHM result (bits
+    [31, 63), see ``_srdhm_word``) and the ort product's bits [22, 48) both lie in it."""
+    n = _HI_BIT - _SPLIT
+    high = s["xhi"] + s["mhi"] + s["lo"][n]
+    return Cat(s["lo"][_PROD_LO - _SPLIT:n], high[:2 * _W32 - 1 - _HI_BIT])
 
 
 def _srdhm_word(prod):
@@ -352,7 +384,7 @@ def _rdbpot_prep(shift) -> dict:
 _FINE_BITS = 2
 
 
-def _rdbpot_shift(x, pr) -> dict:
+def _rdbpot_shift(x, pr, coarse_copies=()) -> dict:
     """Stage "rshift": RoundingDivideByPOT(x, e) = q + inc, x / 2**e rounded half away from zero.
 
     golden: (x >> e) + (rem > threshold) with rem = x mod 2**e, threshold =
@@ -365,19 +397,24 @@ def _rdbpot_shift(x, pr) -> dict:
     2**_FINE_BITS bits of x from (e - 1) rounded down, an 8:1 mux each, and the rest of e - 1)
     and the masked OR as _STK_PARTS partial ORs (two LUT levels; issue 6: ``rshift_rnd``, a
     32:1 bit select, 10.5 ns on the 30 x 4). ``_rdbpot_fine`` finishes the shift and the
-    rounding bit, the increment is the stage after.
+    rounding bit, the increment is the stage after. ``coarse_copies``: registered copies of
+    e[_FINE_BITS:] (``_kept_copies``), each selecting an equal slice of the coarse shift's bits.
     """
     e, em1 = pr["e"], pr["em1"]
-    coarse = Cat(Const(0, _FINE_BITS), e[_FINE_BITS:])
+    copies = list(coarse_copies) or [e[_FINE_BITS:]]
+    part = -(-_W32 // len(copies))
+    qc = Cat(*((x >> Cat(Const(0, _FINE_BITS), c))[j * part:(j + 1) * part] for j, c in enumerate(copies)))
     hc = (x >> Cat(Const(0, _FINE_BITS), em1[_FINE_BITS:]))[:1 << _FINE_BITS]
     masked = x[:_W32 - 1] & pr["mk"]
     part = -(-len(masked) // _STK_PARTS)
     stk = Cat(*(masked[i:i + part].any() for i in range(0, len(masked), part)))
-    return {"qc": (signed(_W32), x >> coarse), "ef": (unsigned(_FINE_BITS), e[:_FINE_BITS]),
+    return {"qc": (signed(_W32), qc[:_W32].as_signed()), "ef": (unsigned(_FINE_BITS), e[:_FINE_BITS]),
             "hc": (unsigned(1 << _FINE_BITS), hc), "hf": (unsigned(_FINE_BITS), em1[:_FINE_BITS]),
             "enz": (unsigned(1), pr["enz"]), "pos": (unsigned(1), ~x[-1]), "stk": (stk.shape(), stk)}
 
 
+#: The RDBPOT coarse shift's amount is registered in this many copies (``_kept_copies``).
+_SHIFT_COPIES = 3
 #: The RDBPOT sticky OR (31 masked bits) is registered as this many partial ORs.
 _STK_PARTS = 4
 
@@ -394,6 +431,86 @@ def _rdbpot_fine(r) -> dict:
 def _regs_of(d: dict) -> dict:
     """{name: (shape, value)} of a dict of Amaranth values."""
     return {k: (v.shape(), v) for k, v in d.items()}
+
+
+#: The ort partial ORs (``_zero_parts``, the integer rounding's sticky bit) cover this many bits each.
+_OR_PART = 8
+
+
+def _any_parts(x):
+    """OR of each _OR_PART-bit part of ``x`` (two LUT levels each), one bit per part."""
+    return Cat(*(x[i:i + _OR_PART].any() for i in range(0, len(x), _OR_PART)))
+
+
+def _msb_bytes(a) -> dict:
+    """Stage "lsat" (ort): the first half of ``ort_dp.leading_one`` of the unsigned(32) ``a``:
+    ``byte_g`` the index of its most significant non-zero byte (0 if none) and ``byte_f`` the msb
+    index within each byte (``ort_dp.msb_index``, 3 bits each), a few LUT levels each (issue 6:
+    the 32-bit priority tree in one stage and the 32:1 normalising shift by its result in the
+    next, ``ort_norm_trunc`` 9.0 ns on the 30 x 4)."""
+    nz = Cat(*(a[i:i + 8].any() for i in range(0, len(a), 8)))
+    return {"byte_g": ort_dp.msb_index(nz)[1],
+            "byte_f": Cat(*(ort_dp.msb_index(a[i:i + 8])[1] for i in range(0, len(a), 8)))}
+
+
+#: Bits of the coarsely normalised |t| that ``_norm_fine`` selects from: 24 + 7.
+_NORM_Y_WIDTH = ort_dp.F32_SIG_BITS + 7
+
+
+def _norm_coarse(a, g, f, g_copies=()) -> dict:
+    """Stage "ort_msb" (ort): ``msb`` = 8 * g + f[g] (= ``ort_dp.leading_one(a)``), the coarse part of
+    ``ort_dp.normalise``'s shift, ``y`` = (a * 2**23) >> 8g (a 4:1 mux per bit; ``g_copies``, registered
+    copies of g, each select a slice of it), and ``alo`` = a[:9], all the rounding needs."""
+    x = Cat(Const(0, ort_dp.F32_FRAC_BITS), a)
+    copies = list(g_copies) or [g]
+    part = -(-_NORM_Y_WIDTH // len(copies))
+    y = Cat(*((x >> Cat(Const(0, 3), c))[j * part:(j + 1) * part] for j, c in enumerate(copies)))
+    msb = Cat(f.word_select(g, 3), g)
+    return {"msb": (unsigned(ort_dp.MSB_WIDTH), msb), "y": (unsigned(_NORM_Y_WIDTH), y[:_NORM_Y_WIDTH]),
+            "alo": (unsigned(9), a[:9])}
+
+
+def _norm_fine(r, f_copies=()) -> dict:
+    """Stage "ort_norm" (ort): ``ort_dp.normalise`` from ``_norm_coarse``'s registers: ``trunc`` = the
+    24 bits of y from bit msb mod 8 (an 8:1 mux per bit), the RNE increment (only for msb >= 24, a
+    right shift by msb - 23 in 1..8: guard a[msb - 24], sticky a[0 : msb - 24], lsb a[msb - 23]) and
+    ``epart`` = msb + efield - 150. ``f_copies``: registered copies of msb mod 8, each selecting
+    an equal slice of ``trunc``."""
+    msb, low, alo = r["msb"], r["alo"][:8], r["alo"]
+    f = msb[:3]
+    big = msb[3] & msb[4]
+    sticky = (low & ort_dp.thermometer(f, 8)).any()
+    inc = big & low.bit_select(f, 1) & (sticky | alo[1:].bit_select(f, 1))
+    epart = (msb + r["efield"] - ort_dp.F32_EXP_OFFSET)[:ort_dp.E_WIDTH].as_signed()
+    sig = unsigned(ort_dp.F32_SIG_BITS)
+    copies = list(f_copies) or [f]
+    part = -(-ort_dp.F32_SIG_BITS // len(copies))
+    trunc = Cat(*(r["y"].bit_select(c, ort_dp.F32_SIG_BITS)[j * part:(j + 1) * part] for j, c in enumerate(copies)))
+    return {"trunc": (sig, trunc[:ort_dp.F32_SIG_BITS]), "inc": (unsigned(1), inc),
+            "epart": (signed(ort_dp.E_WIDTH), epart)}
+
+
+#: ``ort_dp.to_integer_shift``'s padded operand pm[13:] (4 zero bits above): its width.
+_ORT_HI_WIDTH = ort_dp.SIG_WIDTH - (ort_dp._SHIFT_LO - 1) + 4
+
+
+def _ort_int_shift(pm, d, dmask) -> dict:
+    """Stage "prelu_shl" (ort): ``ort_dp.to_integer_shift`` with its increment's terms registered
+    apart: ``mq`` = floor(pm / 2**(d + 14)), the guard bit ``mg`` and the sticky bit as partial
+    ORs ``mstk``, from ``dmask`` = 2**d - 1 (registered a stage earlier, ``ort_dp.thermometer``);
+    ``_ort_int_inc`` combines them a stage later (issue 6: ``prelu_shl_minc``, a bit select, a
+    masked OR and the RNE combination in one stage, 8.2 ns on the 30 x 4)."""
+    lo = ort_dp._SHIFT_LO
+    hi = Cat(pm[lo - 1:], Const(0, 4))
+    q = (hi[1:] >> d)[:ort_dp.MAG_WIDTH]
+    stk = Cat(pm[:lo - 1].any(), _any_parts(hi & dmask))
+    return {"mq": (unsigned(ort_dp.MAG_WIDTH), q), "mg": (unsigned(1), hi.bit_select(d, 1)),
+            "mstk": (stk.shape(), stk)}
+
+
+def _ort_int_inc(r):
+    """Stage "prelu_lsat" (ort): the integer rounding's RNE increment from ``_ort_int_shift``'s registers."""
+    return r["mg"] & (r["mstk"].any() | r["mq"][0])
 
 
 #: The only lane registers with a reset: the pipeline's valid bit and the tile's last flag
@@ -414,6 +531,13 @@ def _stage_regs(m, en, name, fields):
             m.d.sync += reg.eq(value)
         regs[key] = reg
     return regs
+
+
+def _kept_copies(m, platform, en, name, d, n):
+    """``n`` copies ``{name}{j}`` of the reset-less stage register ``d`` (``hw.buffers.kept_copy``:
+    kept apart through yosys' opt_merge on the ECP5), each driving a share of its loads (issue 6:
+    a register selecting 30+ mux bits was a late net by its fanout alone)."""
+    return [kept_copy(m, platform, d, en, f"{name}{j}") for j in range(n)]
 
 
 class RequantLane(wiring.Component):
@@ -507,36 +631,40 @@ class RequantLane(wiring.Component):
                            "mult": (unsigned(MULT_WIDTH), p.mult)},
                   keep=(*flags, "shift", *alpha, *late),
                   ort_fields={"mant": (mant.shape(), mant), "efield": (efield.shape(), efield)})
-        # lshift: tflite: the two overflow compares of satshl32(sat32(s), max(shift, 0)) beside
+        # lshift: tflite: the two overflow tests of satshl32(sat32(s), max(shift, 0)) beside
         # its barrel shifter (sat32 folded in); the select is the next stage. ort: |sat32(s)|
-        # (the float32 conversion's input) in its own register (no mode mux behind the chain).
+        # (the float32 conversion's input) in its own register (no mode mux behind the chain);
+        # t = 0 as partial ORs (issue 6: a 33-input NOR in one stage, `lshift_tzero` 8.3 ns).
         # Both: the first multiplier's second operand (ort: the scale's significand).
         ort_regs = {}
         mult = s["mult"]
         if ort:
             av = ort_dp.abs_value(m, s["s"], "ort_abs")
             ort_regs = {"a": (unsigned(ort_dp.ABS_WIDTH), av["a"]), "neg": (u1, av["neg"]),
-                        "tzero": (u1, av["tzero"])}
+                        "tzp": (unsigned(-(-len(s["s"]) // _OR_PART)), _any_parts(s["s"]))}
             mult = Mux(mode_ort(s), s["mant"], mult)
         s = stage("lshift", {**_satshl_cmp(s["s"], s), "mult": (unsigned(MULT_WIDTH), mult)},
                   keep=(*flags, "shift", "efield", *alpha, *late), ort_fields=ort_regs)
-        # lsat: tflite: the rest of the shift, the overflow flags from the compare halves. ort: (delay).
-        s = stage("lsat", _satshl_fine(s),
-                  keep=(*flags, "a", "shift", "mult", "efield", "neg", "tzero", *alpha, *late))
-        # ort_msb: tflite: the saturating select. ort: the msb index of |t|.
-        ort_regs = {}
+        # lsat: tflite: the rest of the shift, the overflow flags from the compare halves. ort: the
+        # msb of |t| as its byte and the msb within each byte (``_msb_bytes``), t = 0.
+        ort_regs, g_copies = {}, []
         if ort:
-            msb = ort_dp.leading_one(m, s["a"], "ort_msb")
-            ort_regs = {"msb": (msb.shape(), msb)}
+            mb = _msb_bytes(s["a"])
+            ort_regs = {**_regs_of(mb), "tzero": (u1, ~s["tzp"].any())}
+            g_copies = _kept_copies(m, platform, en, "lsat_byte_gc", mb["byte_g"], _SHIFT_COPIES)
+        s = stage("lsat", _satshl_fine(s),
+                  keep=(*flags, "a", "shift", "mult", "efield", "neg", *alpha, *late), ort_fields=ort_regs)
+        # ort_msb: tflite: the saturating select. ort: the msb index of |t| and |t| shifted by its
+        # byte (``_norm_coarse``).
+        ort_regs, f_copies = {}, []
+        if ort:
+            ort_regs = _norm_coarse(s["a"], s["byte_g"], s["byte_f"], g_copies)
+            f_copies = _kept_copies(m, platform, en, "ort_msb_fc", ort_regs["msb"][1][:3], 2)
         s = stage("ort_msb", {"x": (i32, _satshl_sel(s))},
-                  keep=(*flags, "a", "shift", "mult", "efield", "neg", "tzero", *alpha, *late), ort_fields=ort_regs)
+                  keep=(*flags, "shift", "mult", "efield", "neg", "tzero", *alpha, *late), ort_fields=ort_regs)
         # ort_norm (ort only): the 24 bits from the msb down and their rounding increment, in their
         # own registers (tflite: x is delayed).
-        ort_regs = {}
-        if ort:
-            nrm = ort_dp.normalise(m, s["a"], s["msb"], s["efield"], "ort_norm")
-            ort_regs = {"trunc": (nrm["trunc"].shape(), nrm["trunc"]), "inc": (u1, nrm["inc"]),
-                        "epart": (nrm["epart"].shape(), nrm["epart"])}
+        ort_regs = _norm_fine(s, f_copies) if ort else {}
         s = stage("ort_norm", {}, keep=(*flags, "x", "shift", "mult", "neg", "tzero", *alpha, *late),
                   ort_fields=ort_regs)
         # operand: the first multiplier's operand. ort: the rounded significand ma.
@@ -554,37 +682,42 @@ class RequantLane(wiring.Component):
                   ort_fields={"s17": (u1, s["xl"][:_SPLIT].any())} if ort else None)
         prod = _product_high(s)
         ort_regs = {"s22": (u1, s["s17"] | s["lo"][:_PROD_LO - _SPLIT].any())} if ort else {}
-        s = stage("phi", {"prod": (prod.shape(), prod), **_regs_of(_rdbpot_prep(s["shift"]))},
+        prep = _rdbpot_prep(s["shift"])
+        s = stage("phi", {"prod": (prod.shape(), prod), **_regs_of(prep)},
                   keep=(*flags, "neg", "tzero", "epart", *alpha, *late), ort_fields=ort_regs)
+        e_copies = _kept_copies(m, platform, en, "phi_ec", prep["e"][_FINE_BITS:], _SHIFT_COPIES)
         # rshift / rround: RoundingDivideByPOT by max(-shift, 0). ort: the product rounded to
         # 24 significant bits (RNE) and its exponent; then the integer rounding's amounts.
         ort_regs = {}
         if ort:
             rp = ort_dp.round_product_select(m, s["prod"][:ort_dp.PROD_HI_WIDTH], s["s22"], s["epart"], "ort_rp")
             ort_regs = {"pq": (rp["q"].shape(), rp["q"]), "pinc": (u1, rp["inc"]), "pe": (rp["e"].shape(), rp["e"])}
-        s = stage("rshift", _rdbpot_shift(_srdhm_word(s["prod"]), s), keep=(*flags, "neg", "tzero", *alpha, *late),
+        s = stage("rshift", _rdbpot_shift(_srdhm_word(s["prod"]), s, e_copies),
+                  keep=(*flags, "neg", "tzero", *alpha, *late),
                   ort_fields=ort_regs)
         s = stage("rfine", _rdbpot_fine(s), keep=(*flags, "neg", "tzero", *alpha, *late, "pq", "pinc", "pe"))
         ort_regs = {}
         if ort:
             pm = ort_dp.round_significand(s["pq"], s["pinc"])
-            ort_regs = {"pm": (pm.shape(), pm), **_regs_of(ort_dp.to_integer_prep(m, s["pe"], "ort_ip"))}
+            ip = ort_dp.to_integer_prep(m, s["pe"], "ort_ip")
+            ort_regs = {"pm": (pm.shape(), pm), **_regs_of(ip),
+                        "dmask": (unsigned(_ORT_HI_WIDTH), ort_dp.thermometer(ip["d"], _ORT_HI_WIDTH))}
         s = stage("rround", {"v": (i32, (s["q"] + s["inc"])[:_W32].as_signed()),
                              **_regs_of(_shl_limits(s["alpha_shift"]))},
                   keep=(*flags, "neg", "tzero", *alpha, *late), ort_fields=ort_regs)
         # prelu_shl / prelu_sat: negative values with prelu: satshl32(v, max(alpha_shift, 0)) as the
-        # second multiplier's operand (compares beside the shifter, then the select). ort: the
-        # shift of the integer rounding, then a delay.
+        # second multiplier's operand (overflow tests beside the shifter, then the select). ort:
+        # the shift of the integer rounding and its increment's terms, then the increment.
         ort_regs = {}
         if ort:
-            sh = ort_dp.to_integer_shift(m, s["pm"], s["d"], "ort_is")
-            ort_regs = {"mq": (sh["q"].shape(), sh["q"]), "minc": (u1, sh["inc"]),
+            ort_regs = {**_ort_int_shift(s["pm"], s["d"], s["dmask"]),
                         "ozero": (u1, s["tzero"] | s["far"]), "sat": (u1, s["sat"])}
         s = stage("prelu_shl", {**_satshl_cmp(s["v"], s), "mult": (unsigned(MULT_WIDTH), s["alpha_mult"]),
                                 "neg_alpha": (u1, s["prelu"] & s["v"][-1])},
                   keep=(*flags, "v", "neg", "alpha_shift", *late), ort_fields=ort_regs)
         s = stage("prelu_lsat", _satshl_fine(s),
-                  keep=(*flags, "v", "neg", "mult", "neg_alpha", "alpha_shift", *late, "mq", "minc", "ozero", "sat"))
+                  keep=(*flags, "v", "neg", "mult", "neg_alpha", "alpha_shift", *late, "mq", "ozero", "sat"),
+                  ort_fields={"minc": (u1, _ort_int_inc(s))} if ort else None)
         s = stage("prelu_sat", {"a": (i32, _satshl_sel(s))},
                   keep=(*flags, "v", "neg", "mult", "neg_alpha", "alpha_shift", *late, "mq", "minc", "ozero", "sat"))
         # prelu_mul .. prelu_phi: the alpha SRDHM product. ort: |f| rounded to an integer
@@ -600,9 +733,10 @@ class RequantLane(wiring.Component):
         s = stage("prelu_psum", _product_sum(s, Const(1, 1)), keep=keep2, ort_fields=ort_regs)
         s = stage("prelu_plo", _product_low(s), keep=keep2)
         prod = _product_high(s)
-        s = stage("prelu_phi", {"prod": (prod.shape(), prod), **_regs_of(_rdbpot_prep(s["alpha_shift"]))},
-                  keep=keep2)
-        s = stage("prelu_rshift", _rdbpot_shift(_srdhm_word(s["prod"]), s), keep=keep2)
+        prep = _rdbpot_prep(s["alpha_shift"])
+        s = stage("prelu_phi", {"prod": (prod.shape(), prod), **_regs_of(prep)}, keep=keep2)
+        e_copies = _kept_copies(m, platform, en, "prelu_phi_ec", prep["e"][_FINE_BITS:], _SHIFT_COPIES)
+        s = stage("prelu_rshift", _rdbpot_shift(_srdhm_word(s["prod"]), s, e_copies), keep=keep2)
         # prelu_rfine: the rest of the alpha shift; prep: the clamp bounds relative to the zero point.
         zp, lo, hi = s["zp"], s["act_min"], s["act_max"]
         bounds = {"lo": lo - zp, "hi": hi - zp, "qmin": Mux(lo < hi, lo, hi)[:CODE_WIDTH], "qhi": hi[:CODE_WIDTH],
@@ -626,11 +760,18 @@ class RequantLane(wiring.Component):
                             "sum": (u8, (s["v"][:CODE_WIDTH] + s["zp8"])[:CODE_WIDTH])},
                   keep=("valid", "last", "lut_en", "qmin", "qhi"))
         below, above = _split_flags(s)
-        s = stage("clip", {"v": (u8, Mux(below, s["qmin"], Mux(above, s["qhi"], s["sum"])))},
-                  keep=("valid", "last", "lut_en"))
+        clipped = Mux(below, s["qmin"], Mux(above, s["qhi"], s["sum"]))
+        s = stage("clip", {"v": (u8, clipped)}, keep=("valid", "last", "lut_en"))
+        nib = _LUT_ROWS.bit_length() - 1
+        n_sel, n_grp = 1 << _LUT_SEL_BITS, 1 << (CODE_WIDTH - nib - _LUT_SEL_BITS)
+        # One copy of the code's bits [0, 4 + _LUT_SEL_BITS) per table part below: its row address
+        # and word select (issue 6: `clip_v` drove all 32 LUT-RAM cells' read addresses and the
+        # 32 word muxes, `lut_rd_cand` 8.6 ns on the 30 x 4).
+        rd_copies = _kept_copies(m, platform, en, "clip_ra", clipped[:nib + _LUT_SEL_BITS], n_grp)
 
         # lut_rd / lut: the table is one LUT-RAM row of _LUT_WORDS entries per low address nibble
-        # (entry a is word a >> 4 of row a & 15, each word written alone: byte write enables).
+        # (entry a is word a >> 4 of row a & 15, each word written alone: byte write enables),
+        # stored as n_grp memories of n_sel words, each read at its own copy of the address.
         # lut_rd reads the row at the code's low nibble and registers the 4 words its bits
         # [4, 6) select (LUT-RAM read + a 4:1 mux); lut selects one by bits [6, 8) (issue 6: the
         # 256-entry read, a 16:1 mux and the lut_en select in one stage, `out__payload` 10.5 ns).
@@ -650,11 +791,7 @@ class RequantLane(wiring.Component):
         # case (a write 1 + LUT_WRITE_DELAY cycles before the read) is
         # tests/test_hw_requant_lane.py::test_lane_lut_write_to_read_distance; the top tests
         # (tests/test_hw_top_amaranth.py, tests/test_rtl_top.py) run lut_en jobs after WRITE_LUT.
-        m.submodules.lut_mem = mem = memory.Memory(shape=unsigned(CODE_WIDTH * _LUT_WORDS), depth=_LUT_ROWS,
-                                                   init=[])
-        wp = mem.write_port(granularity=CODE_WIDTH)
-        rp = mem.read_port(domain="comb")
-        addr, nib = self.lut.payload.addr, _LUT_ROWS.bit_length() - 1
+        addr = self.lut.payload.addr
         # Registered one-hot word enables (reset: no write after a reset): straight from flip-flops
         # to the LUT-RAM write enables.
         lut_we = Signal(_LUT_WORDS, name="lut_we")
@@ -662,17 +799,20 @@ class RequantLane(wiring.Component):
         lut_wd = Signal(u8, name="lut_wd", reset_less=True)
         m.d.sync += [lut_we.eq(Cat(*(self.lut.valid & (addr[nib:] == j) for j in range(_LUT_WORDS)))),
                      lut_wa.eq(addr[:nib]), lut_wd.eq(self.lut.payload.data)]
-        m.d.comb += [
-            self.lut.ready.eq(1),
-            wp.addr.eq(lut_wa), wp.data.eq(Cat(*([lut_wd] * _LUT_WORDS))), wp.en.eq(lut_we),
-            rp.addr.eq(s["v"][:nib]),
-        ]
-        sel = s["v"][nib:nib + _LUT_SEL_BITS]
-        # Word g * 2**_LUT_SEL_BITS + sel of the row, for every g; the words are indexed through
-        # Array muxes (a variable word_select would be a $mul by the word width in the netlist).
-        n_sel = 1 << _LUT_SEL_BITS
-        cand = Cat(*(Array(rp.data.word_select(g * n_sel + i, CODE_WIDTH) for i in range(n_sel))[sel]
-                     for g in range(1 << (CODE_WIDTH - nib - _LUT_SEL_BITS))))
+        m.d.comb += self.lut.ready.eq(1)
+        # The table in n_grp parts (part g: words g * n_sel .. g * n_sel + n_sel - 1 of every row),
+        # each read at its own address copy; word g * n_sel + sel of the row, for every g. The words
+        # are indexed through Array muxes (a variable word_select would be a $mul by the word width).
+        cand = []
+        for g, ra in enumerate(rd_copies):
+            m.submodules[f"lut_mem{g}"] = mem = memory.Memory(shape=unsigned(CODE_WIDTH * n_sel), depth=_LUT_ROWS,
+                                                              init=[])
+            wp = mem.write_port(granularity=CODE_WIDTH)
+            rp = mem.read_port(domain="comb")
+            m.d.comb += [wp.addr.eq(lut_wa), wp.data.eq(Cat(*([lut_wd] * n_sel))),
+                         wp.en.eq(lut_we[g * n_sel:(g + 1) * n_sel]), rp.addr.eq(ra[:nib])]
+            cand.append(Array(rp.data.word_select(i, CODE_WIDTH) for i in range(n_sel))[ra[nib:]])
+        cand = Cat(*cand)
         s = stage("lut_rd", {"cand": (cand.shape(), cand), "hs": (unsigned(CODE_WIDTH - nib - _LUT_SEL_BITS),
                                                                   s["v"][nib + _LUT_SEL_BITS:])},
                   keep=("valid", "last", "lut_en", "v"))

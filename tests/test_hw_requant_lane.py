@@ -731,3 +731,78 @@ def test_split_compare_exact():
     got = _comb_cases({"x": x, "clo": clo, "chi": chi}, {"lt": (S(), lt), "gt": (S(), gt)}, cases)
     for case, g in zip(cases, got):
         assert g == {"lt": int(case["x"] < case["clo"]), "gt": int(case["x"] > case["chi"])}, (case, g)
+
+
+def test_split_product_sum_exact():
+    # Issue 6: the 32 x 31 product's sums in <= 18-bit chains with registered carries
+    # (``_product_sum`` -> ``_product_low`` -> ``_product_high``, chained combinationally here) give
+    # the nudged product's bits [22, 63) exactly, on every carry: operands at the split boundaries,
+    # the extremes, and the nudge both on and off.
+    from amaranth import Signal as S
+    from amaranth import unsigned
+    from hw import requant_lane as rl
+    a, b, nudge = S(signed(32)), S(unsigned(31)), S()
+    sp = rl._SPLIT
+    pp = {"ll": a[:sp] * b[:sp], "lh": a[:sp] * b[sp:], "hl": a[sp:].as_signed() * b[:sp],
+          "hh": a[sp:].as_signed() * b[sp:]}
+
+    def regs(d):
+        return {k: v for k, (_, v) in d.items()}
+
+    prod = rl._product_high(regs(rl._product_low(regs(rl._product_sum(pp, nudge)))))
+    rng = np.random.default_rng(17)
+    edges_a = [0, 1, -1, INT32_MIN, INT32_MAX, (1 << sp) - 1, 1 << sp, -(1 << sp), 2**30, -2**30]
+    edges_b = [0, 1, 2**31 - 1, (1 << sp) - 1, 1 << sp, 2**30, 2**30 + (1 << sp) - 1]
+    pairs = [(x, y) for x in edges_a for y in edges_b]
+    pairs += [(int(x), int(y)) for x, y in zip(rng.integers(INT32_MIN, INT32_MAX + 1, 300),
+                                               rng.integers(0, 2**31, 300))]
+    cases = [{"a": x, "b": y, "n": n} for x, y in pairs for n in (0, 1)]
+    got = _comb_cases({"a": a, "b": b, "n": nudge}, {"p": (S(unsigned(41)), prod)}, cases)
+    for case, g in zip(cases, got):
+        want = ((case["a"] * case["b"] + case["n"] * 2**30) >> rl._PROD_LO) & ((1 << 41) - 1)
+        assert g["p"] == want, (case, g)
+
+
+def test_split_normalise_exact():
+    # Issue 6: ort's normalisation over lsat / ort_msb / ort_norm (``_msb_bytes`` -> ``_norm_coarse``
+    # -> ``_norm_fine``, chained combinationally here) equals hw.ort_requant's one-stage blocks
+    # (leading_one, normalise) for every msb position, with rounding ties and sticky bits.
+    from amaranth import Module
+    from amaranth import Signal as S
+    from amaranth import unsigned
+    from hw import ort_requant as ort_dp
+    from hw import requant_lane as rl
+    a, ef = S(unsigned(32)), S(unsigned(8))
+
+    def regs(d):
+        return {k: v for k, (_, v) in d.items()}
+
+    mb = rl._msb_bytes(a)
+    co = regs(rl._norm_coarse(a, mb["byte_g"], mb["byte_f"]))
+    fine = regs(rl._norm_fine({**co, "efield": ef}))
+    m = Module()
+    ref = ort_dp.normalise(m, a, ort_dp.leading_one(m, a, "r"), ef, "r")
+    outs = {k: (S(v.shape()), v) for k, v in {"t": fine["trunc"], "i": fine["inc"], "e": fine["epart"],
+                                              "rt": ref["trunc"], "ri": ref["inc"], "re": ref["epart"]}.items()}
+    rng = np.random.default_rng(19)
+    vals = [0, 1, 2**32 - 1, 2**31]
+    for msb in range(32):
+        top = 1 << msb
+        vals += [top, top | (top >> 1), top | 1, top | (top >> 25), (top << 1) - 1, top | (1 << max(msb - 24, 0))]
+        vals += [int(v) | top for v in rng.integers(0, top, 2)]
+    cases = [{"a": v & (2**32 - 1), "ef": int(e)} for v in vals for e in (0, 127)]
+    from amaranth.sim import Simulator
+    m.d.comb += [sig.eq(val) for sig, val in outs.values()]
+    got = []
+
+    async def tb(ctx):
+        for case in cases:
+            ctx.set(a, case["a"])
+            ctx.set(ef, case["ef"])
+            got.append({k: ctx.get(sig) for k, (sig, _) in outs.items()})
+
+    sim = Simulator(m)
+    sim.add_testbench(tb)
+    sim.run()
+    for case, g in zip(cases, got):
+        assert (g["t"], g["i"], g["e"]) == (g["rt"], g["ri"], g["re"]), (case, g)
