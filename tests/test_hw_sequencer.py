@@ -1,7 +1,10 @@
 """hw.sequencer.Sequencer's registered job-queue state (issue 6): the per-entry flags
-(free/savail/pavail), the precomputed per-entry values (k == 1, k - 1, ntiles == 1, ntiles == 2,
-ntiles - 1), the engines' down-counters and end flags (j_rem/t_rem/j_end/t_end, p_rem/p_last/
-p_rem1, w_trem/w_tend) and the availability registers equal their combinational forms on every
+(free/savail/pavail), the precomputed per-entry values (k == 1, k == 2, k - 1, ntiles == 1,
+ntiles == 2, ntiles - 1), the engines' down-counters and end flags (j_rem/t_rem/j_end/t_end and
+their == 1 flags, p_rem/p_last/p_rem1, w_trem/w_tend), the engines' copies of free[ptr], the
+next entry's registered fields (sn_job/wn_job), the params read addresses (cur/nxt), the
+streamer's per-group copies of s_avail/s_free/v with their read and clock enables, and the
+availability registers equal their combinational forms on every
 cycle (``Sequencer.shadow_checks``, asserted in simulation) of top-level sessions that keep the
 two-entry queue full: back-to-back RUNs with k = 1, ntiles = 1 and 2 (every end flag set on a
 load), queue-full stalls, random stream gaps and backpressure, malformed commands; every
@@ -65,6 +68,10 @@ def test_shadow_checks_cover_the_registered_state():
     names = {n for n, _, _ in seq.shadow_checks}
     want = {"job_ready", "s_avail", "p_avail", "n_avail", "w_lastrow", "j_rem", "t_rem", "j_end", "t_end",
             "a_addr", "g_addr", "a_bank", "g_bank", "p_rem", "p_last", "p_rem1", "w_trem", "w_tend", "o_addr",
-            "o_bank"}
+            "o_bank", "s_free", "sn_free", "s_fin", "j_rem1", "t_rem1", "pv_last", "pc_free", "pn_free",
+            "cur_par", "nxt_par", "w_free", "wn_free", "w_fin", "w_trem1", "w_prerow"}
+    want |= {f"{f}_{g}" for f in ("s_avail", "s_free", "v", "issue", "ce_s") for g in ("act", "wgt")}
+    if JOB_QUEUE_DEPTH == 2:
+        want |= {"sn_job", "wn_job"}
     want |= {f"{f}{i}" for f in ("free", "savail", "pavail", "entry") for i in range(JOB_QUEUE_DEPTH)}
     assert want <= names
