@@ -68,24 +68,39 @@ def _check_operand(name: str, shape) -> Shape:
 
 
 class RegisteredMult(wiring.Component):
-    """p = a * b, registered once when ``en`` = 1 (module docstring).
+    """p = a * b, registered once when ``en`` = 1 (module docstring); with ``input_registers`` the
+    operands are registered first (two enabled cycles from operands to p).
 
     Ports:
 
     * ``a``  In(a_shape)     operand (signed <= 18 bits or unsigned <= 17 bits)
     * ``b``  In(b_shape)     operand (same limits)
-    * ``en`` In(1)           the register loads a * b on the next clock edge when 1
+    * ``en`` In(1)           every register loads on the next clock edge when 1: p <= a * b, or
+                             with ``input_registers`` the operand registers <= a, b and
+                             p <= their product (so p is the product of the operands of the
+                             enabled cycle before the latest one)
     * ``p``  Out(product_shape(a_shape, b_shape))  the registered exact product (no reset)
+
+    ``input_registers`` (timing, issue 6): on ECP5 the MULT18X18D's own input registers
+    (REG_INPUTA/B_CLK), so no routed path ends behind the multiplier array: without them a
+    fabric operand register -> routing -> the array's ~4 ns -> the output register was the 30 x 4
+    top's critical path (10.7 ns, the lane's PReLU product). A caller gives the operand
+    registers' inputs (the D of the fabric register it would otherwise use), so the DSP's
+    registers are a copy of that register and the product's timing does not change.
     """
 
-    def __init__(self, a_shape, b_shape):
+    def __init__(self, a_shape, b_shape, *, input_registers: bool = False):
         try:
             a_shape = _check_operand("a", a_shape)
             b_shape = _check_operand("b", b_shape)
         except (ValueError, TypeError):
             self._MustUse__used = True                  # no "never used" warning on top of the error
             raise
+        if not isinstance(input_registers, bool):
+            self._MustUse__used = True
+            raise ValueError(f"input_registers must be a bool, got {input_registers!r}")
         self.a_shape, self.b_shape = a_shape, b_shape
+        self.input_registers = input_registers
         super().__init__({"a": In(a_shape), "b": In(b_shape), "en": In(1),
                           "p": Out(product_shape(a_shape, b_shape))})
 
@@ -103,9 +118,15 @@ class RegisteredMult(wiring.Component):
     def elaborate(self, platform):
         m = Module()
         if not is_ecp5(platform):
+            a, b = self.a, self.b
+            if self.input_registers:
+                a = Signal(self.a_shape, name="a_reg", reset_less=True)
+                b = Signal(self.b_shape, name="b_reg", reset_less=True)
+                with m.If(self.en):
+                    m.d.sync += [a.eq(self.a), b.eq(self.b)]
             p = Signal(self.p.shape(), reset_less=True)
             with m.If(self.en):
-                m.d.sync += p.eq(self.a * self.b)
+                m.d.sync += p.eq(a * b)
             m.d.comb += self.p.eq(p)
             return m
 
@@ -131,9 +152,10 @@ class RegisteredMult(wiring.Component):
         # register the operands at the block's inputs, REG_PIPELINE_CLK the multiplier array's
         # output, REG_OUTPUT_CLK the product P; "NONE" bypasses a register, "CLKn" clocks it
         # from pin CLKn, and its REG_*_CE / REG_*_RST select which CEn / RSTn pin gates / resets
-        # it. Only the output register is used: one register, where the PE's `p` and the lane's
-        # "mul" registers were, so nothing changes cycle-wise; the operands stay fabric
-        # registers (the operand stage before this one).
+        # it. The output register is where the PE's `p` and the lane's "mul" registers were; with
+        # input_registers the input registers A and B (same clock and enable) stand in for the
+        # caller's operand registers (nextpnr then times the block as MULT18X18D_REGS_ALL: its
+        # A/B pins are register inputs), else the operands come from fabric registers.
         # GSR = "DISABLED": the register is a reset-less datapath register (like the Amaranth
         # `reset_less` register of the other platforms): nothing reads it before an enabled
         # cycle wrote it, so it does not need the global set/reset either.
@@ -143,10 +165,11 @@ class RegisteredMult(wiring.Component):
         # route from the fabric, so tying them to 0 makes nextpnr fail (nextpnr issue #208);
         # SOURCEA/SOURCEB = 0 select the A/B pins rather than the shift chain (as yosys'
         # own $__MUL18X18 mapping ties them).
+        in_clk = "CLK0" if self.input_registers else "NONE"
         m.submodules.dsp = Instance(
             "MULT18X18D",
-            p_REG_INPUTA_CLK="NONE", p_REG_INPUTA_CE="CE0", p_REG_INPUTA_RST="RST0",
-            p_REG_INPUTB_CLK="NONE", p_REG_INPUTB_CE="CE0", p_REG_INPUTB_RST="RST0",
+            p_REG_INPUTA_CLK=in_clk, p_REG_INPUTA_CE="CE0", p_REG_INPUTA_RST="RST0",
+            p_REG_INPUTB_CLK=in_clk, p_REG_INPUTB_CE="CE0", p_REG_INPUTB_RST="RST0",
             p_REG_INPUTC_CLK="NONE", p_REG_INPUTC_CE="CE0", p_REG_INPUTC_RST="RST0",
             p_REG_PIPELINE_CLK="NONE", p_REG_PIPELINE_CE="CE0", p_REG_PIPELINE_RST="RST0",
             p_REG_OUTPUT_CLK="CLK0", p_REG_OUTPUT_CE="CE0", p_REG_OUTPUT_RST="RST0",

@@ -266,8 +266,11 @@ class PackedPE(wiring.Component):
             # One product per beat: the registered product `p` (reset-less, read only under
             # `flush`). On ECP5 it is a MULT18X18D's output register (issue 6: a multiplier between
             # two fabric flip-flops was a 10-11 ns path), elsewhere a plain register.
-            m.submodules.mul = mul = RegisteredMult(a_out.shape(), w_out.shape())
-            m.d.comb += [mul.a.eq(a_out), mul.b.eq(w_out), mul.en.eq(self.en)]
+            # The multiplier's own input registers are copies of a_out / w_out (same inputs, same
+            # enable: the product's timing is unchanged), so on ECP5 the path into the multiplier
+            # array starts inside the MULT18X18D (issue 6, hw.ecp5_mult input_registers).
+            m.submodules.mul = mul = RegisteredMult(a_out.shape(), w_out.shape(), input_registers=True)
+            m.d.comb += [mul.a.eq(self.a), mul.b.eq(self.w), mul.en.eq(self.en)]
             with m.If(self.en):
                 m.d.sync += [
                     flush.eq(self.valid_out),

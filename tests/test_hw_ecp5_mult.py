@@ -34,11 +34,13 @@ SHAPES = [(signed(8), signed(8)), (signed(18), signed(18)), (signed(15), unsigne
           (signed(1), unsigned(1))]
 
 
+@pytest.mark.parametrize("input_registers", [False, True], ids=["out_reg", "in_out_regs"])
 @pytest.mark.parametrize("a_shape,b_shape", SHAPES)
-def test_behavioural_product_exact_and_en_gated(a_shape, b_shape):
-    """platform None: p = a * b of the last cycle with en = 1, exactly (NumPy int64), held otherwise."""
+def test_behavioural_product_exact_and_en_gated(a_shape, b_shape, input_registers):
+    """platform None: p = a * b of the last cycle with en = 1 (with input registers: of the enabled
+    cycle before it), exactly (NumPy int64), held otherwise."""
     rng = np.random.default_rng(a_shape.width * 100 + b_shape.width + a_shape.signed * 7)
-    dut = RegisteredMult(a_shape, b_shape)
+    dut = RegisteredMult(a_shape, b_shape, input_registers=input_registers)
     assert dut.p.shape() == product_shape(a_shape, b_shape)
     av = _operands(rng, a_shape, 150)
     bv = _operands(rng, b_shape, 150)
@@ -64,9 +66,21 @@ def test_behavioural_product_exact_and_en_gated(a_shape, b_shape):
     sim.add_clock(1e-6)
     sim.add_testbench(tb)
     sim.run()
-    # after cycle i's edge p holds the product of the latest enabled cycle <= i
-    last = np.maximum.accumulate(np.where(en, np.arange(len(pairs)), -1))
-    np.testing.assert_array_equal(np.array(seen, np.int64), expected[last])
+    # after cycle i's edge p holds the product of the latest enabled cycle <= i, or with input
+    # registers of the enabled cycle before that one (the operand registers are reset-less: the
+    # first product is checked from the second enabled cycle on)
+    idx = np.where(en, np.arange(len(pairs)), -1)
+    last = np.maximum.accumulate(idx)
+    if input_registers:
+        enabled = np.flatnonzero(en)
+        prev = np.full(len(pairs), -1)
+        for k in range(1, len(enabled)):
+            prev[enabled[k]:] = enabled[k - 1]
+        ok = prev >= 0
+        np.testing.assert_array_equal(np.array(seen, np.int64)[ok], expected[prev[ok]])
+        last = prev
+    else:
+        np.testing.assert_array_equal(np.array(seen, np.int64), expected[last])
     assert (~en).any() and (expected[last] != expected).any()   # the gating was exercised
 
 
@@ -85,14 +99,19 @@ def _cells(text: str, cell_type: str) -> list[dict]:
     return out
 
 
+@pytest.mark.parametrize("input_registers", [False, True], ids=["out_reg", "in_out_regs"])
 @pytest.mark.parametrize("a_shape,b_shape", SHAPES)
-def test_ecp5_platform_maps_to_one_mult18x18d_with_output_register(a_shape, b_shape):
-    text = rtlil.convert(RegisteredMult(a_shape, b_shape), name="top", platform=_ulx3s())
+def test_ecp5_platform_maps_to_one_mult18x18d_with_output_register(a_shape, b_shape, input_registers):
+    text = rtlil.convert(RegisteredMult(a_shape, b_shape, input_registers=input_registers), name="top",
+                         platform=_ulx3s())
     assert "$mul" not in text
     (cell,) = _cells(text, "MULT18X18D")
     prm, conn = cell["params"], cell["conn"]
     assert prm["REG_OUTPUT_CLK"] == "CLK0" and prm["REG_OUTPUT_CE"] == "CE0" and prm["REG_OUTPUT_RST"] == "RST0"
-    for reg in ("INPUTA", "INPUTB", "INPUTC", "PIPELINE"):
+    for reg in ("INPUTA", "INPUTB"):
+        assert prm[f"REG_{reg}_CLK"] == ("CLK0" if input_registers else "NONE"), reg
+        assert prm[f"REG_{reg}_CE"] == "CE0" and prm[f"REG_{reg}_RST"] == "RST0"
+    for reg in ("INPUTC", "PIPELINE"):
         assert prm[f"REG_{reg}_CLK"] == "NONE", reg
     assert prm["GSR"] == "DISABLED" and prm["RESETMODE"] == "SYNC" and prm["MULT_BYPASS"] == "DISABLED"
     assert conn["CLK0"] == "\\clk [0]" and conn["CE0"] == "\\en [0]" and conn["RST0"] == "1'0"
@@ -133,16 +152,18 @@ def test_operand_width_limits(a_shape, b_shape, bad):
 
 def test_pe_none_and_lane_use_the_dsp_register_on_ecp5():
     """PackedPE("none"): its product register is one MULT18X18D; RequantLane: its two 32x31 products
-    are 2 x 4 of them (stages "mul" and "prelu_mul"); no $mul left in either."""
+    are 2 x 4 of them (stages "mul" and "prelu_mul"); no $mul left in either; every one with its
+    input registers too (the operand registers' copies)."""
     from hw.pe import PackedPE
     from hw.requant_lane import RequantLane
     cfg = ArrayConfig(rows=2, cols=2, packing="none")
     text = rtlil.convert(PackedPE(cfg), name="pe", platform=_ulx3s())
-    assert len(_cells(text, "MULT18X18D")) == 1 and "$mul" not in text
-    text = rtlil.convert(RequantLane(cfg), name="lane", platform=_ulx3s())
     cells = _cells(text, "MULT18X18D")
-    assert len(cells) == 8 and "$mul" not in text
-    assert all(c["params"]["REG_OUTPUT_CLK"] == "CLK0" for c in cells)
+    assert len(cells) == 1 and "$mul" not in text
+    text = rtlil.convert(RequantLane(cfg), name="lane", platform=_ulx3s())
+    cells += _cells(text, "MULT18X18D")
+    assert len(cells) == 9 and "$mul" not in text
+    assert all(c["params"][f"REG_{r}_CLK"] == "CLK0" for c in cells for r in ("OUTPUT", "INPUTA", "INPUTB"))
     # the "dual" PE (DSP48E2-style accumulate) is left to inference
     text = rtlil.convert(PackedPE(ArrayConfig(rows=2, cols=2)), name="pe", platform=_ulx3s())
     assert "MULT18X18D" not in text and "$mul" in text
