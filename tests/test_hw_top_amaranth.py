@@ -24,7 +24,12 @@ from golden import isa
 from golden.array_model import check_params, neutral_params, tile_value
 from golden.config import BANKS, ArrayConfig
 from golden.isa import Flag, Op, Slot
-from hw.top import Accelerator
+import hw.top
+from hw.top import Accelerator as _Accelerator
+from shadow_checks import checked
+
+# Every top in this module asserts its shadow checks (the split counters) on every cycle.
+Accelerator = checked(_Accelerator, "top")
 
 CFG = ArrayConfig(rows=2, cols=2, weight_min=-128, act_depth=40, wgt_depth=20, param_depth=3, out_depth=16,
                   bus_bytes=4, max_k=16, param_fifo_depth=2)
@@ -350,6 +355,16 @@ def test_isolated_run_counters_equal_formula(cfg, k, ntiles):
     # busy for busy_cycles cycles, SYNC's WAIT sees jobs = 0 on the next cycle and answers after it.
     a_run = log["cmd_accept"][-4]
     assert log["dout"][0] >= a_run + 4 + t["busy_cycles"]
+
+
+@pytest.mark.parametrize("cfg,k,ntiles", [(CFG, 5, 3), (CFG_NARROW, 2, 4)])
+def test_counters_split_add_carries(monkeypatch, cfg, k, ntiles):
+    """The counters' split add (hw.top.COUNTER_SPLIT) with a 4-bit low half, so the low half
+    carries into the high half (and hi1) many times per session: the shadow checks (value ==
+    c + increment, hi1 == hi + 1) hold on every cycle and the READ_STATUS values are exact."""
+    monkeypatch.setattr(hw.top, "COUNTER_SPLIT", 4)
+    test_isolated_run_counters_equal_formula(cfg, k, ntiles)
+    test_runs_match_golden_tiles(cfg)
 
 
 def test_overlap_and_interlock():
