@@ -38,6 +38,7 @@ REQUANT_STAGES = (
     "ort_msb",       # tflite: the saturating select; ort: msb of |t|, shift by its byte
     "ort_norm",      # ort: 24 bits from the msb (fine shift), rounding increment
     "operand",       # the multiplier operand (ort: the rounded significand)
+    "mul_in",        # SRDHM: the multipliers' input registers (MULT18X18D, issue 6)
     "mul",           # SRDHM: four 18x18 partial products
     "psum",          # SRDHM: middle sum in 17-bit halves, nudge (carries registered)
     "plo",           # SRDHM: product bits [17, 34); high parts + carries
@@ -48,6 +49,7 @@ REQUANT_STAGES = (
     "prelu_shl",     # negative values: alpha's left shift: coarse shift, overflow tests as partial ORs
     "prelu_lsat",    # alpha's left shift: fine shift, overflow flags
     "prelu_sat",     # the saturating select (the alpha multiplier's operand)
+    "prelu_mul_in",  # alpha SRDHM: the multipliers' input registers
     "prelu_mul",     # alpha SRDHM: partial products
     "prelu_psum",    # alpha SRDHM: middle sum, nudge
     "prelu_plo",     # alpha SRDHM: low bits

@@ -84,9 +84,10 @@ class RegisteredMult(wiring.Component):
     ``input_registers`` (timing, issue 6): on ECP5 the MULT18X18D's own input registers
     (REG_INPUTA/B_CLK), so no routed path ends behind the multiplier array: without them a
     fabric operand register -> routing -> the array's ~4 ns -> the output register was the 30 x 4
-    top's critical path (10.7 ns, the lane's PReLU product). A caller gives the operand
-    registers' inputs (the D of the fabric register it would otherwise use), so the DSP's
-    registers are a copy of that register and the product's timing does not change.
+    top's critical path (10.7 ns, the lane's PReLU product). The PE gives its operand registers'
+    inputs (the neighbours' registers: the DSP's registers are copies of its own and the
+    product's timing does not change); the lane gives its operand registers (a stage more, so
+    the operand logic is not routed straight into the DSP).
     """
 
     def __init__(self, a_shape, b_shape, *, input_registers: bool = False):

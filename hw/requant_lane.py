@@ -285,25 +285,17 @@ _NUDGE_BIT = _W32 - 2
 _HI_BIT = 2 * _SPLIT
 
 
-def _operand_inputs(m, name, a, b):
-    """(a, b) as the signals a multiplier stage's operand registers load: ``a`` in signed(_W32) (what
-    the stage register ``(i32, a)`` holds), ``b`` as it is."""
-    a32 = Signal(signed(_W32), name=f"{name}_a_next")
-    m.d.comb += a32.eq(a)
-    return a32, b
-
-
 def _partial_products(m, en, name, a, b) -> dict:
     """Stage "mul": a * b = ll + (lh + hl) * 2**17 + hh * 2**34, four registered 18x18 products.
 
-    ``a`` signed(32), ``b`` unsigned(<= 31): the INPUTS of the previous stage's operand registers.
-    Each product is a ``RegisteredMult`` with input registers (submodule
-    ``{name}_{ll,lh,hl,hh}``): its operand registers are copies of the previous stage's (same
-    inputs, same enable) and its product register is this stage's: on ECP5 the MULT18X18D's own
-    input and output registers (issue 6: the multiplier between two fabric flip-flops was a
-    10-11 ns path, and with only the output register a fabric operand register -> routing ->
-    the multiplier array was still 10.7 ns), elsewhere plain reset-less registers; all load under
-    ``en`` like every stage register. Returns {name: registered product} (the stage's values).
+    ``a`` signed(32), ``b`` unsigned(<= 31): the operand stage's registers. Each product is a
+    ``RegisteredMult`` with input registers (submodule ``{name}_{ll,lh,hl,hh}``): its operand
+    registers are the stage ``{name}_in`` and its product register is the stage ``{name}``: on ECP5
+    the MULT18X18D's own input and output registers (issue 6: the multiplier between two fabric
+    flip-flops was a 10-11 ns path, and with only the output register a fabric operand register
+    -> routing -> the multiplier array was still 10.7 ns), elsewhere plain reset-less registers;
+    all load under ``en`` like every stage register. Returns {name: registered product} (the
+    values of stage ``{name}``, two stages after the operands).
     """
     a_lo, a_hi = a[:_SPLIT], a[_SPLIT:].as_signed()
     b_lo, b_hi = b[:_SPLIT], b[_SPLIT:]
@@ -683,16 +675,18 @@ class RequantLane(wiring.Component):
         a = s["x"]
         if ort:
             a = Mux(mode_ort(s), ort_dp.round_significand(s["trunc"], s["inc"]), s["x"])
-        # The multipliers take the operand stage's inputs into their own input registers (copies of
-        # its "a" and "mult", hw.ecp5_mult input_registers): no routed path ends behind a
-        # multiplier array (issue 6).
-        mul_ops = _operand_inputs(m, "mul", a, s["mult"])
         s = stage("operand", {"a": (i32, a)},
                   keep=(*flags, "shift", "mult", "neg", "tzero", "epart", *alpha, *late))
 
         # mul .. phi: SRDHM's 64-bit nudged product (ort: the exact 48-bit product, no nudge).
         keep1 = (*flags, "shift", "neg", "tzero", "epart", *alpha, *late)
-        s = stage("mul", {}, keep=keep1, registered=_partial_products(m, en, "mul", *mul_ops))
+        # mul_in: the multipliers' own input registers, loaded from the operand stage's (timing,
+        # issue 6: hw.ecp5_mult input_registers; with the operand logic straight into them the
+        # route from the lane's fabric to its MULT18X18D was 7.4 ns, and from a fabric operand
+        # register through the multiplier array 10.7 ns).
+        products = _partial_products(m, en, "mul", s["a"], s["mult"])
+        s = stage("mul_in", {}, keep=keep1)
+        s = stage("mul", {}, keep=keep1, registered=products)
         s = stage("psum", _product_sum(s, ~mode_ort(s)), keep=keep1)
         s = stage("plo", _product_low(s), keep=keep1,
                   ort_fields={"s17": (u1, s["xl"][:_SPLIT].any())} if ort else None)
@@ -734,9 +728,12 @@ class RequantLane(wiring.Component):
         s = stage("prelu_lsat", _satshl_fine(s),
                   keep=(*flags, "v", "neg", "mult", "neg_alpha", "alpha_shift", *late, "mq", "ozero", "sat"),
                   ort_fields={"minc": (u1, _ort_int_inc(s))} if ort else None)
-        prelu_ops = _operand_inputs(m, "prelu_mul", _satshl_sel(s), s["mult"])
-        s = stage("prelu_sat", {"a": (i32, prelu_ops[0])},
+        s = stage("prelu_sat", {"a": (i32, _satshl_sel(s))},
                   keep=(*flags, "v", "neg", "mult", "neg_alpha", "alpha_shift", *late, "mq", "minc", "ozero", "sat"))
+        # prelu_mul_in: the alpha multipliers' input registers (as mul_in)
+        products = _partial_products(m, en, "prelu_mul", s["a"], s["mult"])
+        s = stage("prelu_mul_in", {},
+                  keep=(*flags, "v", "neg", "neg_alpha", "alpha_shift", *late, "mq", "minc", "ozero", "sat"))
         # prelu_mul .. prelu_phi: the alpha SRDHM product. ort: |f| rounded to an integer
         # (saturated), then its sign.
         keep2 = (*flags, "v", "neg_alpha", "alpha_shift", "vo", *late)
@@ -745,7 +742,7 @@ class RequantLane(wiring.Component):
             mag = ort_dp.to_integer_round(m, s["mq"], s["minc"], s["sat"], s["ozero"], "ort_ir")
             ort_regs = {"mag": (mag.shape(), mag)}
         s = stage("prelu_mul", {}, keep=(*keep2, "neg"), ort_fields=ort_regs,
-                  registered=_partial_products(m, en, "prelu_mul", *prelu_ops))
+                  registered=products)
         ort_regs = {"vo": (signed(ort_dp.V_WIDTH), ort_dp.apply_sign(s["mag"], s["neg"]))} if ort else {}
         s = stage("prelu_psum", _product_sum(s, Const(1, 1)), keep=keep2, ort_fields=ort_regs)
         s = stage("prelu_plo", _product_low(s), keep=keep2)
