@@ -43,7 +43,7 @@ from amaranth.lib.wiring import In, Out, connect
 from golden.config import ArrayConfig
 from golden.isa import COUNTER_BITS, DESC_BITS, STATUS_SLOTS, Slot, layout
 
-from .buffers import BRAM_SLICE_BITS, BankedBuffer, lut_ram_slice_bits
+from .buffers import BRAM_SLICE_BITS, BankedBuffer, enable_copy, live_register, lut_ram_slice_bits
 from .core import ArrayCore, params_layout
 from .decoder import Decoder, bus_layout
 from .pe import check_hw_config, config_for
@@ -139,12 +139,18 @@ class Accelerator(wiring.Component):
         # chain in series); hi1 advances with hi, from its own incrementer in parallel. The value is
         # unchanged: V = cleared ? 0 : (co ? hi1 : hi, lo + d_r mod 2**split) = c + d_r.
         # `shadow_checks`: hi1 == hi + 1 (mod 2**(64 - split)) and each value == c + d_r (tests).
+        # `cleared` in one copy per counter (hw.buffers.enable_copy: it keeps the reset): yosys makes
+        # the clear the synchronous reset of the counter registers, and one net for all of them was a
+        # 224-wide set/reset net besides the board's reset (tests/test_uart.py).
         self.shadow_checks = []
-        cleared = Signal()
-        m.d.sync += cleared.eq(dec.clear_counters)
+        cleared_ref = Signal()
+        m.d.sync += cleared_ref.eq(dec.clear_counters)
+        live = live_register(m, "ctr_live")
         hb = COUNTER_BITS - COUNTER_SPLIT
         for s, d in inc.items():
             name = s.name.lower()
+            cleared = enable_copy(m, platform, dec.clear_counters, live, f"ctr_{name}_cleared")
+            self.shadow_checks.append((f"ctr_{name}_cleared", cleared, cleared_ref))
             lo = Signal(COUNTER_SPLIT, name=f"ctr_{name}_lo")
             hi = Signal(hb, name=f"ctr_{name}_hi")
             hi1 = Signal(hb, name=f"ctr_{name}_hi1", init=1)
