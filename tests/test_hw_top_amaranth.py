@@ -364,7 +364,6 @@ def test_counters_split_add_carries(monkeypatch, cfg, k, ntiles):
     c + increment, hi1 == hi + 1) hold on every cycle and the READ_STATUS values are exact."""
     monkeypatch.setattr(hw.top, "COUNTER_SPLIT", 4)
     test_isolated_run_counters_equal_formula(cfg, k, ntiles)
-    test_runs_match_golden_tiles(cfg)
 
 
 def test_overlap_and_interlock():
