@@ -25,7 +25,7 @@ from amaranth.lib.wiring import In, Out
 
 from golden.config import INPUT_LATENCY, PACK_SHIFT, ArrayConfig
 
-from .pe import PackedPE, check_hw_config, clamp_exact, config_for, weight_word_width
+from .pe import PackedPE, check_hw_config, saturate, config_for, weight_word_width
 
 
 #: Rows of a drain chain whose load select one copy of the load pulse drives (issue 6: the
@@ -164,7 +164,7 @@ class MacArray(wiring.Component):
                             m.d.sync += [regs[i].eq(regs[i + 1]), vld[i].eq(vld[i + 1]), lst[i].eq(lst[i + 1])]
                         else:
                             m.d.sync += [vld[i].eq(0), lst[i].eq(0)]
-                m.d.sync += [out[s].eq(clamp_exact(regs[0][s], cfg.acc_width)) for s in range(S)]
+                m.d.sync += [out[s].eq(saturate(regs[0][s], cfg.acc_width)) for s in range(S)]
                 m.d.sync += [out_vld.eq(vld[0]), out_lst.eq(lst[0])]
             # Deskew: column j reaches its drain output j cycles after column 0.
             out = delay(out, C - 1 - j, f"deskew{j}")

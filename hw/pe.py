@@ -141,18 +141,8 @@ def field_width(cfg) -> int:
 def exact_result_width(cfg) -> int:
     """Signed width of an accumulator or result as the PE keeps it (saturation applied one step
     late): the exact sum of a clamped accumulator and one field, one bit wider than the wider of
-    the two. Its value is ``clamp_exact(raw, cfg.acc_width)``."""
+    the two. Its value is ``saturate(raw, cfg.acc_width)``."""
     return max(cfg.acc_width, field_width(cfg)) + 1
-
-
-def clamp_exact(raw, width: int):
-    """signed(``width``) value of an exact sum ``raw``: the bound of raw's sign when raw's bits
-    from ``width - 1`` up are not all equal (out of range), else raw's low bits. With
-    ``len(raw) == width + 1`` every output bit is one LUT of raw's bit and its top two bits."""
-    top = raw[width - 1:]
-    out_of_range = ~(top.all() | ~top.any())
-    lo_lim, hi_lim = -(1 << (width - 1)), (1 << (width - 1)) - 1
-    return Mux(out_of_range, Mux(raw[-1], lo_lim, hi_lim), raw[:width])[:width].as_signed()
 
 
 def saturate(value, width: int):
@@ -191,7 +181,7 @@ class PackedPE(wiring.Component):
     * ``result``       Out(ArrayLayout(signed(A), S))  the tile's sums; [0] = w_lo
                        field, [1] = w_hi field; held until the next tile's result
     * ``result_exact`` Out(ArrayLayout(signed(exact_result_width(cfg)), S))  the result registers
-                       themselves (exact sums): ``result`` is their clamp (``clamp_exact``). The
+                       themselves (exact sums): ``result`` is their clamp (``saturate``). The
                        array's drain chains carry these and clamp once per column, at the drain output.
     * ``result_valid`` Out(1)         one enabled-cycle pulse, PE_LATENCY after the
                        last beat was in the operand registers
@@ -311,7 +301,7 @@ class PackedPE(wiring.Component):
         # the carry chain, an in-range test fanning out to every bit and the select into one
         # cycle, the 4 x 2 top's critical path). Each accumulator is kept as the exact sum `raw`
         # of a clamped accumulator and a field (``exact_result_width``: one bit wider than the
-        # wider of the two). The saturating accumulator it stands for is clamp(raw) (``clamp_exact``:
+        # wider of the two). The saturating accumulator it stands for is clamp(raw) (``saturate``:
         # the bound when raw's bits from A - 1 up are not all equal, else raw's low bits), and the
         # next step adds the field to that value: raw' = (first ? 0 : clamp(raw)) + f. With
         # fields no wider than A, raw has A + 1 bits and bit i of the operand is one LUT4 of
@@ -330,7 +320,7 @@ class PackedPE(wiring.Component):
             raw = Signal(signed(rw), name=f"acc{s}_raw", reset_less=True)
             res_raw = Signal(signed(rw), name=f"result{s}_raw", reset_less=True)
             clamped = Signal(signed(aw), name=f"acc{s}")
-            m.d.comb += clamped.eq(clamp_exact(raw, aw))
+            m.d.comb += clamped.eq(saturate(raw, aw))
             operand = Signal(signed(aw), name=f"operand{s}")
             m.d.comb += operand.eq(Mux(first, 0, clamped))
             total = Signal(signed(rw), name=f"total{s}")
@@ -341,7 +331,7 @@ class PackedPE(wiring.Component):
                 # ld2 implies f2; tested alone, the result's clock enable is the flag itself.
                 with m.If(ld2):
                     m.d.sync += res_raw.eq(total)
-            results.append(clamp_exact(res_raw, aw))
+            results.append(saturate(res_raw, aw))
             m.d.comb += self.result_exact[s].eq(res_raw)
             # The per-step saturating accumulator and result register this stands for (read only by
             # the shadow checks: no hardware).
