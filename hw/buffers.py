@@ -163,7 +163,6 @@ class BankedBuffer(wiring.Component):
             # 11.8 ns on the 30x4 top); the read port is shared (its address and enable are the
             # sequencer's registers).
             slices = [(0, self.width)] if self.bram_slice_bits is None else self.slices(self.bram_slice_bits)
-            live = live_register(m) if self.bram_slice_bits is not None else None
             rdata = []
             for g, (lo, hi) in enumerate(slices):
                 mem = memory.Memory(shape=unsigned(hi - lo), depth=BANKS << len(self.r.addr), init=[],
@@ -173,7 +172,7 @@ class BankedBuffer(wiring.Component):
                 rp = mem.read_port(transparent_for=())
                 en_g, addr_g = w_en, Cat(w_addr, w_bank)
                 if self.bram_slice_bits is not None:
-                    en_g = enable_copy(m, platform, self.w.en, live, f"w_en_s{g}")
+                    en_g = enable_copy(m, platform, self.w.en, f"w_en_s{g}")
                     addr_g = kept_copy(m, platform, Cat(self.w.addr, self.w.bank), C(1, 1), f"w_addr_s{g}")
                     self.shadow_checks += [(f"w_en_s{g}", en_g, w_en), (f"w_addr_s{g}", addr_g, Cat(w_addr, w_bank))]
                 m.d.comb += [
@@ -231,7 +230,6 @@ class BankedBuffer(wiring.Component):
         # land): one `enable_copy` per bank and slice.
         w_data = Signal(unsigned(self.width), name="w_reg_data", reset_less=True)
         m.d.sync += w_data.eq(self.w.data)
-        live = live_register(m)
         # `shadow_checks` (tests): (name, copy, reference) with the per-bank reset register the
         # enables replace (read by nothing else: synthesis removes it).
         ref = []
@@ -247,7 +245,7 @@ class BankedBuffer(wiring.Component):
             rdata = []
             for b in range(BANKS):
                 w_addr = kept_copy(m, platform, self.w.addr, C(1, 1), f"w_addr_b{b}_s{g}")
-                w_en_bg = enable_copy(m, platform, self.w.en & (self.w.bank == b), live, f"w_en_b{b}_s{g}")
+                w_en_bg = enable_copy(m, platform, self.w.en & (self.w.bank == b), f"w_en_b{b}_s{g}")
                 self.shadow_checks.append((f"w_en_b{b}_s{g}", w_en_bg, ref[b]))
                 mem = memory.Memory(shape=unsigned(hi - lo), depth=self.depth, init=[])
                 m.submodules[f"bank{b}_s{g}"] = mem
@@ -278,21 +276,36 @@ def kept_copy(m, platform, d, en, name):
     return q
 
 
-def live_register(m, name="w_live"):
-    """A reset register (init 0) loaded with 1: ``live(t+1) = ~rst(t)``, and 0 on the first cycle."""
+def live_register(m, platform=None, name="w_live"):
+    """A reset register (init 0) loaded with 1: ``live(t+1) = ~rst(t)``, and 0 on the first cycle.
+
+    Every live register of a design is the same register (reset 0, D = 1), so yosys' opt_merge
+    folds them all into one flip-flop, whose fanout then crosses the die (issue 6: the 30 x 4
+    top's critical path in session 7 started at the merged ``w_live``). On an ECP5 platform each
+    call therefore loads its own kept constant-1 flip-flop (``kept_copy`` of 1: 0 only before the
+    first clock edge after configuration, while the board holds the accelerator in reset anyway,
+    hw/ulx3s.py), which makes its D input distinct."""
     live = Signal(name=name)
-    m.d.sync += live.eq(1)
+    m.d.sync += live.eq(_own_one(m, platform, name))
     return live
 
 
-def enable_copy(m, platform, d, live, name):
+def _own_one(m, platform, name):
+    """1, from a flip-flop of its own on an ECP5 platform (see ``live_register``)."""
+    return kept_copy(m, platform, C(1, 1), C(1, 1), f"{name}_one") if is_ecp5(platform) else C(1, 1)
+
+
+def enable_copy(m, platform, d, *name):
     """One copy of the reset register ``q <= d`` (init 0) for one group of its loads.
 
-    A replicated enable must keep its reset (no write presented in a reset cycle may land), but
-    the reset-less ``kept_copy`` instances cannot see the reset (ResetInserter does not reach
-    instance pins). So the copy is ``kept_copy(d) & live`` (``live_register``):
-    ``copy(t+1) & live(t+1) = d(t) & ~rst(t)``, exactly the reset register's next value. The AND
-    of two flip-flops is distinct per copy (yosys cannot merge it) and drives only its group."""
-    q = Signal(name=f"{name}_live")
-    m.d.comb += q.eq(kept_copy(m, platform, d, C(1, 1), name) & live)
+    A replicated enable must keep its reset (no write presented in a reset cycle may land), so
+    the copy is an ordinary reset register (``ResetInserter`` reaches it, unlike the reset-less
+    ``kept_copy`` instances). Identical copies would be merged by yosys, so on ECP5 each loads
+    ``d & one`` with a kept constant-1 flip-flop of its own (``_own_one``): the same value from
+    the first clock edge on, and a distinct D input per copy. The copy's output drives its group
+    straight from the flip-flop (session 7 ANDed a reset-less copy with a ``live`` register: a
+    LUT behind every copy, and yosys merged all the live registers into one)."""
+    name = name[-1]   # INTERIM: old call sites pass (live, name)
+    q = Signal(name=name)
+    m.d.sync += q.eq(d & _own_one(m, platform, name))
     return q

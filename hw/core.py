@@ -47,7 +47,7 @@ from amaranth.lib.wiring import In, Out
 
 from golden.config import ArrayConfig
 
-from .buffers import kept_copy, enable_copy, live_register
+from .buffers import kept_copy, enable_copy
 from .mac_array import MacArray
 from .pe import check_hw_config, config_for
 from .requant_lane import CODE_WIDTH, RequantLane, lane_params_layout, lut_layout
@@ -282,11 +282,10 @@ class ArrayCore(wiring.Component):
         # The write address and enable in one copy per group as well (w_addr and w_en drove every
         # LUT-RAM cell's write port, 10.9 ns on the 30 x 4 top): w_en keeps its reset through
         # enable_copy; w_addr and w_en stay as the references of the shadow checks.
-        live = live_register(m)
         w_copies = []
         for g, ((wp, _), (lo, hi)) in enumerate(zip(fifos, groups)):
             w_addr_g = kept_copy(m, platform, wptr_b, C(1, 1), f"w_addr_g{g}")
-            w_en_g = enable_copy(m, platform, push_b, live, f"w_en_g{g}")
+            w_en_g = enable_copy(m, platform, push_b, f"w_en_g{g}")
             w_copies += [(f"w_addr_g{g}", w_addr_g, w_addr), (f"w_en_g{g}", w_en_g, w_en)]
             m.d.comb += [wp.addr.eq(w_addr_g), wp.data.eq(w_data.as_value()[lo:hi]), wp.en.eq(w_en_g)]
         m.d.sync += [

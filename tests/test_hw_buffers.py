@@ -138,7 +138,9 @@ def test_lut_ram_copies_are_kept_flip_flops_on_ecp5():
     expect = {f"r_addr_s{g}_ff{i}" for g in range(nslices) for i in range(abits)}
     expect |= {f"r_bank_s{g}_ff{i}" for g in range(nslices) for i in range(bbits)}
     expect |= {f"w_addr_b{b}_s{g}_ff{i}" for b in range(BANKS) for g in range(nslices) for i in range(abits)}
-    expect |= {f"w_en_b{b}_s{g}_ff0" for b in range(BANKS) for g in range(nslices)}
+    # each write-enable copy is a reset register of its own: its D input ANDs a kept constant-1
+    # flip-flop of the copy's own, so yosys cannot merge the copies (hw.buffers.enable_copy)
+    expect |= {f"w_en_b{b}_s{g}_one_ff0" for b in range(BANKS) for g in range(nslices)}
     assert set(cells) == expect and len(cells) == len(expect)
     # the behavioural twin (no platform): no instance at all
     assert "TRELLIS_FF" not in rtlil.convert(BankedBuffer(width, depth, registered_write=True,
@@ -155,8 +157,37 @@ def test_bram_slice_copies_are_kept_flip_flops_on_ecp5():
                          platform=ULX3S_85F_Platform())
     cells = re.findall(r"attribute \\keep 1\n(?:  attribute [^\n]*\n)*  cell \\TRELLIS_FF \\(\S+)", text)
     abits = (depth - 1).bit_length() + (BANKS - 1).bit_length()
-    expect = {f"w_addr_s{g}_ff{i}" for g in range(3) for i in range(abits)} | {f"w_en_s{g}_ff0" for g in range(3)}
+    expect = {f"w_addr_s{g}_ff{i}" for g in range(3) for i in range(abits)} | {f"w_en_s{g}_one_ff0" for g in range(3)}
     assert set(cells) == expect and len(cells) == len(expect)
+
+
+def test_enable_copies_and_live_registers_stay_apart_in_ecp5_synthesis(tmp_path):
+    """yosys synth_ecp5 keeps every ``enable_copy`` and every ``live_register`` a flip-flop of its
+    own (issue 6: opt_merge folded all the identical live registers of the top into one, whose
+    fanout crossed the die)."""
+    from amaranth import Module
+    from amaranth.back import rtlil
+    from amaranth.lib import wiring
+    from amaranth.lib.wiring import In, Out
+    from amaranth_boards.ulx3s import ULX3S_85F_Platform
+    from hw import fpga
+    from hw.buffers import enable_copy, live_register
+
+    class Copies(wiring.Component):
+        def __init__(self):
+            super().__init__({"d": In(1), "q": Out(3), "live": Out(3)})
+
+        def elaborate(self, platform):
+            m = Module()
+            for i in range(3):
+                m.d.comb += [self.q[i].eq(enable_copy(m, platform, self.d, f"en{i}")),
+                             self.live[i].eq(live_register(m, platform, f"live{i}"))]
+            return m
+
+    (tmp_path / "c.il").write_text(rtlil.convert(Copies(), name="c", platform=ULX3S_85F_Platform()))
+    stat, _ = fpga._yosys(tmp_path, "read_rtlil c.il\nsynth_ecp5 -top c\ntee -q -o stat.txt stat\n", 600)
+    # per copy and per live register: the register and its own constant-1 flip-flop
+    assert fpga.parse_yosys_stat(stat)["TRELLIS_FF"] == 2 * (3 + 3)
 
 
 def test_collision_free_buffer_maps_to_plain_dp16kd(tmp_path):
