@@ -133,9 +133,11 @@ class MacArray(wiring.Component):
         # The load selects every row's mux, so each group of DRAIN_ROWS_PER_LOAD rows has its own
         # copy (issue 6: one select for all rows was ~840 LUTs on the 30 x 4 top, 10.5 ns from one
         # flip-flop). Every PE sees the same beat stream, PE(i, j) i + j enabled cycles late, so
-        # the pulse of PE(R - 1 - k, j) delayed by k registers is the bottom row's pulse: copy k is
-        # that, distinct logic (another PE's flag), so synthesis cannot merge the copies back into
-        # one (k(k + 1) / 2 flip-flops per column). `shadow_checks`: copy k == the load.
+        # the pulse of PE(i, j) delayed by R - 1 - i registers is the bottom row's pulse: group g's
+        # copy is that for its own bottom row i (a chain beside the rows it loads: session 7 took
+        # PE(R - 1 - g)'s pulse, up to 20 rows away, and the drain's load muxes were 8.4 ns on the
+        # 30 x 4 top, issue 6). Each copy is distinct logic (another PE's flag), so synthesis
+        # cannot merge them back into one. `shadow_checks`: every copy == the load.
         # The chains carry the PEs' exact results (hw.pe.exact_result_width: one bit more than
         # acc_width) and the saturation is applied once per column, between the chain's row 0
         # and the output register (DRAIN_LATENCY = 2): clamping in every PE put a LUT per bit in
@@ -146,9 +148,10 @@ class MacArray(wiring.Component):
         n_loads = -(-R // DRAIN_ROWS_PER_LOAD)
         for j in range(C):
             load = pes[R - 1][j].result_valid
-            loads = [delay(pes[R - 1 - k][j].result_valid, k, f"drain{j}_load{k}", reset_less=False)
-                     for k in range(n_loads)]
-            self.shadow_checks += [(f"drain{j}_load{k}", x, load) for k, x in enumerate(loads[1:], 1)]
+            bottoms = [min(R, (g + 1) * DRAIN_ROWS_PER_LOAD) - 1 for g in range(n_loads)]
+            loads = [delay(pes[i][j].result_valid, R - 1 - i, f"drain{j}_load{g}", reset_less=False)
+                     for g, i in enumerate(bottoms)]
+            self.shadow_checks += [(f"drain{j}_load{g}", x, load) for g, x in enumerate(loads[:-1])]
             regs = [Signal(pes[i][j].result_exact.shape(), name=f"drain{j}_{i}", reset_less=True) for i in range(R)]
             vld = [Signal(name=f"drain{j}_{i}_valid") for i in range(R)]
             lst = [Signal(name=f"drain{j}_{i}_last") for i in range(R)]

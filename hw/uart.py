@@ -92,6 +92,9 @@ HELLO_MAGIC = b"ANL"
 DESC_BYTES = DESC_BITS // 8
 #: The received word's shift enable is one flip-flop copy per this many bits of the word.
 WORD_CHUNK_BITS = 32
+#: The transmit buffer's enable, data select and hello select are one flip-flop copy per this many
+#: bits of it (a whole number of bytes: the buffer shifts by bytes).
+TBUF_CHUNK_BITS = 32
 #: Board defaults: one DP16KD (2048 x 9) of receive FIFO, a credit byte per 64 bytes consumed.
 FIFO_BYTES = 2048
 CREDIT_UNIT = 64
@@ -218,11 +221,16 @@ class UartTx(wiring.Component):
 
     ``data.ready`` (``idle``) and the end of a bit (``tick``: ``cnt == 0``) are flip-flops,
     updated with the counters they summarise, so the shift register's enable is one LUT of
-    flip-flops (issue 6)."""
+    flip-flops (issue 6).
+
+    ``ready_next`` (Out): the value ``data.ready`` takes at the next clock edge (this cycle's
+    ``data.valid`` included): the bridge registers its transmit buffer's shift select from it
+    in one copy per group of the buffer's bits (``_BridgeCore``)."""
 
     def __init__(self, divisor: int):
         self.divisor = _check_divisor(divisor)
-        super().__init__({"data": In(stream.Signature(unsigned(8))), "tx": Out(1, init=1)})
+        super().__init__({"data": In(stream.Signature(unsigned(8))), "tx": Out(1, init=1),
+                          "ready_next": Out(1, init=1)})
 
     def elaborate(self, platform):
         m = Module()
@@ -232,7 +240,10 @@ class UartTx(wiring.Component):
         cnt = Signal(range(d))
         idle = Signal(init=1)                               # == (left == 0)
         tick = Signal()                                     # == (cnt == 0) while sending
-        m.d.comb += [self.tx.eq(sh[0]), self.data.ready.eq(idle)]
+        m.d.comb += [self.tx.eq(sh[0]), self.data.ready.eq(idle),
+                     # idle's next value (the branches below): 0 if a byte is taken, else 1 if idle or
+                     # at the end of the last bit (the stop bit, left == 1)
+                     self.ready_next.eq(~(self.data.valid & idle) & (idle | (tick & (left == 1))))]
         with m.If(self.data.valid & idle):
             m.d.sync += [sh.eq(Cat(Const(0, 1), self.data.payload, Const(1, 1))), left.eq(10), cnt.eq(d - 1),
                          idle.eq(0), tick.eq(0)]                        # d >= 2: d - 1 != 0
@@ -255,8 +266,8 @@ class _BridgeCore(wiring.Component):
     * FIFO: a ``fifo_bytes`` memory (one DP16KD at 2048) with pointers one bit wider than its
       address; ``full``/``nonempty`` are registered from the pointers, one cycle late, which
       is safe because writes are >= 20 cycles apart and reads >= 4 cycles apart.
-    * Read pipeline: ``issue`` (memory read) -> ``b0`` (the block RAM's output, registered with
-      no logic in between) -> ``b`` + the frame-type compares, registered -> the parser.
+    * Read pipeline: ``issue`` (memory read of ``rp``) -> ``b0`` (the block RAM's output, registered
+      with no logic in between) -> ``b`` + the frame-type compares, registered -> the parser.
     * ``cmd``/``din``/``dout`` handshakes: valids, payloads and ``din.last`` are registers;
       ``dout`` lands in a one-word holding register (``dout.ready`` = holding register empty),
       so the accelerator's ``dout.valid`` only reaches one flip-flop's D input.
@@ -286,7 +297,16 @@ class _BridgeCore(wiring.Component):
         n = _log2(self.fifo_bytes, "fifo_bytes")
 
         # ---- receive FIFO (credit flow control keeps it from overflowing; overrun is sticky)
-        m.submodules.mem = mem = Memory(shape=8, depth=self.fifo_bytes, init=[])
+        # The read port is always enabled (no enable: yosys emulated the hold of a disabled read with
+        # a register and a mux between the DP16KD and b0, issue 6): b0 is only used two cycles after
+        # an ``issue`` (rd2), when it holds the entry read in that cycle. no_rw_check: a read that
+        # meets the write of its entry returns garbage on the FPGA (yosys need not emulate the
+        # old-data read), and only reads in ``issue`` cycles are used, which never meet a write
+        # (``fifo_no_collision``: the addresses are equal only when the FIFO is empty or full; an
+        # issue needs nonempty, which is a cycle late, but the issue before it blocks the next cycle
+        # (rd1); a write needs ~full, a cycle late, and a write one cycle before it is impossible:
+        # writes are >= 20 cycles apart).
+        m.submodules.mem = mem = Memory(shape=8, depth=self.fifo_bytes, init=[], attrs={"no_rw_check": 1})
         wport = mem.write_port()
         rport = mem.read_port(domain="sync")
         wp, rp = Signal(n + 1), Signal(n + 1)
@@ -304,7 +324,11 @@ class _BridgeCore(wiring.Component):
         b0 = Signal(8, reset_less=True)
         b = Signal(8, reset_less=True)
         is_cmd, is_data, is_hello = (Signal(reset_less=True) for _ in range(3))
-        m.d.comb += [issue.eq(nonempty & ~rd1 & ~rd2 & ~bv), rport.addr.eq(rp[:n]), rport.en.eq(issue)]
+        # issue is a flip-flop registered from the next values of the four it stands for (issue 6:
+        # one LUT of them drove the read enable and rp's and the credit counter's enables, ~29
+        # loads); the next values (nonempty: the pointers' compare; rd1: issue; bv: bv_next) below
+        issue_ref = nonempty & ~rd1 & ~rd2 & ~bv
+        m.d.comb += rport.addr.eq(rp[:n])
         with m.If(issue):
             m.d.sync += rp.eq(rp + 1)
         m.d.sync += [rd1.eq(issue), rd2.eq(rd1), b0.eq(rport.data)]
@@ -403,22 +427,27 @@ class _BridgeCore(wiring.Component):
                     with m.If(cnt_is0):
                         m.d.sync += [din_v.eq(1), din_last.eq(flag_last & left_is0)]
                         m.next = "WORD_OUT"
+            # The word's wait and the burst's count are one state, told apart by din_v (issue 6: the
+            # state register's enable read din.ready, a LUT of the decoder's flip-flops, through two
+            # LUTs; now only din_v reads it): while din_v, the word waits for din.ready; the cycle
+            # after its transfer (din_v = 0: the former WORD_NEXT state) counts, from registers only.
             with m.State("WORD_OUT"):
-                with m.If(self.din.ready):
-                    m.d.sync += din_v.eq(0)
-                    m.next = "WORD_NEXT"
-            with m.State("WORD_NEXT"):                      # the burst's count, from registers only
-                m.d.sync += [left.eq(left - 1), cnt.eq(bb - 1), cnt_is0.eq(int(bb == 1))]
-                with m.If(left_is0):
-                    m.next = "TYPE"
+                with m.If(din_v):
+                    with m.If(self.din.ready):
+                        m.d.sync += din_v.eq(0)
                 with m.Else():
-                    m.next = "WORD_BYTES"
+                    m.d.sync += [left.eq(left - 1), cnt.eq(bb - 1), cnt_is0.eq(int(bb == 1))]
+                    with m.If(left_is0):
+                        m.next = "TYPE"
+                    with m.Else():
+                        m.next = "WORD_BYTES"
         # The error byte's decision from flip-flops (issue 6: the state decode and the three type
         # compares were in front of err_req and err_byte's enable): type_r == "state is TYPE",
         # loaded from the next state (the transitions above); is_other registered with the byte.
         type_r = Signal(init=1)
+        burst_count = fsm.ongoing("WORD_OUT") & ~din_v     # the burst's count (see WORD_OUT)
         type_next = ((fsm.ongoing("TYPE") & ~(bv & (is_cmd | is_data | is_hello))) | (fsm.ongoing("HELLO_NONCE") & bv)
-                     | (fsm.ongoing("CMD_OUT") & self.cmd.ready) | (fsm.ongoing("WORD_NEXT") & left_is0))
+                     | (fsm.ongoing("CMD_OUT") & self.cmd.ready) | (burst_count & left_is0))
         m.d.sync += type_r.eq(type_next)
         m.d.comb += err_set.eq(type_r & bv & is_other)
         with m.If(err_set):
@@ -427,9 +456,10 @@ class _BridgeCore(wiring.Component):
         bv_next = rd2 | (bv & ~take)
         last_byte = bv & cnt_is0
         cmdb_next = ((fsm.ongoing("TYPE") & bv & is_cmd) | (fsm.ongoing("CMD_BYTES") & ~last_byte))
-        wordb_next = ((fsm.ongoing("DATA_HDR") & last_byte) | (fsm.ongoing("WORD_NEXT") & ~left_is0)
+        wordb_next = ((fsm.ongoing("DATA_HDR") & last_byte) | (burst_count & ~left_is0)
                       | (fsm.ongoing("WORD_BYTES") & ~last_byte))
         m.d.comb += sh_word_next.eq(bv_next & wordb_next)
+        m.d.sync += issue.eq((wp != rp) & ~issue & ~rd1 & ~bv_next)
         live = live_register(m)           # 0 on the first cycle after a reset (the checks' exemption)
         m.d.sync += [sh_desc.eq(bv_next & cmdb_next), sh_word.eq(sh_word_next)]
         # The registered enables and the combinational forms they stand for (no hardware: read by
@@ -439,6 +469,9 @@ class _BridgeCore(wiring.Component):
                               ("sh_word", sh_word, bv & fsm.ongoing("WORD_BYTES")),
                               *((f"sh_word_c{i}", Mux(live, c, sh_word), sh_word)
                                 for i, c in enumerate(sh_word_copies)),
+                              ("issue", issue, issue_ref),
+                              # the read never meets the write (the memory's no_rw_check above)
+                              ("fifo_no_collision", w_en & issue & (wp[:n] == rp[:n]), 0),
                               ("type_r", type_r, fsm.ongoing("TYPE")), ("cnt_is0", cnt_is0, cnt == 0),
                               ("err_set", err_set, fsm.ongoing("TYPE") & bv & ~is_cmd & ~is_data & ~is_hello)]
 
@@ -484,28 +517,71 @@ class _BridgeCore(wiring.Component):
         m.d.comb += [utx.data.payload.eq(tbuf[:8]), utx.data.valid.eq(busy)]
         # loading is only ever set while not busy and clears as busy sets (loading implies ~busy, a
         # shadow check): the frame-sent pulses are p_x & loading, one LUT of flip-flops (issue 6:
-        # err_req's and the credit counter's next values read them), and the shift register's
-        # enable is busy & ready | loading.
+        # err_req's and the credit counter's next values read them).
         m.d.comb += [hello_sent.eq(p_hello & loading), err_sent.eq(p_err & loading),
                      credit_sent.eq(p_credit & loading), word_sent.eq(p_word & loading)]
-        with m.If(busy & utx.data.ready):
-            m.d.sync += [tbuf.eq(tbuf >> 8), tleft.eq(tleft - 1), busy.eq(tleft != 1)]
-        with m.Elif(loading):
-            frames = [(p_hello, int.from_bytes(hello, "little") | (nonce << 40), HELLO_BYTES),
-                      (p_err, Cat(Const(D_ERROR, 8), err_byte), 2),
-                      (p_credit, Const(D_CREDIT, 8), 1),
-                      (p_word, Cat(Mux(dl, Const(D_LAST, 8), Const(D_WORD, 8)), dh), 1 + bb)]
-            sel_buf, sel_len = 0, 0
-            for p_, frame, length in frames:               # one-hot: an OR of ANDs, no priority chain
-                sel_buf = sel_buf | Mux(p_, frame, 0)
-                sel_len = sel_len | Mux(p_, length, 0)
-            m.d.sync += [tbuf.eq(sel_buf), tleft.eq(sel_len), busy.eq(1), loading.eq(0)]
-        with m.Elif(~busy):
-            has_credit = credits != 0
+        # busy, loading and tleft as next values (the shift, the load, the pick below), so that the
+        # transmit buffer's selects can be registered from them
+        shift = Signal()                                    # a byte of tbuf goes to utx
+        busy_next, loading_next = Signal(), Signal()
+        tleft_next = Signal.like(tleft)
+        pick = ~busy & ~loading                             # the one-hot frame registers load
+        has_credit = credits != 0
+        frame_len = (Mux(p_hello, HELLO_BYTES, 0) | Mux(p_err, 2, 0) | Mux(p_credit, 1, 0)    # one-hot: an
+                     | Mux(p_word, 1 + bb, 0))                                                  # OR of ANDs
+        m.d.comb += [shift.eq(busy & utx.data.ready),
+                     busy_next.eq(Mux(shift, tleft != 1, busy | loading)),
+                     loading_next.eq(pick & (hello_req | err_req | has_credit | dv)),
+                     tleft_next.eq(Mux(shift, tleft - 1, Mux(loading, frame_len, tleft)))]
+        m.d.sync += [busy.eq(busy_next), loading.eq(loading_next), tleft.eq(tleft_next)]
+        # shift's next value, busy_next & utx.ready_next, in fewer LUTs: when shifting, ready_next is 0
+        # (utx takes the byte), otherwise busy_next is busy | loading
+        shift_next = (busy | loading) & utx.ready_next
+        with m.If(pick):
             m.d.sync += [p_hello.eq(hello_req), p_err.eq(~hello_req & err_req),
                          p_credit.eq(~hello_req & ~err_req & has_credit),
-                         p_word.eq(~hello_req & ~err_req & ~has_credit & dv),
-                         loading.eq(hello_req | err_req | has_credit | dv)]
+                         p_word.eq(~hello_req & ~err_req & ~has_credit & dv)]
+        # The transmit buffer (8 * nmax flip-flops: 264 on the 32-byte bus) shifts down a byte when
+        # one is taken (shift) and loads the picked frame when loading. Its enable (shift | loading),
+        # its data select (shift) and, over the hello frame's bytes, p_hello are flip-flops in one
+        # copy per TBUF_CHUNK_BITS, registered from the next values above (issue 6: one LUT of busy,
+        # utx's ready and loading drove all 264 enables and data selects: 8-10 ns on the 30x4 top).
+        # The copies are reset-less (``kept_copy``): after a reset a copy may differ for one cycle
+        # and shift or load garbage into tbuf, which is harmless because tbuf is only read while
+        # busy, after a load has rewritten all of it. Bytes of the buffer past the loaded frame's
+        # length are never sent (tleft), so a byte that only the word frame uses takes dh's byte
+        # whatever the frame, and one that only the hello frame uses takes the hello's constant:
+        # one LUT of flip-flops per bit.
+        hello_v = Const(int.from_bytes(hello, "little"), 8 * HELLO_BYTES) | (nonce << 40)
+        word_v = Cat(Mux(dl, Const(D_LAST, 8), Const(D_WORD, 8)), dh)
+        tb_shifted = Cat(tbuf[8:], Const(0, 8))
+        tb_copies = []
+        for lo in range(0, len(tbuf), TBUF_CHUNK_BITS):
+            hi, g = min(lo + TBUF_CHUNK_BITS, len(tbuf)), lo // TBUF_CHUNK_BITS
+            sh_c = kept_copy(m, platform, shift_next, Const(1, 1), f"tbuf_sh_c{g}")
+            ce_c = kept_copy(m, platform, shift_next | loading_next, Const(1, 1), f"tbuf_ce_c{g}")
+            hello_c = (kept_copy(m, platform, hello_req, pick, f"tbuf_hello_c{g}") if lo < 8 * HELLO_BYTES
+                       else None)
+            tb_copies.append((g, sh_c, ce_c, hello_c))
+            load = []
+            for j in range(lo // 8, -(-hi // 8)):
+                if j == 0:                                  # the type byte: one-hot, an OR of ANDs
+                    load.append(Mux(hello_c, D_HELLO, 0) | Mux(p_err, D_ERROR, 0) | Mux(p_credit, D_CREDIT, 0)
+                                | Mux(p_word, word_v[:8], 0))
+                    continue
+                h = hello_v[8 * j:8 * j + 8] if j < HELLO_BYTES else None
+                w = word_v[8 * j:8 * j + 8] if j < 1 + bb else None
+                if j == 1:                                  # the error frame's byte too
+                    w = Mux(p_err, err_byte, w)
+                load.append(w if h is None else h if w is None else Mux(hello_c, h, w))
+            with m.If(ce_c):
+                m.d.sync += tbuf[lo:hi].eq(Mux(sh_c, tb_shifted[lo:hi], Cat(*load)[:hi - lo]))
+        # the copies from the cycle after a reset on (live: the exemption, as for sh_word's copies)
+        for g, sh_c, ce_c, hello_c in tb_copies:
+            self.shadow_checks += [(f"tbuf_sh_c{g}", Mux(live, sh_c, shift), shift),
+                                   (f"tbuf_ce_c{g}", Mux(live, ce_c, shift | loading), shift | loading)]
+            if hello_c is not None:
+                self.shadow_checks.append((f"tbuf_hello_c{g}", Mux(live, hello_c, p_hello), p_hello))
         self.shadow_checks.append(("loading_not_busy", loading & busy, 0))
         return m
 
@@ -515,8 +591,9 @@ class UartBridge(wiring.Component):
     ``cmd``/``din`` (Out: to the accelerator), ``dout`` (In: from it), ``rst`` (In: synchronous
     reset of the whole bridge and, through ``acc_rst``, of the accelerator: the board's PLL-lock
     reset), ``acc_rst`` (Out: the accelerator's reset, a flip-flop: 1 while ``rst`` was 1 in the
-    previous cycle and for one cycle after a break), ``overrun`` (sticky: a byte arrived with the
-    FIFO full, i.e. the host broke the credit rule; cleared by a break).
+    previous cycle and for one cycle after a break; on an ECP5 platform that flip-flop through a
+    DCCA, on a global network), ``overrun`` (sticky: a byte arrived with the FIFO full, i.e. the
+    host broke the credit rule; cleared by a break).
 
     ``acc_rst`` also resets the bridge's own core (FIFO, parser, transmitter), so a break resets
     core and accelerator in the same cycle. It is a register, not ``rst | break`` in logic, because
@@ -562,8 +639,20 @@ class UartBridge(wiring.Component):
         # reset-less with init 1: asserted from configuration until the first clock edge without rst
         acc_rst = Signal(init=1, reset_less=True)
         m.d.sync += acc_rst.eq(self.rst | urx.brk)
-        m.submodules.core = ResetInserter(acc_rst)(core)
-        m.d.comb += [urx.rx.eq(self.rx), self.tx.eq(core.tx), self.acc_rst.eq(acc_rst), self.overrun.eq(core.overrun)]
+        rst_net = acc_rst
+        if is_ecp5(platform):
+            # The accelerator's reset drives ~4 800 set/reset pins over the whole chip: as a fabric
+            # net from the acc_rst flip-flop it arrived at 13.3 ns on the 30x4 top (issue 6). A DCCA
+            # puts it on one of the ECP5's global networks (nextpnr routes a DCCA's output on the
+            # global tree, which also reaches fabric pins, and times CLKI -> CLKO like a wire). The
+            # core is reset from the global net too (issue 6: the flip-flop, placed by the DCCA,
+            # drove the core's ~80 set/reset pins as a fabric net, 7.9 ns), so the flip-flop drives
+            # the DCCA only. Elsewhere (simulation, Verilator, other vendors) the flip-flop drives
+            # the resets itself.
+            rst_net = Signal(name="acc_rst_global")
+            m.submodules.rst_global = Instance("DCCA", i_CLKI=acc_rst, i_CE=1, o_CLKO=rst_net)
+        m.submodules.core = ResetInserter(rst_net)(core)
+        m.d.comb += [urx.rx.eq(self.rx), self.tx.eq(core.tx), self.acc_rst.eq(rst_net), self.overrun.eq(core.overrun)]
         connect(m, urx.data, core.byte_in)
         connect(m, core.cmd, wiring.flipped(self.cmd))
         connect(m, core.din, wiring.flipped(self.din))
@@ -581,8 +670,8 @@ class UartAccelerator(wiring.Component):
 
     The accelerator's only reset is the bridge's ``acc_rst`` register (``rst`` or a break, one
     cycle later): placed in a domain without a reset (the board top), every accelerator
-    flip-flop's LSR pin is driven straight by that one flip-flop (fanout: thousands), with no
-    ``rst | break`` LUT in between."""
+    flip-flop's LSR pin is driven by that one flip-flop (fanout: thousands; on ECP5 through the
+    bridge's DCCA, a global network), with no ``rst | break`` LUT in between."""
 
     def __init__(self, cfg: ArrayConfig, divisor: int, fifo_bytes: int = FIFO_BYTES,
                  credit_unit: int = CREDIT_UNIT):
@@ -596,16 +685,8 @@ class UartAccelerator(wiring.Component):
         m = Module()
         m.submodules.bridge = br = self.bridge
         acc = Accelerator(self.cfg)
-        acc_rst = br.acc_rst
-        if is_ecp5(platform):
-            # The accelerator's reset drives ~4 800 set/reset pins over the whole chip: as a fabric
-            # net from the acc_rst flip-flop it arrived at 13.3 ns on the 30x4 top (issue 6). A DCCA
-            # puts it on one of the ECP5's global networks (nextpnr routes a DCCA's output on the
-            # global tree, which also reaches fabric pins, and times CLKI -> CLKO like a wire).
-            # Elsewhere (simulation, Verilator, other vendors) the flip-flop drives the reset itself.
-            acc_rst = Signal()
-            m.submodules.rst_global = Instance("DCCA", i_CLKI=br.acc_rst, i_CE=1, o_CLKO=acc_rst)
-        m.submodules.acc = ResetInserter(acc_rst)(acc)
+        # on ECP5 br.acc_rst is already on a global network (UartBridge)
+        m.submodules.acc = ResetInserter(br.acc_rst)(acc)
         connect(m, br.cmd, acc.cmd)
         connect(m, br.din, acc.din)
         connect(m, acc.dout, br.dout)
