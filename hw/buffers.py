@@ -276,7 +276,7 @@ def kept_copy(m, platform, d, en, name):
     return q
 
 
-def live_register(m, platform=None, name="w_live"):
+def live_register(m, platform, name="w_live"):
     """A reset register (init 0) loaded with 1: ``live(t+1) = ~rst(t)``, and 0 on the first cycle.
 
     Every live register of a design is the same register (reset 0, D = 1), so yosys' opt_merge

@@ -4,7 +4,7 @@ A job (``job_layout``) is one decoded RUN descriptor (golden/isa.py). The
 queue holds ``JOB_QUEUE_DEPTH`` jobs (entries in a ring, per-entry flags
 ``valid``/``streamed``/``pushed``; the hardware keeps them as registers ``free`` =
 ~valid, ``savail`` = valid & ~streamed, ``pavail`` = valid & ~pushed, and stores
-with each job its k == 1, k == 2, k - 1, ntiles == 1, ntiles == 2, ntiles - 1, so the
+with each job its k == 1, k == 2, ntiles == 1, ntiles == 2, ntiles - 1, so the
 engines' decisions start from flip-flops). Three engines walk the ring in order,
 each at its own pace:
 
@@ -40,6 +40,8 @@ entries. Counter events: ``macs_inc`` (rows_valid * lanes_valid of the job
 of a beat the core accepts this cycle, else 0), ``job_done``.
 """
 from __future__ import annotations
+
+import itertools
 
 from amaranth import Array, C, Cat, Module, Mux, Signal
 from amaranth.lib import data, stream, wiring
@@ -105,17 +107,16 @@ class Sequencer(wiring.Component):
         # which are reset.
         jobs = Array(Signal(jl, name=f"job{i}", reset_less=True) for i in range(J))
         # Per-entry values precomputed from the payload and stored with it (the engines' end
-        # tests and counter loads then start from flip-flops): k == 1, k == 2, k - 1, ntiles == 1,
-        # ntiles == 2, ntiles - 1.
+        # tests and counter loads then start from flip-flops): k == 1, k == 2, ntiles == 1,
+        # ntiles == 2, ntiles - 1 (the streamer's counters load k and ntiles themselves).
         k1 = Array(Signal(name=f"k1_{i}", reset_less=True) for i in range(J))
         k2 = Array(Signal(name=f"k2_{i}", reset_less=True) for i in range(J))
-        km1 = Array(Signal(kr, name=f"km1_{i}", reset_less=True) for i in range(J))
         nt1 = Array(Signal(name=f"nt1_{i}", reset_less=True) for i in range(J))
         nt2 = Array(Signal(name=f"nt2_{i}", reset_less=True) for i in range(J))
         ntm1 = Array(Signal(tr, name=f"ntm1_{i}", reset_less=True) for i in range(J))
         pl_k1, pl_k2, pl_nt1, pl_nt2 = Signal(), Signal(), Signal(), Signal()
-        pl_km1, pl_ntm1 = Signal(kr), Signal(tr)
-        m.d.comb += [pl_k1.eq(pl.k == 1), pl_k2.eq(pl.k == 2), pl_km1.eq(pl.k - 1), pl_nt1.eq(pl.ntiles == 1),
+        pl_ntm1 = Signal(tr)
+        m.d.comb += [pl_k1.eq(pl.k == 1), pl_k2.eq(pl.k == 2), pl_nt1.eq(pl.ntiles == 1),
                      pl_nt2.eq(pl.ntiles == 2), pl_ntm1.eq(pl.ntiles - 1)]
         # Entry state, registered per entry from next-state logic (section "entry flags" below):
         # free == ~valid, savail == valid & ~streamed, pavail == valid & ~pushed.
@@ -143,8 +144,10 @@ class Sequencer(wiring.Component):
         m.d.sync += tail.eq(tail_n)
         for i in range(J):
             with m.If(free[i]):
-                m.d.sync += [jobs[i].eq(pl), k1[i].eq(pl_k1), k2[i].eq(pl_k2), km1[i].eq(pl_km1), nt1[i].eq(pl_nt1),
+                m.d.sync += [jobs[i].eq(pl), k1[i].eq(pl_k1), k2[i].eq(pl_k2), nt1[i].eq(pl_nt1),
                              nt2[i].eq(pl_nt2), ntm1[i].eq(pl_ntm1)]
+
+        retire = Signal()                                # the head job's last row is written (writer)
 
         def enq_at(ptr):
             return enq & (tail == ptr)
@@ -173,12 +176,16 @@ class Sequencer(wiring.Component):
         s_avail = Signal()                               # == valid[sptr] & ~streamed[sptr]
         s_j = Signal(kr)                                 # reference: beat within the tile
         s_t = Signal(tr)                                 # reference: tile
-        j_rem = Signal(kr)                               # == sj.k - 1 - s_j
-        t_rem = Signal(tr)                               # == sj.ntiles - 1 - s_t
-        j_end = Signal()                                 # == j_rem == 0
-        j_rem1 = Signal()                                # == j_rem == 1 (j_end's next on a beat)
-        t_rem1 = Signal()                                # == t_rem == 1 (t_end's next on a tile)
-        t_end = Signal()                                 # == t_rem == 0
+        # The counters hold the beats/tiles left INCLUDING the current one, so they load k and
+        # ntiles straight from the payload (no subtractor between the decoder's register and the
+        # counter: the j_rem load was pl.k - 1, a carry chain, then two muxes).
+        j_rem = Signal(range(k_max(cfg) + 1))            # == sj.k - s_j
+        j_end = Signal()                                 # == j_rem == 1
+        j_rem1 = Signal()                                # == j_rem == 2 (j_end's next on a beat)
+        # t_rem == sj.ntiles - s_t, t_rem1 == t_rem == 2 (t_end's next on a tile) and t_end ==
+        # t_rem == 1 are kept flip-flops (below) loaded from these.
+        d_t_rem = Signal(range(ntiles_max(cfg) + 1), name="d_t_rem")
+        d_t_rem1, d_t_end = Signal(name="d_t_rem1"), Signal(name="d_t_end")
         a_addr = Signal(range(cfg.act_depth), reset_less=True)   # == sj.act_offset + s_t*k + s_j
         g_addr = Signal(range(cfg.wgt_depth), reset_less=True)   # == sj.wgt_offset + s_j
         # The banks are registers too: a buffer of power-of-two depth takes the bank as its
@@ -192,31 +199,53 @@ class Sequencer(wiring.Component):
         take = v & self.core_inp.ready
         issue = s_avail & (~v | take)
         s_free = Signal(init=1)                          # == free[sptr]
-        # Next values of s_avail, s_free and v (assigned below) for their copies.
-        s_avail_n, s_free_n, v_n = Signal(), Signal(init=1), Signal()
+        s_fin = Signal()                                 # == j_end & t_end
+        fl = Signal(init=1)                              # == s_free | sn_free (reference for its copies)
+        # Next values of s_avail, s_free, v and fl (assigned below) for their copies; d_fin and
+        # d_j_end: s_fin's and j_end's data inputs (loaded on ce_s).
+        s_avail_n, s_free_n, v_n, fl_n = Signal(), Signal(init=1), Signal(), Signal(init=1)
+        d_fin, d_j_end = Signal(name="d_fin"), Signal(name="d_j_end")
         ready = self.core_inp.ready
-        live = live_register(m, "s_live")
+        live = live_register(m, platform, "s_live")
         copy_checks = []
 
-        def streamer_copy(tag):
-            """The read enable (issue) and the streamer's clock enable (ce_s, below) for one group
-            of loads, from its own copies of s_avail, s_free and v: one LUT of inp.ready and
-            flip-flops each (timing, issue 6: `issue` drove both buffers' read enables, ~40
-            DP16KD, and ce_s ~35 flip-flops). The copies are reset-less (`kept_copy`); `live`
-            stands in for their reset (as hw.buffers.enable_copy): in the cycle after a reset
-            cycle s_avail and v are 0 and s_free is 1."""
-            sa = kept_copy(m, platform, s_avail_n, C(1, 1), f"s_avail_{tag}")
+        def streamer_copy(tag, with_issue=True):
+            """For one group of loads: the streamer's clock enable (ce_s, below) and, with_issue, the
+            read enable (issue), from the group's own copies of s_avail, s_free and v: one LUT of
+            inp.ready and flip-flops each (timing, issue 6: `issue` drove both buffers' read
+            enables, ~40 DP16KD, and ce_s ~35 flip-flops); and the group's copies of s_free, s_fin
+            and fl (== s_free | sn_free), the selects of its registers' data inputs (below: one
+            LUT and two muxes of flip-flops next to the register, not use_pl, a LUT of fanout 66,
+            and a job-pointer mux). The copies are reset-less (`kept_copy`); `live` stands in for
+            their reset (as hw.buffers.enable_copy): in the cycle after a reset cycle s_avail, v
+            and s_fin are 0 and s_free and fl are 1. The data selects need no `live`: in that cycle
+            no entry is valid (a job is handed over >= 3 cycles after a command), and the next
+            cycle (s_free, so ce) loads again."""
+            # the group's own live register too (one shared was a flip-flop beside neither group)
+            live = live_register(m, platform, f"s_live_{tag}")
             sf = kept_copy(m, platform, s_free_n, C(1, 1), f"s_free_{tag}")
             vc = kept_copy(m, platform, v_n, C(1, 1), f"v_{tag}")
-            en, ce = Signal(name=f"issue_{tag}"), Signal(name=f"ce_s_{tag}")
-            m.d.comb += [en.eq(live & sa & (~vc | ready)), ce.eq(~live | sf | ~vc | ready)]
-            copy_checks.extend([(f"s_avail_{tag}", sa & live, s_avail), (f"s_free_{tag}", sf | ~live, s_free),
-                                (f"v_{tag}", vc & live, v), (f"issue_{tag}", en, issue),
-                                (f"ce_s_{tag}", ce, s_free | ~v | ready)])
-            return en, ce
+            ce = Signal(name=f"ce_s_{tag}")
+            m.d.comb += ce.eq(~live | sf | ~vc | ready)
+            fin = kept_copy(m, platform, d_fin, ce, f"s_fin_{tag}")
+            flc = kept_copy(m, platform, fl_n, C(1, 1), f"fl_{tag}")
+            copy_checks.extend([(f"s_free_{tag}", sf | ~live, s_free), (f"v_{tag}", vc & live, v),
+                                (f"ce_s_{tag}", ce, s_free | ~v | ready),
+                                (f"s_fin_{tag}", fin & live, s_fin), (f"fl_{tag}", flc | ~live, fl)])
+            en = None
+            if with_issue:
+                sa = kept_copy(m, platform, s_avail_n, C(1, 1), f"s_avail_{tag}")
+                en = Signal(name=f"issue_{tag}")
+                m.d.comb += en.eq(live & sa & (~vc | ready))
+                copy_checks.extend([(f"s_avail_{tag}", sa & live, s_avail), (f"issue_{tag}", en, issue)])
+            return en, ce, sf, fin, flc
 
-        issue_act, ce_act = streamer_copy("act")
-        issue_wgt, ce_wgt = streamer_copy("wgt")
+        issue_act, ce_act, sf_act, fin_act, fl_act = streamer_copy("act")
+        issue_wgt, ce_wgt, sf_wgt, fin_wgt, fl_wgt = streamer_copy("wgt")
+        # The counters' group (j_*/t_*) and the current job's fields (s_cur, below): their own
+        # clock enables and selects (one group was ~80 loads per select copy).
+        _, ce_cnt, sf_cnt, fin_cnt, fl_cnt = streamer_copy("cnt", with_issue=False)
+        _, ce_cur, sf_cur, fin_cur, fl_cur = streamer_copy("cur", with_issue=False)
         m.d.comb += [
             self.act_r.en.eq(issue_act), self.act_r.bank.eq(a_bank), self.act_r.addr.eq(a_addr),
             self.wgt_r.en.eq(issue_wgt), self.wgt_r.bank.eq(g_bank), self.wgt_r.addr.eq(g_addr),
@@ -235,68 +264,101 @@ class Sequencer(wiring.Component):
             # was enqueued there (a final issue moves snext onto the entry just streamed), so
             # it is never loaded from elsewhere. Unused fields are removed by synthesis.
             sn_job = Signal(jl, name="sn_job", reset_less=True)
-            sn_ent = {n: Signal(like, name=f"sn_{n}", reset_less=True)
-                      for n, like in (("k1", 1), ("k2", 1), ("km1", kr), ("nt1", 1), ("nt2", 1), ("ntm1", tr),
-                                      ("fin1", 1))}
-            pl_ent = dict(k1=pl_k1, k2=pl_k2, km1=pl_km1, nt1=pl_nt1, nt2=pl_nt2, ntm1=pl_ntm1, fin1=pl_k1 & pl_nt1)
+            sn_ent = {n: Signal(name=f"sn_{n}", reset_less=True) for n in ("k1", "k2", "nt1", "nt2", "fin1")}
+            pl_ent = dict(k1=pl_k1, k2=pl_k2, nt1=pl_nt1, nt2=pl_nt2, fin1=pl_k1 & pl_nt1)
             with m.If(sn_free):
                 m.d.sync += [sn_job.eq(pl), *(sn_ent[n].eq(pl_ent[n]) for n in sn_ent)]
             sn, sne = sn_job, sn_ent
         else:
-            sn, sne = jobs[snext], dict(k1=k1[snext], k2=k2[snext], km1=km1[snext], nt1=nt1[snext], nt2=nt2[snext],
-                                        ntm1=ntm1[snext], fin1=k1[snext] & nt1[snext])
+            sn, sne = jobs[snext], dict(k1=k1[snext], k2=k2[snext], nt1=nt1[snext], nt2=nt2[snext],
+                                        fin1=k1[snext] & nt1[snext])
         # Timing (issue 6): the core's inp.ready arrives late, so the streamer's registers see it
         # only in their clock enable, one LUT of flip-flops and inp.ready: ce_s = s_free | ~v |
-        # inp.ready (the t_* registers: ce_s & (s_free | j_end)); their data inputs are
-        # functions of flip-flops alone (on s_free: track the payload, else: the next state
-        # of an issue). s_free == free[sptr] and s_fin == j_end & t_end are registers
-        # (next-state logic below). With s_avail, ce_s == issue | s_free (issue needs s_avail,
-        # so never with s_free); without s_avail and s_free the entry at sptr is streamed
-        # (valid, its final beat issued), the registers load values nothing looks at (no read
-        # is issued, every check is under s_avail), and the entry is free, so they track the
-        # payload, before it is enqueued again. sptr alone moves on the final issue itself.
-        # (Was: issue through 2-3 more LUT levels to j_rem/t_rem/a_addr/the banks' enables.)
-        # The act and wgt registers take ce_s from their group's copies (streamer_copy).
-        s_fin = Signal()                                 # == j_end & t_end
+        # inp.ready; their data inputs are functions of flip-flops alone (on s_free: track the
+        # payload, else: the next state of an issue). s_free == free[sptr] and s_fin == j_end &
+        # t_end are registers (next-state logic below). With s_avail, ce_s == issue | s_free
+        # (issue needs s_avail, so never with s_free); without s_avail and s_free the entry at
+        # sptr is streamed (valid, its final beat issued), the registers load values nothing
+        # looks at (no read is issued, every check is under s_avail), and the entry is free, so
+        # they track the payload, before it is enqueued again. sptr alone moves on the final
+        # issue itself. The act, wgt and counter registers take ce_s and their selects from
+        # their group's copies (streamer_copy).
         s_final = Signal()                               # the job's final beat is issued
         m.d.comb += s_final.eq(issue & s_fin)
         snext2 = _wrap_inc(snext, J)
-        m.d.comb += s_free_n.eq(Mux(s_final, free_n[snext], free_n[sptr]))
-        m.d.sync += [s_free.eq(s_free_n), sn_free.eq(Mux(s_final, free_n[snext2], free_n[snext]))]
+        sn_free_n = Signal(init=1, name="sn_free_n")
+        # free[ptr] next, written with the two late inputs last (the decoder's job.valid through
+        # enq, the core's inp.ready through s_final): the rest is one LUT of flip-flops.
+        fr_s = [free[i] | (retire & (wptr == i)) for i in (snext, sptr)]
+        m.d.comb += [s_free_n.eq(Mux(enq, Mux(s_final, fr_s[0] & (tail != snext), fr_s[1] & (tail != sptr)),
+                                     Mux(s_final, fr_s[0], fr_s[1]))),
+                     sn_free_n.eq(Mux(s_final, free_n[snext2], free_n[snext]))]
+        if J == 2:
+            # snext2 == sptr: s_free | sn_free is "some entry is free" whether or not the pointer
+            # moves. Written from the flip-flops with the enqueue last (not through free_n, which
+            # synthesis then shares with the other free[ptr] copies, a LUT level deeper): an
+            # enqueue fills entry `tail` (free), the other one is free next unless it is valid and
+            # not retiring; without one, an entry is free next if one is free now or retires.
+            fr = [free[i] | (retire & (wptr == i)) for i in range(J)]
+            m.d.comb += fl_n.eq(Mux(enq, Mux(tail, fr[0], fr[1]), free[0] | free[1] | retire))
+        else:
+            m.d.comb += fl_n.eq(s_free_n | sn_free_n)
+        m.d.sync += [s_free.eq(s_free_n), sn_free.eq(sn_free_n), fl.eq(fl_n)]
         ce_s = Signal()
         m.d.comb += ce_s.eq(s_free | ~v | ready)
-        # use_pl: the registers load the payload (tracking, or the final issue onto a free next
-        # entry, which may be enqueued now); it selects last, so the payload's compares
-        # (pl_k1 etc., 2 LUT levels) meet one LUT. Without use_pl and s_free, s_fin implies
-        # ~sn_free: the next entry's values are sn/sne.
-        use_pl = Signal()
-        m.d.comb += use_pl.eq(s_free | (s_fin & sn_free))
-        d_j_rem, d_j_end = Signal.like(j_rem), Signal()
-        d_t_rem, d_t_end, d_fin = Signal.like(t_rem), Signal(), Signal()
-        d_j_rem1, d_t_rem1 = Signal(), Signal()
+        # The data inputs select the payload (tracking, or the final issue onto a free next entry,
+        # which may be enqueued now), the next entry's values (the final issue onto a valid one)
+        # or the job's own next state. Was Mux(use_pl, payload, ...) with use_pl = s_free | (s_fin
+        # & sn_free); with s_fin that is fl, without it s_free, so the same choice is
+        # Mux(s_fin, Mux(fl, payload, next entry), Mux(s_free, payload, own)): one LUT and two
+        # muxes of the group's flip-flop copies.
+        def ld(g, pl_v, sn_v, own):
+            sf, fin, flc = g
+            return Mux(fin, Mux(flc, pl_v, sn_v), Mux(sf, pl_v, own))
+
+        g_act, g_wgt, g_cnt = (sf_act, fin_act, fl_act), (sf_wgt, fin_wgt, fl_wgt), (sf_cnt, fin_cnt, fl_cnt)
+        g_cur = (sf_cur, fin_cur, fl_cur)
+        # The current job's fields the counters and buffer registers restart from (a tile's first
+        # beat, the banks), registered (were jobs[sptr].*, a mux on the job pointer): s_cur ==
+        # (act_bank, wgt_bank, wgt_offset, k, k == 1, k == 2) of jobs[sptr] while s_avail. They hold
+        # during a job: kept flip-flops keep that hold in the data input, so the clock enable is
+        # ce_cur itself (as Amaranth registers: ce & (s_free | s_fin), a LUT behind a LUT).
+        cur_pl = [pl.act_bank, pl.wgt_bank, pl.wgt_offset, pl.k, pl_k1, pl_k2]
+        cur_sn = [sn.act_bank, sn.wgt_bank, sn.wgt_offset, sn.k, sne["k1"], sne["k2"]]
+        d_s_cur = Signal(len(Cat(*cur_pl)), name="d_s_cur")
+        s_cur = kept_copy(m, platform, d_s_cur, ce_cur, "s_cur")
+        c_abank, c_gbank, c_goff, c_k, c_k1, c_k2 = (
+            s_cur[lo:lo + len(f)] for lo, f in zip(itertools.accumulate(len(f) for f in [C(0, 0)] + cur_pl), cur_pl))
+        m.d.comb += d_s_cur.eq(ld(g_cur, Cat(*cur_pl), Cat(*cur_sn), s_cur))
+        # t_rem/t_rem1/t_end hold within a tile: as Amaranth registers that hold became a clock
+        # enable ce_s & (s_free | j_end), a LUT behind a LUT (t_rem CE 9.0 ns on the 30x4 top);
+        # as kept flip-flops the hold stays in the data input and the enable is ce_cnt.
+        t_rem = kept_copy(m, platform, d_t_rem, ce_cnt, "t_rem")
+        t_rem1 = kept_copy(m, platform, d_t_rem1, ce_cnt, "t_rem1")
+        t_end = kept_copy(m, platform, d_t_end, ce_cnt, "t_end")
+        d_j_rem, d_j_rem1 = Signal.like(j_rem, name="d_j_rem"), Signal(name="d_j_rem1")
         m.d.comb += [
-            d_j_rem.eq(Mux(use_pl, pl_km1, Mux(j_end, Mux(t_end, sne["km1"], km1[sptr]), j_rem - 1))),
-            d_j_rem1.eq(Mux(use_pl, pl_k2, Mux(j_end, Mux(t_end, sne["k2"], k2[sptr]), j_rem == 2))),
-            d_j_end.eq(Mux(use_pl, pl_k1, Mux(j_end, Mux(t_end, sne["k1"], k1[sptr]), j_rem1))),
-            d_t_rem.eq(Mux(use_pl, pl_ntm1, Mux(j_end, Mux(t_end, sne["ntm1"], t_rem - 1), t_rem))),
-            d_t_rem1.eq(Mux(use_pl, pl_nt2, Mux(j_end, Mux(t_end, sne["nt2"], t_rem == 2), t_rem1))),
-            d_t_end.eq(Mux(use_pl, pl_nt1, Mux(j_end, Mux(t_end, sne["nt1"], t_rem1), t_end))),
-            d_fin.eq(Mux(use_pl, pl_k1 & pl_nt1,
-                         Mux(j_end, Mux(t_end, sne["fin1"], k1[sptr] & t_rem1), j_rem1 & t_end))),
+            d_j_rem.eq(ld(g_cnt, pl.k, sn.k, Mux(j_end, c_k, j_rem - 1))),
+            d_j_rem1.eq(ld(g_cnt, pl_k2, sne["k2"], Mux(j_end, c_k2, j_rem == 3))),
+            d_j_end.eq(ld(g_cnt, pl_k1, sne["k1"], Mux(j_end, c_k1, j_rem1))),
+            d_t_rem.eq(ld(g_cnt, pl.ntiles, sn.ntiles, Mux(j_end, t_rem - 1, t_rem))),
+            d_t_rem1.eq(ld(g_cnt, pl_nt2, sne["nt2"], Mux(j_end, t_rem == 3, t_rem1))),
+            d_t_end.eq(ld(g_cnt, pl_nt1, sne["nt1"], Mux(j_end, t_rem1, t_end))),
+            d_fin.eq(ld(g_cnt, pl_k1 & pl_nt1, sne["fin1"], Mux(j_end, c_k1 & t_rem1, j_rem1 & t_end))),
         ]
+        with m.If(ce_cnt):
+            m.d.sync += [j_rem.eq(d_j_rem), j_rem1.eq(d_j_rem1), j_end.eq(d_j_end)]
         with m.If(ce_s):
-            m.d.sync += [
-                j_rem.eq(d_j_rem), j_rem1.eq(d_j_rem1), j_end.eq(d_j_end),
-                t_rem.eq(d_t_rem), t_rem1.eq(d_t_rem1), t_end.eq(d_t_end), s_fin.eq(d_fin),
-            ]
-        # (sj.*_bank == the bank register on an issue: not a hold, so no second enable)
+            m.d.sync += s_fin.eq(d_fin)
+        # (the bank registers load c_*, not themselves: a hold would become a clock-enable LUT)
         with m.If(ce_act):
-            m.d.sync += [a_addr.eq(Mux(use_pl, pl.act_offset, Mux(s_fin, sn.act_offset, a_addr + 1))),
-                         a_bank.eq(Mux(use_pl, pl.act_bank, Mux(s_fin, sn.act_bank, sj.act_bank)))]
+            m.d.sync += [a_addr.eq(ld(g_act, pl.act_offset, sn.act_offset, a_addr + 1)),
+                         a_bank.eq(ld(g_act, pl.act_bank, sn.act_bank, c_abank))]
+        j_end_wgt = kept_copy(m, platform, d_j_end, ce_wgt, "j_end_wgt")     # j_end for the wgt group
+        copy_checks.append(("j_end_wgt", j_end_wgt & live, j_end))
         with m.If(ce_wgt):
-            m.d.sync += [g_addr.eq(Mux(use_pl, pl.wgt_offset,
-                                       Mux(j_end, Mux(t_end, sn.wgt_offset, sj.wgt_offset), g_addr + 1))),
-                         g_bank.eq(Mux(use_pl, pl.wgt_bank, Mux(s_fin, sn.wgt_bank, sj.wgt_bank)))]
+            m.d.sync += [g_addr.eq(ld(g_wgt, pl.wgt_offset, sn.wgt_offset, Mux(j_end_wgt, c_goff, g_addr + 1))),
+                         g_bank.eq(ld(g_wgt, pl.wgt_bank, sn.wgt_bank, c_gbank))]
         with m.If(s_final):
             m.d.sync += sptr.eq(snext)
         m.d.comb += v_n.eq(Mux(issue, 1, Mux(take, 0, v)))
@@ -340,13 +402,23 @@ class Sequencer(wiring.Component):
         # cur_*/nxt_* load from it, the payload or themselves (was: the entries' payloads
         # through pptr_n, a mux on pfinal: 2.5 LUT levels, 10.6 ns on the 30x4 top).
         pv_last = Signal()                                      # == pv & p_last
+        # The read address's own copy of pv_last (reset-less, `live` for its reset as the
+        # streamer's copies): rd_par drives the params buffer's ~11 read-address copies across the
+        # die, and through the shared pv_last & params.ready (fanout 20) it was two LUT levels
+        # (par r_addr 8.6 ns on the 30x4 top); with a copy used by nothing else each bit is one
+        # LUT4 of flip-flops and params.ready. In the cycle after a reset it may select nxt_*:
+        # nothing is offered then (pv = 0 on the next cycle) and cur_* load the payload (pc_free).
+        pv_last_n = Signal(name="pv_last_n")
+        pv_last_rd = kept_copy(m, platform, pv_last_n, C(1, 1), "pv_last_rd")
+        copy_checks.append(("pv_last_rd", pv_last_rd & live, pv_last))
         pc_free = Signal(init=1)                                # == free[pptr]
         pn_free = Signal(init=1)                                # == free[pnext]
         pfire = pv & self.core_params.ready
         pfinal = Signal()
         rd_par = Signal(len(cur_index) + len(cur_bank))         # Cat(index, bank) read now
         m.d.comb += [pfinal.eq(pv_last & self.core_params.ready),
-                     rd_par.eq(Mux(pfinal, Cat(nxt_index, nxt_bank), Cat(cur_index, cur_bank))),
+                     rd_par.eq(Mux(pv_last_rd & self.core_params.ready, Cat(nxt_index, nxt_bank),
+                                   Cat(cur_index, cur_bank))),
                      self.core_params.valid.eq(pv), self.core_params.payload.eq(self.par_r.data),
                      self.par_r.en.eq(1),
                      Cat(self.par_r.addr, self.par_r.bank).eq(rd_par)]
@@ -367,10 +439,12 @@ class Sequencer(wiring.Component):
             pc_free.eq(Mux(pfinal, free_n[pnext], free_n[pptr])),
             pn_free.eq(Mux(pfinal, free_n[pnext2], free_n[pnext])),
         ]
-        pv_n, p_last_n = Signal(), Signal()
-        m.d.comb += [pv_n.eq(Mux(pv, Mux(pfinal, n_avail, pv), p_avail)),
-                     p_last_n.eq(Mux(pv, Mux(pfire, Mux(p_last, nt1[pnext], p_rem1), p_last), nt1[pptr]))]
-        m.d.sync += pv_last.eq(pv_n & p_last_n)
+        # pv & p_last on the next cycle, written with params.ready (from the core) last: a final
+        # push moves to the next job (its ntiles == 1 if it is on offer next), another push to
+        # p_rem1; without a push pv & p_last holds, or the entry at pptr comes on offer.
+        m.d.comb += pv_last_n.eq(Mux(pv & self.core_params.ready, Mux(p_last, n_avail & nt1[pnext], p_rem1),
+                                     Mux(pv, p_last, p_avail & nt1[pptr])))
+        m.d.sync += pv_last.eq(pv_last_n)
         with m.If(~pv):
             m.d.sync += [p_rem.eq(ntm1[pptr]), p_last.eq(nt1[pptr]), p_rem1.eq(nt2[pptr])]
             with m.If(p_avail):
@@ -388,8 +462,12 @@ class Sequencer(wiring.Component):
         wnext = _wrap_inc(wptr, J)
         w_r = Signal(range(cfg.rows))
         w_t = Signal(tr)                                         # reference: tile
-        w_trem = Signal(tr)                                      # == wj.ntiles - 1 - w_t
-        w_tend = Signal()                                        # == w_trem == 0
+        # w_trem == wj.ntiles - w_t (the tiles left including the current one, loaded from ntiles
+        # itself: no subtractor behind the decoder's register) and w_trem1 == w_trem == 2
+        # (w_tend's next) are kept flip-flops (below) loaded from these.
+        d_w_trem = Signal(range(ntiles_max(cfg) + 1), name="d_w_trem")
+        d_w_trem1 = Signal(name="d_w_trem1")
+        w_tend = Signal()                                        # == w_trem == 1
         o_addr = Signal(range(cfg.out_depth), reset_less=True)  # == wj.out_offset + w_t*rows + w_r
         o_bank = Signal(bank_shape(), reset_less=True)           # == wj.out_bank (as a_bank)
         m.d.comb += [
@@ -400,46 +478,61 @@ class Sequencer(wiring.Component):
         # Timing (issue 6), as the streamer: w_free == free[wptr], wn_free == free[wnext] and
         # w_fin == w_lastrow & w_tend are registers; the writer's registers load on ce_w =
         # core_out.valid | w_free (a row arrives only for the valid head job, so never with
-        # w_free) from data inputs that select the payload last (w_use_pl: tracking, or the
-        # retire onto a free next entry). For J == 2 the next entry's fields are registers
-        # (wn_job == jobs[wnext] whenever that entry is valid: it was enqueued there, as sn_job).
+        # w_free) from data inputs that select the payload (tracking, or the retire onto a free
+        # next entry), the next entry's fields (the retire onto a valid one) or their own next
+        # state, as the streamer's: Mux(w_fin, Mux(w_fl, payload, next entry), Mux(w_free,
+        # payload, own)) with w_fl == w_free | wn_free a register (was Mux(w_use_pl, ...) with
+        # w_use_pl = w_free | (w_fin & wn_free), a LUT of fanout 38). For J == 2 the next entry's
+        # fields are registers (wn_job == jobs[wnext] whenever that entry is valid: it was
+        # enqueued there, as sn_job).
         w_free = Signal(init=1)                                  # == free[wptr]
         wn_free = Signal(init=1)                                 # == free[wnext]
         w_fin = Signal(init=0)                                   # == w_lastrow & w_tend
         if J == 2:
             wn_job = Signal(jl, name="wn_job", reset_less=True)
-            wn_ntm1 = Signal(tr, name="wn_ntm1", reset_less=True)
             wn_nt1 = Signal(name="wn_nt1", reset_less=True)
             wn_nt2 = Signal(name="wn_nt2", reset_less=True)
             with m.If(wn_free):
-                m.d.sync += [wn_job.eq(pl), wn_ntm1.eq(pl_ntm1), wn_nt1.eq(pl_nt1), wn_nt2.eq(pl_nt2)]
-            wn, wne = wn_job, dict(ntm1=wn_ntm1, nt1=wn_nt1, nt2=wn_nt2)
+                m.d.sync += [wn_job.eq(pl), wn_nt1.eq(pl_nt1), wn_nt2.eq(pl_nt2)]
+            wn, wne = wn_job, dict(nt1=wn_nt1, nt2=wn_nt2)
         else:
-            wn, wne = jobs[wnext], dict(ntm1=ntm1[wnext], nt1=nt1[wnext], nt2=nt2[wnext])
-        w_trem1 = Signal()                                       # == w_trem == 1 (w_tend's next)
+            wn, wne = jobs[wnext], dict(nt1=nt1[wnext], nt2=nt2[wnext])
         w_lastrow = Signal(init=int(cfg.rows == 1))                  # == w_r == rows - 1
         w_prerow = Signal(init=int(cfg.rows == 2))                   # == w_r == rows - 2 (w_lastrow's next)
-        retire = Signal()
         m.d.comb += retire.eq(self.core_out.valid & w_fin)
         wnext2 = _wrap_inc(wnext, J)
-        m.d.sync += [w_free.eq(Mux(retire, free_n[wnext], free_n[wptr])),
-                     wn_free.eq(Mux(retire, free_n[wnext2], free_n[wnext]))]
-        w_use_pl = Signal()
-        m.d.comb += w_use_pl.eq(w_free | (w_fin & wn_free))
+        w_free_n, wn_free_n = Signal(init=1, name="w_free_n"), Signal(init=1, name="wn_free_n")
+        m.d.comb += [w_free_n.eq(Mux(retire, free_n[wnext], free_n[wptr])),
+                     wn_free_n.eq(Mux(retire, free_n[wnext2], free_n[wnext]))]
+        m.d.sync += [w_free.eq(w_free_n), wn_free.eq(wn_free_n)]
+        # w_fl: for J == 2 "some entry is free", the streamer's fl_n; reset-less with `live` (the
+        # streamer's copies' argument: in the cycle after a reset no row arrives and w_free is 1).
+        w_fl = kept_copy(m, platform, fl_n if J == 2 else w_free_n | wn_free_n, C(1, 1), "w_fl")
+        copy_checks.append(("w_fl", w_fl | ~live, w_free | wn_free))
+
+        def w_ld(pl_v, wn_v, own):
+            return Mux(w_fin, Mux(w_fl, pl_v, wn_v), Mux(w_free, pl_v, own))
+
+        ce_w = Signal()
+        m.d.comb += ce_w.eq(self.core_out.valid | w_free)
+        # w_trem/w_trem1 hold within a tile: kept flip-flops keep that hold in the data input
+        # (as Amaranth registers it became a clock enable, a LUT behind ce_w: w_trem CE 8.5 ns).
+        w_trem = kept_copy(m, platform, d_w_trem, ce_w, "w_trem")
+        w_trem1 = kept_copy(m, platform, d_w_trem1, ce_w, "w_trem1")
         d_w_tend, d_lastrow = Signal(), Signal()
         m.d.comb += [
-            d_w_tend.eq(Mux(w_use_pl, pl_nt1, Mux(w_lastrow, Mux(w_tend, wne["nt1"], w_trem1), w_tend))),
+            d_w_trem.eq(w_ld(pl.ntiles, wn.ntiles, Mux(w_lastrow, w_trem - 1, w_trem))),
+            d_w_trem1.eq(w_ld(pl_nt2, wne["nt2"], Mux(w_lastrow, w_trem == 3, w_trem1))),
+            d_w_tend.eq(w_ld(pl_nt1, wne["nt1"], Mux(w_lastrow, w_trem1, w_tend))),
             d_lastrow.eq(Mux(w_lastrow, cfg.rows == 1, w_prerow)),
         ]
-        with m.If(self.core_out.valid | w_free):
+        with m.If(ce_w):
             m.d.sync += [
-                w_trem.eq(Mux(w_use_pl, pl_ntm1, Mux(w_lastrow, Mux(w_tend, wne["ntm1"], w_trem - 1), w_trem))),
                 w_tend.eq(d_w_tend),
-                w_trem1.eq(Mux(w_use_pl, pl_nt2, Mux(w_lastrow, Mux(w_tend, wne["nt2"], w_trem == 2), w_trem1))),
                 w_fin.eq(Mux(w_free, w_lastrow, d_lastrow) & d_w_tend),
-                o_addr.eq(Mux(w_use_pl, pl.out_offset, Mux(w_fin, wn.out_offset, o_addr + 1))),
+                o_addr.eq(w_ld(pl.out_offset, wn.out_offset, o_addr + 1)),
                 # (wj.out_bank == o_bank on a row: not a hold, so no second enable)
-                o_bank.eq(Mux(w_use_pl, pl.out_bank, Mux(w_fin, wn.out_bank, wj.out_bank))),
+                o_bank.eq(w_ld(pl.out_bank, wn.out_bank, wj.out_bank)),
             ]
         with m.If(self.core_out.valid):
             m.d.sync += [w_lastrow.eq(d_lastrow),
@@ -472,7 +565,8 @@ class Sequencer(wiring.Component):
         tnext = _wrap_inc(tail, J)
         # After a final push the entry after pnext is pptr itself when J == 2 (pushed now).
         n_after_final = 0 if J == 2 else enq_at(pnext2) | pavail[pnext2]
-        m.d.comb += s_avail_n.eq(Mux(s_final, enq_at(snext) | savail[snext], enq_at(sptr) | s_avail))
+        m.d.comb += s_avail_n.eq(Mux(enq, Mux(s_final, (tail == snext) | savail[snext], (tail == sptr) | s_avail),
+                                     Mux(s_final, savail[snext], s_avail)))
         m.d.sync += [
             job_ready.eq(Mux(enq, free[tnext] | (retire & (wptr == tnext)),
                              job_ready | (retire & (wptr == tail)))),
@@ -508,10 +602,10 @@ class Sequencer(wiring.Component):
             ("p_avail", p_avail, valid[pptr] & ~pushed[pptr]),
             ("n_avail", n_avail, valid[pnext] & ~pushed[pnext]),
             ("w_lastrow", w_lastrow, w_r == cfg.rows - 1),
-            ("j_rem", *when(s_on, j_rem + s_j + 1, sj.k)),
-            ("t_rem", *when(s_on, t_rem + s_t + 1, sj.ntiles)),
-            ("j_end", *when(s_on, j_end, j_rem == 0)),
-            ("t_end", *when(s_on, t_end, t_rem == 0)),
+            ("j_rem", *when(s_on, j_rem + s_j, sj.k)),
+            ("t_rem", *when(s_on, t_rem + s_t, sj.ntiles)),
+            ("j_end", *when(s_on, j_end, j_rem == 1)),
+            ("t_end", *when(s_on, t_end, t_rem == 1)),
             ("a_addr", *when(s_on, a_addr, (sj.act_offset + s_t * sj.k + s_j)[:len(a_addr)])),
             ("g_addr", *when(s_on, g_addr, (sj.wgt_offset + s_j)[:len(g_addr)])),
             ("a_bank", *when(s_on, a_bank, sj.act_bank)),
@@ -519,15 +613,17 @@ class Sequencer(wiring.Component):
             ("p_rem", *when(pv, p_rem + p_cnt + 1, pj.ntiles)),
             ("p_last", *when(pv, p_last, p_rem == 0)),
             ("p_rem1", *when(pv, p_rem1, p_rem == 1)),
-            ("w_trem", *when(wj_on, w_trem + w_t + 1, wj.ntiles)),
-            ("w_tend", *when(wj_on, w_tend, w_trem == 0)),
+            ("w_trem", *when(wj_on, w_trem + w_t, wj.ntiles)),
+            ("w_tend", *when(wj_on, w_tend, w_trem == 1)),
             ("o_addr", *when(wj_on, o_addr, (wj.out_offset + w_t * cfg.rows + w_r)[:len(o_addr)])),
             ("o_bank", *when(wj_on, o_bank, wj.out_bank)),
             ("s_free", s_free, free[sptr]),
             ("sn_free", sn_free, free[snext]),
             ("s_fin", s_fin, j_end & t_end),
-            ("j_rem1", *when(s_on, j_rem1, j_rem == 1)),
-            ("t_rem1", *when(s_on, t_rem1, t_rem == 1)),
+            ("j_rem1", *when(s_on, j_rem1, j_rem == 2)),
+            ("t_rem1", *when(s_on, t_rem1, t_rem == 2)),
+            ("fl", fl, s_free | sn_free),
+            ("s_cur", *when(s_on, s_cur, Cat(sj.act_bank, sj.wgt_bank, sj.wgt_offset, sj.k, k1[sptr], k2[sptr]))),
             ("pv_last", pv_last, pv & p_last),
             ("pc_free", pc_free, free[pptr]),
             ("pn_free", pn_free, free[pnext]),
@@ -538,29 +634,30 @@ class Sequencer(wiring.Component):
             ("wn_free", wn_free, free[wnext]),
             ("w_fin", w_fin, w_lastrow & w_tend),
             ("w_prerow", w_prerow, w_r == cfg.rows - 2),
-            ("w_trem1", *when(wj_on, w_trem1, w_trem == 1)),
+            ("w_trem1", *when(wj_on, w_trem1, w_trem == 2)),
         ]
         if J == 2:
             e = jobs[wnext]
-            self.shadow_checks.append(("wn_job", *when(valid[wnext], Cat(wn_job.out_offset, wn_job.out_bank, wn_ntm1, wn_nt1, wn_nt2),
-                                                       Cat(e.out_offset, e.out_bank, ntm1[wnext], nt1[wnext],
-                                                           nt2[wnext]))))
+            self.shadow_checks.append(
+                ("wn_job", *when(valid[wnext], Cat(wn_job.out_offset, wn_job.out_bank, wn_job.ntiles, wn_nt1, wn_nt2),
+                                 Cat(e.out_offset, e.out_bank, e.ntiles, nt1[wnext], nt2[wnext]))))
         if J == 2:
             e = jobs[snext]
             self.shadow_checks.append(
                 ("sn_job", *when(savail[snext],
                                  Cat(sn_job.act_offset, sn_job.wgt_offset, sn_job.act_bank, sn_job.wgt_bank,
-                                     *(sn_ent[n] for n in ("k1", "k2", "km1", "nt1", "nt2", "ntm1", "fin1"))),
-                                 Cat(e.act_offset, e.wgt_offset, e.act_bank, e.wgt_bank, k1[snext], k2[snext],
-                                     km1[snext], nt1[snext], nt2[snext], ntm1[snext], k1[snext] & nt1[snext]))))
+                                     sn_job.k, sn_job.ntiles,
+                                     *(sn_ent[n] for n in ("k1", "k2", "nt1", "nt2", "fin1"))),
+                                 Cat(e.act_offset, e.wgt_offset, e.act_bank, e.wgt_bank, e.k, e.ntiles, k1[snext],
+                                     k2[snext], nt1[snext], nt2[snext], k1[snext] & nt1[snext]))))
         for i in range(J):
             e = jobs[i]
             self.shadow_checks += [
                 (f"free{i}", free[i], ~valid[i]),
                 (f"savail{i}", savail[i], valid[i] & ~streamed[i]),
                 (f"pavail{i}", pavail[i], valid[i] & ~pushed[i]),
-                (f"entry{i}", *when(valid[i], Cat(k1[i], k2[i], km1[i], nt1[i], nt2[i], ntm1[i]),
-                                    Cat(e.k == 1, e.k == 2, (e.k - 1)[:len(km1[i])], e.ntiles == 1, e.ntiles == 2,
+                (f"entry{i}", *when(valid[i], Cat(k1[i], k2[i], nt1[i], nt2[i], ntm1[i]),
+                                    Cat(e.k == 1, e.k == 2, e.ntiles == 1, e.ntiles == 2,
                                         (e.ntiles - 1)[:len(ntm1[i])]))),
             ]
 

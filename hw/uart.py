@@ -460,7 +460,7 @@ class _BridgeCore(wiring.Component):
                       | (fsm.ongoing("WORD_BYTES") & ~last_byte))
         m.d.comb += sh_word_next.eq(bv_next & wordb_next)
         m.d.sync += issue.eq((wp != rp) & ~issue & ~rd1 & ~bv_next)
-        live = live_register(m)           # 0 on the first cycle after a reset (the checks' exemption)
+        live = live_register(m, platform)  # 0 on the first cycle after a reset (the checks' exemption)
         m.d.sync += [sh_desc.eq(bv_next & cmdb_next), sh_word.eq(sh_word_next)]
         # The registered enables and the combinational forms they stand for (no hardware: read by
         # tests/test_uart.py, which asserts them equal on every cycle of bridge sessions). sh_word

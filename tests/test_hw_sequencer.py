@@ -1,9 +1,10 @@
 """hw.sequencer.Sequencer's registered job-queue state (issue 6): the per-entry flags
-(free/savail/pavail), the precomputed per-entry values (k == 1, k == 2, k - 1, ntiles == 1,
+(free/savail/pavail), the precomputed per-entry values (k == 1, k == 2, ntiles == 1,
 ntiles == 2, ntiles - 1), the engines' down-counters and end flags (j_rem/t_rem/j_end/t_end and
-their == 1 flags, p_rem/p_last/p_rem1, w_trem/w_tend), the engines' copies of free[ptr], the
-next entry's registered fields (sn_job/wn_job), the params read addresses (cur/nxt), the
-streamer's per-group copies of s_avail/s_free/v with their read and clock enables, and the
+their next flags, p_rem/p_last/p_rem1, w_trem/w_tend), the engines' copies of free[ptr], the
+next entry's registered fields (sn_job/wn_job), the current job's fields (s_cur), the params
+read addresses (cur/nxt) and the read address's pv_last copy, the streamer's per-group copies
+of s_avail/s_free/v/s_fin/fl with their read and clock enables, and the
 availability registers equal their combinational forms on every
 cycle (``Sequencer.shadow_checks``, asserted in simulation) of top-level sessions that keep the
 two-entry queue full: back-to-back RUNs with k = 1, ntiles = 1 and 2 (every end flag set on a
@@ -70,7 +71,9 @@ def test_shadow_checks_cover_the_registered_state():
             "a_addr", "g_addr", "a_bank", "g_bank", "p_rem", "p_last", "p_rem1", "w_trem", "w_tend", "o_addr",
             "o_bank", "s_free", "sn_free", "s_fin", "j_rem1", "t_rem1", "pv_last", "pc_free", "pn_free",
             "cur_par", "nxt_par", "w_free", "wn_free", "w_fin", "w_trem1", "w_prerow"}
-    want |= {f"{f}_{g}" for f in ("s_avail", "s_free", "v", "issue", "ce_s") for g in ("act", "wgt")}
+    want |= {f"{f}_{g}" for f in ("s_avail", "s_free", "v", "issue", "ce_s", "s_fin", "fl") for g in ("act", "wgt")}
+    want |= {f"{f}_{g}" for f in ("s_free", "v", "ce_s", "s_fin", "fl") for g in ("cnt", "cur")}
+    want |= {"fl", "s_cur", "j_end_wgt", "pv_last_rd", "w_fl"}
     if JOB_QUEUE_DEPTH == 2:
         want |= {"sn_job", "wn_job"}
     want |= {f"{f}{i}" for f in ("free", "savail", "pavail", "entry") for i in range(JOB_QUEUE_DEPTH)}
