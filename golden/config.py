@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from ._check import INT32_MAX
 
 INPUT_LATENCY = 2
-PE_LATENCY = 3
+PE_LATENCY = 4
 DRAIN_LATENCY = 2
 #: Post-processing lane stages, in order; each is one register stage. Every stage is at
 #: most about one carry chain, one barrel shifter or one 18x18 multiplier deep (the ECP5
@@ -40,6 +40,7 @@ REQUANT_STAGES = (
     "operand",       # the multiplier operand (ort: the rounded significand)
     "mul_in",        # SRDHM: the multipliers' input registers (MULT18X18D, issue 6)
     "mul",           # SRDHM: four 18x18 partial products
+    "mul_out",       # SRDHM: the products in fabric registers (DSP output -> sums' chains, issue 6)
     "psum",          # SRDHM: middle sum in 17-bit halves, nudge (carries registered)
     "plo",           # SRDHM: product bits [17, 34); high parts + carries
     "phi",           # SRDHM: product bits [34, 63); RDBPOT masks
@@ -51,6 +52,7 @@ REQUANT_STAGES = (
     "prelu_sat",     # the saturating select (the alpha multiplier's operand)
     "prelu_mul_in",  # alpha SRDHM: the multipliers' input registers
     "prelu_mul",     # alpha SRDHM: partial products
+    "prelu_mul_out", # alpha SRDHM: the products in fabric registers
     "prelu_psum",    # alpha SRDHM: middle sum, nudge
     "prelu_plo",     # alpha SRDHM: low bits
     "prelu_phi",     # alpha SRDHM: high bits

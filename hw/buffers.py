@@ -295,7 +295,7 @@ def _own_one(m, platform, name):
     return kept_copy(m, platform, C(1, 1), C(1, 1), f"{name}_one") if is_ecp5(platform) else C(1, 1)
 
 
-def enable_copy(m, platform, d, *name):
+def enable_copy(m, platform, d, name):
     """One copy of the reset register ``q <= d`` (init 0) for one group of its loads.
 
     A replicated enable must keep its reset (no write presented in a reset cycle may land), so
@@ -305,7 +305,6 @@ def enable_copy(m, platform, d, *name):
     the first clock edge on, and a distinct D input per copy. The copy's output drives its group
     straight from the flip-flop (session 7 ANDed a reset-less copy with a ``live`` register: a
     LUT behind every copy, and yosys merged all the live registers into one)."""
-    name = name[-1]   # INTERIM: old call sites pass (live, name)
     q = Signal(name=name)
     m.d.sync += q.eq(d & _own_one(m, platform, name))
     return q

@@ -207,8 +207,8 @@ class ArrayCore(wiring.Component):
         # lanes, and that tile's last beat needs the credit of this push (param_credit is a
         # register: accepted on >= t + 1), so row 0 enters array_latency enabled cycles after
         # an enabled cycle >= t + 1: head_q was loaded on the enabled cycle before, >= t +
-        # array_latency (array_latency >= INPUT_LATENCY + PE_LATENCY + DRAIN_LATENCY = 7, so
-        # >= t + 7 > t + 4: three cycles of margin); the head stays right until the pop (the
+        # array_latency (array_latency >= INPUT_LATENCY + PE_LATENCY + DRAIN_LATENCY = 8, so
+        # >= t + 8 > t + 4: four cycles of margin); the head stays right until the pop (the
         # entry is only rewritten after its pop, when rptr has moved past it).
         assert 1 + cfg.array_latency >= PARAMS_PUSH_TO_HEAD_CYCLES, \
             "the registered FIFO write and head need the array's latency as slack"

@@ -8,8 +8,9 @@ One command at a time, in order. States:
   multipliers) and the room after the offsets, computed from ``cmd.payload``).
 * ``CHECK`` (1 cycle): the second stage: the end values and products are
   compared with the buffer depths / the room and the opcode's tests ORed
-  (registered); the payload state (bank, address, entry counters) is loaded.
-* ``DECIDE`` (1 cycle): the decision from the registered check bits. A
+  (registered); the bank is loaded.
+* ``DECIDE`` (1 cycle): the payload state (address, entry counters) is loaded
+  (nothing reads it before WRITE / READ); the decision from the registered check bits. A
   failing command sets its sticky flags, pulses ``dropped`` and goes to
   ``DISCARD`` (WRITE_* opcodes: the payload is consumed up to ``last``) or
   back to ``IDLE``.
@@ -19,7 +20,7 @@ One command at a time, in order. States:
   (``job.ready``). Then: RUN is handed over (``job`` transfer, back to IDLE),
   CLEAR_STATUS clears (flags, and the counters when ``counters`` = 1),
   WRITE_* go to ``WRITE``, READ_OUT to ``READ``, READ_STATUS / SYNC snapshot
-  their response into a register (loaded on every WAIT cycle) and go to
+  their response into a register (loaded on every cycle outside RESP) and go to
   ``RESP``.
 * ``WRITE``: ``din.ready`` = 1; words are assembled into entries
   (``words_per_entry``), each complete entry is written on the cycle AFTER
@@ -37,18 +38,19 @@ Every wait ends: jobs always finish (the sequencer's sinks are on-chip) and
 ``dout`` backpressure only holds the decoder itself.
 
 Timing (issue 6, docs/fpga.md): every high-fanout enable comes from a
-flip-flop (``idle_r``: descriptor load; copies of ``wait_r``: snapshot;
+flip-flop (``idle_r``: descriptor load; copies of ``resp_r``: snapshot;
 copies of ``wsel``: payload words; the write enables; a copy of ``pa``: the
 out buffer's read address), ``dropped`` (a counter increment), ``out_r.en`` and
 ``dout.valid`` come from registered check bits and state flags (``*_r``, loaded
 from the next state), the job's ``macs`` from a registered product, the READ /
 RESP word-index tests (``row_end``, ``is_last``) and the end-of-payload tests
-(``wend``, ``elast``, ``rmore``) are registered flags instead of compares, CHECK's loads
-(``pre_off``, ``pre_lenm1``, ``pre_len1``) are registered from ``cmd.payload`` like the first
-check stage, the flags, the entry counters and the readies read the shadow flags, RESP shifts the
-snapshot so dout's word needs no word mux, and
+(``wend``, ``elast``, ``rmore``) are registered flags instead of compares, DECIDE's loads
+(``pre_off``, ``pre_off1``, ``pre_lenm1``, ``pre_len1``) are registered from the registered
+descriptor in CHECK, pa's increment is a register of its own (``pa1``), the flags, the entry
+counters and the readies read the shadow flags, the flags' and the counters' clears are
+flip-flops (``clr_st``, ``clr_ctr``), RESP shifts the snapshot so dout's word needs no word mux, and
 the datapath registers are reset-less (each is written before it is
-read after a reset: IDLE, CHECK or the entry's words come first). The first
+read after a reset: IDLE, CHECK, DECIDE or the entry's words come first). The first
 check stage is computed from ``cmd.payload`` on its way into ``desc``, so it
 assumes ``cmd.payload`` comes from registers (on the board: the UART
 bridge's descriptor shift register).
@@ -73,9 +75,13 @@ from .sequencer import job_layout
 
 __all__ = ["Decoder", "bus_layout"]
 
-#: Loads per copy of a replicated enable (wait_r for the snapshot, wsel for the assembly words):
-#: a net with fanout > ~30-60 must come straight from its own flip-flop (issue 6, docs/fpga.md).
+#: Loads per copy of a replicated enable (wsel for the assembly words): a net with fanout > ~30-60
+#: must come straight from its own flip-flop (issue 6, docs/fpga.md).
 _COPY_LOADS = 64
+
+#: Snapshot bits per copy of resp_r (the snapshot's load / shift select and its enable LUT, whose
+#: other input is dout.ready: one LUT output per 32 enables).
+_SNAP_GROUP = 32
 
 
 def bus_layout(cfg: ArrayConfig) -> data.StructLayout:
@@ -187,7 +193,8 @@ class Decoder(wiring.Component):
         # The RUN products, multiplied from cmd.payload on every cycle into a registered product
         # (en = 1: in CHECK it holds the accepted descriptor's), the room after each offset
         # registered beside it; compared in CHECK (the product's bits above the room's width are
-        # an OR beside the carry chain).
+        # an OR beside the carry chain), each into a register of its own (need_bad_act / _out:
+        # the two multipliers may be placed far apart, issue 6).
         over = []
         for name, b, depth, off in (("act_need", rf["k"], cfg.act_depth, rf["act_offset"]),
                                     ("out_need", Const(cfg.rows), cfg.out_depth, rf["out_offset"])):
@@ -205,7 +212,7 @@ class Decoder(wiring.Component):
         fld_bad = Cat(*[op_r[op] & Cat(*bits).any() for op, bits in field_bad.items() if bits]).any()
         resv_bad = Cat(*[op_r[op] & Cat(*bits).any() for op, bits in resv.items() if bits]).any()
         end_bad_r = reg(Cat(*end_bad).any(), "end_bad")
-        need_bad_r = reg(op_r[Op.RUN] & Cat(*over).any(), "need_bad")
+        need_bad_r = Cat(*[reg(op_r[Op.RUN] & o, f"need_bad_{n}") for o, n in zip(over, ("act", "out"))]).any()
         lit_bad_r = reg(fld_bad | resv_bad | ~ok_r, "lit_bad")
         return (end_bad_r | need_bad_r, reg(fld_bad, "field_bad"), reg(resv_bad, "reserved_bad"),
                 lit_bad_r | end_bad_r | need_bad_r)
@@ -275,7 +282,7 @@ class Decoder(wiring.Component):
         assert (int(Flag.BAD_OPCODE), int(Flag.BAD_RANGE), int(Flag.RESERVED)) == (1, 2, 4)
         is_write = Cat(*[op_r[op] for op in write_ops]).any()
 
-        # ---- payload state, loaded in CHECK from the registered descriptor / stage-A values
+        # ---- payload state: the bank loaded in CHECK, the address and entry counters in DECIDE (pre_*)
         bank = Signal(BANKS.bit_length(), reset_less=True)     # the command's bank
         pa = Signal(off_w, reset_less=True)                    # WRITE: next entry written; READ: next read
         erem = Signal(off_w + 1, reset_less=True)              # entries after the current one
@@ -294,21 +301,20 @@ class Decoder(wiring.Component):
         is_sync = Signal(reset_less=True)
         rv = Signal()                                          # READ: a row held in out_r.data
         lens = {op: self._fields(desc, op)["length"] for op in pay_ops}
-        # CHECK's loads of pa / erem / rrem / elast, precomputed like the stage-A checks (issue 6):
-        # registered on every cycle from cmd.payload with its own opcode decode, so in CHECK they
-        # hold the accepted descriptor's values and CHECK loads flip-flops (no opcode AND-OR, no
-        # length - 1 carry chain in front of pa, its out_addr copies and the entry counters).
-        op_p = {op: p[:OPCODE_BITS] == int(op) for op in Op}
-        lens_p = {op: self._fields(p, op)["length"] for op in pay_ops}
-        pre_off = Signal(off_w, name="pre_off", reset_less=True)
-        pre_lenm1 = Signal(off_w + 1, name="pre_lenm1", reset_less=True)
-        pre_len1 = Signal(name="pre_len1", reset_less=True)
-        m.d.sync += [pre_off.eq(by_op({op: self._fields(p, op)["offset"] for op in pay_ops}, off_w, op_p)),
-                     pre_lenm1.eq(by_op({op: lens_p[op] - 1 for op in pay_ops}, off_w + 1, op_p)),
-                     pre_len1.eq(by_op({op: lens_p[op] == 1 for op in pay_ops}, 1, op_p))]
-        pre_refs = [("pre_off", pre_off, by_op({op: fld(op, "offset") for op in pay_ops}, off_w)),
-                    ("pre_lenm1", pre_lenm1, by_op({op: lens[op] - 1 for op in pay_ops}, off_w + 1)),
-                    ("pre_len1", pre_len1, by_op({op: lens[op] == 1 for op in pay_ops}, 1))]
+        # The loads of pa / erem / rrem / elast happen in DECIDE (nothing reads them before WRITE /
+        # READ), from registers computed on every cycle from the registered descriptor (held from
+        # CHECK on, so in DECIDE they hold the accepted descriptor's values): DECIDE loads
+        # flip-flops (no opcode AND-OR, no length - 1 carry chain in front of pa, its out_addr
+        # copies and the entry counters), and their own inputs are the descriptor registers, not
+        # cmd.payload (issue 6: the bridge's descriptor register and an opcode decode were in front
+        # of them). pre_off1 = pre_off + 1: DECIDE's load of pa1 (pa + 1, below).
+        offs = by_op({op: fld(op, "offset") for op in pay_ops}, off_w)
+        pre_refs = [("pre_off", offs), ("pre_off1", (offs + 1)[:off_w]),
+                    ("pre_lenm1", by_op({op: lens[op] - 1 for op in pay_ops}, off_w + 1)),
+                    ("pre_len1", by_op({op: lens[op] == 1 for op in pay_ops}, 1))]
+        pre_off, pre_off1, pre_lenm1, pre_len1 = pre_regs = [
+            Signal(ref.shape(), name=name, reset_less=True, init=int(name == "pre_off1")) for name, ref in pre_refs]
+        m.d.sync += [r.eq(ref) for r, (_, ref) in zip(pre_regs, pre_refs)]
 
         # The RUN job (valid in WAIT; the queue's ready is the wait condition).
         rf = {n: fld(Op.RUN, n) for n in (fl.name for fl in self.lay[Op.RUN])}
@@ -377,21 +383,28 @@ class Decoder(wiring.Component):
             self.out_r.bank.eq(bank), self.out_r.addr.eq(out_addr),
         ]
 
-        # ---- the response snapshot: loads on every WAIT cycle (an enable straight from a FF, not
-        # the interlock decision), so on entering RESP it holds status and counters of the WAIT
-        # cycle that left for RESP (SYNC: status only). The enable is wait_r in one reset-less copy
-        # per <= _COPY_LOADS bits (fanout ~450 on one FF before): after a reset a copy may differ
-        # from wait_r for one cycle (it loaded the pre-reset next state), harmless: snap is read
-        # only in RESP, which is entered from a WAIT cycle, where every copy is 1.
+        # ---- the response snapshot: loads on every cycle outside RESP (an enable straight from a
+        # FF, not the interlock decision), so on entering RESP it holds status and counters of the
+        # WAIT cycle that left for RESP (SYNC: status only). Its load / shift select is resp_r in
+        # one reset-less copy per <= _SNAP_GROUP bits (issue 6: fanout ~450 on one FF; no copies of
+        # wait_r, whose next state is the interlock decision): after a reset a copy may differ
+        # from resp_r for one cycle (it loaded the pre-reset next state), harmless: snap is read
+        # only in RESP, which is entered from a WAIT cycle, where every copy is 0. The copies load
+        # resp_n, RESP's next state as one flat expression of flip-flops (wait_rs, wait_sy: WAIT
+        # of a READ_STATUS / SYNC, registered from the next state) and dout.ready (asserted equal
+        # to the FSM's).
         #
         # In RESP the snapshot shifts down by one word per word taken (issue 6), so the word on dout
         # is always snap's first word: no word mux on wi (fanout ~bus_bits) in front of the bridge's
-        # capture register. Its enable per group is one LUT of flip-flops (wait_r, resp_r copies and
-        # dout.ready, the bridge's register). is_sync (masks every counter bit: fanout ~450) is one
-        # copy per group too (loaded in CHECK, like is_sync). snap_ref is the unshifted snapshot the
-        # checks compare with (no hardware: read by nothing else, synthesis removes it).
+        # capture register. Its enable per group is one LUT of flip-flops (a resp_r copy and
+        # dout.ready, the bridge's register). SYNC's response shows only its first
+        # sync_response_words words: their counter bits are masked by a copy of is_sync per group
+        # (loaded in CHECK, like is_sync); the later words are never shown for a SYNC. snap_ref is
+        # the unshifted, fully masked snapshot the checks compare with (no hardware: read by
+        # nothing else, synthesis removes it).
         n_w = status_response_words(cfg)
         snap_bits = STATUS_SLOTS * COUNTER_BITS
+        sync_bits = min(snap_bits, sync_response_words(cfg) * bus_bits)   # bits a SYNC response shows
         snap = Signal(n_w * bus_bits, reset_less=True)         # the snapshot, zero-padded to whole words
         snap_ref = Signal(snap_bits, reset_less=True)
         counters = self.counters.as_value()
@@ -400,31 +413,43 @@ class Decoder(wiring.Component):
             m.d.sync += snap_ref.eq(Cat(status, Const(0, COUNTER_BITS - len(status)),
                                         counters & ~is_sync.replicate(len(counters))))
         snap_next = Cat(snap[bus_bits:], Const(0, bus_bits))
+        wait_rs, wait_sy = Signal(name="wait_rs"), Signal(name="wait_sy")   # wait_r & READ_STATUS|SYNC / SYNC
+        m.d.sync += [wait_rs.eq(wait_d & (op_r[Op.READ_STATUS] | op_r[Op.SYNC])), wait_sy.eq(wait_d & op_r[Op.SYNC])]
+        resp_n = Signal(name="resp_n")                 # driven below, after is_last
         resp_copies = []                              # resp_r's copy per group: the snapshot's word select
-        for lo in range(0, len(snap), _COPY_LOADS):
-            hi, g = min(lo + _COPY_LOADS, len(snap)), lo // _COPY_LOADS
-            en = kept_copy(m, platform, wait_d, Const(1), f"wait_r{g}")
-            resp_c = kept_copy(m, platform, resp_d, Const(1), f"resp_r{g}")
-            sync_c = kept_copy(m, platform, op_r[Op.SYNC], check_r, f"is_sync{g}")
-            copies += [(f"wait_r{g}", en, wait_r), (f"resp_r{g}", resp_c, resp_r), (f"is_sync{g}", sync_c, is_sync)]
+        for lo in range(0, len(snap), _SNAP_GROUP):
+            hi, g = min(lo + _SNAP_GROUP, len(snap)), lo // _SNAP_GROUP
+            resp_c = kept_copy(m, platform, resp_n, Const(1), f"resp_r{g}")
+            copies.append((f"resp_r{g}", resp_c, resp_r))
             resp_copies.append(resp_c)
-            # counter bits are masked in SYNC's snapshot (status only); bits past the snapshot are 0
-            d = Cat(*[Const(0, 1) if i >= snap_bits else (snap_raw[i] & ~sync_c if i >= COUNTER_BITS else snap_raw[i])
+            if lo < sync_bits and hi > COUNTER_BITS:
+                sync_c = kept_copy(m, platform, op_r[Op.SYNC], check_r, f"is_sync{g}")
+                copies.append((f"is_sync{g}", sync_c, is_sync))
+            # counter bits shown by SYNC are masked in its snapshot; bits past the snapshot are 0
+            d = Cat(*[Const(0, 1) if i >= snap_bits else
+                      (snap_raw[i] & ~sync_c if COUNTER_BITS <= i < sync_bits else snap_raw[i])
                       for i in range(lo, hi)])
-            with m.If(en):
+            with m.If(~resp_c):
                 m.d.sync += snap[lo:hi].eq(d)
-            with m.Elif(resp_c & self.dout.ready):
+            with m.Elif(self.dout.ready):
                 m.d.sync += snap[lo:hi].eq(snap_next[lo:hi])
 
         # flags from the shadow flags and registered bits (issue 6: the state decode and the interlock
         # decision were in front of their enables). WAIT never blocks CLEAR_STATUS (no bank, no job
-        # test), so its clear is wait_r & the opcode. flags_ref: the FSM's own form, for the checks.
+        # test), so its clear is wait_r & the opcode, a flip-flop registered from the next state
+        # (op_r is loaded only in IDLE, never the cycle before WAIT; the flags' synchronous reset
+        # was a LUT). flags_ref: the FSM's own form, for the checks.
         flags_ref = Signal.like(flags)
-        clear = wait_r & op_r[Op.CLEAR_STATUS]
+        clear = Signal(name="clr_st")
+        m.d.sync += clear.eq(wait_d & op_r[Op.CLEAR_STATUS])
         mismatch = write_r & self.din.valid & ((wend & elast) ^ self.din.payload.last)
         m.d.sync += flags.eq(Mux(clear, 0, flags | Mux(decide_r & bad, errs, 0)
                                  | Mux(mismatch, int(Flag.LENGTH_MISMATCH), 0)))
-        m.d.comb += [self.clear_counters.eq(clear & fld(Op.CLEAR_STATUS, "counters")),
+        # clear_counters from a flip-flop (wait_r & the opcode & its field, registered from the next
+        # state, like clr_st): it drives every copy of the counters' registered clear (hw/top.py).
+        clr_ctr = Signal(name="clr_ctr")
+        m.d.sync += clr_ctr.eq(wait_d & op_r[Op.CLEAR_STATUS] & fld(Op.CLEAR_STATUS, "counters"))
+        m.d.comb += [self.clear_counters.eq(clr_ctr),
                      self.job.valid.eq(wait_r & op_r[Op.RUN] & self.job.ready)]
 
         def drop_and_flag(extra_flags):
@@ -448,13 +473,14 @@ class Decoder(wiring.Component):
         row_end = Signal(init=int(n_out == 1))              # wi == n_out - 1
         is_last = Signal(init=1)                            # wi == nresp_m1 (both 0 at start)
         m.d.sync += [row_end.eq(wi_d == n_out - 1), is_last.eq(wi_d == nresp_m1_d)]
+        m.d.comb += resp_n.eq((wait_rs & ~(wait_sy & (self.jobs != 0))) | (resp_r & ~(self.dout.ready & is_last)))
         row_send = _word_mux([self.out_r.data[q * bus_bits:(q + 1) * bus_bits] for q in range(n_out)], wi)
         padded = Cat(snap_ref, Const(0, n_w * bus_bits - len(snap_ref)))
         resp_ref = _word_mux([padded[q * bus_bits:(q + 1) * bus_bits] for q in range(n_w)], wi)
         resp_send = snap[:bus_bits]
-        m.d.comb += [self.dout.payload.data.eq(Cat(*[Mux(resp_copies[lo // _COPY_LOADS], resp_send[lo:hi], row_send[lo:hi])
-                                                     for lo in range(0, bus_bits, _COPY_LOADS)
-                                                     for hi in [min(lo + _COPY_LOADS, bus_bits)]])),
+        m.d.comb += [self.dout.payload.data.eq(Cat(*[Mux(resp_copies[lo // _SNAP_GROUP], resp_send[lo:hi], row_send[lo:hi])
+                                                     for lo in range(0, bus_bits, _SNAP_GROUP)
+                                                     for hi in [min(lo + _SNAP_GROUP, bus_bits)]])),
                      self.dout.payload.last.eq(Mux(resp_r, is_last, row_end & elast))]
 
         # READ's out-buffer read (issue) and dout.valid from the shadow flags, not the state decode
@@ -462,16 +488,19 @@ class Decoder(wiring.Component):
         take = rv & self.dout.ready
         issue = read_r & rmore & (~rv | (take & row_end))
         m.d.comb += [self.dout.valid.eq((read_r & rv) | resp_r), self.out_r.en.eq(issue)]
-        # pa's next value from flip-flops and dout.ready only: CHECK's load (pre_off), the
-        # increment (a write's w_en, READ's issue)
-        # (the increment is never in CHECK: the select of pa + 1 is last, the carry chain and the
-        # CHECK mux of flip-flops beside it; ``pa_inc`` is ``w_any | issue``, split so that
-        # dout.ready enters at its last LUT)
+        # pa's next value from flip-flops and dout.ready only: DECIDE's load (pre_off), the
+        # increment (a write's w_en, READ's issue) selecting pa1 = pa + 1, a register of its own
+        # (issue 6: the incrementer's carry chain and the select were in front of pa, its out_addr
+        # copy and the write ports; pa1's own chain ends in pa1). The increment is never in
+        # DECIDE; ``pa_inc`` is ``w_any | issue``, split so that dout.ready enters at its last LUT.
         pa_inc = (w_any | (read_r & rmore & ~rv)) | (read_r & rmore & row_end & self.dout.ready)
-        m.d.comb += pa_d.eq(Mux(pa_inc, pa + 1, Mux(check_r, pre_off, pa)))
+        pa1 = Signal(off_w, name="pa1", init=1, reset_less=True)
+        m.d.comb += pa_d.eq(Mux(pa_inc, pa1, Mux(decide_r, pre_off, pa)))
+        m.d.sync += pa1.eq(Mux(pa_inc, pa1 + 1, Mux(decide_r, pre_off1, pa1)))
+        copies.append(("pa1", pa1, (pa + 1)[:off_w]))
         # The entry counters, READ's read counter and rv, outside the FSM: their enables are the
         # shadow flags and registered bits (issue 6), the same cases as the FSM's states.
-        with m.If(check_r):
+        with m.If(decide_r):
             m.d.sync += [rv.eq(0), erem.eq(pre_lenm1), elast.eq(pre_len1), rrem.eq(pre_lenm1), rmore.eq(1)]
         with m.Else():
             with m.If((write_r & self.din.valid & wend) | (read_r & take & row_end)):   # an entry is complete
@@ -564,12 +593,15 @@ class Decoder(wiring.Component):
         self.shadow_checks += [(sel.name, sel, Mux(loading, sel, op_r[op] & (bank == b)))
                                for (op, b), sel in bank_sel.items()]
         self.shadow_checks += copies + [("row_end", row_end, wi == n_out - 1), ("is_last", is_last, wi == nresp_m1)]
-        checking = fsm.ongoing("CHECK")                # the precomputed loads hold the descriptor's values
-        self.shadow_checks += [(name, Mux(checking, reg, ref), ref) for name, reg, ref in pre_refs]
+        deciding = fsm.ongoing("DECIDE")               # the precomputed loads hold the descriptor's values
+        self.shadow_checks += [(name, Mux(deciding, reg, ref), ref) for reg, (name, ref) in zip(pre_regs, pre_refs)]
         self.shadow_checks += [("flags", flags, flags_ref), ("job_valid", self.job.valid, job_valid_ref),
                                ("clear_counters", self.clear_counters, clear_counters_ref),
-                               ("resp_word", Mux(resp_r, resp_send, resp_ref), resp_ref),
+                               ("resp_word", Mux(resp_r, resp_send, resp_ref), resp_ref), ("resp_n", resp_n, resp_d),
+                               ("wait_rs", wait_rs, wait_r & (op_r[Op.READ_STATUS] | op_r[Op.SYNC])),
+                               ("wait_sy", wait_sy, wait_r & op_r[Op.SYNC]),
+                               ("clr_st", clear, wait_r & op_r[Op.CLEAR_STATUS]),
                                ("cmd_ready", self.cmd.ready, fsm.ongoing("IDLE")),
-                               ("pa_inc", pa_inc, w_any | issue), ("pa_inc_in_check", pa_inc & check_r, 0),
+                               ("pa_inc", pa_inc, w_any | issue), ("pa_inc_in_decide", pa_inc & decide_r, 0),
                                ("din_ready", self.din.ready, fsm.ongoing("WRITE") | fsm.ongoing("DISCARD"))]
         return m

@@ -21,11 +21,12 @@ enable):
   right / downwards neighbour: one register per hop, no fan-out);
 * stage 1: ``P`` (packed accumulate; "none": the product, on ECP5 a MULT18X18D
   output register) and the flags ``flush``/``flush_last``;
-* stage 2: the unpacked fields of P (the product) in fabric registers, and the
-  flags ``f2``/``ld2``;
+* stage 2: the unpacked fields of P (the product) in fabric registers, twice
+  (one register near the multiplier, one near the adder), with the flags
+  ``f2``/``ld2``;
 * stage 3: the wide accumulators (no reset: a tile restarts them by selecting
   its first chain, flag ``first``), and at ``last`` the result register, whose
-  ``result_valid`` pulse is ``PE_LATENCY`` = 3 enabled cycles after the beat was
+  ``result_valid`` pulse is ``PE_LATENCY`` = 4 enabled cycles after the beat was
   in the operand registers.
 
 This module also holds the small helpers the other ``hw`` blocks share
@@ -279,16 +280,27 @@ class PackedPE(wiring.Component):
         # synthesis would merge those copies into one flip-flop driving the clock enables of
         # every PE on it (up to 4 x 27 on the 30 x 4 top, 9 ns). `shadow_checks` holds the
         # equalities (tests/test_hw_pe.py asserts them on every cycle).
-        fq = [Signal(f.shape(), name=f"field{s}", reset_less=True) for s, f in enumerate(fields)]
-        f2 = Signal()
-        ld2 = Signal()
+        fq1 = [Signal(f.shape(), name=f"field{s}", reset_less=True) for s, f in enumerate(fields)]
+        f1 = Signal()
+        ld1 = Signal()
         with m.If(self.en):
-            m.d.sync += [q.eq(f) for q, f in zip(fq, fields)]
-            m.d.sync += [f2.eq(flush | flush_last), ld2.eq(flush_last)]
+            m.d.sync += [q.eq(f) for q, f in zip(fq1, fields)]
+            m.d.sync += [f1.eq(flush | flush_last), ld1.eq(flush_last)]
         self.shadow_checks = [
             ("f2", flush | flush_last, flush),
             ("ld2", flush_last, flush & flush_last),
         ]
+        # Stage 2b: the fields once more, with their flags (timing, issue 6: the DSP's output and
+        # the accumulator's carry chain are in different places, the DSP rows and the fabric
+        # beside them; with one register between them, its place split one long route, and the
+        # MULT18X18D -> field route was still up to 8.9 ns on the 30 x 4 top). Now the first
+        # register can sit by the DSP and the second by the adder.
+        fq = [Signal(f.shape(), name=f"field{s}_b", reset_less=True) for s, f in enumerate(fields)]
+        f2 = Signal()
+        ld2 = Signal()
+        with m.If(self.en):
+            m.d.sync += [q.eq(f) for q, f in zip(fq, fq1)]
+            m.d.sync += [f2.eq(f1), ld2.eq(ld1)]
 
         # Stage 3: saturating wide accumulators, restarted by selecting the field instead of
         # clearing them: `first` = the next chain starts a tile. So the accumulators need neither a

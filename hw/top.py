@@ -36,14 +36,14 @@ port                  dir     width
 """
 from __future__ import annotations
 
-from amaranth import Cat, Module, Mux, Signal, Value, unsigned
+from amaranth import C, Cat, Module, Mux, Signal, Value, unsigned
 from amaranth.lib import stream, wiring
 from amaranth.lib.wiring import In, Out, connect
 
 from golden.config import ArrayConfig
 from golden.isa import COUNTER_BITS, DESC_BITS, STATUS_SLOTS, Slot, layout
 
-from .buffers import BRAM_SLICE_BITS, BankedBuffer, enable_copy, live_register, lut_ram_slice_bits
+from .buffers import BRAM_SLICE_BITS, BankedBuffer, enable_copy, kept_copy, live_register, lut_ram_slice_bits
 from .core import ArrayCore, params_layout
 from .decoder import Decoder, bus_layout
 from .pe import check_hw_config, config_for
@@ -51,7 +51,7 @@ from .sequencer import Sequencer
 
 __all__ = ["Accelerator", "bus_layout", "COUNTER_SPLIT"]
 
-#: Bits of the low half of each performance counter's split add (see the counters in elaborate).
+#: Bits of the low half of the split add of each performance counter's P = c + 1 (``_plus_one_counter``).
 COUNTER_SPLIT = 32
 
 
@@ -127,43 +127,133 @@ class Accelerator(wiring.Component):
         }
         assert set(inc) == set(Slot) - {Slot.STATUS} and STATUS_SLOTS == len(Slot)
         # Timing: the increments and the clear come from the decoder's and sequencer's command
-        # logic, so they are registered first and the counter register holds the value of the
+        # logic, so they are registered first and the counter register c holds the value of the
         # previous cycle; the visible value is that plus the registered increment (or 0 after a
         # registered clear). Exact: with V(t) = cleared(t) ? 0 : c(t) + d_r(t) and c(t+1) = V(t),
         # V(t+1) = clear(t) ? 0 : V(t) + d(t), the immediate counter's recurrence, and V(0) = 0.
         #
-        # The 64-bit add is split at COUNTER_SPLIT bits (timing, issue 6: a 64-bit carry chain, the
-        # clear mux and, for the status snapshot, the decoder's load were one path, 9.3-9.6 ns on the
-        # 30 x 4 top): c = (hi, lo), with hi1 = hi + 1 kept as a register of its own. The low half is
-        # a carry chain, lo + d_r, and its carry out selects hi or hi1 (one LUT per bit, no second
-        # chain in series); hi1 advances with hi, from its own incrementer in parallel. The value is
-        # unchanged: V = cleared ? 0 : (co ? hi1 : hi, lo + d_r mod 2**split) = c + d_r.
-        # `shadow_checks`: hi1 == hi + 1 (mod 2**(64 - split)) and each value == c + d_r (tests).
-        # `cleared` in one copy per counter (hw.buffers.enable_copy: it keeps the reset): yosys makes
-        # the clear the synchronous reset of the counter registers, and one net for all of them was a
-        # 224-wide set/reset net besides the board's reset (tests/test_uart.py).
+        # V feeds the decoder's status snapshot (a far register loaded on every cycle outside RESP;
+        # issue 6: a carry chain, the clear mux and the snapshot's load were one 10.5 ns path on the
+        # 30 x 4 top), so V is one LUT of flip-flops, no carry chain (``_plus_one_counter``): a 1-bit
+        # increment selects c or P = c + 1, P kept as a counter of its own (P(t+1) = V(t) + 1, the
+        # same recurrence with its own clear value 1); its carry chains end in its own registers.
+        # USEFUL_MACS (a multi-bit increment) adds it to a low part of its width (a short chain)
+        # whose carry out is the 1-bit increment of the high part, a plus-one counter
+        # (``_counter``). The clear is a plain mux to a constant (the registers' synchronous
+        # reset on the FPGA) from one copy per group of <= _CTR_GROUP loads, and so is each
+        # registered increment (hw.buffers.enable_copy: copies keep the reset; V's own copies are
+        # reset-less, see _counter).
+        # `shadow_checks`: every copy == its register, P == c + 1, hi1 == hi + 1 and each value
+        # == c + d_r (tests).
         self.shadow_checks = []
         cleared_ref = Signal()
         m.d.sync += cleared_ref.eq(dec.clear_counters)
-        live = live_register(m, "ctr_live")
-        hb = COUNTER_BITS - COUNTER_SPLIT
+        live = live_register(m, platform, "ctr_live")
         for s, d in inc.items():
-            name = s.name.lower()
-            cleared = enable_copy(m, platform, dec.clear_counters, live, f"ctr_{name}_cleared")
-            self.shadow_checks.append((f"ctr_{name}_cleared", cleared, cleared_ref))
-            lo = Signal(COUNTER_SPLIT, name=f"ctr_{name}_lo")
-            hi = Signal(hb, name=f"ctr_{name}_hi")
-            hi1 = Signal(hb, name=f"ctr_{name}_hi1", init=1)
-            d_r = Signal(Value.cast(d).shape(), name=f"inc_{name}")
-            assert len(d_r) <= COUNTER_SPLIT          # lo + d_r carries at most once
-            lo_sum = Signal(COUNTER_SPLIT + 1, name=f"ctr_{name}_lo_sum")
-            m.d.comb += lo_sum.eq(lo + d_r)
-            co = lo_sum[-1]
-            value = Signal(COUNTER_BITS, name=f"ctr_{name}_value")
-            m.d.comb += [value.eq(Mux(cleared, 0, Cat(lo_sum[:COUNTER_SPLIT], Mux(co, hi1, hi)))),
-                         dec.counters[int(s) - 1].eq(value)]
-            m.d.sync += [d_r.eq(d), lo.eq(value[:COUNTER_SPLIT]), hi.eq(value[COUNTER_SPLIT:]),
-                         hi1.eq(Mux(cleared, 1, Mux(co, hi1 + 1, hi1)))]
-            self.shadow_checks += [(f"ctr_{name}_hi1", hi1, (hi + 1)[:hb]),
-                                   (f"ctr_{name}_value", value, Mux(cleared, 0, (Cat(lo, hi) + d_r)[:COUNTER_BITS]))]
+            name, d = s.name.lower(), Value.cast(d)
+            d_ref = Signal(d.shape(), name=f"inc_{name}")      # the registered increment
+            m.d.sync += d_ref.eq(d)
+            value, c = _counter(m, platform, f"ctr_{name}", d, dec.clear_counters, live,
+                                self.shadow_checks, d_ref, cleared_ref)
+            m.d.comb += dec.counters[int(s) - 1].eq(value)
+            ref = Mux(cleared_ref, 0, (c + d_ref)[:COUNTER_BITS])     # V's copies: from live on (_counter)
+            self.shadow_checks.append((f"ctr_{name}_value", Mux(live, value, ref), ref))
         return m
+
+
+#: Most loads of one copy of a counter's clear or registered increment (a 32-bit group of
+#: registers or of value LUTs; issue 6: a net with fanout > ~30-60 must come from its own copy).
+_CTR_GROUP = 32
+
+
+def _groups(width):
+    """``[lo, hi)`` bit ranges of at most ``_CTR_GROUP`` bits covering ``width`` bits."""
+    return [(lo, min(lo + _CTR_GROUP, width)) for lo in range(0, width, _CTR_GROUP)]
+
+
+def _counter(m, platform, name, d, clear, live, checks, d_ref, cleared_ref):
+    """A ``COUNTER_BITS`` counter of the increments ``d`` (registered) and ``clear`` (registered):
+    returns (V, c), V the visible value (comb), c the register of the previous cycle's V.
+
+    Every copy of the registered clear / increment (``enable_copy``, appended to ``checks`` with
+    its reference ``cleared_ref`` / ``d_ref``) serves one group of loads. A 1-bit increment drives
+    ``_plus_one_counter`` directly; a wider one is added to a low part of its own width (lo + d_r
+    carries at most once, into the high part, a plus-one counter with that carry as increment),
+    in one adder per load group (its own copy of d_r, so synthesis cannot merge them: each carry
+    out drives one group).
+
+    The copies of V's own LUTs (``exact=False``) are reset-less (``kept_copy``: no AND with
+    ``live`` between the flip-flop and V, the status snapshot's path): they differ from the
+    registered clear / increment only in the first cycle after a reset (they loaded the reset
+    cycle's values), so V may differ from c + d_r in that cycle only, which nothing observes:
+    no register loads V but the decoder's snapshot, which is loaded again on every cycle up to
+    the WAIT cycle that leaves for RESP, >= 3 cycles after a reset (IDLE, CHECK, DECIDE first).
+    Their checks (and the value's, in elaborate) hold from the second cycle on (``live``)."""
+    def copy(x, ref, tag, exact):
+        if exact:                                   # a multi-bit x: one enable_copy per bit
+            q = Cat(*[enable_copy(m, platform, x[i], f"{name}_{tag}" + (f"_{i}" if len(x) > 1 else ""))
+                      for i in range(len(x))])
+        else:
+            q = kept_copy(m, platform, x, C(1, 1), f"{name}_{tag}")
+        checks.append((f"{name}_{tag}", Mux(live | exact, q, ref), ref))
+        return q
+
+    def cleared(tag, exact=True):
+        return copy(clear, cleared_ref, f"cleared_{tag}", exact)
+
+    width = len(d_ref)
+    if width == 1:
+        return _plus_one_counter(m, name, COUNTER_BITS, lambda tag, exact=True: copy(d, d_ref, f"inc_{tag}", exact),
+                                 cleared, checks)
+    lw = width                                            # lo + d_r < 2 ** (lw + 1): one carry at most
+    lo = Signal(lw, name=f"{name}_lo")
+
+    def add(tag, exact=True):
+        """lo + (a copy of d_r), lw + 1 bits (the top bit: the carry into the high part)."""
+        s = Signal(lw + 1, name=f"{name}_sum_{tag}")
+        m.d.comb += s.eq(lo + copy(d, d_ref, f"inc_{tag}", exact))
+        return s
+    v_lo = Signal(lw, name=f"{name}_value_lo")
+    m.d.comb += v_lo.eq(Mux(cleared("vlo", exact=False), 0, add("vlo", exact=False)[:lw]))
+    m.d.sync += lo.eq(Mux(cleared("lo"), 0, add("lo")[:lw]))
+    v_hi, c_hi = _plus_one_counter(m, f"{name}_h", COUNTER_BITS - lw, lambda tag, exact=True: add(tag, exact)[lw],
+                                   cleared, checks)
+    return Cat(v_lo, v_hi), Cat(lo, c_hi)
+
+
+def _plus_one_counter(m, name, width, inc, cleared, checks):
+    """A ``width``-bit counter of a 1-bit increment: returns (V, c) as ``_counter``; ``inc(tag)`` /
+    ``cleared(tag)`` give a copy of the increment (valid in the cycle: V(t) = cleared ? 0 :
+    c + inc) / of the registered clear for one group of loads named ``tag`` (``exact=False``: the
+    copies for V's LUTs, see ``_counter``).
+
+    V = cleared ? 0 : (inc ? P : c): one LUT of flip-flops per bit, where P = c + 1 is a register
+    of its own: P(t+1) = V(t) + 1 = cleared ? 1 : P + inc, the counter's recurrence with the
+    clear value 1, so P's carry chains end in P's registers. c's next value V is one LUT of
+    flip-flops (the clear as data). P's add is split at
+    ``COUNTER_SPLIT`` (a 64-bit chain in front of a register was too slow): P = (p_hi, p_lo), a
+    carry chain p_lo + inc whose carry out is the enable of p_hi and of p_hi1 = p_hi + 1 (a
+    register of its own, from its own incrementer in parallel): p_hi takes p_hi1."""
+    split = min(COUNTER_SPLIT, width - 1)
+    hb = width - split
+    c = Signal(width, name=f"{name}_c")
+    p_lo = Signal(split, name=f"{name}_p_lo", init=1)
+    p_hi = Signal(hb, name=f"{name}_p_hi")
+    p_hi1 = Signal(hb, name=f"{name}_p_hi1", init=1)
+    p_sum = Signal(split + 1, name=f"{name}_p_sum")
+    m.d.comb += p_sum.eq(p_lo + inc("p"))
+    co = p_sum[-1]
+    m.d.sync += [p_lo.eq(Mux(cleared("p_lo"), 1, p_sum[:split])),
+                 p_hi.eq(Mux(cleared("p_hi"), 0, Mux(co, p_hi1, p_hi))),
+                 p_hi1.eq(Mux(cleared("p_hi1"), 1, Mux(co, p_hi1 + 1, p_hi1)))]
+    p = Cat(p_lo, p_hi)
+    value = Signal(width, name=f"{name}_value")
+    for g, (lo, hi) in enumerate(_groups(width)):
+        # the clear as data (an AND, not a mux to 0 that yosys would fold into the reset): c keeps
+        # the board's reset net alone (tests/test_uart.py), its next value one LUT of flip-flops
+        cl = cleared(f"c{g}")
+        m.d.sync += c[lo:hi].eq(Mux(inc(f"c{g}"), p[lo:hi], c[lo:hi]) & ~cl.replicate(hi - lo))
+        m.d.comb += value[lo:hi].eq(Mux(cleared(f"v{g}", exact=False), 0,
+                                        Mux(inc(f"v{g}", exact=False), p[lo:hi], c[lo:hi])))
+    checks += [(f"{name}_p", p, (c + 1)[:width]), (f"{name}_p_hi1", p_hi1, (p_hi + 1)[:hb])]
+    return value, c
