@@ -272,9 +272,9 @@ class PackedPE(wiring.Component):
         # Stage 2 (issue 6): the fields registered in the fabric, beside the accumulators. On ECP5
         # the product is a MULT18X18D output register in the DSP rows; the adder straight behind
         # it paid the DSP -> fabric route (several ns on the 30 x 4 top) and the carry chain in one
-        # cycle. The flags move along: `f2` = the registered fields complete a chain, `ld2` = the
+        # cycle. The flags move along: `f1` = the registered fields complete a chain, `ld1` = the
         # tile's last one (stage 3 loads the result register). flush_last implies flush (both
-        # registered from the same valid beat), so f2 = flush and ld2 = flush & flush_last; they
+        # registered from the same valid beat), so f1 = flush and ld1 = flush & flush_last; they
         # are written with flush_last, which differs from PE to PE (last_out is an AND per hop),
         # because `flush` itself is the same register along an anti-diagonal of the array and
         # synthesis would merge those copies into one flip-flop driving the clock enables of
@@ -287,8 +287,8 @@ class PackedPE(wiring.Component):
             m.d.sync += [q.eq(f) for q, f in zip(fq1, fields)]
             m.d.sync += [f1.eq(flush | flush_last), ld1.eq(flush_last)]
         self.shadow_checks = [
-            ("f2", flush | flush_last, flush),
-            ("ld2", flush_last, flush & flush_last),
+            ("f1", flush | flush_last, flush),
+            ("ld1", flush_last, flush & flush_last),
         ]
         # Stage 2b: the fields once more, with their flags (timing, issue 6: the DSP's output and
         # the accumulator's carry chain are in different places, the DSP rows and the fabric

@@ -511,7 +511,7 @@ class Sequencer(wiring.Component):
         copy_checks.append(("w_fl", w_fl | ~live, w_free | wn_free))
 
         def w_ld(pl_v, wn_v, own):
-            return Mux(w_fin, Mux(w_fl, pl_v, wn_v), Mux(w_free, pl_v, own))
+            return ld((w_free, w_fin, w_fl), pl_v, wn_v, own)      # the streamer's select
 
         ce_w = Signal()
         m.d.comb += ce_w.eq(self.core_out.valid | w_free)
