@@ -288,12 +288,13 @@ class GoldenDevice(Device):
             if f["counters"]:
                 self.counters = {s: 0 for s in Slot if s != Slot.STATUS}
                 self._timer = TopTimer(cfg)   # time 0 = this command's IDLE cycle; cleared in its WAIT
-                self._origin = 4              # IDLE 0, CHECK 1, DECIDE 2, WAIT 3: counting from 4
+                # IDLE 0, CHECK 1, COMPARE 2, DECIDE 3, cleared in WAIT (DECODE_CYCLES): counting after it
+                self._origin = isa.DECODE_CYCLES + 1
 
     def _slots(self) -> list[int]:
         c = dict(self.counters)
-        # READ_STATUS is taken on timer cycle t and snapshots on t + 3 (its WAIT cycle, after CHECK, DECIDE)
-        c[Slot.CYCLES] = self._timer.t + 3 - self._origin
+        # READ_STATUS is taken on timer cycle t and snapshots on t + DECODE_CYCLES (its WAIT cycle)
+        c[Slot.CYCLES] = self._timer.t + isa.DECODE_CYCLES - self._origin
         c[Slot.BUSY_CYCLES] = self._timer.busy_cycles
         # Stalls of back-to-back jobs depend on their neighbours: take them from the
         # same top-level timeline as BUSY_CYCLES, not from each RUN alone.

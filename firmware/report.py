@@ -51,8 +51,9 @@ class TopTimer:
     cycle, and dout is always ready. Cycle by cycle this follows the RTL's
     documented behaviour:
 
-    * decoder, per command taken on cycle c: CHECK on c+1, DECIDE on c+2
-      (the checks split over two registered cycles, issue 6), WAIT from c+3 until
+    * decoder, per command taken on cycle c: CHECK on c+1, COMPARE on c+2,
+      DECIDE on c+3 (the checks split over three registered cycles, issue 6),
+      WAIT from c+D (D = ``isa.DECODE_CYCLES`` = 4) until
       its interlock clears on cycle w, then RUN: the job enters the queue on
       w (IDLE on w+1); WRITE_*: words on w+1 .. w+n (IDLE on w+n+1);
       READ_OUT: words on w+2 .. w+n+1 (IDLE on w+n+2); READ_STATUS/SYNC:
@@ -138,9 +139,9 @@ class TopTimer:
         c = self.t
         f = fields
         if dropped or op is None:
-            self.t = c + 3 + din_words          # CHECK, DECIDE, then DISCARD of a dropped WRITE's payload
+            self.t = c + isa.DECODE_CYCLES + din_words     # the checks, then DISCARD of a dropped WRITE's payload
             return
-        w = c + 3                                # first WAIT cycle (after CHECK, DECIDE)
+        w = c + isa.DECODE_CYCLES                # first WAIT cycle (after CHECK, COMPARE, DECIDE)
         if op in self._BUF:
             buf = self._BUF[op]
             w = max(w, self._release(buf, f["bank"], "pushed" if buf == "params" else "streamed"))

@@ -87,7 +87,7 @@ from ._check import UINT8_MAX, UINT8_MIN, check_int_array
 from .config import BANKS, ArrayConfig
 
 __all__ = [
-    "DESC_BITS", "OPCODE_BITS", "JOB_QUEUE_DEPTH", "LUT_ENTRIES", "COUNTER_BITS", "STATUS_BYTES", "SLOT_BYTES",
+    "DESC_BITS", "OPCODE_BITS", "JOB_QUEUE_DEPTH", "DECODE_CYCLES", "LUT_ENTRIES", "COUNTER_BITS", "STATUS_BYTES", "SLOT_BYTES",
     "Op", "Flag", "Slot", "STATUS_SLOTS", "STATUS_BUSY", "STATUS_JOBS_SHIFT", "STATUS_JOBS_WIDTH", "ERROR_MASK",
     "FIELDS", "PAYLOAD_BUFFER", "Field", "field_widths", "layout", "k_max", "ntiles_max",
     "encode", "decode", "descriptor_errors", "reserved_mask",
@@ -103,6 +103,12 @@ DESC_BITS = 128
 OPCODE_BITS = 8
 #: RUN jobs queued or running at once (the decoder waits while the queue is full).
 JOB_QUEUE_DEPTH = 2
+#: Cycles from a command's transfer (cycle c, the decoder in IDLE) to its first WAIT cycle: the
+#: descriptor checks take CHECK (c + 1) and COMPARE (c + 2), the drop decision DECIDE (c + 3;
+#: a dropped command is back in IDLE on c + DECODE_CYCLES, after discarding a WRITE's payload).
+#: hw/decoder.py's states, the cycle models (firmware/report.py, firmware/golden_device.py) and
+#: the buffers' write-to-read spacing (hw.buffers.WRITE_TO_READ_MIN_CYCLES) derive from it.
+DECODE_CYCLES = 4
 #: Entries of the output look-up table (indexed by an 8-bit code).
 LUT_ENTRIES = UINT8_MAX - UINT8_MIN + 1
 #: Width of every performance counter (wraps modulo 2**64).

@@ -6,10 +6,12 @@ One command at a time, in order. States:
   its one-hot opcode and the first stage of the checks (``_checks``: field
   range tests, reserved-bit chunks, end sums, the RUN products (registered
   multipliers) and the room after the offsets, computed from ``cmd.payload``).
-* ``CHECK`` (1 cycle): the second stage: the end values and products are
-  compared with the buffer depths / the room and the opcode's tests ORed
-  (registered); the bank is loaded.
-* ``DECIDE`` (1 cycle): the payload state (address, entry counters) is loaded
+* ``CHECK`` (1 cycle): the second stage: the end values are compared with
+  the buffer depths and the opcode's tests ORed (registered); the RUN
+  products are copied into fabric registers; the bank is loaded.
+* ``COMPARE`` (1 cycle): the products' copies are compared with the room
+  (registered); the other check bits pass through one more register.
+* ``DECIDE`` (1 cycle, ``golden.isa.DECODE_CYCLES`` - 1 after the transfer): the payload state (address, entry counters) is loaded
   (nothing reads it before WRITE / READ); the decision from the registered check bits. A
   failing command sets its sticky flags, pulses ``dropped`` and goes to
   ``DISCARD`` (WRITE_* opcodes: the payload is consumed up to ``last``) or
@@ -50,7 +52,7 @@ descriptor in CHECK, pa's increment is a register of its own (``pa1``), the flag
 counters and the readies read the shadow flags, the flags' and the counters' clears are
 flip-flops (``clr_st``, ``clr_ctr``), RESP shifts the snapshot so dout's word needs no word mux, and
 the datapath registers are reset-less (each is written before it is
-read after a reset: IDLE, CHECK, DECIDE or the entry's words come first). The first
+read after a reset: IDLE, CHECK, COMPARE, DECIDE or the entry's words come first). The first
 check stage is computed from ``cmd.payload`` on its way into ``desc``, so it
 assumes ``cmd.payload`` comes from registers (on the board: the UART
 bridge's descriptor shift register).
@@ -64,7 +66,7 @@ from amaranth.lib import data, stream, wiring
 from amaranth.lib.wiring import In, Out
 
 from golden.config import BANKS, ArrayConfig
-from golden.isa import (COUNTER_BITS, DESC_BITS, ERROR_MASK, JOB_QUEUE_DEPTH, OPCODE_BITS, PAYLOAD_BUFFER,
+from golden.isa import (COUNTER_BITS, DECODE_CYCLES, DESC_BITS, ERROR_MASK, JOB_QUEUE_DEPTH, OPCODE_BITS, PAYLOAD_BUFFER,
                         STATUS_BUSY, STATUS_JOBS_SHIFT, STATUS_SLOTS, Flag, Op, buffer_depth, entry_bytes, layout,
                         reserved_mask, status_response_words, sync_response_words, words_per_entry)
 
@@ -141,15 +143,21 @@ class Decoder(wiring.Component):
         MULT18X18D's output register on the ECP5) and the room left after
         ``act_offset`` / ``out_offset``; in ``CHECK`` they hold the values of the
         accepted descriptor. Stage B (registered at the end of ``CHECK``)
-        compares the end values and the products with the depths / the room (one
-        carry chain each), ORed under the opcode (``op_r``: the registered
+        compares the end values with the depths (one carry chain each) and
+        copies the products and the room (``COMPARE`` compares them, below), ORed under the opcode (``op_r``: the registered
         one-hot opcode), and ORs the opcode's field tests and reserved chunks:
-        registers in parallel (the products' compares apart from the end sums';
-        the field / reserved / opcode tests once more ORed for the decision). ``DECIDE`` thus reads registered bits only
+        registers in parallel (the field / reserved / opcode tests once more ORed
+        for the decision), each delayed one more register to ``DECIDE``. ``DECIDE`` thus reads registered bits only
         (the drop decision, ``dropped`` and the flags: <= 2 LUT levels, issue 6),
         and the products, the 128-bit mask and the compares are never in one
         cycle with the descriptor's arrival, the FSM or the flags; the command
-        timeline is unchanged (two check cycles).
+        timeline is ``DECODE_CYCLES`` (golden.isa): three check cycles.
+
+        The products' compare is a stage of its own (``COMPARE``, issue 6): the MULT18X18D sits
+        wherever a free one is, so its output register is copied into a fabric register in
+        CHECK (``*_need_f``, nothing else in front of it) and compared with the room (delayed
+        alike) in COMPARE; the other stage-B bits are delayed one register to meet them in
+        DECIDE (the 16 x 4 top's critical path was the product -> compare -> ``need_bad``, 9.65 ns).
         """
         cfg = self.cfg
         p = self.cmd.payload
@@ -192,9 +200,9 @@ class Decoder(wiring.Component):
         wgt_end = reg(rf["wgt_offset"] + rf["k"], "wgt_end")
         # The RUN products, multiplied from cmd.payload on every cycle into a registered product
         # (en = 1: in CHECK it holds the accepted descriptor's), the room after each offset
-        # registered beside it; compared in CHECK (the product's bits above the room's width are
-        # an OR beside the carry chain), each into a register of its own (need_bad_act / _out:
-        # the two multipliers may be placed far apart, issue 6).
+        # registered beside it; both copied in CHECK and compared in COMPARE (the product's bits
+        # above the room's width are an OR beside the carry chain), each into a register of its
+        # own (need_bad_act / _out: the two multipliers may be placed far apart, issue 6).
         over = []
         for name, b, depth, off in (("act_need", rf["k"], cfg.act_depth, rf["act_offset"]),
                                     ("out_need", Const(cfg.rows), cfg.out_depth, rf["out_offset"])):
@@ -204,18 +212,19 @@ class Decoder(wiring.Component):
             # Room after the offset: only meaningful when the offset passes its own test
             # (< depth), otherwise the field test flags the command anyway: taken modulo.
             room = reg((depth - off)[:w], name.replace("need", "room"))
-            over.append(mul.p[w:].any() | (mul.p[:w] > room))
+            p_f, room_f = reg(mul.p, f"{name}_f"), reg(room, name.replace("need", "room_f"))
+            over.append(p_f[w:].any() | (p_f[:w] > room_f))
 
         # -- stage B (end of CHECK): compares, then the opcode's tests; registers in parallel
         end_bad = [op_r[op] & (pend[op] > buffer_depth(cfg, PAYLOAD_BUFFER[op])) for op in PAYLOAD_BUFFER]
         end_bad.append(op_r[Op.RUN] & (wgt_end > cfg.wgt_depth))
         fld_bad = Cat(*[op_r[op] & Cat(*bits).any() for op, bits in field_bad.items() if bits]).any()
         resv_bad = Cat(*[op_r[op] & Cat(*bits).any() for op, bits in resv.items() if bits]).any()
-        end_bad_r = reg(Cat(*end_bad).any(), "end_bad")
+        end_bad_r = reg(reg(Cat(*end_bad).any(), "end_bad"), "end_bad_d")
         need_bad_r = Cat(*[reg(op_r[Op.RUN] & o, f"need_bad_{n}") for o, n in zip(over, ("act", "out"))]).any()
-        lit_bad_r = reg(fld_bad | resv_bad | ~ok_r, "lit_bad")
-        return (end_bad_r | need_bad_r, reg(fld_bad, "field_bad"), reg(resv_bad, "reserved_bad"),
-                lit_bad_r | end_bad_r | need_bad_r)
+        lit_bad_r = reg(reg(fld_bad | resv_bad | ~ok_r, "lit_bad"), "lit_bad_d")
+        return (end_bad_r | need_bad_r, reg(reg(fld_bad, "field_bad"), "field_bad_d"),
+                reg(reg(resv_bad, "reserved_bad"), "reserved_bad_d"), lit_bad_r | end_bad_r | need_bad_r)
 
     def elaborate(self, platform):
         cfg = self.cfg
@@ -233,8 +242,8 @@ class Decoder(wiring.Component):
         # decision (decide_r, write_r: ``dropped`` feeds a counter increment register) come from
         # flip-flops, not from the state decode. resp_r selects dout's data (see dout below).
         shadow = {s: (Signal(init=(s == "IDLE"), name=f"{s.lower()}_r"), Signal(name=f"{s.lower()}_d"))
-                  for s in ("IDLE", "CHECK", "DECIDE", "WAIT", "WRITE", "DISCARD", "READ", "RESP")}
-        ((idle_r, _), (check_r, _), (decide_r, _), (wait_r, wait_d), (write_r, _), (discard_r, _), (read_r, _),
+                  for s in ("IDLE", "CHECK", "COMPARE", "DECIDE", "WAIT", "WRITE", "DISCARD", "READ", "RESP")}
+        ((idle_r, _), (check_r, _), (_, _), (decide_r, _), (wait_r, wait_d), (write_r, _), (discard_r, _), (read_r, _),
          (resp_r, resp_d)) = shadow.values()
         # The handshakes' readies straight from the shadow flags (issue 6: the bridge's cmd/din
         # valid and the decoder's state decode were two LUT levels in front of its registers).
@@ -350,8 +359,8 @@ class Decoder(wiring.Component):
         # wsel (``kept_copy``: kept apart by synthesis), one per <= _COPY_LOADS bits of a word.
         # The write of an entry is registered: it happens on the cycle after its final word, with
         # data = asm, addr = pa, bank = bank. Invisible at the top's ports: the buffers and the LUT
-        # are read only by jobs, which a RUN hands over at least 3 cycles later (CHECK, DECIDE,
-        # WAIT), and a WRITE waits until no queued job reads its bank.
+        # are read only by jobs, which a RUN hands over at least DECODE_CYCLES cycles later (CHECK,
+        # COMPARE, DECIDE, WAIT), and a WRITE waits until no queued job reads its bank.
         asm = Signal(wpe_max * bus_bits, reset_less=True)
         words = [asm[q * bus_bits:(q + 1) * bus_bits] for q in range(wpe_max)]
         m.d.sync += wsel.eq(wsel_d)
@@ -511,6 +520,7 @@ class Decoder(wiring.Component):
                 m.d.sync += rv.eq(0)
 
         job_valid_ref, clear_counters_ref = Signal(), Signal()     # the FSM's forms, for the checks
+        assert DECODE_CYCLES == 4, "the FSM below takes IDLE -> CHECK -> COMPARE -> DECIDE -> WAIT"
         with m.FSM() as fsm:
             with state("IDLE"):
                 with m.If(self.cmd.valid):
@@ -527,6 +537,8 @@ class Decoder(wiring.Component):
                 m.d.comb += [wi_d.eq(0), nresp_m1_d.eq(Mux(op_r[Op.SYNC], sync_response_words(cfg) - 1,
                                                            status_response_words(cfg) - 1))]
                 m.d.comb += wsel_d.eq(1)
+                goto("COMPARE")
+            with state("COMPARE"):
                 goto("DECIDE")
             with state("DECIDE"):
                 with m.If(bad):

@@ -232,20 +232,24 @@ def _plus_one_counter(m, name, width, inc, cleared, checks):
     clear value 1, so P's carry chains end in P's registers. c's next value V is one LUT of
     flip-flops (the clear as data). P's add is split at
     ``COUNTER_SPLIT`` (a 64-bit chain in front of a register was too slow): P = (p_hi, p_lo), a
-    carry chain p_lo + inc whose carry out is the enable of p_hi and of p_hi1 = p_hi + 1 (a
-    register of its own, from its own incrementer in parallel): p_hi takes p_hi1."""
+    carry chain p_lo + inc into p_lo; p_lo carries out when inc meets p_lo all ones, and that
+    carry (a copy of inc ANDed with ``p_full``, a flip-flop equal to "p_lo is all ones", one copy
+    each for p_hi and p_hi1: no carry chain and one LUT in front of their <= 32 selects, issue 6:
+    p_lo's carry out with fanout 50-56 was a 9.0-9.4 ns path) is the enable of p_hi and of
+    p_hi1 = p_hi + 1 (a register of its own, from its own incrementer in parallel): p_hi takes
+    p_hi1. p_full's next value: cleared ? (1 == all ones) : inc ? p_lo == all ones - 1 : p_full."""
     split = min(COUNTER_SPLIT, width - 1)
     hb = width - split
     c = Signal(width, name=f"{name}_c")
     p_lo = Signal(split, name=f"{name}_p_lo", init=1)
     p_hi = Signal(hb, name=f"{name}_p_hi")
     p_hi1 = Signal(hb, name=f"{name}_p_hi1", init=1)
-    p_sum = Signal(split + 1, name=f"{name}_p_sum")
-    m.d.comb += p_sum.eq(p_lo + inc("p"))
-    co = p_sum[-1]
-    m.d.sync += [p_lo.eq(Mux(cleared("p_lo"), 1, p_sum[:split])),
-                 p_hi.eq(Mux(cleared("p_hi"), 0, Mux(co, p_hi1, p_hi))),
-                 p_hi1.eq(Mux(cleared("p_hi1"), 1, Mux(co, p_hi1 + 1, p_hi1)))]
+    ones = (1 << split) - 1
+    p_full = Signal(name=f"{name}_p_full", init=int(split == 1))      # p_lo == ones (init p_lo = 1)
+    m.d.sync += [p_lo.eq(Mux(cleared("p_lo"), 1, (p_lo + inc("p"))[:split])),
+                 p_full.eq(Mux(cleared("p_full"), int(ones == 1), Mux(inc("p_full"), p_lo == ones - 1, p_full))),
+                 p_hi.eq(Mux(cleared("p_hi"), 0, Mux(inc("p_hi") & p_full, p_hi1, p_hi))),
+                 p_hi1.eq(Mux(cleared("p_hi1"), 1, Mux(inc("p_hi1") & p_full, p_hi1 + 1, p_hi1)))]
     p = Cat(p_lo, p_hi)
     value = Signal(width, name=f"{name}_value")
     for g, (lo, hi) in enumerate(_groups(width)):
@@ -255,5 +259,6 @@ def _plus_one_counter(m, name, width, inc, cleared, checks):
         m.d.sync += c[lo:hi].eq(Mux(inc(f"c{g}"), p[lo:hi], c[lo:hi]) & ~cl.replicate(hi - lo))
         m.d.comb += value[lo:hi].eq(Mux(cleared(f"v{g}", exact=False), 0,
                                         Mux(inc(f"v{g}", exact=False), p[lo:hi], c[lo:hi])))
-    checks += [(f"{name}_p", p, (c + 1)[:width]), (f"{name}_p_hi1", p_hi1, (p_hi + 1)[:hb])]
+    checks += [(f"{name}_p", p, (c + 1)[:width]), (f"{name}_p_hi1", p_hi1, (p_hi + 1)[:hb]),
+               (f"{name}_p_full", p_full, p_lo == ones)]
     return value, c

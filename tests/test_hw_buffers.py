@@ -302,13 +302,14 @@ def test_top_write_then_run_tightest(op, checked_sequencer):
              simple(cfg, Op.READ_OUT, bank=0, offset=0, length=nt * cfg.rows), simple(cfg, Op.SYNC)]
     got, log, _ = check_session(cfg, cmds, seed=int(op), p_cmd=1.0, p_din=1.0, p_dout=1.0)
     acc = log["cmd_accept"]
-    # WRITE transferred on a: CHECK a+1, DECIDE a+2, WAIT a+3, payload words a+4 .. a+3+n (the final
-    # entry presented on the write port on t = a+3+n); the RUN transfers on t+1 (IDLE), then CHECK,
-    # DECIDE, WAIT (job transfer) and the sequencer's first reads on t+5.
-    t_final = acc[n0] + 3 + len(write.payload)
+    # WRITE transferred on a: CHECK a+1, COMPARE a+2, DECIDE a+3, WAIT a+D (D = DECODE_CYCLES),
+    # payload words a+D+1 .. a+D+n (the final entry presented on the write port on t = a+D+n); the
+    # RUN transfers on t+1 (IDLE), then CHECK, COMPARE, DECIDE, WAIT (job transfer) and the
+    # sequencer's first reads on t+D+2.
+    t_final = acc[n0] + isa.DECODE_CYCLES + len(write.payload)
     assert acc[n0 + 1] == t_final + 1
     # the decoder's registered write (t + 1) and the buffer's write register (t + 2) -> readable t + 3
-    assert (acc[n0 + 1] + 4) - t_final == WRITE_TO_READ_MIN_CYCLES >= 3
+    assert (acc[n0 + 1] + isa.DECODE_CYCLES + 1) - t_final == WRITE_TO_READ_MIN_CYCLES >= 3
 
 
 def test_top_params_back_to_back_jobs(checked_sequencer):

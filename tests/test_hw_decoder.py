@@ -1,10 +1,11 @@
 """``hw.decoder.Decoder`` alone: the descriptor checks against ``golden.isa.descriptor_errors``.
 
 The RUN products (``ntiles * k`` against the room after ``act_offset``, ``ntiles * rows``
-against the room after ``out_offset``) are registered in CHECK and compared in DECIDE (issue 6);
+against the room after ``out_offset``) are registered in IDLE, copied in CHECK and compared in
+COMPARE (issue 6);
 these tests put ``offset + product`` on, just below and just above the depth, plus random
-fields, and check on every command: the drop decision in DECIDE (``dropped`` exactly two
-cycles after the command transfer), the flags it sets, the job handed over in WAIT otherwise;
+fields, and check on every command: the drop decision in DECIDE (``dropped`` exactly
+``DECODE_CYCLES`` - 1 cycles after the command transfer), the flags it sets, the job handed over in WAIT otherwise;
 a READ_STATUS at the end; and on every cycle that the decoder's registered state flags
 equal their state tests (``Decoder.shadow_checks``).
 """
@@ -77,7 +78,7 @@ def _simulate(cfg, words):
         for w in words:
             for cmd in (w, clear):
                 await _send_cmd(ctx, dut, cmd)
-                for dt in range(1, 6):                   # CHECK (1), DECIDE (2), WAIT (3)
+                for dt in range(1, isa.DECODE_CYCLES + 3):   # CHECK 1, COMPARE 2, DECIDE 3, WAIT 4
                     if ctx.get(dut.dropped):
                         await ctx.tick()
                         if cmd == w:
@@ -129,11 +130,11 @@ def test_run_product_checks_match_golden(cfg, seed, n):
     for w, g in zip(words, got):
         errs = isa.descriptor_errors(cfg, w)
         if errs:
-            assert g == (2, errs), (hex(w), g, errs)           # dropped in DECIDE with exactly errs
+            assert g == (isa.DECODE_CYCLES - 1, errs), (hex(w), g, errs)   # dropped in DECIDE, exactly errs
             n_range += bool(errs & isa.Flag.BAD_RANGE)
         else:
             op, f = isa.decode(cfg, w)
-            assert op == Op.RUN and g[0] is None and g[2] == 3, (hex(w), g)   # handed over in WAIT
+            assert op == Op.RUN and g[0] is None and g[2] == isa.DECODE_CYCLES, (hex(w), g)   # handed over in WAIT
             assert g[1] == {n_: f[n_] for n_ in g[1]}
             n_ok += 1
     assert n_ok >= n // 8 and n_range >= n // 8            # both outcomes well represented

@@ -329,9 +329,9 @@ def test_runs_match_golden_tiles(cfg):
     got, log, ref = check_session(cfg, cmds, seed=2)
     st = isa.parse_status(cfg, got[-1])
     assert st["flags"] == 0 and st["JOBS_DONE"] == 6 and st["CMDS_DROPPED"] == 0
-    # the last READ_STATUS snapshot happens 3 cycles after its cmd transfer (IDLE -> CHECK -> DECIDE -> WAIT)
-    assert st["CYCLES"] == log["cmd_accept"][-1] + 3
-    assert st["OUT_STALL_CYCLES"] == sum(c < log["cmd_accept"][-1] + 3 for c in log["stall_cycles"])
+    # the last READ_STATUS snapshot happens DECODE_CYCLES after its cmd transfer (its first WAIT cycle)
+    assert st["CYCLES"] == log["cmd_accept"][-1] + isa.DECODE_CYCLES
+    assert st["OUT_STALL_CYCLES"] == sum(c < log["cmd_accept"][-1] + isa.DECODE_CYCLES for c in log["stall_cycles"])
 
 
 @pytest.mark.parametrize("cfg,k,ntiles", [(CFG, 1, 8), (CFG, 5, 3), (CFG, 16, 2), (CFG_NARROW, 2, 4),
@@ -351,10 +351,11 @@ def test_isolated_run_counters_equal_formula(cfg, k, ntiles):
     assert st["IN_STALL_CYCLES"] == t["in_stall_cycles"]
     assert st["USEFUL_MACS"] == ntiles * k * (cfg.rows - 1) * cfg.out_lanes
     assert st["JOBS_DONE"] == 1
-    # SYNC answers right after the job retires: RUN accepted on a, queued on a + 4 (CHECK, DECIDE, WAIT),
-    # busy for busy_cycles cycles, SYNC's WAIT sees jobs = 0 on the next cycle and answers after it.
+    # SYNC answers right after the job retires: RUN accepted on a, queued in its WAIT cycle
+    # a + DECODE_CYCLES, busy for busy_cycles cycles from the next one, SYNC's WAIT sees jobs = 0
+    # on the cycle after and answers after it.
     a_run = log["cmd_accept"][-4]
-    assert log["dout"][0] >= a_run + 4 + t["busy_cycles"]
+    assert log["dout"][0] >= a_run + isa.DECODE_CYCLES + 1 + t["busy_cycles"]
 
 
 @pytest.mark.parametrize("cfg,k,ntiles", [(CFG, 5, 3), (CFG_NARROW, 2, 4)])
@@ -406,10 +407,10 @@ def test_overlap_and_interlock():
     acc = log["cmd_accept"][n0:]
     t = isa.run_timing(cfg, k, nt)
     # the write into A's act bank waited until A's last beat had been read: >= 32 cycles after A queued
-    assert acc[4] - (acc[0] + 3) >= k * nt
+    assert acc[4] - (acc[0] + isa.DECODE_CYCLES) >= k * nt
     # the params write (accepted as acc[9]) waited for B's pushes, which follow A's last push (model
     # cycle param_push[-1] = hardware cycle queue + 1 + that): the next command comes after it
-    assert acc[10] - (acc[7] + 3) >= t["param_push"][-1] + 2
+    assert acc[10] - (acc[7] + isa.DECODE_CYCLES) >= t["param_push"][-1] + 2
 
 
 def _malformed_cases(cfg, rng):
