@@ -28,9 +28,9 @@ buffers): the memory is split into slices of that many bits, each written throug
 of the registered write enable and address; reads are unchanged.
 
 LUT-RAM mode (``lut_ram_slice_bits``, the params buffer on the FPGA): each bank is split
-into slices of that many bits (one memory each, read asynchronously), and the read address,
-the read bank select and the write address are registered inside the buffer in one copy
-per slice (per bank and slice for the write address), so every copy drives at most
+into slices of that many bits (one memory each, read asynchronously), and the read bank
+select is registered inside the buffer in one copy per slice, the read and write addresses
+in one copy per bank and slice, so every address copy drives at most
 ``lut_ram_slice_bits / 4`` LUT-RAM cells (TRELLIS_DPR16X4: 4 bits x 16 entries) straight from
 flip-flops; the write enables are one reset-less copy per bank and slice ANDed with a
 one-bit reset register (so a write presented in a reset cycle still never lands). Read
@@ -68,9 +68,10 @@ __all__ = ["BankedBuffer", "write_signature", "read_signature", "bank_shape", "W
 #: Covered at the top by tests/test_hw_buffers.py::test_top_write_then_run_tightest.
 WRITE_TO_READ_MIN_CYCLES = DECODE_CYCLES + 2
 
-#: LUT-RAM mode: most LUT-RAM cells (TRELLIS_DPR16X4, 4 bits x 16 entries) one read address
-#: copy drives, the slice in every bank (issue 6: a net with fanout > ~30-60 must come straight
-#: from its own flip-flop).
+#: LUT-RAM mode: most LUT-RAM cells (TRELLIS_DPR16X4, 4 bits x 16 entries) of one slice, all
+#: banks together (one read bank select copy; each bank's part has its own read and write
+#: address copies; issue 6: a net with fanout > ~30-60 must come straight from its own
+#: flip-flop).
 LUT_RAM_CELLS_PER_COPY = 32
 
 
@@ -220,8 +221,8 @@ class BankedBuffer(wiring.Component):
         return [(lo, min(lo + sb, self.width)) for lo in range(0, self.width, sb)]
 
     def _elaborate_lut_ram(self, platform):
-        """LUT-RAM mode (module docstring): per-slice registered read address and bank select,
-        per-bank-and-slice registered write address, per-bank registered write enables."""
+        """LUT-RAM mode (module docstring): per-slice registered read bank select,
+        per-bank-and-slice registered read and write addresses and write enables."""
         m = Module()
         # Timing (issue 6): the 30x4 top's params buffer is ~680 TRELLIS_DPR16X4; one read
         # address register (or a mux in front of a synchronous read) drove all of their read
@@ -240,11 +241,14 @@ class BankedBuffer(wiring.Component):
             ref.append(en_b)
         self.shadow_checks = []
         out = []
+        # The read address has a copy per bank and slice (issue 6: one copy per slice, shared by
+        # both banks' cells, put its flip-flop beside one bank: 8.2 ns of routing to the other's
+        # read address pins, the 30 x 4 top's critical path in session 9).
         for g, (lo, hi) in enumerate(self.slices()):
-            r_addr = kept_copy(m, platform, self.r.addr, self.r.en, f"r_addr_s{g}")
             r_sel = kept_copy(m, platform, self.r.bank, self.r.en, f"r_bank_s{g}")
             rdata = []
             for b in range(BANKS):
+                r_addr = kept_copy(m, platform, self.r.addr, self.r.en, f"r_addr_b{b}_s{g}")
                 w_addr = kept_copy(m, platform, self.w.addr, C(1, 1), f"w_addr_b{b}_s{g}")
                 w_en_bg = enable_copy(m, platform, self.w.en & (self.w.bank == b), f"w_en_b{b}_s{g}")
                 self.shadow_checks.append((f"w_en_b{b}_s{g}", w_en_bg, ref[b]))

@@ -124,7 +124,7 @@ def test_lut_ram_slice_width_bounds_the_copy_fanout():
 
 
 def test_lut_ram_copies_are_kept_flip_flops_on_ecp5():
-    """On an ECP5 platform every slice's read address / bank and every bank-slice's write
+    """On an ECP5 platform every slice's read bank select and every bank-slice's read and write
     address is its own set of TRELLIS_FF instances with ``keep`` (yosys would otherwise merge
     the identical registers back into one, with the fanout they exist to split), each loading
     from the read (write) port with the read enable (always) as clock enable."""
@@ -135,7 +135,7 @@ def test_lut_ram_copies_are_kept_flip_flops_on_ecp5():
     text = rtlil.convert(dut, name="buf", platform=ULX3S_85F_Platform())
     cells = re.findall(r"attribute \\keep 1\n(?:  attribute [^\n]*\n)*  cell \\TRELLIS_FF \\(\S+)", text)
     nslices, abits, bbits = 3, (depth - 1).bit_length(), (BANKS - 1).bit_length()
-    expect = {f"r_addr_s{g}_ff{i}" for g in range(nslices) for i in range(abits)}
+    expect = {f"r_addr_b{b}_s{g}_ff{i}" for b in range(BANKS) for g in range(nslices) for i in range(abits)}
     expect |= {f"r_bank_s{g}_ff{i}" for g in range(nslices) for i in range(bbits)}
     expect |= {f"w_addr_b{b}_s{g}_ff{i}" for b in range(BANKS) for g in range(nslices) for i in range(abits)}
     # each write-enable copy is a reset register of its own: its D input ANDs a kept constant-1
