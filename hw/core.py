@@ -62,10 +62,11 @@ __all__ = ["ArrayCore", "PARAMS_PUSH_TO_HEAD_CYCLES", "input_layout", "params_la
 # >= t + 1 + cfg.array_latency (ArrayCore.elaborate asserts the margin).
 PARAMS_PUSH_TO_HEAD_CYCLES = 5
 #: The params FIFO is split into memories of at most this many bits, each read at its own copy of
-#: the read address and write enable: 24 TRELLIS_DPR16X4 cells (4 bits each) per copy (issue 6,
-#: docs/fpga.md "Timing"; with 48 a write-enable copy had fanout 172 and arrived at ~10 ns).
+#: the read address and write enable: 12 TRELLIS_DPR16X4 cells (4 bits each) per copy (issue 6,
+#: docs/fpga.md "Timing"; with 48 a write-enable copy had fanout 172 and arrived at ~10 ns; with
+#: 24 the LUT-RAM read -> head register was still 8.3-9.0 ns on the 30 x 4 top, session 9).
 _LUTRAM_BITS = 4
-PARAM_FIFO_GROUP_BITS = 24 * _LUTRAM_BITS
+PARAM_FIFO_GROUP_BITS = 12 * _LUTRAM_BITS
 
 
 def input_layout(cfg: ArrayConfig) -> data.StructLayout:

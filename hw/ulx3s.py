@@ -134,9 +134,13 @@ class ULX3STop(Elaboratable):
         m.d.comb += [esp.gpio0.o.eq(1), esp.gpio0.oe.eq(1)]
 
         # LEDs: heartbeat, lock, overrun, stalled, rx/tx activity (stretched ~20 ms); their counters
-        # are reset by lock_rst like everything else (a submodule: ResetInserter acts on fragments)
+        # are reset until the lock like everything else (a submodule: ResetInserter acts on fragments)
+        # (a synchroniser of their own: one lock_rst for the bridge and the LEDs was a 9.5 ns reset
+        # net from the LED pins' corner to the bridge's receiver, issue 6, session 9)
+        led_rst = Signal()
+        m.submodules.led_rst_sync = AsyncFFSynchronizer(~locked, led_rst, o_domain="sync")
         lm = Module()
-        m.submodules.leds = ResetInserter(lock_rst)(lm)
+        m.submodules.leds = ResetInserter(led_rst)(lm)
         leds = [platform.request("led", i).o for i in range(8)]
         hb = Signal(range(int(self.freq_hz) // 2 + 1))
         hb_led = Signal()

@@ -338,11 +338,11 @@ def test_core_params_fifo_fills():
 
 
 def test_core_params_fifo_read_address_copies():
-    # The params FIFO is split into memories of <= PARAM_FIFO_GROUP_BITS (24 LUT-RAM cells), each
+    # The params FIFO is split into memories of <= PARAM_FIFO_GROUP_BITS (12 LUT-RAM cells), each
     # read at its own copy of ra; the simulated runs above assert every copy == ra on every cycle
-    # (shadow_checks). The 30 x 4 ULX3S top: 4 lanes' params + lut_en = 169 cells -> 8 copies.
+    # (shadow_checks). The 30 x 4 ULX3S top: 4 lanes' params + lut_en = 169 cells -> 15 copies.
     from hw.fpga import ULX3S_CFG
-    assert -(-params_layout(ULX3S_CFG).size // PARAM_FIFO_GROUP_BITS) == 8
+    assert -(-params_layout(ULX3S_CFG).size // PARAM_FIFO_GROUP_BITS) == 15
     for cfg in (ArrayConfig(rows=2, cols=3), ULX3S_CFG):
         n = -(-params_layout(cfg).size // PARAM_FIFO_GROUP_BITS)
         core = ArrayCore(cfg)
