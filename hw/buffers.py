@@ -71,10 +71,10 @@ WRITE_TO_READ_MIN_CYCLES = DECODE_CYCLES + 2
 #: LUT-RAM mode: most LUT-RAM cells (TRELLIS_DPR16X4, 4 bits x 16 entries) of one slice, all
 #: banks together (one read bank select copy; each bank's part has its own read and write
 #: address copies; issue 6: a net with fanout > ~30-60 must come straight from its own
-#: flip-flop). 16 since session 9 (32 before): the params buffer's read address copy -> LUT-RAM
-#: -> core.w_data_a was the 30 x 4 top's critical path with 32, the copy beside some of a
-#: 64-bit slice's cells and ~8 ns of routing from others.
-LUT_RAM_CELLS_PER_COPY = 16
+#: flip-flop). 16 was tried in session 9: twice the write address copies put the decoder's
+#: shared write address register at fanout 53 and the 30 x 4 top's Fmax did not rise (105.21 and
+#: 98.53 MHz against 111.25 and 105.15, docs/fpga.md).
+LUT_RAM_CELLS_PER_COPY = 32
 
 
 #: Block-RAM mode with ``bram_slice_bits``: bits per slice of the act/wgt buffers, i.e. per copy of
