@@ -6,9 +6,9 @@
 * clock: the board's 25 MHz oscillator (``clk25``, pin G2) into one
   ``EHXPLLL``; CLKOP at ``ecp5_pll(25e6, freq_hz)`` (dividers chosen by
   ``ecp5_pll``: the closest frequency not above the request), fed back from
-  CLKOP. The ``sync`` domain runs on CLKOP. Everything is reset until the
-  PLL locks (``lock_rst``: asserted asynchronously, released on the clock)
-  but ``sync`` itself has no reset: ``lock_rst`` goes to the accelerator
+  CLKOP. The ``sync`` domain runs on CLKOP. Everything but the LEDs'
+  counters is reset until the PLL locks (``lock_rst``: asserted
+  asynchronously, released on the clock) but ``sync`` itself has no reset: ``lock_rst`` goes to the accelerator
   through the bridge's ``acc_rst`` register, so that one flip-flop drives
   the reset pins of the whole accelerator (a domain reset would be ORed with
   the break in a LUT in front of thousands of pins, ``hw.uart.UartBridge``).
@@ -22,7 +22,7 @@
 """
 from __future__ import annotations
 
-from amaranth import Cat, ClockDomain, Elaboratable, Instance, Module, ResetInserter, Signal
+from amaranth import Cat, ClockDomain, Elaboratable, Instance, Module, Signal
 from amaranth.lib.cdc import AsyncFFSynchronizer, FFSynchronizer
 
 from golden.config import ArrayConfig
@@ -99,7 +99,7 @@ class ULX3STop(Elaboratable):
         m = Module()
         clk25 = platform.request("clk25", 0)
         # no domain reset (docstring): lock_rst reaches the bridge's receiver and acc_rst register
-        # through UartAccelerator.rst, and this module's own counters through a ResetInserter
+        # through UartAccelerator.rst (the LED counters below have none)
         m.domains.sync = cd = ClockDomain("sync", reset_less=True)
         locked = Signal()
         if self.pll is None:
@@ -133,14 +133,13 @@ class ULX3STop(Elaboratable):
         esp = platform.request("esp32", 0)
         m.d.comb += [esp.gpio0.o.eq(1), esp.gpio0.oe.eq(1)]
 
-        # LEDs: heartbeat, lock, overrun, stalled, rx/tx activity (stretched ~20 ms); their counters
-        # are reset until the lock like everything else (a submodule: ResetInserter acts on fragments)
-        # (a synchroniser of their own: one lock_rst for the bridge and the LEDs was a 9.5 ns reset
-        # net from the LED pins' corner to the bridge's receiver, issue 6, session 9)
-        led_rst = Signal()
-        m.submodules.led_rst_sync = AsyncFFSynchronizer(~locked, led_rst, o_domain="sync")
+        # LEDs: heartbeat, lock, overrun, stalled, rx/tx activity (stretched ~20 ms). Their counters
+        # have no reset: they start from their initial values at configuration, and a count
+        # disturbed while the PLL locks only shifts a blink. (Timing, issue 6, session 9: lock_rst
+        # on their ~40 reset pins as well was a 9.5-9.9 ns net from the LEDs to the bridge's
+        # receiver; a synchroniser of their own is merged back into the bridge's by synthesis.)
         lm = Module()
-        m.submodules.leds = ResetInserter(led_rst)(lm)
+        m.submodules.leds = lm
         leds = [platform.request("led", i).o for i in range(8)]
         hb = Signal(range(int(self.freq_hz) // 2 + 1))
         hb_led = Signal()

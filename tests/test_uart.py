@@ -652,7 +652,7 @@ def test_board_accelerator_reset_is_driven_by_one_flip_flop(tmp_path):
     assert len(dcca) == 1 and dcca[0]["connections"]["CLKO"] == [net], dcca
     src = dcca[0]["connections"]["CLKI"][0]
     # the flip-flop's own net resets only the bridge's own state (79 bits in this configuration),
-    # the board's lock reset only the UART receiver and the LED counters
+    # the board's lock reset only the UART receiver (the LED counters have none)
     names = {b: [n for n, v in mod["netnames"].items() if b in v["bits"]] for b in by_net}
     lock = [b for b in by_net if any(n.endswith("bridge.rst") for n in names[b])]
     others = sorted((v for k, v in by_net.items() if k not in (net, src, *lock)), reverse=True)
