@@ -56,15 +56,15 @@ __all__ = ["BankedBuffer", "write_signature", "read_signature", "bank_shape", "W
            "LUT_RAM_CELLS_PER_COPY", "lut_ram_slice_bits", "live_register", "enable_copy"]
 
 #: Fewest cycles from the decoder presenting the final entry of a WRITE_ACT/WGT/PARAMS on a
-#: buffer's write port (cycle t) to the first read of that entry by the sequencer: the
-#: decoder returns to IDLE on t + 1, where the next command (a RUN) transfers at the
-#: earliest; its first WAIT cycle, t + 1 + DECODE_CYCLES (golden.isa: CHECK, COMPARE, DECIDE
-#: first), hands the job over (job transfer), and the sequencer's readers start on the next
-#: cycle, t + 2 + DECODE_CYCLES (module docstring of hw.sequencer). Jobs already queued cannot
-#: read the written bank: the decoder waits for the bank's busy flag to drop before writing
-#: it, and a job that arrives later is again that far behind the write. The decoder registers its writes (the entry reaches the
-#: write port on t + 1) and hw.top registers them once more in the buffer (memory written at the
-#: end of t + 2, readable from t + 3): this needs >= 3.
+#: buffer's write port (cycle t) to the first read of that entry by the sequencer: the decoder
+#: returns to IDLE on t + 1, where the next command (a RUN) transfers at the earliest; its first
+#: WAIT cycle, t + 1 + DECODE_CYCLES (golden.isa: CHECK, COMPARE, DECIDE first), hands the job
+#: over (job transfer), and the sequencer's readers start on the next cycle,
+#: t + 2 + DECODE_CYCLES (module docstring of hw.sequencer). Jobs already queued cannot read the
+#: written bank: the decoder waits for the bank's busy flag to drop before writing it, and a job
+#: that arrives later is again that far behind the write. The decoder registers its writes (the
+#: entry reaches the write port on t + 1) and hw.top registers them once more in the buffer
+#: (memory written at the end of t + 2, readable from t + 3): this needs >= 3.
 #: Covered at the top by tests/test_hw_buffers.py::test_top_write_then_run_tightest.
 WRITE_TO_READ_MIN_CYCLES = DECODE_CYCLES + 2
 

@@ -11,7 +11,8 @@ One command at a time, in order. States:
   products are copied into fabric registers; the bank is loaded.
 * ``COMPARE`` (1 cycle): the products' copies are compared with the room
   (registered); the other check bits pass through one more register.
-* ``DECIDE`` (1 cycle, ``golden.isa.DECODE_CYCLES`` - 1 after the transfer): the payload state (address, entry counters) is loaded
+* ``DECIDE`` (1 cycle, ``golden.isa.DECODE_CYCLES`` - 1 after the transfer): the
+  payload state (address, entry counters) is loaded
   (nothing reads it before WRITE / READ); the decision from the registered check bits. A
   failing command sets its sticky flags, pulses ``dropped`` and goes to
   ``DISCARD`` (WRITE_* opcodes: the payload is consumed up to ``last``) or
@@ -143,11 +144,12 @@ class Decoder(wiring.Component):
         MULT18X18D's output register on the ECP5) and the room left after
         ``act_offset`` / ``out_offset``; in ``CHECK`` they hold the values of the
         accepted descriptor. Stage B (registered at the end of ``CHECK``)
-        compares the end values with the depths (one carry chain each) and
-        copies the products and the room (``COMPARE`` compares them, below), ORed under the opcode (``op_r``: the registered
-        one-hot opcode), and ORs the opcode's field tests and reserved chunks:
-        registers in parallel (the field / reserved / opcode tests once more ORed
-        for the decision), each delayed one more register to ``DECIDE``. ``DECIDE`` thus reads registered bits only
+        compares the end values with the depths (one carry chain each), ORed
+        under the opcode (``op_r``: the registered one-hot opcode), and ORs the
+        opcode's field tests and reserved chunks: registers in parallel (the
+        field / reserved / opcode tests once more ORed for the decision), each
+        delayed one more register to ``DECIDE``; it also copies the products and
+        the room, which ``COMPARE`` compares (below). ``DECIDE`` thus reads registered bits only
         (the drop decision, ``dropped`` and the flags: <= 2 LUT levels, issue 6),
         and the products, the 128-bit mask and the compares are never in one
         cycle with the descriptor's arrival, the FSM or the flags; the command
