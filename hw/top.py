@@ -187,7 +187,8 @@ def _counter(m, platform, name, d, clear, live, checks, d_ref, cleared_ref):
     registered clear / increment only in the first cycle after a reset (they loaded the reset
     cycle's values), so V may differ from c + d_r in that cycle only, which nothing observes:
     no register loads V but the decoder's snapshot, which is loaded again on every cycle up to
-    the WAIT cycle that leaves for RESP, >= 3 cycles after a reset (IDLE, CHECK, DECIDE first).
+    the WAIT cycle that leaves for RESP, >= 4 cycles after a reset (IDLE, CHECK, COMPARE and
+    DECIDE first).
     Their checks (and the value's, in elaborate) hold from the second cycle on (``live``)."""
     def copy(x, ref, tag, exact):
         if exact:                                   # a multi-bit x: one enable_copy per bit
