@@ -32,8 +32,8 @@ into slices of that many bits (one memory each, read asynchronously), and the re
 select is registered inside the buffer in one copy per slice, the read and write addresses
 in one copy per bank and slice, so every address copy drives at most
 ``lut_ram_slice_bits / 4`` LUT-RAM cells (TRELLIS_DPR16X4: 4 bits x 16 entries) straight from
-flip-flops; the write enables are one reset-less copy per bank and slice ANDed with a
-one-bit reset register (so a write presented in a reset cycle still never lands). Read
+flip-flops; the write enables are one reset register per bank and slice (``enable_copy``,
+so a write presented in a reset cycle still never lands). Read
 semantics differ in one point only: the data shows the CURRENT contents of the addressed
 entry (a write landing while it is shown becomes visible), where the synchronous port shows
 the contents at the read. Callers use it only where the shown entry cannot be written (the
