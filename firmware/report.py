@@ -57,7 +57,8 @@ class TopTimer:
       its interlock clears on cycle w, then RUN: the job enters the queue on
       w (IDLE on w+1); WRITE_*: words on w+1 .. w+n (IDLE on w+n+1);
       READ_OUT: words on w+2 .. w+n+1 (IDLE on w+n+2); READ_STATUS/SYNC:
-      words on w+1 .. w+n; CLEAR_STATUS: IDLE on w+1; a dropped command goes
+      SNAP on w+1 .. w+S (S = ``isa.SNAPSHOT_CYCLES``), words on w+S+1 ..
+      w+S+n, showing the counters of cycle w; CLEAR_STATUS: IDLE on w+1; a dropped command goes
       back to IDLE after DECIDE (a dropped WRITE first discards its payload).
     * interlocks: WRITE_ACT/WGT wait until every queued job reading that bank
       has issued its final beat (``streamed``); WRITE_PARAMS until their final
@@ -177,7 +178,7 @@ class TopTimer:
         elif op in (Op.READ_STATUS, Op.SYNC):
             if op == Op.SYNC and self.jobs:
                 w = max(w, self.jobs[-1]["T"] + 1)
-            self.t = w + dout_words + 1
+            self.t = w + isa.SNAPSHOT_CYCLES + dout_words + 1
         else:                                    # CLEAR_STATUS
             self.t = w + 1
 

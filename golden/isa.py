@@ -87,7 +87,8 @@ from ._check import UINT8_MAX, UINT8_MIN, check_int_array
 from .config import BANKS, ArrayConfig
 
 __all__ = [
-    "DESC_BITS", "OPCODE_BITS", "JOB_QUEUE_DEPTH", "DECODE_CYCLES", "LUT_ENTRIES", "COUNTER_BITS", "STATUS_BYTES", "SLOT_BYTES",
+    "DESC_BITS", "OPCODE_BITS", "JOB_QUEUE_DEPTH", "DECODE_CYCLES", "SNAPSHOT_CYCLES", "LUT_ENTRIES", "COUNTER_BITS",
+    "STATUS_BYTES", "SLOT_BYTES",
     "Op", "Flag", "Slot", "STATUS_SLOTS", "STATUS_BUSY", "STATUS_JOBS_SHIFT", "STATUS_JOBS_WIDTH", "ERROR_MASK",
     "FIELDS", "PAYLOAD_BUFFER", "Field", "field_widths", "layout", "k_max", "ntiles_max",
     "encode", "decode", "descriptor_errors", "reserved_mask",
@@ -109,6 +110,12 @@ JOB_QUEUE_DEPTH = 2
 #: hw/decoder.py's states, the cycle models (firmware/report.py, firmware/golden_device.py) and
 #: the buffers' write-to-read spacing (hw.buffers.WRITE_TO_READ_MIN_CYCLES) derive from it.
 DECODE_CYCLES = 4
+#: Cycles from the WAIT cycle w of a READ_STATUS / SYNC (the cycle its response shows: status and
+#: counters) to its first response word, on w + 1 + SNAPSHOT_CYCLES: the counters cross to the
+#: decoder's response register through that many registers (their own, then one more; hw/top.py,
+#: hw/decoder.py's SNAP states; issue 6: one cycle for that distance was the 30 x 4 top's critical
+#: path). The cycle models (firmware/report.py) derive from it.
+SNAPSHOT_CYCLES = 2
 #: Entries of the output look-up table (indexed by an 8-bit code).
 LUT_ENTRIES = UINT8_MAX - UINT8_MIN + 1
 #: Width of every performance counter (wraps modulo 2**64).

@@ -18,6 +18,13 @@ user, i.e. the decoder or the sequencer):
   hold is what lets the sequencer keep a beat on the core's input while the
   core is not ready, without a separate skid register.
 
+``output_register=True`` (power-of-two depths, the act and wgt buffers): ``data`` is registered
+once more, in the block RAMs' own output registers on the ECP5 (``hw.ecp5_bram``), enabled by the
+extra input ``oce``: it shows, from the cycle after a cycle with ``oce`` = 1, what ``data`` of the
+plain buffer showed on that cycle. The user's first register behind the buffer moves into it (the
+array's input registers, ``hw.core.ArrayCore(inputs_registered=True)``; issue 6: a DP16KD without
+its output register has a 5.83 ns clock-to-out).
+
 ``collision_free=True``: the user guarantees that no read (``en`` = 1) addresses an entry on the
 cycle a write to it reaches the memory (the accelerator top: its decoder/sequencer interlock,
 asserted by tests/test_hw_top_amaranth.py ``_SpacedAccelerator``); what such a read returns is
@@ -49,6 +56,7 @@ from amaranth.lib.wiring import In, Out
 from golden.config import BANKS
 from golden.isa import DECODE_CYCLES
 
+from .ecp5_bram import PipelinedReadRam
 from .ecp5_mult import is_ecp5
 
 __all__ = ["BankedBuffer", "write_signature", "read_signature", "bank_shape", "WRITE_TO_READ_MIN_CYCLES", "kept_copy",
@@ -112,7 +120,7 @@ class BankedBuffer(wiring.Component):
 
     def __init__(self, width: int, depth: int, *, registered_write: bool = False,
                  lut_ram_slice_bits: int | None = None, bram_slice_bits: int | None = None,
-                 collision_free: bool = False):
+                 collision_free: bool = False, output_register: bool = False):
         if width < 1 or depth < 1:
             raise ValueError(f"width and depth must be >= 1, got width={width}, depth={depth}")
         if not isinstance(registered_write, bool):
@@ -132,12 +140,19 @@ class BankedBuffer(wiring.Component):
                                  f"depth={depth}")
         if not isinstance(collision_free, bool):
             raise ValueError(f"collision_free must be a bool, got {collision_free!r}")
+        if not isinstance(output_register, bool):
+            raise ValueError(f"output_register must be a bool, got {output_register!r}")
+        if output_register and (lut_ram_slice_bits is not None or depth & (depth - 1)):
+            raise ValueError("output_register needs a block-RAM buffer of power-of-two depth (no "
+                             f"lut_ram_slice_bits), got depth={depth}, lut_ram_slice_bits={lut_ram_slice_bits!r}")
+        self.output_register = output_register
         self.bram_slice_bits = bram_slice_bits
         self.collision_free = collision_free
         self.width, self.depth = width, depth
         self.registered_write = registered_write
         self.lut_ram_slice_bits = lut_ram_slice_bits
-        super().__init__({"w": In(write_signature(width, depth)), "r": In(read_signature(width, depth))})
+        super().__init__({"w": In(write_signature(width, depth)), "r": In(read_signature(width, depth)),
+                          **({"oce": In(1)} if output_register else {})})
 
     def elaborate(self, platform):
         # (name, copy, reference): every replicated register and the one it copies (tests assert
@@ -169,11 +184,20 @@ class BankedBuffer(wiring.Component):
             slices = [(0, self.width)] if self.bram_slice_bits is None else self.slices(self.bram_slice_bits)
             rdata = []
             for g, (lo, hi) in enumerate(slices):
-                mem = memory.Memory(shape=unsigned(hi - lo), depth=BANKS << len(self.r.addr), init=[],
-                                    attrs=self._mem_attrs())
-                m.submodules["banks" if self.bram_slice_bits is None else f"banks_s{g}"] = mem
-                wp = mem.write_port()
-                rp = mem.read_port(transparent_for=())
+                name = "banks" if self.bram_slice_bits is None else f"banks_s{g}"
+                if self.output_register:
+                    # the same ports as a Memory's (wp / rp below), the output register inside
+                    ram = PipelinedReadRam(hi - lo, BANKS << len(self.r.addr), collision_free=self.collision_free)
+                    m.submodules[name] = ram
+                    wp = _Port(en=ram.w_en, addr=ram.w_addr, data=ram.w_data)
+                    rp = _Port(en=ram.r_en, addr=ram.r_addr, data=ram.r_data)
+                    m.d.comb += ram.r_oce.eq(self.oce)
+                else:
+                    mem = memory.Memory(shape=unsigned(hi - lo), depth=BANKS << len(self.r.addr), init=[],
+                                        attrs=self._mem_attrs())
+                    m.submodules[name] = mem
+                    wp = mem.write_port()
+                    rp = mem.read_port(transparent_for=())
                 en_g, addr_g = w_en, Cat(w_addr, w_bank)
                 if self.bram_slice_bits is not None:
                     en_g = enable_copy(m, platform, self.w.en, f"w_en_s{g}")
@@ -264,6 +288,14 @@ class BankedBuffer(wiring.Component):
             out.append(Array(rdata)[r_sel])
         m.d.comb += self.r.data.eq(Cat(*out))
         return m
+
+
+class _Port:
+    """A memory port's ``en`` / ``addr`` / ``data`` signals (a ``PipelinedReadRam``'s, named like an
+    ``amaranth.lib.memory`` port's)."""
+
+    def __init__(self, en, addr, data):
+        self.en, self.addr, self.data = en, addr, data
 
 
 def kept_copy(m, platform, d, en, name):

@@ -156,15 +156,26 @@ class ArrayCore(wiring.Component):
     * ``out``    Out(stream.Signature(output_layout(cfg))) one beat per output row
 
     Internal: ``en = ~out.valid | out.ready`` gates every datapath register.
+
+    ``inputs_registered=True`` (hw.top: the act/wgt buffers' output registers,
+    ``hw.mac_array.MacArray``): ``inp.payload.act`` / ``wgt`` come through the array's first
+    input register already, so on a cycle they show the beat of the previous cycle; that
+    register is outside, loaded when the extra output ``array_en`` (= en) is 1. ``valid``,
+    ``last`` and the handshake are unchanged, and so is the cycle behaviour.
     """
 
-    def __init__(self, cfg: ArrayConfig):
+    def __init__(self, cfg: ArrayConfig, *, inputs_registered: bool = False):
         self.cfg = config_for(self, cfg)
+        if not isinstance(inputs_registered, bool):
+            self._MustUse__used = True
+            raise ValueError(f"inputs_registered must be a bool, got {inputs_registered!r}")
+        self.inputs_registered = inputs_registered
         super().__init__({
             "inp": In(stream.Signature(input_layout(cfg))),
             "params": In(stream.Signature(params_layout(cfg))),
             "lut": In(stream.Signature(lut_layout())),
             "out": Out(stream.Signature(output_layout(cfg))),
+            **({"array_en": Out(1)} if inputs_registered else {}),
         })
 
     def elaborate(self, platform):
@@ -175,7 +186,9 @@ class ArrayCore(wiring.Component):
         en = Signal()
         m.d.comb += en.eq(~self.out.valid | self.out.ready)
 
-        m.submodules.array = arr = MacArray(cfg)
+        m.submodules.array = arr = MacArray(cfg, inputs_registered=self.inputs_registered)
+        if self.inputs_registered:
+            m.d.comb += self.array_en.eq(en)
         lanes = []
         for lane in range(cfg.out_lanes):
             m.submodules[f"lane{lane}"] = ln = RequantLane(cfg)

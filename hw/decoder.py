@@ -22,9 +22,13 @@ One command at a time, in order. States:
   WRITE_LUT and SYNC until ``jobs`` = 0, RUN until the job queue takes it
   (``job.ready``). Then: RUN is handed over (``job`` transfer, back to IDLE),
   CLEAR_STATUS clears (flags, and the counters when ``counters`` = 1),
-  WRITE_* go to ``WRITE``, READ_OUT to ``READ``, READ_STATUS / SYNC snapshot
-  their response into a register (loaded on every cycle outside RESP) and go to
-  ``RESP``.
+  WRITE_* go to ``WRITE``, READ_OUT to ``READ``, READ_STATUS / SYNC go to
+  ``SNAP``.
+* ``SNAP`` (``golden.isa.SNAPSHOT_CYCLES`` cycles, states ``SNAP0`` ..): the
+  counters arrive that many cycles late (``counters``), and the status word
+  is delayed as much, so the response register (loaded on every cycle outside
+  RESP) holds, on entering ``RESP``, the status and counters of the WAIT
+  cycle that left for SNAP.
 * ``WRITE``: ``din.ready`` = 1; words are assembled into entries
   (``words_per_entry``), each complete entry is written on the cycle AFTER
   its final word (buffer write port, or the core's ``lut`` stream), straight
@@ -68,7 +72,8 @@ from amaranth.lib.wiring import In, Out
 
 from golden.config import BANKS, ArrayConfig
 from golden.isa import (COUNTER_BITS, DECODE_CYCLES, DESC_BITS, ERROR_MASK, JOB_QUEUE_DEPTH, OPCODE_BITS, PAYLOAD_BUFFER,
-                        STATUS_BUSY, STATUS_JOBS_SHIFT, STATUS_SLOTS, Flag, Op, buffer_depth, entry_bytes, layout,
+                        SNAPSHOT_CYCLES, STATUS_BUSY, STATUS_JOBS_SHIFT, STATUS_SLOTS, Flag, Op, buffer_depth,
+                        entry_bytes, layout,
                         reserved_mask, status_response_words, sync_response_words, words_per_entry)
 
 from .buffers import kept_copy, read_signature, write_signature
@@ -103,7 +108,9 @@ def _word_mux(words, index):
 
 
 class Decoder(wiring.Component):
-    """See the module docstring. ``counters`` are slots 1 .. STATUS_SLOTS - 1 of READ_STATUS."""
+    """See the module docstring. ``counters`` are slots 1 .. STATUS_SLOTS - 1 of READ_STATUS, as
+    they were ``golden.isa.SNAPSHOT_CYCLES`` cycles before (hw/top.py: the counters' registers,
+    then pipeline registers on the way across the die)."""
 
     def __init__(self, cfg: ArrayConfig, par_bits: int):
         self.lay = layout(cfg)
@@ -240,13 +247,18 @@ class Decoder(wiring.Component):
 
         # ---- FSM shadow flags: registers equal to "state == S", loaded from the next state (``_d``:
         # this state's own name unless a goto follows, see ``state``), so the descriptor's load
-        # enable (~140 FFs, idle_r), the snapshot's (~450 FFs, wait_r's copies) and the drop
+        # enable (~140 FFs, idle_r), the snapshot's (~450 FFs, resp_r's copies) and the drop
         # decision (decide_r, write_r: ``dropped`` feeds a counter increment register) come from
         # flip-flops, not from the state decode. resp_r selects dout's data (see dout below).
+        assert SNAPSHOT_CYCLES >= 1, "the counters reach the decoder through their own registers at least"
+        snap_states = [f"SNAP{i}" for i in range(SNAPSHOT_CYCLES)]
         shadow = {s: (Signal(init=(s == "IDLE"), name=f"{s.lower()}_r"), Signal(name=f"{s.lower()}_d"))
-                  for s in ("IDLE", "CHECK", "COMPARE", "DECIDE", "WAIT", "WRITE", "DISCARD", "READ", "RESP")}
-        ((idle_r, _), (check_r, _), (_, _), (decide_r, _), (wait_r, wait_d), (write_r, _), (discard_r, _), (read_r, _),
-         (resp_r, resp_d)) = shadow.values()
+                  for s in ("IDLE", "CHECK", "COMPARE", "DECIDE", "WAIT", "WRITE", "DISCARD", "READ", *snap_states,
+                            "RESP")}
+        idle_r, check_r, decide_r, wait_r, write_r, discard_r, read_r, resp_r = (
+            shadow[s][0] for s in ("IDLE", "CHECK", "DECIDE", "WAIT", "WRITE", "DISCARD", "READ", "RESP"))
+        wait_d, resp_d = shadow["WAIT"][1], shadow["RESP"][1]
+        snap_last_r = shadow[snap_states[-1]][0]          # the cycle before RESP
         # The handshakes' readies straight from the shadow flags (issue 6: the bridge's cmd/din
         # valid and the decoder's state decode were two LUT levels in front of its registers).
         m.d.comb += [self.cmd.ready.eq(idle_r), self.din.ready.eq(write_r | discard_r)]
@@ -287,6 +299,12 @@ class Decoder(wiring.Component):
         m.d.comb += self.flags.eq(flags)
         status = Signal(32)
         m.d.comb += status.eq(flags | Mux(self.jobs != 0, STATUS_BUSY, 0) | (self.jobs << STATUS_JOBS_SHIFT))
+        # The status word as it was SNAPSHOT_CYCLES cycles before, beside the counters of that cycle.
+        status_late = status
+        for i in range(SNAPSHOT_CYCLES):
+            nxt = Signal(32, name=f"status_d{i}", reset_less=True)   # read only in the last SNAP cycle
+            m.d.sync += nxt.eq(status_late)
+            status_late = nxt
 
         end_bad, field_bad, reserved_bad, bad = self._checks(m, op_r, ok_r)
         errs = Cat(~ok_r, end_bad | field_bad, reserved_bad)            # bad = errs.any()
@@ -395,15 +413,16 @@ class Decoder(wiring.Component):
         ]
 
         # ---- the response snapshot: loads on every cycle outside RESP (an enable straight from a
-        # FF, not the interlock decision), so on entering RESP it holds status and counters of the
-        # WAIT cycle that left for RESP (SYNC: status only). Its load / shift select is resp_r in
-        # one reset-less copy per <= _SNAP_GROUP bits (issue 6: fanout ~450 on one FF; no copies of
-        # wait_r, whose next state is the interlock decision): after a reset a copy may differ
-        # from resp_r for one cycle (it loaded the pre-reset next state), harmless: snap is read
-        # only in RESP, which is entered from a WAIT cycle, where every copy is 0. The copies load
-        # resp_n, RESP's next state as one flat expression of flip-flops (wait_rs, wait_sy: WAIT
-        # of a READ_STATUS / SYNC, registered from the next state) and dout.ready (asserted equal
-        # to the FSM's).
+        # FF, not the interlock decision), so on entering RESP it holds the status and counters of
+        # the WAIT cycle that left for SNAP (SYNC: status only): in the last SNAP cycle the
+        # counters and status_late show that cycle's values (issue 6: with the counters' visible
+        # values straight into the snapshot, one cycle across the die was the 30 x 4 top's
+        # critical path, 9.26 ns). Its load / shift select is resp_r in
+        # one reset-less copy per <= _SNAP_GROUP bits (issue 6: fanout ~450 on one FF): after a
+        # reset a copy may differ from resp_r for one cycle (it loaded the pre-reset next state),
+        # harmless: snap is read only in RESP, which is entered from SNAP, where every copy is 0.
+        # The copies load resp_n, RESP's next state as one flat expression of flip-flops (the last
+        # SNAP state's flag) and dout.ready (asserted equal to the FSM's).
         #
         # In RESP the snapshot shifts down by one word per word taken (issue 6), so the word on dout
         # is always snap's first word: no word mux on wi (fanout ~bus_bits) in front of the bridge's
@@ -419,13 +438,11 @@ class Decoder(wiring.Component):
         snap = Signal(n_w * bus_bits, reset_less=True)         # the snapshot, zero-padded to whole words
         snap_ref = Signal(snap_bits, reset_less=True)
         counters = self.counters.as_value()
-        snap_raw = Cat(status, Const(0, COUNTER_BITS - len(status)), counters)
-        with m.If(wait_r):
-            m.d.sync += snap_ref.eq(Cat(status, Const(0, COUNTER_BITS - len(status)),
+        snap_raw = Cat(status_late, Const(0, COUNTER_BITS - len(status)), counters)
+        with m.If(snap_last_r):
+            m.d.sync += snap_ref.eq(Cat(status_late, Const(0, COUNTER_BITS - len(status)),
                                         counters & ~is_sync.replicate(len(counters))))
         snap_next = Cat(snap[bus_bits:], Const(0, bus_bits))
-        wait_rs, wait_sy = Signal(name="wait_rs"), Signal(name="wait_sy")   # wait_r & READ_STATUS|SYNC / SYNC
-        m.d.sync += [wait_rs.eq(wait_d & (op_r[Op.READ_STATUS] | op_r[Op.SYNC])), wait_sy.eq(wait_d & op_r[Op.SYNC])]
         resp_n = Signal(name="resp_n")                 # driven below, after is_last
         resp_copies = []                              # resp_r's copy per group: the snapshot's word select
         for lo in range(0, len(snap), _SNAP_GROUP):
@@ -484,7 +501,7 @@ class Decoder(wiring.Component):
         row_end = Signal(init=int(n_out == 1))              # wi == n_out - 1
         is_last = Signal(init=1)                            # wi == nresp_m1 (both 0 at start)
         m.d.sync += [row_end.eq(wi_d == n_out - 1), is_last.eq(wi_d == nresp_m1_d)]
-        m.d.comb += resp_n.eq((wait_rs & ~(wait_sy & (self.jobs != 0))) | (resp_r & ~(self.dout.ready & is_last)))
+        m.d.comb += resp_n.eq(snap_last_r | (resp_r & ~(self.dout.ready & is_last)))
         row_send = _word_mux([self.out_r.data[q * bus_bits:(q + 1) * bus_bits] for q in range(n_out)], wi)
         padded = Cat(snap_ref, Const(0, n_w * bus_bits - len(snap_ref)))
         resp_ref = _word_mux([padded[q * bus_bits:(q + 1) * bus_bits] for q in range(n_w)], wi)
@@ -563,7 +580,7 @@ class Decoder(wiring.Component):
                     with m.Elif(op_r[Op.READ_OUT]):
                         goto("READ")
                     with m.Elif(op_r[Op.READ_STATUS] | op_r[Op.SYNC]):
-                        goto("RESP")
+                        goto(snap_states[0])
                     with m.Else():                                    # WRITE_*
                         goto("WRITE")
             with state("WRITE"):
@@ -594,6 +611,9 @@ class Decoder(wiring.Component):
                             goto("IDLE")
                     with m.Else():
                         m.d.comb += wi_d.eq(wi + 1)
+            for cur, nxt in zip(snap_states, [*snap_states[1:], "RESP"]):
+                with state(cur):
+                    goto(nxt)
             with state("RESP"):
                 with m.If(self.dout.ready):
                     m.d.comb += wi_d.eq(wi + 1)
@@ -612,8 +632,6 @@ class Decoder(wiring.Component):
         self.shadow_checks += [("flags", flags, flags_ref), ("job_valid", self.job.valid, job_valid_ref),
                                ("clear_counters", self.clear_counters, clear_counters_ref),
                                ("resp_word", Mux(resp_r, resp_send, resp_ref), resp_ref), ("resp_n", resp_n, resp_d),
-                               ("wait_rs", wait_rs, wait_r & (op_r[Op.READ_STATUS] | op_r[Op.SYNC])),
-                               ("wait_sy", wait_sy, wait_r & op_r[Op.SYNC]),
                                ("clr_st", clear, wait_r & op_r[Op.CLEAR_STATUS]),
                                ("cmd_ready", self.cmd.ready, fsm.ongoing("IDLE")),
                                ("pa_inc", pa_inc, w_any | issue), ("pa_inc_in_decide", pa_inc & decide_r, 0),

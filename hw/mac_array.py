@@ -50,10 +50,20 @@ class MacArray(wiring.Component):
     * ``acc_last``  Out(1)  that row is the tile's row R - 1
     * ``acc_last_next`` Out(1)  the value ``acc_last`` takes after the next enabled cycle (a
                     register: lets the core register its params FIFO's read address, hw.core)
+
+    ``inputs_registered=True``: ``act`` and ``wgt`` come through their first input register
+    already (outside the array, loaded on every enabled cycle: the act/wgt buffers' output
+    registers, ``hw.buffers.BankedBuffer(output_register=True)``), so on each enabled cycle they
+    show the values of the previous one; ``valid`` and ``last`` stay as above. The array's
+    registers and cycle behaviour are otherwise the same.
     """
 
-    def __init__(self, cfg: ArrayConfig):
+    def __init__(self, cfg: ArrayConfig, *, inputs_registered: bool = False):
         self.cfg = config_for(self, cfg)
+        if not isinstance(inputs_registered, bool):
+            self._MustUse__used = True
+            raise ValueError(f"inputs_registered must be a bool, got {inputs_registered!r}")
+        self.inputs_registered = inputs_registered
         super().__init__({
             "en": In(1),
             "act": In(data.ArrayLayout(signed(8), cfg.rows)),
@@ -92,21 +102,26 @@ class MacArray(wiring.Component):
         # a bubble's product is never read (the PE adds it only under its valid flags), so the
         # activation goes in as it is: zeroing it was a set/reset of every skew register driven
         # by `valid` through a LUT (240 LSR pins on the 30 x 4 top, issue 6).
-        a_in = Signal(data.ArrayLayout(signed(8), R))
-        for i in range(R):
-            m.d.comb += a_in[i].eq(Mux(self.valid, self.act[i], 0) if cfg.packing == "dual" else self.act[i])
         # Every input goes through INPUT_LATENCY - 1 registers of its own before the skew (timing,
         # issue 6: on the 30 x 4 top the act buffer's DP16KD outputs were placed ~10 ns of routing
         # away from the skew registers beside the PE rows; a register per bit between them lets the
-        # placer split the distance). Row i's skew adds i more, column j's j.
+        # placer split the distance). Row i's skew adds i more, column j's j. With
+        # inputs_registered the first of them is outside (`ext`) for act and wgt.
         pre = INPUT_LATENCY - 1
+        ext = int(self.inputs_registered)
+        assert pre >= ext, "the buffers' output registers stand for the first input register"
         last_in = self.valid & self.last
         for i in range(R):
             pe = pes[i][0]
+            v = delay(self.valid, ext, f"skew_v{i}_in", reset_less=False)   # valid beside the act
+            a = self.act[i]
+            if cfg.packing == "dual":
+                # bubbles enter as a = 0; the activation skew keeps its reset (P needs a = 0 on
+                # bubbles, hw.pe), and the valid registered beside an outside register does too
+                a = Mux(v, a, 0)
             m.d.comb += [
-                # "dual": the activation skew keeps its reset (P needs a = 0 on bubbles, hw.pe)
-                pe.a.eq(delay(a_in[i], pre + i, f"skew_a{i}", reset_less=cfg.packing == "none")),
-                pe.valid.eq(delay(self.valid, pre + i, f"skew_v{i}", reset_less=False)),
+                pe.a.eq(delay(a, pre - ext + i, f"skew_a{i}", reset_less=cfg.packing == "none")),
+                pe.valid.eq(delay(v, pre - ext + i, f"skew_v{i}", reset_less=False)),
                 pe.last.eq(delay(last_in, pre + i, f"skew_l{i}", reset_less=False)),
             ]
             for j in range(1, C):
@@ -115,7 +130,7 @@ class MacArray(wiring.Component):
 
         # Weight skew, then the packed word formed once per column at the top edge.
         for j in range(C):
-            lanes = [delay(self.wgt[S * j + s], pre + j, f"skew_w{j}_{s}") for s in range(S)]
+            lanes = [delay(self.wgt[S * j + s], pre - ext + j, f"skew_w{j}_{s}") for s in range(S)]
             top = pes[0][j]
             if cfg.packing == "dual":
                 # (w_hi << 18) + w_lo: the low 18 bits are sext(w_lo)'s, so only

@@ -36,14 +36,14 @@ port                  dir     width
 """
 from __future__ import annotations
 
-from amaranth import C, Cat, Module, Mux, Signal, Value, unsigned
+from amaranth import Cat, Module, Mux, Signal, Value, unsigned
 from amaranth.lib import stream, wiring
 from amaranth.lib.wiring import In, Out, connect
 
 from golden.config import ArrayConfig
-from golden.isa import COUNTER_BITS, DESC_BITS, STATUS_SLOTS, Slot, layout
+from golden.isa import COUNTER_BITS, DESC_BITS, SNAPSHOT_CYCLES, STATUS_SLOTS, Slot, layout
 
-from .buffers import BRAM_SLICE_BITS, BankedBuffer, enable_copy, kept_copy, live_register, lut_ram_slice_bits
+from .buffers import BRAM_SLICE_BITS, BankedBuffer, enable_copy, lut_ram_slice_bits
 from .core import ArrayCore, params_layout
 from .decoder import Decoder, bus_layout
 from .pe import check_hw_config, config_for
@@ -71,7 +71,13 @@ class Accelerator(wiring.Component):
         cfg = check_hw_config(self.cfg)
         m = Module()
         par_bits = params_layout(cfg).size
-        m.submodules.core = core = ArrayCore(cfg)
+        def pow2(depth):
+            return depth & (depth - 1) == 0
+        # The act/wgt buffers' output registers (block-RAM output registers on the ECP5) are the
+        # array's first input registers when both depths are powers of two (hw.buffers,
+        # output_register; issue 6: a DP16KD's clock-to-out without it is 5.83 ns).
+        regd = pow2(cfg.act_depth) and pow2(cfg.wgt_depth)
+        m.submodules.core = core = ArrayCore(cfg, inputs_registered=regd)
         m.submodules.seq = seq = Sequencer(cfg)
         m.submodules.dec = dec = Decoder(cfg, par_bits)
         # The decoder-written buffers register their write port once more (per-bank enables
@@ -81,13 +87,17 @@ class Accelerator(wiring.Component):
         # Power-of-two depths (one memory for both banks): the write port's register in one copy
         # per BRAM_SLICE_BITS of the width (hw.buffers).
         def slicing(depth):
-            return BRAM_SLICE_BITS if depth & (depth - 1) == 0 else None
+            return BRAM_SLICE_BITS if pow2(depth) else None
         # collision_free: a write never lands on a bank in the cycle a job's read of it (the
         # decoder's busy interlock, WRITE_TO_READ_MIN_CYCLES; asserted by tests/test_hw_top_amaranth).
         m.submodules.act = act = BankedBuffer(cfg.rows * 8, cfg.act_depth, registered_write=True,
-                                              bram_slice_bits=slicing(cfg.act_depth), collision_free=True)
+                                              bram_slice_bits=slicing(cfg.act_depth), collision_free=True,
+                                              output_register=regd)
         m.submodules.wgt = wgt = BankedBuffer(cfg.out_lanes * 8, cfg.wgt_depth, registered_write=True,
-                                              bram_slice_bits=slicing(cfg.wgt_depth), collision_free=True)
+                                              bram_slice_bits=slicing(cfg.wgt_depth), collision_free=True,
+                                              output_register=regd)
+        if regd:
+            m.d.comb += [act.oce.eq(core.array_en), wgt.oce.eq(core.array_en)]
         # The params buffer (LUT-RAM, read every cycle) registers its read address in one copy per
         # slice (hw.buffers, LUT-RAM mode): its ~680 read ports on the 30x4 top hung off one
         # address mux. Its read shows the entry's current contents, which equals the synchronous
@@ -127,37 +137,41 @@ class Accelerator(wiring.Component):
         }
         assert set(inc) == set(Slot) - {Slot.STATUS} and STATUS_SLOTS == len(Slot)
         # Timing: the increments and the clear come from the decoder's and sequencer's command
-        # logic, so they are registered first and the counter register c holds the value of the
-        # previous cycle; the visible value is that plus the registered increment (or 0 after a
-        # registered clear). Exact: with V(t) = cleared(t) ? 0 : c(t) + d_r(t) and c(t+1) = V(t),
-        # V(t+1) = clear(t) ? 0 : V(t) + d(t), the immediate counter's recurrence, and V(0) = 0.
+        # logic, so they are registered first, and the counter register c holds the count up to
+        # the previous cycle: c(t+1) = cleared(t) ? 0 : c(t) + d_r(t), with d_r(t) = d(t-1) and
+        # cleared(t) = clear(t-1) the registered increment and clear, so c(t+1) is the count of an
+        # immediate counter at cycle t (its recurrence V(t+1) = clear(t) ? 0 : V(t) + d(t), V(0) = 0).
+        # The decoder reads c through SNAPSHOT_CYCLES - 1 more pipeline registers (golden.isa:
+        # its response register is SNAPSHOT_CYCLES cycles across the die, issue 6; session 9 fed
+        # it the immediate value, c + d_r, in one cycle: the 30 x 4 top's critical path).
         #
-        # V feeds the decoder's status snapshot (a far register loaded on every cycle outside RESP;
-        # issue 6: a carry chain, the clear mux and the snapshot's load were one 10.5 ns path on the
-        # 30 x 4 top), so V is one LUT of flip-flops, no carry chain (``_plus_one_counter``): a 1-bit
-        # increment selects c or P = c + 1, P kept as a counter of its own (P(t+1) = V(t) + 1, the
-        # same recurrence with its own clear value 1); its carry chains end in its own registers.
-        # USEFUL_MACS (a multi-bit increment) adds it to a low part of its width (a short chain)
-        # whose carry out is the 1-bit increment of the high part, a plus-one counter
-        # (``_counter``). The clear is a plain mux to a constant (the registers' synchronous
-        # reset on the FPGA) from one copy per group of <= _CTR_GROUP loads, and so is each
-        # registered increment (hw.buffers.enable_copy: copies keep the reset; V's own copies are
-        # reset-less, see _counter).
-        # `shadow_checks`: every copy == its register, P == c + 1, hi1 == hi + 1 and each value
-        # == c + d_r (tests).
+        # c's next value has no 64-bit carry chain (``_plus_one_counter``): a 1-bit increment selects
+        # c or P = c + 1, P kept as a counter of its own (P(t+1) = c(t+1) + 1, the same recurrence
+        # with its own clear value 1); its carry chains end in its own registers. USEFUL_MACS (a
+        # multi-bit increment) adds it to a low part of its width (a short chain) whose carry out
+        # is the 1-bit increment of the high part, a plus-one counter (``_counter``). The clear is
+        # a plain mux to a constant (the registers' synchronous reset on the FPGA) from one copy
+        # per group of <= _CTR_GROUP loads, and so is each registered increment
+        # (hw.buffers.enable_copy: copies keep the reset).
+        # `shadow_checks`: every copy == its register, P == c + 1, hi1 == hi + 1, and c == a plain
+        # counter of d_r and the registered clear (tests).
         self.shadow_checks = []
         cleared_ref = Signal()
         m.d.sync += cleared_ref.eq(dec.clear_counters)
-        live = live_register(m, platform, "ctr_live")
         for s, d in inc.items():
             name, d = s.name.lower(), Value.cast(d)
             d_ref = Signal(d.shape(), name=f"inc_{name}")      # the registered increment
             m.d.sync += d_ref.eq(d)
-            value, c = _counter(m, platform, f"ctr_{name}", d, dec.clear_counters, live,
-                                self.shadow_checks, d_ref, cleared_ref)
-            m.d.comb += dec.counters[int(s) - 1].eq(value)
-            ref = Mux(cleared_ref, 0, (c + d_ref)[:COUNTER_BITS])     # V's copies: from live on (_counter)
-            self.shadow_checks.append((f"ctr_{name}_value", Mux(live, value, ref), ref))
+            c = _counter(m, platform, f"ctr_{name}", d, dec.clear_counters, self.shadow_checks, d_ref, cleared_ref)
+            ref = Signal(COUNTER_BITS, name=f"ctr_{name}_ref")   # no hardware: read by the checks only
+            m.d.sync += ref.eq(Mux(cleared_ref, 0, ref + d_ref))
+            self.shadow_checks.append((f"ctr_{name}_c", c, ref))
+            late = c
+            for i in range(SNAPSHOT_CYCLES - 1):
+                nxt = Signal(COUNTER_BITS, name=f"ctr_{name}_d{i}", reset_less=True)   # read in SNAP only
+                m.d.sync += nxt.eq(late)
+                late = nxt
+            m.d.comb += dec.counters[int(s) - 1].eq(late)
         return m
 
 
@@ -171,73 +185,57 @@ def _groups(width):
     return [(lo, min(lo + _CTR_GROUP, width)) for lo in range(0, width, _CTR_GROUP)]
 
 
-def _counter(m, platform, name, d, clear, live, checks, d_ref, cleared_ref):
+def _counter(m, platform, name, d, clear, checks, d_ref, cleared_ref):
     """A ``COUNTER_BITS`` counter of the increments ``d`` (registered) and ``clear`` (registered):
-    returns (V, c), V the visible value (comb), c the register of the previous cycle's V.
+    returns c, the count up to the previous cycle (a register).
 
     Every copy of the registered clear / increment (``enable_copy``, appended to ``checks`` with
     its reference ``cleared_ref`` / ``d_ref``) serves one group of loads. A 1-bit increment drives
     ``_plus_one_counter`` directly; a wider one is added to a low part of its own width (lo + d_r
     carries at most once, into the high part, a plus-one counter with that carry as increment),
     in one adder per load group (its own copy of d_r, so synthesis cannot merge them: each carry
-    out drives one group).
-
-    The copies of V's own LUTs (``exact=False``) are reset-less (``kept_copy``: no AND with
-    ``live`` between the flip-flop and V, the status snapshot's path): they differ from the
-    registered clear / increment only in the first cycle after a reset (they loaded the reset
-    cycle's values), so V may differ from c + d_r in that cycle only, which nothing observes:
-    no register loads V but the decoder's snapshot, which is loaded again on every cycle up to
-    the WAIT cycle that leaves for RESP, >= 4 cycles after a reset (IDLE, CHECK, COMPARE and
-    DECIDE first).
-    Their checks (and the value's, in elaborate) hold from the second cycle on (``live``)."""
-    def copy(x, ref, tag, exact):
-        if exact:                                   # a multi-bit x: one enable_copy per bit
-            q = Cat(*[enable_copy(m, platform, x[i], f"{name}_{tag}" + (f"_{i}" if len(x) > 1 else ""))
-                      for i in range(len(x))])
-        else:
-            q = kept_copy(m, platform, x, C(1, 1), f"{name}_{tag}")
-        checks.append((f"{name}_{tag}", Mux(live | exact, q, ref), ref))
+    out drives one group)."""
+    def copy(x, ref, tag):
+        q = Cat(*[enable_copy(m, platform, x[i], f"{name}_{tag}" + (f"_{i}" if len(x) > 1 else ""))
+                  for i in range(len(x))])
+        checks.append((f"{name}_{tag}", q, ref))
         return q
 
-    def cleared(tag, exact=True):
-        return copy(clear, cleared_ref, f"cleared_{tag}", exact)
+    def cleared(tag):
+        return copy(clear, cleared_ref, f"cleared_{tag}")
 
     width = len(d_ref)
     if width == 1:
-        return _plus_one_counter(m, name, COUNTER_BITS, lambda tag, exact=True: copy(d, d_ref, f"inc_{tag}", exact),
-                                 cleared, checks)
+        return _plus_one_counter(m, name, COUNTER_BITS, lambda tag: copy(d, d_ref, f"inc_{tag}"), cleared, checks)
     lw = width                                            # lo + d_r < 2 ** (lw + 1): one carry at most
     lo = Signal(lw, name=f"{name}_lo")
 
-    def add(tag, exact=True):
+    def add(tag):
         """lo + (a copy of d_r), lw + 1 bits (the top bit: the carry into the high part)."""
         s = Signal(lw + 1, name=f"{name}_sum_{tag}")
-        m.d.comb += s.eq(lo + copy(d, d_ref, f"inc_{tag}", exact))
+        m.d.comb += s.eq(lo + copy(d, d_ref, f"inc_{tag}"))
         return s
-    v_lo = Signal(lw, name=f"{name}_value_lo")
-    m.d.comb += v_lo.eq(Mux(cleared("vlo", exact=False), 0, add("vlo", exact=False)[:lw]))
     m.d.sync += lo.eq(Mux(cleared("lo"), 0, add("lo")[:lw]))
-    v_hi, c_hi = _plus_one_counter(m, f"{name}_h", COUNTER_BITS - lw, lambda tag, exact=True: add(tag, exact)[lw],
-                                   cleared, checks)
-    return Cat(v_lo, v_hi), Cat(lo, c_hi)
+    c_hi = _plus_one_counter(m, f"{name}_h", COUNTER_BITS - lw, lambda tag: add(tag)[lw], cleared, checks)
+    return Cat(lo, c_hi)
 
 
 def _plus_one_counter(m, name, width, inc, cleared, checks):
-    """A ``width``-bit counter of a 1-bit increment: returns (V, c) as ``_counter``; ``inc(tag)`` /
-    ``cleared(tag)`` give a copy of the increment (valid in the cycle: V(t) = cleared ? 0 :
-    c + inc) / of the registered clear for one group of loads named ``tag`` (``exact=False``: the
-    copies for V's LUTs, see ``_counter``).
+    """A ``width``-bit counter of a 1-bit increment: returns c as ``_counter``; ``inc(tag)`` /
+    ``cleared(tag)`` give a copy of the increment (valid in the cycle: c(t+1) = cleared ? 0 :
+    c + inc) / of the registered clear for one group of loads named ``tag``.
 
-    V = cleared ? 0 : (inc ? P : c): one LUT of flip-flops per bit, where P = c + 1 is a register
-    of its own: P(t+1) = V(t) + 1 = cleared ? 1 : P + inc, the counter's recurrence with the
-    clear value 1, so P's carry chains end in P's registers. c's next value V is one LUT of
-    flip-flops (the clear as data). P's add is split at
-    ``COUNTER_SPLIT`` (a 64-bit chain in front of a register was too slow): P = (p_hi, p_lo), a
-    carry chain p_lo + inc into p_lo; p_lo carries out when inc meets p_lo all ones, and that
-    carry (a copy of inc ANDed with ``p_full``, a flip-flop equal to "p_lo is all ones", one copy
-    each for p_hi and p_hi1: no carry chain and one LUT in front of their <= 32 selects, issue 6:
-    p_lo's carry out with fanout 50-56 was a 9.0-9.4 ns path) is the enable of p_hi and of
-    p_hi1 = p_hi + 1 (a register of its own, from its own incrementer in parallel): p_hi takes
+    c's next value is cleared ? 0 : (inc ? P : c): one LUT of flip-flops per bit, where P = c + 1
+    is a register of its own: P(t+1) = c(t+1) + 1 = cleared ? 1 : P + inc, the counter's
+    recurrence with the clear value 1, so P's carry chains end in P's registers. P's add is split
+    at ``COUNTER_SPLIT`` (a 64-bit chain in front of a register was too slow): P = (p_hi, p_lo),
+    p_lo's next value p_lo + 1 from its own flip-flops, selected by inc at the end (issue 6: with
+    inc as the chain's carry in, USEFUL_MACS's carry out of lo + d_r ran through p_lo's whole
+    32-bit chain, 8.85 ns on the 30 x 4 top); p_lo carries out when inc meets p_lo all ones, and
+    that carry (a copy of inc ANDed with ``p_full``, a flip-flop equal to "p_lo is all ones", one
+    copy each for p_hi and p_hi1: no carry chain and one LUT in front of their <= 32 selects,
+    issue 6: p_lo's carry out with fanout 50-56 was a 9.0-9.4 ns path) is the enable of p_hi and
+    of p_hi1 = p_hi + 1 (a register of its own, from its own incrementer in parallel): p_hi takes
     p_hi1. p_full's next value: cleared ? (1 == all ones) : inc ? p_lo == all ones - 1 : p_full."""
     split = min(COUNTER_SPLIT, width - 1)
     hb = width - split
@@ -247,19 +245,16 @@ def _plus_one_counter(m, name, width, inc, cleared, checks):
     p_hi1 = Signal(hb, name=f"{name}_p_hi1", init=1)
     ones = (1 << split) - 1
     p_full = Signal(name=f"{name}_p_full", init=int(split == 1))      # p_lo == ones (init p_lo = 1)
-    m.d.sync += [p_lo.eq(Mux(cleared("p_lo"), 1, (p_lo + inc("p"))[:split])),
+    m.d.sync += [p_lo.eq(Mux(cleared("p_lo"), 1, Mux(inc("p"), (p_lo + 1)[:split], p_lo))),
                  p_full.eq(Mux(cleared("p_full"), int(ones == 1), Mux(inc("p_full"), p_lo == ones - 1, p_full))),
                  p_hi.eq(Mux(cleared("p_hi"), 0, Mux(inc("p_hi") & p_full, p_hi1, p_hi))),
                  p_hi1.eq(Mux(cleared("p_hi1"), 1, Mux(inc("p_hi1") & p_full, p_hi1 + 1, p_hi1)))]
     p = Cat(p_lo, p_hi)
-    value = Signal(width, name=f"{name}_value")
     for g, (lo, hi) in enumerate(_groups(width)):
         # the clear as data (an AND, not a mux to 0 that yosys would fold into the reset): c keeps
         # the board's reset net alone (tests/test_uart.py), its next value one LUT of flip-flops
         cl = cleared(f"c{g}")
         m.d.sync += c[lo:hi].eq(Mux(inc(f"c{g}"), p[lo:hi], c[lo:hi]) & ~cl.replicate(hi - lo))
-        m.d.comb += value[lo:hi].eq(Mux(cleared(f"v{g}", exact=False), 0,
-                                        Mux(inc(f"v{g}", exact=False), p[lo:hi], c[lo:hi])))
     checks += [(f"{name}_p", p, (c + 1)[:width]), (f"{name}_p_hi1", p_hi1, (p_hi + 1)[:hb]),
                (f"{name}_p_full", p_full, p_lo == ones)]
-    return value, c
+    return c

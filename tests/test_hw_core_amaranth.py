@@ -23,9 +23,11 @@ from collections import deque
 
 import numpy as np
 import pytest
-from amaranth import Value
+from amaranth import Module, Signal, Value
 from amaranth.back import verilog
 from amaranth.hdl import Fragment
+from amaranth.lib import stream, wiring
+from amaranth.lib.wiring import In, Out, connect
 from amaranth.sim import Simulator
 
 from golden._check import INT32_MAX, INT32_MIN
@@ -162,14 +164,42 @@ def test_mac_array_values_and_array_latency(cfg):
 _CheckedCore = checked(ArrayCore, "core")
 
 
+class _CoreWithOutsideInputRegisters(wiring.Component):
+    """``ArrayCore(inputs_registered=True)`` behind the act/wgt registers it expects outside (loaded
+    when ``array_en``, as hw.top's buffer output registers): the ports of ``ArrayCore(cfg)``."""
+
+    def __init__(self, cfg):
+        self.cfg = cfg
+        super().__init__({"inp": In(stream.Signature(input_layout(cfg))),
+                          "params": In(stream.Signature(params_layout(cfg))),
+                          "lut": In(stream.Signature(lut_layout())),
+                          "out": Out(stream.Signature(output_layout(cfg)))})
+
+    def elaborate(self, platform):
+        m = Module()
+        m.submodules.core = core = _CheckedCore(self.cfg, inputs_registered=True)
+        connect(m, wiring.flipped(self.params), core.params)
+        connect(m, wiring.flipped(self.lut), core.lut)
+        connect(m, core.out, wiring.flipped(self.out))
+        m.d.comb += [core.inp.valid.eq(self.inp.valid), self.inp.ready.eq(core.inp.ready),
+                     core.inp.payload.last.eq(self.inp.payload.last)]
+        for f in ("act", "wgt"):
+            q = Signal.like(Value.cast(getattr(self.inp.payload, f)), name=f"{f}_outside", reset_less=True)
+            with m.If(core.array_en):
+                m.d.sync += q.eq(getattr(self.inp.payload, f))
+            m.d.comb += Value.cast(getattr(core.inp.payload, f)).eq(q)
+        return m
+
+
 def _run_core(cfg, seed, n_tiles=10, p_in=0.8, p_par=0.5, p_out=0.7, preload_lut=True, ks=None,
-              check_coverage=True):
+              check_coverage=True, inputs_registered=False):
     """Drive and check one random run; ``preload_lut=False``: no table, no lut_en, and
     the first tile is a single beat offered on the very first cycle after reset; ``ks``:
     the tiles' reduction lengths (default random); ``check_coverage``: the run must have
-    stalled the output and held a last beat."""
+    stalled the output and held a last beat; ``inputs_registered``: the core with its first
+    act/wgt input registers outside (the same ports and cycle behaviour)."""
     rng = np.random.default_rng(seed)
-    dut = _CheckedCore(cfg)
+    dut = _CoreWithOutsideInputRegisters(cfg) if inputs_registered else _CheckedCore(cfg)
     lay_in, lay_par, lay_out = input_layout(cfg), params_layout(cfg), output_layout(cfg)
     lut = rng.integers(0, 256, 256) if preload_lut else np.zeros(256, np.int64)
     ks = _random_ks(rng, n_tiles) if ks is None else list(ks)
@@ -293,14 +323,19 @@ def _run_core(cfg, seed, n_tiles=10, p_in=0.8, p_par=0.5, p_out=0.7, preload_lut
     return log
 
 
-@pytest.mark.parametrize("cfg", [
-    ArrayConfig(rows=2, cols=2),
-    ArrayConfig(rows=2, cols=3),
-    ArrayConfig(rows=2, cols=2, packing="none"),
-    ArrayConfig(rows=1, cols=1, param_fifo_depth=1, weight_min=-128),
-], ids=["2x2_dual", "2x3_dual", "2x2_none", "1x1_fifo1"])
-def test_core_values_latency_ready_rules(cfg):
-    log = _run_core(cfg, seed=cfg.rows * 7 + cfg.cols + cfg.param_fifo_depth)
+@pytest.mark.parametrize("cfg,inputs_registered", [
+    (ArrayConfig(rows=2, cols=2), False),
+    (ArrayConfig(rows=2, cols=3), False),
+    (ArrayConfig(rows=2, cols=2, packing="none"), False),
+    (ArrayConfig(rows=1, cols=1, param_fifo_depth=1, weight_min=-128), False),
+    (ArrayConfig(rows=2, cols=3), True),
+    (ArrayConfig(rows=3, cols=2, packing="none"), True),
+    (ArrayConfig(rows=1, cols=1, param_fifo_depth=1, weight_min=-128), True),
+], ids=["2x2_dual", "2x3_dual", "2x2_none", "1x1_fifo1", "2x3_dual_regd", "3x2_none_regd", "1x1_fifo1_regd"])
+def test_core_values_latency_ready_rules(cfg, inputs_registered):
+    """Values and exact output cycles; ``_regd``: the act/wgt input registers outside the core
+    (hw.top with the buffers' output registers), the same results on the same cycles."""
+    log = _run_core(cfg, seed=cfg.rows * 7 + cfg.cols + cfg.param_fifo_depth, inputs_registered=inputs_registered)
     assert log["out"] == [(t, r) for t in range(10) for r in range(cfg.rows)]
 
 

@@ -104,7 +104,7 @@ def _simulate(cfg, words):
         ctx.set(dut.cmd.valid, 0)
         ctx.set(dut.dout.ready, 1)
         words_seen = []
-        for _ in range(20):
+        for _ in range(isa.DECODE_CYCLES + isa.SNAPSHOT_CYCLES + isa.status_response_words(cfg) + 1):
             if ctx.get(dut.dout.valid):
                 words_seen.append(ctx.get(dut.dout.payload.last))
                 if words_seen[-1]:
