@@ -56,7 +56,8 @@ class TopTimer:
       WAIT from c+D (D = ``isa.DECODE_CYCLES`` = 4) until
       its interlock clears on cycle w, then RUN: the job enters the queue on
       w (IDLE on w+1); WRITE_*: words on w+1 .. w+n (IDLE on w+n+1);
-      READ_OUT: words on w+2 .. w+n+1 (IDLE on w+n+2); READ_STATUS/SYNC:
+      READ_OUT: words on w+1+R .. w+n+R (R = ``isa.OUT_READ_CYCLES``; IDLE on
+      w+n+R+1); READ_STATUS/SYNC:
       SNAP on w+1 .. w+S (S = ``isa.SNAPSHOT_CYCLES``), words on w+S+1 ..
       w+S+n, showing the counters of cycle w; CLEAR_STATUS: IDLE on w+1; a dropped command goes
       back to IDLE after DECIDE (a dropped WRITE first discards its payload).
@@ -173,7 +174,7 @@ class TopTimer:
             self.t = w + 1
         elif op == Op.READ_OUT:
             w = max(w, self._release("out", f["bank"], "T") + 1 if self.jobs else w)
-            self.t = w + dout_words + 2
+            self.t = w + 1 + isa.OUT_READ_CYCLES + dout_words
             self.dout += dout_words
         elif op in (Op.READ_STATUS, Op.SYNC):
             if op == Op.SYNC and self.jobs:

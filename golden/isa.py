@@ -87,7 +87,8 @@ from ._check import UINT8_MAX, UINT8_MIN, check_int_array
 from .config import BANKS, ArrayConfig
 
 __all__ = [
-    "DESC_BITS", "OPCODE_BITS", "JOB_QUEUE_DEPTH", "DECODE_CYCLES", "SNAPSHOT_CYCLES", "LUT_ENTRIES", "COUNTER_BITS",
+    "DESC_BITS", "OPCODE_BITS", "JOB_QUEUE_DEPTH", "DECODE_CYCLES", "SNAPSHOT_CYCLES", "OUT_READ_CYCLES", "LUT_ENTRIES",
+    "COUNTER_BITS",
     "STATUS_BYTES", "SLOT_BYTES",
     "Op", "Flag", "Slot", "STATUS_SLOTS", "STATUS_BUSY", "STATUS_JOBS_SHIFT", "STATUS_JOBS_WIDTH", "ERROR_MASK",
     "FIELDS", "PAYLOAD_BUFFER", "Field", "field_widths", "layout", "k_max", "ntiles_max",
@@ -116,6 +117,11 @@ DECODE_CYCLES = 4
 #: hw/decoder.py's SNAP states; issue 6: one cycle for that distance was the 30 x 4 top's critical
 #: path). The cycle models (firmware/report.py) derive from it.
 SNAPSHOT_CYCLES = 2
+#: Cycles from a READ_OUT's out-buffer read to its row on dout: the block RAMs' read register,
+#: then their output register (hw.buffers output_register; issue 6: a DP16KD's clock-to-out without
+#: it is 5.83 ns). The first word is on w + 1 + OUT_READ_CYCLES (w: the last WAIT cycle); the
+#: cycle models (firmware/report.py) derive from it.
+OUT_READ_CYCLES = 2
 #: Entries of the output look-up table (indexed by an 8-bit code).
 LUT_ENTRIES = UINT8_MAX - UINT8_MIN + 1
 #: Width of every performance counter (wraps modulo 2**64).

@@ -18,12 +18,14 @@ user, i.e. the decoder or the sequencer):
   hold is what lets the sequencer keep a beat on the core's input while the
   core is not ready, without a separate skid register.
 
-``output_register=True`` (power-of-two depths, the act and wgt buffers): ``data`` is registered
+``output_register=True`` (block-RAM mode; hw.top: the act, wgt and out buffers): ``data`` is registered
 once more, in the block RAMs' own output registers on the ECP5 (``hw.ecp5_bram``), enabled by the
 extra input ``oce``: it shows, from the cycle after a cycle with ``oce`` = 1, what ``data`` of the
 plain buffer showed on that cycle. The user's first register behind the buffer moves into it (the
-array's input registers, ``hw.core.ArrayCore(inputs_registered=True)``; issue 6: a DP16KD without
-its output register has a 5.83 ns clock-to-out).
+array's input registers, ``hw.core.ArrayCore(inputs_registered=True)``; the decoder's READ stage,
+``golden.isa.OUT_READ_CYCLES``; issue 6: a DP16KD without its output register has a 5.83 ns
+clock-to-out). On the ECP5 it needs ``collision_free`` (the DP16KD is instantiated without
+read-during-write emulation).
 
 ``collision_free=True``: the user guarantees that no read (``en`` = 1) addresses an entry on the
 cycle a write to it reaches the memory (the accelerator top: its decoder/sequencer interlock,
@@ -142,9 +144,9 @@ class BankedBuffer(wiring.Component):
             raise ValueError(f"collision_free must be a bool, got {collision_free!r}")
         if not isinstance(output_register, bool):
             raise ValueError(f"output_register must be a bool, got {output_register!r}")
-        if output_register and (lut_ram_slice_bits is not None or depth & (depth - 1)):
-            raise ValueError("output_register needs a block-RAM buffer of power-of-two depth (no "
-                             f"lut_ram_slice_bits), got depth={depth}, lut_ram_slice_bits={lut_ram_slice_bits!r}")
+        if output_register and lut_ram_slice_bits is not None:
+            raise ValueError("output_register needs a block-RAM buffer (no lut_ram_slice_bits), got "
+                             f"lut_ram_slice_bits={lut_ram_slice_bits!r}")
         self.output_register = output_register
         self.bram_slice_bits = bram_slice_bits
         self.collision_free = collision_free
@@ -184,20 +186,8 @@ class BankedBuffer(wiring.Component):
             slices = [(0, self.width)] if self.bram_slice_bits is None else self.slices(self.bram_slice_bits)
             rdata = []
             for g, (lo, hi) in enumerate(slices):
-                name = "banks" if self.bram_slice_bits is None else f"banks_s{g}"
-                if self.output_register:
-                    # the same ports as a Memory's (wp / rp below), the output register inside
-                    ram = PipelinedReadRam(hi - lo, BANKS << len(self.r.addr), collision_free=self.collision_free)
-                    m.submodules[name] = ram
-                    wp = _Port(en=ram.w_en, addr=ram.w_addr, data=ram.w_data)
-                    rp = _Port(en=ram.r_en, addr=ram.r_addr, data=ram.r_data)
-                    m.d.comb += ram.r_oce.eq(self.oce)
-                else:
-                    mem = memory.Memory(shape=unsigned(hi - lo), depth=BANKS << len(self.r.addr), init=[],
-                                        attrs=self._mem_attrs())
-                    m.submodules[name] = mem
-                    wp = mem.write_port()
-                    rp = mem.read_port(transparent_for=())
+                wp, rp = self._memory(m, "banks" if self.bram_slice_bits is None else f"banks_s{g}",
+                                      hi - lo, BANKS << len(self.r.addr))
                 en_g, addr_g = w_en, Cat(w_addr, w_bank)
                 if self.bram_slice_bits is not None:
                     en_g = enable_copy(m, platform, self.w.en, f"w_en_s{g}")
@@ -212,13 +202,11 @@ class BankedBuffer(wiring.Component):
             return m
         # Any other depth: one memory per bank (a shared one would waste the padding to a power
         # of two, e.g. 4608 -> 8192 entries per bank) and the bank of the last read selects which
-        # memory's (held) data is shown.
+        # memory's (held) data is shown (with output_register: the bank travels with the data
+        # into the output register's stage, and the select follows those registers).
         rdata = []
         for b in range(BANKS):
-            mem = memory.Memory(shape=unsigned(self.width), depth=self.depth, init=[], attrs=self._mem_attrs())
-            m.submodules[f"bank{b}"] = mem
-            wp = mem.write_port()
-            rp = mem.read_port(transparent_for=())
+            wp, rp = self._memory(m, f"bank{b}", self.width, self.depth)
             m.d.comb += [
                 wp.en.eq(w_en & (w_bank == b)), wp.addr.eq(w_addr), wp.data.eq(w_data),
                 rp.en.eq(self.r.en), rp.addr.eq(self.r.addr),
@@ -227,8 +215,26 @@ class BankedBuffer(wiring.Component):
         sel = Signal(bank_shape(), reset_less=True)     # datapath: travels with the read data
         with m.If(self.r.en):
             m.d.sync += sel.eq(self.r.bank)
+        if self.output_register:
+            sel_q = Signal(bank_shape(), name="sel_q", reset_less=True)
+            with m.If(self.oce):
+                m.d.sync += sel_q.eq(sel)
+            sel = sel_q
         m.d.comb += self.r.data.eq(Array(rdata)[sel])
         return m
+
+    def _memory(self, m, name, width, depth):
+        """One memory of the buffer as (write port, read port): an ``amaranth.lib.memory`` memory,
+        or with ``output_register`` a ``PipelinedReadRam`` (ports named alike, ``oce`` wired)."""
+        if self.output_register:
+            ram = PipelinedReadRam(width, depth, collision_free=self.collision_free)
+            m.submodules[name] = ram
+            m.d.comb += ram.r_oce.eq(self.oce)
+            return (_Port(en=ram.w_en, addr=ram.w_addr, data=ram.w_data),
+                    _Port(en=ram.r_en, addr=ram.r_addr, data=ram.r_data))
+        mem = memory.Memory(shape=unsigned(width), depth=depth, init=[], attrs=self._mem_attrs())
+        m.submodules[name] = mem
+        return mem.write_port(), mem.read_port(transparent_for=())
 
     def _mem_attrs(self) -> dict:
         # collision_free: yosys' `no_rw_check` lets it map the memory as a plain BRAM. Without it,

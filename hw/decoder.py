@@ -36,9 +36,13 @@ One command at a time, in order. States:
   comment at ``asm``). ``last`` early: LENGTH_MISMATCH, back to IDLE;
   ``last`` missing on the final word: LENGTH_MISMATCH, ``DISCARD``.
 * ``DISCARD``: ``din.ready`` = 1 until a word with ``last`` = 1 transfers.
-* ``READ``: streams the out rows: an out-buffer read is issued whenever the
-  held row is free or its final word is being taken, so with one word per
-  row ``dout`` carries one word per cycle.
+* ``READ``: streams the out rows. The out buffer reads through two registers
+  (``out_r.en`` loads its read register, ``out_oce`` its output register,
+  ``out_r.data``; ``golden.isa.OUT_READ_CYCLES``): a read is issued whenever
+  the read register is free or moves on, which it does when the held row is
+  free or its final word is being taken, so with one word per row ``dout``
+  carries one word per cycle, the first on the cycle OUT_READ_CYCLES after
+  the first read.
 * ``RESP``: the snapshot's words on ``dout``, ``last`` on the final one.
 
 Every wait ends: jobs always finish (the sequencer's sinks are on-chip) and
@@ -125,6 +129,7 @@ class Decoder(wiring.Component):
             "wgt_w": Out(write_signature(cfg.out_lanes * 8, cfg.wgt_depth)),
             "par_w": Out(write_signature(par_bits, cfg.param_depth)),
             "out_r": Out(read_signature(cfg.out_lanes * 8, cfg.out_depth)),
+            "out_oce": Out(1),
             "lut": Out(stream.Signature(lut_layout())),
             "act_busy": In(BANKS), "wgt_busy": In(BANKS), "par_busy": In(BANKS), "out_busy": In(BANKS),
             "jobs": In(range(JOB_QUEUE_DEPTH + 1)),
@@ -329,6 +334,7 @@ class Decoder(wiring.Component):
         m.d.sync += [wi.eq(wi_d), nresp_m1.eq(nresp_m1_d)]
         is_sync = Signal(reset_less=True)
         rv = Signal()                                          # READ: a row held in out_r.data
+        rs = Signal()                                          # READ: a row in the read register only
         lens = {op: self._fields(desc, op)["length"] for op in pay_ops}
         # The loads of pa / erem / rrem / elast happen in DECIDE (nothing reads them before WRITE /
         # READ), from registers computed on every cycle from the registered descriptor (held from
@@ -513,30 +519,41 @@ class Decoder(wiring.Component):
 
         # READ's out-buffer read (issue) and dout.valid from the shadow flags, not the state decode
         # (out_r.en: ~22 DP16KD enables; dout.valid: the bridge and the OUT_STALL increment).
+        # The out buffer reads through two registers (its block RAMs' read and output registers,
+        # hw.buffers output_register, golden.isa.OUT_READ_CYCLES; issue 6: the DP16KD's clock-to-out
+        # without the output register was the 4 x 2 top's critical path into the bridge's `dcap`):
+        # a two-stage pipeline, rs = the read register holds a row, rv = the output register
+        # (out_r.data) does. The output register loads (out_oce) when it is free or its row's final
+        # word is taken, and a read is issued when the read register is free or moves on.
         take = rv & self.dout.ready
-        issue = read_r & rmore & (~rv | (take & row_end))
-        m.d.comb += [self.dout.valid.eq((read_r & rv) | resp_r), self.out_r.en.eq(issue)]
+        adv = ~rv | (self.dout.ready & row_end)                 # out_r.data is free after this cycle
+        issue = read_r & rmore & (~rs | adv)
+        m.d.comb += [self.dout.valid.eq((read_r & rv) | resp_r), self.out_r.en.eq(issue),
+                     self.out_oce.eq(adv)]
         # pa's next value from flip-flops and dout.ready only: DECIDE's load (pre_off), the
         # increment (a write's w_en, READ's issue) selecting pa1 = pa + 1, a register of its own
         # (issue 6: the incrementer's carry chain and the select were in front of pa, its out_addr
         # copy and the write ports; pa1's own chain ends in pa1). The increment is never in
         # DECIDE; ``pa_inc`` is ``w_any | issue``, split so that dout.ready enters at its last LUT.
-        pa_inc = (w_any | (read_r & rmore & ~rv)) | (read_r & rmore & row_end & self.dout.ready)
+        pa_inc = (w_any | (read_r & rmore & (~rs | ~rv))) | (read_r & rmore & row_end & self.dout.ready)
         pa1 = Signal(off_w, name="pa1", init=1, reset_less=True)
         m.d.comb += pa_d.eq(Mux(pa_inc, pa1, Mux(decide_r, pre_off, pa)))
         m.d.sync += pa1.eq(Mux(pa_inc, pa1 + 1, Mux(decide_r, pre_off1, pa1)))
         copies.append(("pa1", pa1, (pa + 1)[:off_w]))
-        # The entry counters, READ's read counter and rv, outside the FSM: their enables are the
-        # shadow flags and registered bits (issue 6), the same cases as the FSM's states.
+        # The entry counters, READ's read counter, rs and rv, outside the FSM: their enables are the
+        # shadow flags and registered bits (issue 6), the same cases as the FSM's states. Outside
+        # READ rs = rv = 0 (READ ends on its final row's final word, with no read left).
         with m.If(decide_r):
-            m.d.sync += [rv.eq(0), erem.eq(pre_lenm1), elast.eq(pre_len1), rrem.eq(pre_lenm1), rmore.eq(1)]
+            m.d.sync += [rv.eq(0), rs.eq(0), erem.eq(pre_lenm1), elast.eq(pre_len1), rrem.eq(pre_lenm1),
+                         rmore.eq(1)]
         with m.Else():
             with m.If((write_r & self.din.valid & wend) | (read_r & take & row_end)):   # an entry is complete
                 m.d.sync += [erem.eq(erem - 1), elast.eq(erem == 1)]
             with m.If(issue):
-                m.d.sync += [rrem.eq(rrem - 1), rmore.eq(rrem != 0), rv.eq(1)]
-            with m.Elif(read_r & take & row_end):
-                m.d.sync += rv.eq(0)
+                m.d.sync += [rrem.eq(rrem - 1), rmore.eq(rrem != 0)]
+            m.d.sync += rs.eq(issue | (rs & ~adv))
+            with m.If(adv):
+                m.d.sync += rv.eq(rs)
 
         job_valid_ref, clear_counters_ref = Signal(), Signal()     # the FSM's forms, for the checks
         assert DECODE_CYCLES == 4, "the FSM below takes IDLE -> CHECK -> COMPARE -> DECIDE -> WAIT"

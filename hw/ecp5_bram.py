@@ -94,6 +94,9 @@ class PipelinedReadRam(wiring.Component):
                 m.d.sync += q.eq(rp.data)
             return m
 
+        if not self.collision_free:
+            raise ValueError("PipelinedReadRam on the ECP5 needs collision_free=True: its DP16KD has no "
+                             "read-during-write emulation")
         dw, lsb = dp16kd_mode(self.depth)
         abits = DP16KD_ADDR_BITS - lsb
         out = []

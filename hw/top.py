@@ -71,13 +71,10 @@ class Accelerator(wiring.Component):
         cfg = check_hw_config(self.cfg)
         m = Module()
         par_bits = params_layout(cfg).size
-        def pow2(depth):
-            return depth & (depth - 1) == 0
         # The act/wgt buffers' output registers (block-RAM output registers on the ECP5) are the
-        # array's first input registers when both depths are powers of two (hw.buffers,
-        # output_register; issue 6: a DP16KD's clock-to-out without it is 5.83 ns).
-        regd = pow2(cfg.act_depth) and pow2(cfg.wgt_depth)
-        m.submodules.core = core = ArrayCore(cfg, inputs_registered=regd)
+        # array's first input registers (hw.buffers output_register; issue 6: a DP16KD's
+        # clock-to-out without it is 5.83 ns), and the out buffer's are READ's second stage.
+        m.submodules.core = core = ArrayCore(cfg, inputs_registered=True)
         m.submodules.seq = seq = Sequencer(cfg)
         m.submodules.dec = dec = Decoder(cfg, par_bits)
         # The decoder-written buffers register their write port once more (per-bank enables
@@ -87,24 +84,25 @@ class Accelerator(wiring.Component):
         # Power-of-two depths (one memory for both banks): the write port's register in one copy
         # per BRAM_SLICE_BITS of the width (hw.buffers).
         def slicing(depth):
-            return BRAM_SLICE_BITS if pow2(depth) else None
+            return BRAM_SLICE_BITS if depth & (depth - 1) == 0 else None
         # collision_free: a write never lands on a bank in the cycle a job's read of it (the
         # decoder's busy interlock, WRITE_TO_READ_MIN_CYCLES; asserted by tests/test_hw_top_amaranth).
         m.submodules.act = act = BankedBuffer(cfg.rows * 8, cfg.act_depth, registered_write=True,
                                               bram_slice_bits=slicing(cfg.act_depth), collision_free=True,
-                                              output_register=regd)
+                                              output_register=True)
         m.submodules.wgt = wgt = BankedBuffer(cfg.out_lanes * 8, cfg.wgt_depth, registered_write=True,
                                               bram_slice_bits=slicing(cfg.wgt_depth), collision_free=True,
-                                              output_register=regd)
-        if regd:
-            m.d.comb += [act.oce.eq(core.array_en), wgt.oce.eq(core.array_en)]
+                                              output_register=True)
         # The params buffer (LUT-RAM, read every cycle) registers its read address in one copy per
         # slice (hw.buffers, LUT-RAM mode): its ~680 read ports on the 30x4 top hung off one
         # address mux. Its read shows the entry's current contents, which equals the synchronous
         # read here: a valid, not yet pushed job's params bank is not written (par_busy).
         m.submodules.par = par = BankedBuffer(par_bits, cfg.param_depth, registered_write=True,
                                               lut_ram_slice_bits=lut_ram_slice_bits(cfg.param_depth))
-        m.submodules.out = out = BankedBuffer(cfg.out_lanes * 8, cfg.out_depth)
+        # collision_free: READ_OUT of a bank waits until every job writing it has retired, and the
+        # decoder takes no RUN while it reads (asserted by tests/test_hw_top_amaranth).
+        m.submodules.out = out = BankedBuffer(cfg.out_lanes * 8, cfg.out_depth, collision_free=True,
+                                              output_register=True)
 
         connect(m, wiring.flipped(self.cmd), dec.cmd)
         connect(m, wiring.flipped(self.din), dec.din)
@@ -114,6 +112,7 @@ class Accelerator(wiring.Component):
         connect(m, dec.wgt_w, wgt.w)
         connect(m, dec.par_w, par.w)
         connect(m, dec.out_r, out.r)
+        m.d.comb += [act.oce.eq(core.array_en), wgt.oce.eq(core.array_en), out.oce.eq(dec.out_oce)]
         connect(m, dec.lut, core.lut)
         connect(m, seq.act_r, act.r)
         connect(m, seq.wgt_r, wgt.r)

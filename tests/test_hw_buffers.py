@@ -216,9 +216,10 @@ def test_collision_free_buffer_maps_to_plain_dp16kd(tmp_path):
 
 
 def test_collision_x_marks_only_the_collision_free_buffers_of_the_top():
-    """In the accelerator's RTLIL (one module per block) exactly the act/wgt buffers' read ports are
-    marked: act 40 bits = 2 slices, wgt 1 slice; the params LUT-RAM, the out buffer and the core's
-    memories keep Amaranth's COLLISION_X_MASK 0."""
+    """In the accelerator's RTLIL (one module per block) exactly the act/wgt/out buffers' read ports
+    are marked: act 40 bits = 2 slices, wgt 1 slice, out 1 memory (READ_OUT of a bank waits for the
+    jobs writing it, session 10); the params LUT-RAM and the core's memories keep Amaranth's
+    COLLISION_X_MASK 0."""
     from amaranth.back import rtlil
     from hw import fpga
     from hw.top import Accelerator
@@ -226,9 +227,9 @@ def test_collision_x_marks_only_the_collision_free_buffers_of_the_top():
                       bus_bytes=4, max_k=16, param_fifo_depth=2)
     text = rtlil.convert(Accelerator(cfg), name="acc")
     marked, n = fpga.collision_x_for_no_rw_check(text)
-    assert n == 3 and marked.count("COLLISION_X_MASK 1'1") == 3
-    assert marked.count("$memrd_v2") == text.count("$memrd_v2") > 3
-    assert marked.count("COLLISION_X_MASK 1'0") == text.count("COLLISION_X_MASK 1'0") - 3
+    assert n == 4 and marked.count("COLLISION_X_MASK 1'1") == 4
+    assert marked.count("$memrd_v2") == text.count("$memrd_v2") > 4
+    assert marked.count("COLLISION_X_MASK 1'0") == text.count("COLLISION_X_MASK 1'0") - 4
     assert fpga.collision_x_for_no_rw_check(rtlil.convert(BankedBuffer(8, 4), name="b"))[1] == 0
 
 

@@ -231,7 +231,10 @@ WIDE = ArrayConfig(rows=2, cols=6, bus_bytes=4, act_depth=32, wgt_depth=16, para
 def test_read_out_stream(cfg, seed):
     """READ_OUT of n rows under random dout backpressure: one out-buffer read per row at offset + i
     (the row's address when issued), the rows' words in order with ``last`` on the final word only;
-    on every cycle the registered word-index flags (``row_end``, ``is_last``) equal their compares."""
+    on every cycle the registered word-index flags (``row_end``, ``is_last``) equal their compares.
+    The out buffer is modelled as hw.top has it: a read register loaded on ``out_r.en``, then an
+    output register loaded on ``out_oce`` (golden.isa.OUT_READ_CYCLES = 2)."""
+    assert isa.OUT_READ_CYCLES == 2
     rng = np.random.default_rng(seed)
     dut = _CheckedDecoder(cfg, params_layout(cfg).size)
     bus_bits = cfg.bus_bytes * 8
@@ -247,7 +250,7 @@ def test_read_out_stream(cfg, seed):
             assert ctx.get(dut.cmd.ready)               # the previous READ_OUT ended in IDLE
             await ctx.tick()
             ctx.set(dut.cmd.valid, 0)
-            reads, words, row = [], [], None
+            reads, words, row, held = [], [], None, None      # the read / output registers' rows
             for _ in range(40 * n):
                 ready = int(rng.integers(0, 3) != 0)
                 ctx.set(dut.dout.ready, ready)
@@ -256,12 +259,15 @@ def test_read_out_stream(cfg, seed):
                     if words[-1][1]:
                         await ctx.tick()                # the final word's transfer
                         break
-                if ctx.get(dut.out_r.en):
+                oce, en = ctx.get(dut.out_oce), ctx.get(dut.out_r.en)
+                if en:
                     reads.append((ctx.get(dut.out_r.bank), ctx.get(dut.out_r.addr)))
-                    row = ctx.get(dut.out_r.addr)
+                nxt = ctx.get(dut.out_r.addr)
                 await ctx.tick()
-                if row is not None:                     # the out buffer's synchronous read: the row
-                    ctx.set(dut.out_r.data, sum((row * n_out + q + 1) << (q * bus_bits) for q in range(n_out)))
+                held = row if oce else held
+                row = nxt if en else row
+                if held is not None:                    # the output register: the row it holds
+                    ctx.set(dut.out_r.data, sum((held * n_out + q + 1) << (q * bus_bits) for q in range(n_out)))
             ctx.set(dut.dout.ready, 0)
             got.append((reads, words))
             for _ in range(3):

@@ -631,13 +631,14 @@ class _SpacedAccelerator(Accelerator):
     """``Accelerator`` plus simulation assertions on the decoder's registered buffer writes (issue 6:
     the write of an entry happens on the cycle after its final word): no act/wgt/params write and
     sequencer read of the same bank on the same or adjacent cycles (so the extra cycle cannot change
-    what a read returns), and no LUT write while or right after a job is queued."""
+    what a read returns), no sequencer write of an out bank next to a READ_OUT read of it (the
+    buffers are ``collision_free``), and no LUT write while or right after a job is queued."""
 
     def elaborate(self, platform):
         m = super().elaborate(platform)
         dec, seq = m.submodules.dec, m.submodules.seq
         for name, w, r in (("act", dec.act_w, seq.act_r), ("wgt", dec.wgt_w, seq.wgt_r),
-                           ("params", dec.par_w, None)):
+                           ("params", dec.par_w, None), ("out", seq.out_w, dec.out_r)):
             for b in range(BANKS):
                 # The params buffer is read on every cycle (hw.sequencer: the address of the job on
                 # offer, known a cycle early); the reads that count are those while a queued job
