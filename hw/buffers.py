@@ -18,14 +18,16 @@ user, i.e. the decoder or the sequencer):
   hold is what lets the sequencer keep a beat on the core's input while the
   core is not ready, without a separate skid register.
 
-``output_register=True`` (block-RAM mode; hw.top: the act, wgt and out buffers): ``data`` is registered
+``output_register=True`` (hw.top: every buffer): ``data`` is registered
 once more, in the block RAMs' own output registers on the ECP5 (``hw.ecp5_bram``), enabled by the
 extra input ``oce``: it shows, from the cycle after a cycle with ``oce`` = 1, what ``data`` of the
 plain buffer showed on that cycle. The user's first register behind the buffer moves into it (the
 array's input registers, ``hw.core.ArrayCore(inputs_registered=True)``; the decoder's READ stage,
 ``golden.isa.OUT_READ_CYCLES``; issue 6: a DP16KD without its output register has a 5.83 ns
 clock-to-out). On the ECP5 it needs ``collision_free`` (the DP16KD is instantiated without
-read-during-write emulation).
+read-during-write emulation). In LUT-RAM mode the register is one per slice behind its bank
+select: the params buffer's output register is the core's first params register (its LUT-RAM
+read and the core's params FIFO were placed far apart, issue 6).
 
 ``collision_free=True``: the user guarantees that no read (``en`` = 1) addresses an entry on the
 cycle a write to it reaches the memory (the accelerator top: its decoder/sequencer interlock,
@@ -144,9 +146,6 @@ class BankedBuffer(wiring.Component):
             raise ValueError(f"collision_free must be a bool, got {collision_free!r}")
         if not isinstance(output_register, bool):
             raise ValueError(f"output_register must be a bool, got {output_register!r}")
-        if output_register and lut_ram_slice_bits is not None:
-            raise ValueError("output_register needs a block-RAM buffer (no lut_ram_slice_bits), got "
-                             f"lut_ram_slice_bits={lut_ram_slice_bits!r}")
         self.output_register = output_register
         self.bram_slice_bits = bram_slice_bits
         self.collision_free = collision_free
@@ -291,7 +290,13 @@ class BankedBuffer(wiring.Component):
                 m.d.comb += [wp.en.eq(w_en_bg), wp.addr.eq(w_addr), wp.data.eq(w_data[lo:hi]),
                              rp.addr.eq(r_addr)]
                 rdata.append(rp.data)
-            out.append(Array(rdata)[r_sel])
+            sel = Array(rdata)[r_sel]
+            if self.output_register:
+                q = Signal(hi - lo, name=f"out_reg_s{g}", reset_less=True)
+                with m.If(self.oce):
+                    m.d.sync += q.eq(sel)
+                sel = q
+            out.append(sel)
         m.d.comb += self.r.data.eq(Cat(*out))
         return m
 

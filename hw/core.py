@@ -157,11 +157,12 @@ class ArrayCore(wiring.Component):
 
     Internal: ``en = ~out.valid | out.ready`` gates every datapath register.
 
-    ``inputs_registered=True`` (hw.top: the act/wgt buffers' output registers,
-    ``hw.mac_array.MacArray``): ``inp.payload.act`` / ``wgt`` come through the array's first
-    input register already, so on a cycle they show the beat of the previous cycle; that
-    register is outside, loaded when the extra output ``array_en`` (= en) is 1. ``valid``,
-    ``last`` and the handshake are unchanged, and so is the cycle behaviour.
+    ``inputs_registered=True`` (hw.top: the buffers' output registers): ``inp.payload.act`` /
+    ``wgt`` come through the array's first input register already (``hw.mac_array.MacArray``),
+    so on a cycle they show the beat of the previous cycle; that register is outside, loaded
+    when the extra output ``array_en`` (= en) is 1. Likewise ``params.payload`` comes through
+    the params FIFO's first write register (``w_data_a``, loaded on every cycle) already. The
+    handshakes, ``last`` and the cycle behaviour are unchanged.
     """
 
     def __init__(self, cfg: ArrayConfig, *, inputs_registered: bool = False):
@@ -252,7 +253,11 @@ class ArrayCore(wiring.Component):
         # the first and second register stages of the write port (w_* above are the third)
         push_a = Signal()                                 # control: reset
         wptr_a = Signal(range(depth), reset_less=True)
-        w_data_a = Signal(params_layout(cfg), reset_less=True)
+        if self.inputs_registered:
+            w_data_a = self.params.payload                # outside: the params buffer's output register
+        else:
+            w_data_a = Signal(params_layout(cfg), reset_less=True)
+            m.d.sync += w_data_a.eq(self.params.payload)
         push_b = Signal()                                 # control: reset
         wptr_b = Signal(range(depth), reset_less=True)
         w_data_b = Signal(params_layout(cfg), reset_less=True)
@@ -305,7 +310,7 @@ class ArrayCore(wiring.Component):
         m.d.sync += [
             level.eq(level_n), claimed.eq(claimed_n),
             par_ready.eq(level_n < depth), param_credit.eq(level_n > claimed_n),
-            push_a.eq(push), wptr_a.eq(wptr), w_data_a.eq(self.params.payload),
+            push_a.eq(push), wptr_a.eq(wptr),
             push_b.eq(push_a), wptr_b.eq(wptr_a), w_data_b.eq(w_data_a),
             w_en.eq(push_b), w_addr.eq(wptr_b), w_data.eq(w_data_b),
             rptr.eq(rptr_n),

@@ -73,7 +73,8 @@ class Accelerator(wiring.Component):
         par_bits = params_layout(cfg).size
         # The act/wgt buffers' output registers (block-RAM output registers on the ECP5) are the
         # array's first input registers (hw.buffers output_register; issue 6: a DP16KD's
-        # clock-to-out without it is 5.83 ns), and the out buffer's are READ's second stage.
+        # clock-to-out without it is 5.83 ns), the params buffer's is the core's first params
+        # register, and the out buffer's are READ's second stage.
         m.submodules.core = core = ArrayCore(cfg, inputs_registered=True)
         m.submodules.seq = seq = Sequencer(cfg)
         m.submodules.dec = dec = Decoder(cfg, par_bits)
@@ -98,7 +99,8 @@ class Accelerator(wiring.Component):
         # address mux. Its read shows the entry's current contents, which equals the synchronous
         # read here: a valid, not yet pushed job's params bank is not written (par_busy).
         m.submodules.par = par = BankedBuffer(par_bits, cfg.param_depth, registered_write=True,
-                                              lut_ram_slice_bits=lut_ram_slice_bits(cfg.param_depth))
+                                              lut_ram_slice_bits=lut_ram_slice_bits(cfg.param_depth),
+                                              output_register=True)
         # collision_free: READ_OUT of a bank waits until every job writing it has retired, and the
         # decoder takes no RUN while it reads (asserted by tests/test_hw_top_amaranth).
         m.submodules.out = out = BankedBuffer(cfg.out_lanes * 8, cfg.out_depth, collision_free=True,
@@ -112,7 +114,8 @@ class Accelerator(wiring.Component):
         connect(m, dec.wgt_w, wgt.w)
         connect(m, dec.par_w, par.w)
         connect(m, dec.out_r, out.r)
-        m.d.comb += [act.oce.eq(core.array_en), wgt.oce.eq(core.array_en), out.oce.eq(dec.out_oce)]
+        # par's output register is the core's first params FIFO write register (loaded every cycle)
+        m.d.comb += [act.oce.eq(core.array_en), wgt.oce.eq(core.array_en), par.oce.eq(1), out.oce.eq(dec.out_oce)]
         connect(m, dec.lut, core.lut)
         connect(m, seq.act_r, act.r)
         connect(m, seq.wgt_r, wgt.r)

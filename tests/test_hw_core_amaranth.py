@@ -165,8 +165,9 @@ _CheckedCore = checked(ArrayCore, "core")
 
 
 class _CoreWithOutsideInputRegisters(wiring.Component):
-    """``ArrayCore(inputs_registered=True)`` behind the act/wgt registers it expects outside (loaded
-    when ``array_en``, as hw.top's buffer output registers): the ports of ``ArrayCore(cfg)``."""
+    """``ArrayCore(inputs_registered=True)`` behind the registers it expects outside (act/wgt loaded
+    when ``array_en``, the params payload on every cycle, as hw.top's buffer output registers): the
+    ports of ``ArrayCore(cfg)``."""
 
     def __init__(self, cfg):
         self.cfg = cfg
@@ -178,7 +179,10 @@ class _CoreWithOutsideInputRegisters(wiring.Component):
     def elaborate(self, platform):
         m = Module()
         m.submodules.core = core = _CheckedCore(self.cfg, inputs_registered=True)
-        connect(m, wiring.flipped(self.params), core.params)
+        m.d.comb += [core.params.valid.eq(self.params.valid), self.params.ready.eq(core.params.ready)]
+        par = Signal.like(Value.cast(self.params.payload), name="params_outside", reset_less=True)
+        m.d.sync += par.eq(self.params.payload)
+        m.d.comb += Value.cast(core.params.payload).eq(par)
         connect(m, wiring.flipped(self.lut), core.lut)
         connect(m, core.out, wiring.flipped(self.out))
         m.d.comb += [core.inp.valid.eq(self.inp.valid), self.inp.ready.eq(core.inp.ready),
