@@ -36,7 +36,9 @@ then undefined on the FPGA (synthesis may map the memory without read-first emul
 
 Sliced block-RAM mode (``bram_slice_bits``, registered write, power-of-two depth: the act and wgt
 buffers): the memory is split into slices of that many bits, each written through its own copy
-of the registered write enable and address; reads are unchanged.
+of the registered write enable and address; reads are unchanged, except that with
+``read_enable_copies`` each slice takes its read enable from its own bit of the extra input
+``r_en_copies`` (copies of ``r.en`` that the user makes, e.g. hw.sequencer's per-slice issue).
 
 LUT-RAM mode (``lut_ram_slice_bits``, the params buffer on the FPGA): each bank is split
 into slices of that many bits (one memory each, read asynchronously), and the read bank
@@ -124,7 +126,8 @@ class BankedBuffer(wiring.Component):
 
     def __init__(self, width: int, depth: int, *, registered_write: bool = False,
                  lut_ram_slice_bits: int | None = None, bram_slice_bits: int | None = None,
-                 collision_free: bool = False, output_register: bool = False):
+                 collision_free: bool = False, output_register: bool = False,
+                 read_enable_copies: bool = False):
         if width < 1 or depth < 1:
             raise ValueError(f"width and depth must be >= 1, got width={width}, depth={depth}")
         if not isinstance(registered_write, bool):
@@ -147,13 +150,20 @@ class BankedBuffer(wiring.Component):
         if not isinstance(output_register, bool):
             raise ValueError(f"output_register must be a bool, got {output_register!r}")
         self.output_register = output_register
+        if not isinstance(read_enable_copies, bool):
+            raise ValueError(f"read_enable_copies must be a bool, got {read_enable_copies!r}")
+        if read_enable_copies and bram_slice_bits is None:
+            raise ValueError("read_enable_copies needs bram_slice_bits (one read enable copy per slice)")
+        self.read_enable_copies = read_enable_copies
         self.bram_slice_bits = bram_slice_bits
         self.collision_free = collision_free
         self.width, self.depth = width, depth
         self.registered_write = registered_write
         self.lut_ram_slice_bits = lut_ram_slice_bits
+        n_copies = len(self.slices(bram_slice_bits)) if read_enable_copies else 0
         super().__init__({"w": In(write_signature(width, depth)), "r": In(read_signature(width, depth)),
-                          **({"oce": In(1)} if output_register else {})})
+                          **({"oce": In(1)} if output_register else {}),
+                          **({"r_en_copies": In(n_copies)} if read_enable_copies else {})})
 
     def elaborate(self, platform):
         # (name, copy, reference): every replicated register and the one it copies (tests assert
@@ -192,9 +202,13 @@ class BankedBuffer(wiring.Component):
                     en_g = enable_copy(m, platform, self.w.en, f"w_en_s{g}")
                     addr_g = kept_copy(m, platform, Cat(self.w.addr, self.w.bank), C(1, 1), f"w_addr_s{g}")
                     self.shadow_checks += [(f"w_en_s{g}", en_g, w_en), (f"w_addr_s{g}", addr_g, Cat(w_addr, w_bank))]
+                r_en = self.r.en
+                if self.read_enable_copies:
+                    r_en = self.r_en_copies[g]
+                    self.shadow_checks.append((f"r_en_s{g}", r_en, self.r.en))
                 m.d.comb += [
                     wp.en.eq(en_g), wp.addr.eq(addr_g), wp.data.eq(w_data[lo:hi]),
-                    rp.en.eq(self.r.en), rp.addr.eq(Cat(self.r.addr, self.r.bank)),
+                    rp.en.eq(r_en), rp.addr.eq(Cat(self.r.addr, self.r.bank)),
                 ]
                 rdata.append(rp.data)
             m.d.comb += self.r.data.eq(Cat(*rdata))

@@ -76,8 +76,12 @@ def _wrap_inc(p, n):
 class Sequencer(wiring.Component):
     """Job queue + beat streamer + params pusher + output writer (module docstring)."""
 
-    def __init__(self, cfg: ArrayConfig):
+    def __init__(self, cfg: ArrayConfig, *, act_read_copies: int = 0):
         layout(cfg)                      # the ISA must fit this cfg
+        if isinstance(act_read_copies, bool) or not isinstance(act_read_copies, int) or act_read_copies < 0:
+            self._MustUse__used = True
+            raise ValueError(f"act_read_copies must be an int >= 0, got {act_read_copies!r}")
+        self.act_read_copies = act_read_copies
         self.cfg = cfg
         self.par_bits = params_layout(cfg).size
         super().__init__({
@@ -93,6 +97,7 @@ class Sequencer(wiring.Component):
             "jobs": Out(range(JOB_QUEUE_DEPTH + 1)),
             "macs_inc": Out(range(cfg.rows * cfg.out_lanes + 1)),
             "job_done": Out(1),
+            **({"act_r_en_copies": Out(act_read_copies)} if act_read_copies else {}),
         })
 
     def elaborate(self, platform):
@@ -232,15 +237,30 @@ class Sequencer(wiring.Component):
             copy_checks.extend([(f"s_free_{tag}", sf | ~live, s_free), (f"v_{tag}", vc & live, v),
                                 (f"ce_s_{tag}", ce, s_free | ~v | ready),
                                 (f"s_fin_{tag}", fin & live, s_fin), (f"fl_{tag}", flc | ~live, fl)])
-            en = None
-            if with_issue:
-                sa = kept_copy(m, platform, s_avail_n, C(1, 1), f"s_avail_{tag}")
-                en = Signal(name=f"issue_{tag}")
-                m.d.comb += en.eq(live & sa & (~vc | ready))
-                copy_checks.extend([(f"s_avail_{tag}", sa & live, s_avail), (f"issue_{tag}", en, issue)])
-            return en, ce, sf, fin, flc
+            return (issue_copy(tag, live, vc) if with_issue else None), ce, sf, fin, flc
+
+        def issue_copy(tag, live, vc):
+            """The read enable (issue) for one group of loads, from the group's own copies of
+            s_avail and v (``vc``) and its live register."""
+            sa = kept_copy(m, platform, s_avail_n, C(1, 1), f"s_avail_{tag}")
+            en = Signal(name=f"issue_{tag}")
+            m.d.comb += en.eq(live & sa & (~vc | ready))
+            copy_checks.extend([(f"s_avail_{tag}", sa & live, s_avail), (f"issue_{tag}", en, issue)])
+            return en
 
         issue_act, ce_act, sf_act, fin_act, fl_act = streamer_copy("act")
+        # The act buffer's read enable once more per slice of its block RAMs (issue 6: issue_act
+        # drove the read enables of all 27 DP16KD of the 30 x 4 top, core.inp.ready -> 2 LUTs ->
+        # across the die, session 10's critical path): each copy is one LUT of inp.ready and
+        # flip-flops of its own, which the placer can put beside its slice.
+        en_copies = []
+        for g in range(self.act_read_copies):
+            live_g = live_register(m, platform, f"s_live_act_s{g}")
+            vc_g = kept_copy(m, platform, v_n, C(1, 1), f"v_act_s{g}")
+            copy_checks.append((f"v_act_s{g}", vc_g & live_g, v))
+            en_copies.append(issue_copy(f"act_s{g}", live_g, vc_g))
+        if en_copies:
+            m.d.comb += self.act_r_en_copies.eq(Cat(*en_copies))
         issue_wgt, ce_wgt, sf_wgt, fin_wgt, fl_wgt = streamer_copy("wgt")
         # The counters' group (j_*/t_*) and the current job's fields (s_cur, below): their own
         # clock enables and selects (one group was ~80 loads per select copy).

@@ -76,7 +76,6 @@ class Accelerator(wiring.Component):
         # clock-to-out without it is 5.83 ns), the params buffer's is the core's first params
         # register, and the out buffer's are READ's second stage.
         m.submodules.core = core = ArrayCore(cfg, inputs_registered=True)
-        m.submodules.seq = seq = Sequencer(cfg)
         m.submodules.dec = dec = Decoder(cfg, par_bits)
         # The decoder-written buffers register their write port once more (per-bank enables
         # straight from flip-flops: the params bank's enable drives every LUT-RAM slice of it);
@@ -88,9 +87,15 @@ class Accelerator(wiring.Component):
             return BRAM_SLICE_BITS if depth & (depth - 1) == 0 else None
         # collision_free: a write never lands on a bank in the cycle a job's read of it (the
         # decoder's busy interlock, WRITE_TO_READ_MIN_CYCLES; asserted by tests/test_hw_top_amaranth).
+        # The act buffer's slices take their read enables from the sequencer's per-slice copies.
+        act_slicing = slicing(cfg.act_depth)
         m.submodules.act = act = BankedBuffer(cfg.rows * 8, cfg.act_depth, registered_write=True,
-                                              bram_slice_bits=slicing(cfg.act_depth), collision_free=True,
-                                              output_register=True)
+                                              bram_slice_bits=act_slicing, collision_free=True,
+                                              output_register=True, read_enable_copies=act_slicing is not None)
+        n_act_copies = len(act.slices(act_slicing)) if act_slicing is not None else 0
+        m.submodules.seq = seq = Sequencer(cfg, act_read_copies=n_act_copies)
+        if n_act_copies:
+            m.d.comb += act.r_en_copies.eq(seq.act_r_en_copies)
         m.submodules.wgt = wgt = BankedBuffer(cfg.out_lanes * 8, cfg.wgt_depth, registered_write=True,
                                               bram_slice_bits=slicing(cfg.wgt_depth), collision_free=True,
                                               output_register=True)

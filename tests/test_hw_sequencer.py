@@ -20,8 +20,8 @@ from golden import isa
 from golden.config import BANKS
 from golden.isa import JOB_QUEUE_DEPTH, Op
 from test_hw_buffers import CFG_ROW1, checked_sequencer  # noqa: F401  (fixture)
-from test_hw_top_amaranth import (CFG, CFG_NARROW, _random_session, check_session, load_all, rand_run_fields, run_cmd,
-                                  simple)
+from test_hw_top_amaranth import (CFG, CFG_NARROW, CFG_POW2, _random_session, check_session, load_all, rand_run_fields,
+                                  run_cmd, simple)
 
 
 def _queue_session(cfg, rng, n):
@@ -40,12 +40,13 @@ def _queue_session(cfg, rng, n):
 
 
 @pytest.mark.parametrize("cfg,seed,p", [(CFG, 1, 1.0), (CFG_NARROW, 2, 1.0), (CFG_ROW1, 3, 1.0),
-                                        (CFG, 4, 0.7), (CFG_ROW1, 5, 0.6)],
-                         ids=["2x2", "3x1", "1x1", "2x2_gaps", "1x1_gaps"])
+                                        (CFG, 4, 0.7), (CFG_ROW1, 5, 0.6), (CFG_POW2, 6, 0.7)],
+                         ids=["2x2", "3x1", "1x1", "2x2_gaps", "1x1_gaps", "5x1_pow2_gaps"])
 def test_queue_full_sessions_shadows_and_exact(cfg, seed, p, checked_sequencer):  # noqa: F811
     """Back-to-back RUNs (queue full, all end flags set on loads), without and with stream
     gaps/backpressure: every registered value equals its combinational form each cycle, and
-    every response equals the reference."""
+    every response equals the reference. ``5x1_pow2``: sliced act buffer, so the top gives the
+    sequencer per-slice act read enable copies (2 slices)."""
     rng = np.random.default_rng(seed)
     n = 12
     got, _, _ = check_session(cfg, _queue_session(cfg, rng, n), seed=seed, p_cmd=p, p_din=p, p_dout=p)
@@ -78,3 +79,10 @@ def test_shadow_checks_cover_the_registered_state():
         want |= {"sn_job", "wn_job"}
     want |= {f"{f}{i}" for f in ("free", "savail", "pavail", "entry") for i in range(JOB_QUEUE_DEPTH)}
     assert want <= names
+    seq = Sequencer(CFG, act_read_copies=3)                # the act buffer's per-slice read enables
+    Fragment.get(seq, None)
+    names = {n for n, _, _ in seq.shadow_checks}
+    assert want | {f"{f}_act_s{g}" for f in ("s_avail", "v", "issue") for g in range(3)} <= names
+    for bad in (-1, True, 1.5):
+        with pytest.raises(ValueError, match="act_read_copies must be an int >= 0"):
+            Sequencer(CFG, act_read_copies=bad)
