@@ -77,8 +77,8 @@ from amaranth.lib.wiring import In, Out
 from golden.config import BANKS, ArrayConfig
 from golden.isa import (COUNTER_BITS, DECODE_CYCLES, DESC_BITS, ERROR_MASK, JOB_QUEUE_DEPTH, OPCODE_BITS, PAYLOAD_BUFFER,
                         SNAPSHOT_CYCLES, STATUS_BUSY, STATUS_JOBS_SHIFT, STATUS_SLOTS, Flag, Op, buffer_depth,
-                        entry_bytes, layout,
-                        reserved_mask, status_response_words, sync_response_words, words_per_entry)
+                        entry_bytes, layout, reserved_mask, status_response_words, sync_response_words,
+                        words_per_entry)
 
 from .buffers import kept_copy, read_signature, write_signature
 from .ecp5_mult import RegisteredMult
