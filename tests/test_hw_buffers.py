@@ -31,20 +31,23 @@ from shadow_checks import checked
 _CheckedBuffer = checked(BankedBuffer, "buffer")
 
 
-@pytest.mark.parametrize("mode,depth", [(mode, depth) for mode in ("plain", "registered", "lut_ram")
-                                        for depth in (5, 8)] + [("bram_sliced", 8)])   # 8: one memory
-def test_buffer_write_visibility_and_read_hold(mode, depth):
+@pytest.mark.parametrize("mode,depth,outreg", [(mode, depth, False) for mode in ("plain", "registered", "lut_ram")
+                                               for depth in (5, 8)] + [("bram_sliced", 8, False)]   # 8: one memory
+                         + [("plain", 5, True), ("registered", 8, True), ("lut_ram", 5, True), ("bram_sliced", 8, True)])
+def test_buffer_write_visibility_and_read_hold(mode, depth, outreg):
     """Random writes and reads against a model: a write on cycle t is readable from t + 1
     (plain) or t + 2 (registered write, also in LUT-RAM mode); read data holds until the next
     read enable, through writes to the held entry (LUT-RAM mode: the held ADDRESS holds and the
     data follows writes to that entry); the bank of the last read selects the shown data. The
     LUT-RAM buffer has three slices (4 + 4 + 2 bits), each with its own address copies; so has the
-    sliced block-RAM buffer, with its own write enable and address copies."""
+    sliced block-RAM buffer, with its own write enable and address copies. ``outreg``
+    (``output_register``): ``data`` shows, from the cycle after a random ``oce`` = 1, what the
+    model showed on that cycle."""
     registered = mode != "plain"
     lut_ram = mode == "lut_ram"
     width = 10
     dut = _CheckedBuffer(width, depth, registered_write=registered, lut_ram_slice_bits=4 if lut_ram else None,
-                         bram_slice_bits=4 if mode == "bram_sliced" else None)
+                         bram_slice_bits=4 if mode == "bram_sliced" else None, output_register=outreg)
     if lut_ram or mode == "bram_sliced":
         assert dut.slices(4) == [(0, 4), (4, 8), (8, 10)]
     lag = 2 if registered else 1
@@ -58,6 +61,7 @@ def test_buffer_write_visibility_and_read_hold(mode, depth):
         shown = None                        # the model's read data (None: nothing read yet)
         held = None                         # LUT-RAM mode: (bank, addr) of the last read
         last_w = None                       # (cycle, bank, addr) of the latest write
+        q = None                            # outreg: the output register's value (None: never loaded)
         for cyc in range(600):
             for p in [p for p in pending if p[0] == cyc]:
                 mem[p[1], p[2]] = p[3]
@@ -66,7 +70,14 @@ def test_buffer_write_visibility_and_read_hold(mode, depth):
                 if shown is not None and shown != int(mem[held]):
                     counts["held_through_write"] += 1      # the held entry was rewritten
                 shown = int(mem[held])
-            if shown is not None:
+            if outreg:
+                if q is not None:
+                    assert ctx.get(dut.r.data) == q, f"cycle {cyc}"
+                oce = rng.random() < 0.6
+                ctx.set(dut.oce, oce)
+                if oce:
+                    q = shown                       # loaded at this cycle's end: this cycle's data
+            elif shown is not None:
                 assert ctx.get(dut.r.data) == shown, f"cycle {cyc}"
             we = rng.random() < 0.5
             wb, wa, wd = int(rng.integers(0, BANKS)), int(rng.integers(0, depth)), int(rng.integers(0, 1 << width))
