@@ -183,7 +183,7 @@ class Accelerator(wiring.Component):
 
 
 #: Most loads of one copy of a counter's clear or registered increment (a 32-bit group of
-#: registers or of value LUTs; issue 6: a net with fanout > ~30-60 must come from its own copy).
+#: registers; issue 6: a net with fanout > ~30-60 must come from its own copy).
 _CTR_GROUP = 32
 
 
