@@ -82,6 +82,7 @@ from golden.isa import (COUNTER_BITS, DECODE_CYCLES, DESC_BITS, ERROR_MASK, JOB_
 
 from .buffers import kept_copy, read_signature, write_signature
 from .ecp5_mult import RegisteredMult
+from .pe import delay
 from .requant_lane import lut_layout
 from .sequencer import job_layout
 
@@ -304,12 +305,9 @@ class Decoder(wiring.Component):
         m.d.comb += self.flags.eq(flags)
         status = Signal(32)
         m.d.comb += status.eq(flags | Mux(self.jobs != 0, STATUS_BUSY, 0) | (self.jobs << STATUS_JOBS_SHIFT))
-        # The status word as it was SNAPSHOT_CYCLES cycles before, beside the counters of that cycle.
-        status_late = status
-        for i in range(SNAPSHOT_CYCLES):
-            nxt = Signal(32, name=f"status_d{i}", reset_less=True)   # read only in the last SNAP cycle
-            m.d.sync += nxt.eq(status_late)
-            status_late = nxt
+        # The status word as it was SNAPSHOT_CYCLES cycles before, beside the counters of that cycle
+        # (reset-less: read only in the last SNAP cycle).
+        status_late = delay(m, status, SNAPSHOT_CYCLES, "status")
 
         end_bad, field_bad, reserved_bad, bad = self._checks(m, op_r, ok_r)
         errs = Cat(~ok_r, end_bad | field_bad, reserved_bad)            # bad = errs.any()

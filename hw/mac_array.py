@@ -25,7 +25,8 @@ from amaranth.lib.wiring import In, Out
 
 from golden.config import INPUT_LATENCY, PACK_SHIFT, ArrayConfig
 
-from .pe import PackedPE, check_hw_config, saturate, config_for, weight_word_width
+from .pe import PackedPE, check_hw_config, config_for, saturate, weight_word_width
+from .pe import delay as pe_delay
 
 
 #: Rows of a drain chain whose load select one copy of the load pulse drives (issue 6: the
@@ -82,14 +83,9 @@ class MacArray(wiring.Component):
         m = Module()
 
         def delay(value, n, name, reset_less=True):
-            """``value`` through ``n`` en-gated registers (n = 0: the value itself). Data delays are
+            """``value`` through ``n`` en-gated registers (``hw.pe.delay``). Data delays are
             reset-less (consumed only under a delayed valid, which keeps its reset)."""
-            for k in range(n):
-                reg = Signal(value.shape(), name=f"{name}_d{k}", reset_less=reset_less)
-                with m.If(self.en):
-                    m.d.sync += reg.eq(value)
-                value = reg
-            return value
+            return pe_delay(m, value, n, name, en=self.en, reset_less=reset_less)
 
         pes = [[PackedPE(cfg) for _ in range(C)] for _ in range(R)]
         for i in range(R):

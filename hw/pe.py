@@ -30,7 +30,7 @@ enable):
   in the operand registers.
 
 This module also holds the small helpers the other ``hw`` blocks share
-(configuration check, exact signed widths).
+(configuration check, exact signed widths, register delay chains).
 """
 from __future__ import annotations
 
@@ -144,6 +144,21 @@ def exact_result_width(cfg) -> int:
     late): the exact sum of a clamped accumulator and one field, one bit wider than the wider of
     the two. Its value is ``saturate(raw, cfg.acc_width)``."""
     return max(cfg.acc_width, field_width(cfg)) + 1
+
+
+def delay(m, value, n: int, name: str, *, en=None, reset_less: bool = True):
+    """``value`` through ``n`` registers ``{name}_d0`` .. (n = 0: the value itself), each loaded when
+    ``en`` is 1 (None: on every cycle). Data delays are reset-less by default (consumed only under
+    a flag that keeps its reset)."""
+    for k in range(n):
+        reg = Signal(value.shape(), name=f"{name}_d{k}", reset_less=reset_less)
+        if en is None:
+            m.d.sync += reg.eq(value)
+        else:
+            with m.If(en):
+                m.d.sync += reg.eq(value)
+        value = reg
+    return value
 
 
 def saturate(value, width: int):

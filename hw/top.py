@@ -46,7 +46,7 @@ from golden.isa import COUNTER_BITS, DESC_BITS, SNAPSHOT_CYCLES, STATUS_SLOTS, S
 from .buffers import BRAM_SLICE_BITS, BankedBuffer, enable_copy, lut_ram_slice_bits
 from .core import ArrayCore, params_layout
 from .decoder import Decoder, bus_layout
-from .pe import check_hw_config, config_for
+from .pe import check_hw_config, config_for, delay
 from .sequencer import Sequencer
 
 __all__ = ["Accelerator", "bus_layout", "COUNTER_SPLIT"]
@@ -173,12 +173,8 @@ class Accelerator(wiring.Component):
             ref = Signal(COUNTER_BITS, name=f"ctr_{name}_ref")   # no hardware: read by the checks only
             m.d.sync += ref.eq(Mux(cleared_ref, 0, ref + d_ref))
             self.shadow_checks.append((f"ctr_{name}_c", c, ref))
-            late = c
-            for i in range(SNAPSHOT_CYCLES - 1):
-                nxt = Signal(COUNTER_BITS, name=f"ctr_{name}_d{i}", reset_less=True)   # read in SNAP only
-                m.d.sync += nxt.eq(late)
-                late = nxt
-            m.d.comb += dec.counters[int(s) - 1].eq(late)
+            # reset-less: read in SNAP only
+            m.d.comb += dec.counters[int(s) - 1].eq(delay(m, c, SNAPSHOT_CYCLES - 1, f"ctr_{name}"))
         return m
 
 
