@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from ._check import INT32_MAX
 
 INPUT_LATENCY = 2
-PE_LATENCY = 4
+PE_LATENCY = 5
 DRAIN_LATENCY = 2
 #: Post-processing lane stages, in order; each is one register stage. Every stage is at
 #: most about one carry chain, one barrel shifter or one 18x18 multiplier deep (the ECP5

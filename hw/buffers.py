@@ -359,8 +359,9 @@ def _own_one(m, platform, name):
     return kept_copy(m, platform, C(1, 1), C(1, 1), f"{name}_one") if is_ecp5(platform) else C(1, 1)
 
 
-def enable_copy(m, platform, d, name):
-    """One copy of the reset register ``q <= d`` (init 0) for one group of its loads.
+def enable_copy(m, platform, d, name, *, en=None, init: int = 0):
+    """One copy of the reset register ``q <= d`` (reset to ``init``; loaded only when ``en`` is 1 if
+    given) for one group of its loads.
 
     A replicated enable must keep its reset (no write presented in a reset cycle may land), so
     the copy is an ordinary reset register (``ResetInserter`` reaches it, unlike the reset-less
@@ -369,6 +370,10 @@ def enable_copy(m, platform, d, name):
     the first clock edge on, and a distinct D input per copy. The copy's output drives its group
     straight from the flip-flop (session 7 ANDed a reset-less copy with a ``live`` register: a
     LUT behind every copy, and yosys merged all the live registers into one)."""
-    q = Signal(name=name)
-    m.d.sync += q.eq(d & _own_one(m, platform, name))
+    q = Signal(name=name, init=init)
+    if en is None:
+        m.d.sync += q.eq(d & _own_one(m, platform, name))
+    else:
+        with m.If(en):
+            m.d.sync += q.eq(d & _own_one(m, platform, name))
     return q

@@ -25,9 +25,10 @@ enable):
   (one register near the multiplier, one near the adder), with the flags
   ``f2``/``ld2``;
 * stage 3: the wide accumulators (no reset: a tile restarts them by selecting
-  its first chain, flag ``first``), and at ``last`` the result register, whose
-  ``result_valid`` pulse is ``PE_LATENCY`` = 4 enabled cycles after the beat was
-  in the operand registers.
+  its first chain, flag ``first``);
+* stage 4: after the tile's last chain, the result register takes the
+  accumulator; its ``result_valid`` pulse is ``PE_LATENCY`` = 5 enabled cycles
+  after the beat was in the operand registers.
 
 This module also holds the small helpers the other ``hw`` blocks share
 (configuration check, exact signed widths, register delay chains).
@@ -41,7 +42,13 @@ from amaranth.lib.wiring import In, Out
 from golden._check import INT8_MAX, INT8_MIN
 from golden.config import PACK_SHIFT, PACKING_MODES, ArrayConfig, packed_chain_bound
 
+from .buffers import enable_copy
 from .ecp5_mult import RegisteredMult, product_shape
+
+#: Operand bits one copy of a PE's ``first`` flag selects (issue 6: ``first`` selected every bit
+#: of the accumulators' operands, 33 LUTs on the 30 x 4 top, and its route started the 4 x 2
+#: top's critical path, 2.55 of its 7.79 ns).
+FIRST_COPY_BITS = 8
 
 #: Width of the DSP48E2 P register: the packed chain must accumulate inside it.
 DSP48E2_P_WIDTH = 48
@@ -340,6 +347,10 @@ class PackedPE(wiring.Component):
         # accumulator on every cycle). The result register holds raw the same way
         # (``result_exact``); ``result`` is its clamp, which the array applies once per column.
         first = Signal(init=1)
+        first_copies = []
+        ld3 = Signal()
+        with m.If(self.en):
+            m.d.sync += ld3.eq(ld2)
         results = []
         for s, f in enumerate(fq):
             rw = len(self.result_exact[s])
@@ -349,15 +360,26 @@ class PackedPE(wiring.Component):
             clamped = Signal(signed(aw), name=f"acc{s}")
             m.d.comb += clamped.eq(saturate(raw, aw))
             operand = Signal(signed(aw), name=f"operand{s}")
-            m.d.comb += operand.eq(Mux(first, 0, clamped))
+            for lo in range(0, aw, FIRST_COPY_BITS):
+                hi = min(aw, lo + FIRST_COPY_BITS)
+                # A reset copy of `first` (init 1, same load): yosys would merge identical ones.
+                fc = enable_copy(m, platform, ld2, f"first{s}_{lo}", en=self.en & f2, init=1)
+                first_copies.append(fc)
+                m.d.comb += operand[lo:hi].eq(Mux(fc, 0, clamped[lo:hi]))
             total = Signal(signed(rw), name=f"total{s}")
             m.d.comb += total.eq(operand + f)
             with m.If(self.en):
                 with m.If(f2):
                     m.d.sync += raw.eq(total)
-                # ld2 implies f2; tested alone, the result's clock enable is the flag itself.
-                with m.If(ld2):
-                    m.d.sync += res_raw.eq(total)
+                # The result register takes the accumulator one step later (``ld3``), not the
+                # sum itself: with two registers on the carry chain's output, nextpnr packs only
+                # one into the chain's slice, and it took the result's (its enable differs), so
+                # every step of the accumulate loop paid a route from the chain to the
+                # accumulator (issue 6: 91-324 late accumulator bits per seed on the 30 x 4 top,
+                # about 1.2 ns each on the 4 x 2 top). On the ld3 cycle the accumulator may load
+                # the next tile's first sum: the result still takes the value before that edge.
+                with m.If(ld3):
+                    m.d.sync += res_raw.eq(raw)
             results.append(saturate(res_raw, aw))
             m.d.comb += self.result_exact[s].eq(res_raw)
             # The per-step saturating accumulator and result register this stands for (read only by
@@ -367,12 +389,13 @@ class PackedPE(wiring.Component):
             ref_total = Mux(first, saturate(f, aw), saturate(ref + f, aw))
             with m.If(self.en & f2):
                 m.d.sync += ref.eq(ref_total)
-            with m.If(self.en & ld2):
-                m.d.sync += ref_res.eq(ref_total)
+            with m.If(self.en & ld3):
+                m.d.sync += ref_res.eq(ref)
             self.shadow_checks += [(f"acc{s}", clamped, ref), (f"result{s}", results[-1], ref_res)]
+        self.shadow_checks += [(f"first_copy{k}", fc, first) for k, fc in enumerate(first_copies)]
         m.d.comb += self.result.eq(Cat(*results))
         with m.If(self.en):
-            m.d.sync += self.result_valid.eq(ld2)
+            m.d.sync += self.result_valid.eq(ld3)
             with m.If(f2):
                 m.d.sync += first.eq(ld2)
         return m
