@@ -32,6 +32,7 @@ DRAIN_LATENCY = 2
 #: most about one carry chain, one barrel shifter or one 18x18 multiplier deep (the ECP5
 #: timing target, docs/fpga.md); hw/requant_lane.py has the per-stage detail of both modes.
 REQUANT_STAGES = (
+    "params",        # the row and its parameters from the params FIFO's head (issue 6)
     "bias",          # acc + bias_eff (exact); left-shift limits
     "lshift",        # sat32 + left shift: coarse shift, overflow tests as partial ORs (tflite); |t| (ort)
     "lsat",          # tflite: fine shift, overflow flags; ort: msb byte of |t|, msb in each byte

@@ -55,12 +55,12 @@ from .requant_lane import CODE_WIDTH, RequantLane, lane_params_layout, lut_layou
 __all__ = ["ArrayCore", "PARAMS_PUSH_TO_HEAD_CYCLES", "input_layout", "params_layout", "lut_layout", "output_layout",
            "lane_params_layout", "pack_payload", "unpack_payload"]
 
-# Cycles from a params push (accepted on t) to the lanes' params head showing it (t + 5):
-# the FIFO write is registered three times (presented to the memory on t + 3) and the head is a
+# Cycles from a params push (accepted on t) to the lanes' params head showing it (t + 6):
+# the FIFO write is registered four times (presented to the memory on t + 4) and the head is a
 # register loaded from the LUT-RAM read at a registered address, the head's next entry
-# (t + 4 -> t + 5, on enabled cycles). Slack: row 0 of its tile enters the lanes on
+# (t + 5 -> t + 6, on enabled cycles). Slack: row 0 of its tile enters the lanes on
 # >= t + 1 + cfg.array_latency (ArrayCore.elaborate asserts the margin).
-PARAMS_PUSH_TO_HEAD_CYCLES = 5
+PARAMS_PUSH_TO_HEAD_CYCLES = 6
 #: The params FIFO is split into memories of at most this many bits, each read at its own copy of
 #: the read address and write enable: 12 TRELLIS_DPR16X4 cells (4 bits each) per copy (issue 6,
 #: docs/fpga.md "Timing"; with 48 a write-enable copy had fanout 172 and arrived at ~10 ns; with
@@ -197,10 +197,12 @@ class ArrayCore(wiring.Component):
 
         # ---- params FIFO: registers level/claimed, a LUT-RAM whose head is a register.
         # Timing (issue 6):
-        # * the write port is driven by registers, three deep (a push on cycle t is written at the
-        #   end of t + 3), so the memory's write enable/data do not hang off the sequencer's params
+        # * the write port is driven by registers, four deep (a push on cycle t is written at the
+        #   end of t + 4), so the memory's write enable/data do not hang off the sequencer's params
         #   mux and this port's ready logic, and the params buffer's LUT-RAM read (the payload)
-        #   has two registers of its own before it reaches the FIFO (on the 30 x 4 top the params
+        #   has three registers of its own before it reaches the FIFO (the first one, the
+        #   buffer's output register, can sit by the LUT-RAM: with two, the LUT-RAM read -> that
+        #   register was still up to 7.7 ns on the 30 x 4 top, session 10; on the 30 x 4 top the params
         #   buffer and this FIFO were placed far apart: the read address copy -> LUT-RAM ->
         #   w_data path was 14.4 ns, the top's critical path; with one register between, the
         #   LUT-RAM -> bank mux -> first register hop was still 11.5 ns of routing, session 6);
@@ -212,8 +214,8 @@ class ArrayCore(wiring.Component):
         #   loaded from next-state values (rptr_n, the array's acc_last_next). The read address
         #   was rptr_n, a LUT of the pop (the array's drain flags and en) driving the read
         #   address of every LUT-RAM cell of the FIFO (~170 on the 30 x 4 top) before the read.
-        # Together a push on t is in the lanes' head from t + PARAMS_PUSH_TO_HEAD_CYCLES (= 5:
-        # written at the end of t + 3, read at ra during t + 4, registered at its end; later if
+        # Together a push on t is in the lanes' head from t + PARAMS_PUSH_TO_HEAD_CYCLES (= 6:
+        # written at the end of t + 4, read at ra during t + 5, registered at its end; later if
         # en = 0 then, but the array waits as well, see below).
         # Invisible at the ports: head_q(t + 1) = mem(t)[rptr(t + 1)] after every enabled cycle t
         # (ra(t) = rptr(t) + pop(t) = rptr(t + 1), as pop = en & acc_last), as when the head was
@@ -222,8 +224,8 @@ class ArrayCore(wiring.Component):
         # lanes, and that tile's last beat needs the credit of this push (param_credit is a
         # register: accepted on >= t + 1), so row 0 enters array_latency enabled cycles after
         # an enabled cycle >= t + 1: head_q was loaded on the enabled cycle before, >= t +
-        # array_latency (array_latency >= INPUT_LATENCY + PE_LATENCY + DRAIN_LATENCY = 8, so
-        # >= t + 8 > t + 4: four cycles of margin); the head stays right until the pop (the
+        # array_latency (array_latency >= INPUT_LATENCY + PE_LATENCY + DRAIN_LATENCY = 9, so
+        # >= t + 9 > t + 5: four cycles of margin); the head stays right until the pop (the
         # entry is only rewritten after its pop, when rptr has moved past it).
         assert 1 + cfg.array_latency >= PARAMS_PUSH_TO_HEAD_CYCLES, \
             "the registered FIFO write and head need the array's latency as slack"
@@ -250,7 +252,7 @@ class ArrayCore(wiring.Component):
         w_en = Signal()                                   # control: reset
         w_addr = Signal(range(depth), reset_less=True)    # datapath: used only with w_en
         w_data = Signal(params_layout(cfg), reset_less=True)
-        # the first and second register stages of the write port (w_* above are the third)
+        # the first three register stages of the write port (w_* above are the fourth)
         push_a = Signal()                                 # control: reset
         wptr_a = Signal(range(depth), reset_less=True)
         if self.inputs_registered:
@@ -258,6 +260,9 @@ class ArrayCore(wiring.Component):
         else:
             w_data_a = Signal(params_layout(cfg), reset_less=True)
             m.d.sync += w_data_a.eq(self.params.payload)
+        push_a2 = Signal()                                # control: reset
+        wptr_a2 = Signal(range(depth), reset_less=True)
+        w_data_a2 = Signal(params_layout(cfg), reset_less=True)
         push_b = Signal()                                 # control: reset
         wptr_b = Signal(range(depth), reset_less=True)
         w_data_b = Signal(params_layout(cfg), reset_less=True)
@@ -311,7 +316,8 @@ class ArrayCore(wiring.Component):
             level.eq(level_n), claimed.eq(claimed_n),
             par_ready.eq(level_n < depth), param_credit.eq(level_n > claimed_n),
             push_a.eq(push), wptr_a.eq(wptr),
-            push_b.eq(push_a), wptr_b.eq(wptr_a), w_data_b.eq(w_data_a),
+            push_a2.eq(push_a), wptr_a2.eq(wptr_a), w_data_a2.eq(w_data_a),
+            push_b.eq(push_a2), wptr_b.eq(wptr_a2), w_data_b.eq(w_data_a2),
             w_en.eq(push_b), w_addr.eq(wptr_b), w_data.eq(w_data_b),
             rptr.eq(rptr_n),
         ]

@@ -629,10 +629,19 @@ class RequantLane(wiring.Component):
         # bias: the exact sum (acc_width + bias_width fit in one more bit), saturated later;
         # the left-shift limits from `shift`. ort: the scale's significand and exponent field
         # (the significand takes the place of `mult` one stage later: no mux on the params port).
-        mant, efield = ort_dp.scale_fields(p.scale_f32)
-        total = self.acc + p.bias
-        s = stage("bias", {"s": (total.shape(), total), **_regs_of(_shl_limits(p.shift)),
-                           "mult": (unsigned(MULT_WIDTH), p.mult)},
+        # params: the row and the parameters it uses, registered as they enter the lane (timing,
+        # issue 6: the params FIFO's head is one register for every lane, and its routes to the
+        # lanes plus the bias stage's carry chain and shift limits were 8.3-10.9 ns on the 30 x 4
+        # top, `bias_lo`, `lshift_gtp`). The params FIFO still pops as the tile's last row enters
+        # the lane: this stage takes the head together with that row.
+        s = stage("params", {"acc": (self.acc.shape(), self.acc), "bias": (p.bias.shape(), p.bias),
+                             "mult": (unsigned(MULT_WIDTH), p.mult)},
+                  keep=(*flags, "shift", *alpha, *late),
+                  ort_fields={"scale_f32": (p.scale_f32.shape(), p.scale_f32)})
+        mant, efield = ort_dp.scale_fields(s["scale_f32"] if ort else p.scale_f32)
+        total = s["acc"] + s["bias"]
+        s = stage("bias", {"s": (total.shape(), total), **_regs_of(_shl_limits(s["shift"])),
+                           "mult": (unsigned(MULT_WIDTH), s["mult"])},
                   keep=(*flags, "shift", *alpha, *late),
                   ort_fields={"mant": (mant.shape(), mant), "efield": (efield.shape(), efield)})
         # lshift: tflite: the two overflow tests of satshl32(sat32(s), max(shift, 0)) beside

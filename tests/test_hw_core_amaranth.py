@@ -361,7 +361,7 @@ def test_core_params_pushed_as_late_as_allowed(cfg):
     # registered FIFO write and the registered head): one-beat tiles always offered, params
     # late, out always ready, so a tile's last beat is accepted on the cycle after its params
     # push and its row 0 enters the lanes exactly 1 + array_latency cycles after the push
-    # (4 + 1 in the 1x1 array, the smallest latency). Every tile's values are checked.
+    # (1 + 9 in the 1x1 array, the smallest latency). Every tile's values are checked.
     assert 1 + cfg.array_latency >= PARAMS_PUSH_TO_HEAD_CYCLES
     log = _run_core(cfg, seed=11, n_tiles=24, p_in=1.0, p_par=0.35, p_out=1.0, preload_lut=False,
                     ks=[1] * 24, check_coverage=False)
