@@ -357,6 +357,13 @@ class Decoder(wiring.Component):
                      jp.par_bank.eq(rf["par_bank"]), jp.par_index.eq(rf["par_index"]),
                      jp.out_bank.eq(rf["out_bank"]), jp.out_offset.eq(rf["out_offset"]),
                      jp.k.eq(rf["k"]), jp.ntiles.eq(rf["ntiles"])]
+        # The job's end-of-tile / end-of-job values as registers of the descriptor (loaded on every
+        # cycle: the descriptor is held from CHECK on, the job is valid from DECIDE on).
+        job_refs = {"k1": rf["k"] == 1, "k2": rf["k"] == 2, "nt1": rf["ntiles"] == 1, "nt2": rf["ntiles"] == 2,
+                    "fin1": (rf["k"] == 1) & (rf["ntiles"] == 1), "ntm1": (rf["ntiles"] - 1)[:len(jp.ntm1)]}
+        job_regs = {n: Signal(len(getattr(jp, n)), name=f"job_{n}", reset_less=True) for n in job_refs}
+        m.d.sync += [job_regs[n].eq(ref) for n, ref in job_refs.items()]
+        m.d.comb += [getattr(jp, n).eq(r) for n, r in job_regs.items()]
         # rows_valid * lanes_valid from the registered descriptor (held from CHECK on) into a
         # registered product (the MULT18X18D's output register on the ECP5, not a MULT output
         # straight into the job queue: issue 6); valid from DECIDE on, the job leaves in WAIT.
@@ -644,6 +651,7 @@ class Decoder(wiring.Component):
         self.shadow_checks += copies + [("row_end", row_end, wi == n_out - 1), ("is_last", is_last, wi == nresp_m1)]
         deciding = fsm.ongoing("DECIDE")               # the precomputed loads hold the descriptor's values
         self.shadow_checks += [(name, Mux(deciding, reg, ref), ref) for reg, (name, ref) in zip(pre_regs, pre_refs)]
+        self.shadow_checks += [(f"job_{n}", Mux(self.job.valid, job_regs[n], ref), ref) for n, ref in job_refs.items()]
         self.shadow_checks += [("flags", flags, flags_ref), ("job_valid", self.job.valid, job_valid_ref),
                                ("clear_counters", self.clear_counters, clear_counters_ref),
                                ("resp_word", Mux(resp_r, resp_send, resp_ref), resp_ref), ("resp_n", resp_n, resp_d),
