@@ -73,6 +73,7 @@ from golden.isa import DESC_BITS
 from .buffers import kept_copy, live_register
 from .decoder import bus_layout
 from .ecp5_mult import is_ecp5
+from .skid import SkidBuffer
 
 __all__ = [
     "BRIDGE_VERSION", "H_CMD", "H_DATA", "H_HELLO", "D_WORD", "D_LAST", "D_CREDIT", "D_HELLO", "D_ERROR",
@@ -656,7 +657,14 @@ class UartBridge(wiring.Component):
         connect(m, urx.data, core.byte_in)
         connect(m, core.cmd, wiring.flipped(self.cmd))
         connect(m, core.din, wiring.flipped(self.din))
-        connect(m, wiring.flipped(self.dout), core.dout)
+        # dout through a skid buffer: the decoder's READ address increment waits on dout.ready,
+        # and the core's ready (its holding register) sat across the die from the decoder (issue 6:
+        # the ULX3S top's critical path in session 10 ran from the bridge through that increment to
+        # the out buffer's read address copies, 8.6 ns). The buffer's ready is a flip-flop of its
+        # own; only the UART's byte stream sees its cycle of latency.
+        m.submodules.dout_skid = skid = SkidBuffer(bus_layout(self.cfg))
+        connect(m, wiring.flipped(self.dout), skid.i)
+        connect(m, skid.o, core.dout)
         return m
 
 
