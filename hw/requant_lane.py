@@ -190,11 +190,14 @@ def _shl_limits(shift) -> dict:
     lo = INT32_MIN / 2**left exactly (a power of two) has bits [31 - left, 32) set, and
     INT32_MAX >> left = ~lo, so one register holds both bounds. Each bit of lo is the
     6-input function ``left > 30 - i`` of the shift (``ort_dp.gt_const``: a couple of LUT
-    levels, no shifter or chain on the params port).
+    levels, no shifter or chain on the params port). "lo" holds bits [0, 31) only: bit 31 and
+    up are always 1 and ``_satshl_cmp`` writes them as constants (issue 6: as a register, that
+    bit was one flip-flop with a constant input, which yosys merged across every lane and both
+    left shifts: 28 loads over the lanes, the start of the 30 x 4 top's critical path, session 11).
     """
     neg, mag = shift[-1], shift[:len(shift) - 1]
-    lo = Cat(*(~neg & ort_dp.gt_const(mag, _W32 - 2 - i) for i in range(_W32 - 1)), Const(1, 1))
-    return {"left": _left_amount(shift), "lo": lo.as_signed()}
+    lo = Cat(*(~neg & ort_dp.gt_const(mag, _W32 - 2 - i) for i in range(_W32 - 1)))
+    return {"left": _left_amount(shift), "lo": lo}
 
 
 #: The clamp's compares are split at this bit: two chains of <= ~18 bits side by side instead
@@ -241,7 +244,7 @@ def _satshl_cmp(x, lim) -> dict:
     coarse = Cat(Const(0, _FINE_BITS), left[_FINE_BITS:])
     xc = (x[:_W32] << coarse)[:_W32].as_signed()
     lo = lim["lo"]
-    mask = Cat(lo, lo[-1].replicate(max(len(x) - len(lo), 0)))[:len(x)]
+    mask = Cat(lo, Const(1, 1).replicate(max(len(x) - len(lo), 0)))[:len(x)]
     parts = range(0, len(x), _OVF_PART)
     gtp = Cat(*((x[i:i + _OVF_PART] & mask[i:i + _OVF_PART]).any() for i in parts))
     ltp = Cat(*((~x[i:i + _OVF_PART] & mask[i:i + _OVF_PART]).any() for i in parts))
