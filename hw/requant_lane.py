@@ -109,7 +109,7 @@ from golden.config import REQUANT_STAGES, ArrayConfig
 from golden.requant import MAX_LEFT_SHIFT, MAX_RIGHT_SHIFT
 
 from . import ort_requant as ort_dp
-from .buffers import kept_copy
+from .buffers import enable_copy, kept_copy
 from .ecp5_mult import RegisteredMult
 from .pe import check_hw_config, config_for, signed_width
 
@@ -824,12 +824,14 @@ class RequantLane(wiring.Component):
         # (tests/test_hw_top_amaranth.py, tests/test_rtl_top.py) run lut_en jobs after WRITE_LUT.
         addr = self.lut.payload.addr
         # Registered one-hot word enables (reset: no write after a reset): straight from flip-flops
-        # to the LUT-RAM write enables.
-        lut_we = Signal(_LUT_WORDS, name="lut_we")
-        lut_wa = Signal(nib, name="lut_wa", reset_less=True)
-        lut_wd = Signal(u8, name="lut_wd", reset_less=True)
-        m.d.sync += [lut_we.eq(Cat(*(self.lut.valid & (addr[nib:] == j) for j in range(_LUT_WORDS)))),
-                     lut_wa.eq(addr[:nib]), lut_wd.eq(self.lut.payload.data)]
+        # to the LUT-RAM write enables. Every lane registers the same write, so on the ECP5 these
+        # are copies yosys keeps apart (``enable_copy``, ``kept_copy``; issue 6: merged, one set of
+        # write address and data registers, shared with the act buffer's write data register,
+        # drove all four lanes' tables, fanout 68-128 across the die).
+        we_d = Cat(*(self.lut.valid & (addr[nib:] == j) for j in range(_LUT_WORDS)))
+        lut_we = Cat(*(enable_copy(m, platform, we_d[j], f"lut_we{j}") for j in range(_LUT_WORDS)))
+        lut_wa = kept_copy(m, platform, addr[:nib], Const(1, 1), "lut_wa")
+        lut_wd = kept_copy(m, platform, self.lut.payload.data, Const(1, 1), "lut_wd")
         m.d.comb += self.lut.ready.eq(1)
         # The table in n_grp parts (part g: words g * n_sel .. g * n_sel + n_sel - 1 of every row),
         # each read at its own address copy; word g * n_sel + sel of the row, for every g. The words

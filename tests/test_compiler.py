@@ -329,14 +329,15 @@ def test_top_timer_single_run_is_run_timing():
 
 
 @pytest.mark.parametrize("jobs", [[(30, 3), (20, 4), (45, 2), (26, 3)], [(3, 12), (1, 40), (9, 8), (2, 30)],
-                                  [(8, 6), (8, 7), (5, 9)]])
+                                  [(8, 6), (8, 8), (5, 9)]])
 def test_back_to_back_runs_match_array_model_simulate(jobs):
     """RUNs queued back to back stream their tiles without gaps: the TopTimer's per-tile accept
     cycles and last-row cycle equal golden.array_model.simulate on the concatenated tiles.
 
     The job queue holds two jobs and a job retires with its last row, cfg.latency after its last
     beat, so each job's stream must outlast the retirement of the one before it (the precondition
-    below): (9, 8) after (1, 40) does at latency 47 (issue 6's session 8; (9, 6) ran dry by 2)."""
+    below): at latency 49, (8, 8) after (8, 6) does (issue 6's session 11; (8, 7) ran dry by 2), as
+    (9, 8) after (1, 40) did at latency 47 (session 8; (9, 6) ran dry by 2)."""
     cfg = ArrayConfig(rows=8, cols=2)
     tt = TopTimer(cfg, log_tiles=True)
     for k, nt in jobs:
