@@ -91,8 +91,8 @@ DATA_LAST = 0x01
 MAX_BURST = 1 << 16
 HELLO_MAGIC = b"ANL"
 DESC_BYTES = DESC_BITS // 8
-#: The received word's shift enable and the sent word's holding-register enable are one flip-flop
-#: copy per this many bits of the word.
+#: The received descriptor's and word's shift enables and the sent word's holding-register
+#: enable are one flip-flop copy per this many bits of them.
 WORD_CHUNK_BITS = 32
 #: The transmit buffer's enable, data select and hello select are one flip-flop copy per this many
 #: bits of it (a whole number of bytes: the buffer shifts by bytes).
@@ -374,9 +374,17 @@ class _BridgeCore(wiring.Component):
         # of each 32-load net again: 13.4 ns): after a reset a copy may differ from sh_word for one
         # cycle and shift one byte of garbage into ``word``, which is harmless because ``word`` is
         # only read (din) after WORD_BYTES has shifted all ``bb`` of its bytes in again.
-        sh_desc, sh_word, sh_word_next = Signal(), Signal(), Signal()
-        with m.If(sh_desc):
-            m.d.sync += desc.eq(Cat(desc[8:], b))
+        sh_desc, sh_desc_next, sh_word, sh_word_next = Signal(), Signal(), Signal(), Signal()
+        # the descriptor's enable likewise (issue 6: sh_desc drove its 128 clock enables, placed
+        # with the decoder, which reads the descriptor)
+        sh_desc_copies = []
+        shifted_desc = Cat(desc[8:], b)
+        for lo in range(0, len(desc), WORD_CHUNK_BITS):
+            hi = min(lo + WORD_CHUNK_BITS, len(desc))
+            sh_desc_copies.append(kept_copy(m, platform, sh_desc_next, Const(1, 1),
+                                             f"sh_desc_c{lo // WORD_CHUNK_BITS}"))
+            with m.If(sh_desc_copies[-1]):
+                m.d.sync += desc[lo:hi].eq(shifted_desc[lo:hi])
         shifted = Cat(word[8:], b)
         sh_word_copies = []
         for lo in range(0, bus_bits, WORD_CHUNK_BITS):
@@ -463,7 +471,8 @@ class _BridgeCore(wiring.Component):
         m.d.comb += sh_word_next.eq(bv_next & wordb_next)
         m.d.sync += issue.eq((wp != rp) & ~issue & ~rd1 & ~bv_next)
         live = live_register(m, platform)  # 0 on the first cycle after a reset (the checks' exemption)
-        m.d.sync += [sh_desc.eq(bv_next & cmdb_next), sh_word.eq(sh_word_next)]
+        m.d.comb += sh_desc_next.eq(bv_next & cmdb_next)
+        m.d.sync += [sh_desc.eq(sh_desc_next), sh_word.eq(sh_word_next)]
         # The registered enables and the combinational forms they stand for (no hardware: read by
         # tests/test_uart.py, which asserts them equal on every cycle of bridge sessions). sh_word
         # itself is read by nothing else: synthesis removes it.
@@ -471,6 +480,8 @@ class _BridgeCore(wiring.Component):
                               ("sh_word", sh_word, bv & fsm.ongoing("WORD_BYTES")),
                               *((f"sh_word_c{i}", Mux(live, c, sh_word), sh_word)
                                 for i, c in enumerate(sh_word_copies)),
+                              *((f"sh_desc_c{i}", Mux(live, c, sh_desc), sh_desc)
+                                for i, c in enumerate(sh_desc_copies)),
                               ("issue", issue, issue_ref),
                               # the read never meets the write (the memory's no_rw_check above)
                               ("fifo_no_collision", w_en & issue & (wp[:n] == rp[:n]), 0),
