@@ -89,6 +89,9 @@ WRITE_TO_READ_MIN_CYCLES = DECODE_CYCLES + 2
 #: shared write address register at fanout 53 and the 30 x 4 top's Fmax did not rise (105.21 and
 #: 98.53 MHz against 111.25 and 105.15, docs/fpga.md).
 LUT_RAM_CELLS_PER_COPY = 32
+#: LUT-RAM mode: bits of a slice per copy of the registered read bank select (the select of the
+#: bank mux in front of each output bit).
+READ_SELECT_BITS = 16
 
 
 #: Block-RAM mode with ``bram_slice_bits``: bits per slice of the act/wgt buffers, i.e. per copy of
@@ -290,7 +293,10 @@ class BankedBuffer(wiring.Component):
         # both banks' cells, put its flip-flop beside one bank: 8.2 ns of routing to the other's
         # read address pins, the 30 x 4 top's critical path in session 9).
         for g, (lo, hi) in enumerate(self.slices()):
-            r_sel = kept_copy(m, platform, self.r.bank, self.r.en, f"r_bank_s{g}")
+            # the bank select once per READ_SELECT_BITS of the slice (issue 6: one copy per 64-bit
+            # slice selected 64 bank muxes in front of the output register, 31-83 late endpoints)
+            r_sels = [kept_copy(m, platform, self.r.bank, self.r.en, f"r_bank_s{g}_{j}")
+                      for j in range(-(-(hi - lo) // READ_SELECT_BITS))]
             rdata = []
             for b in range(BANKS):
                 r_addr = kept_copy(m, platform, self.r.addr, self.r.en, f"r_addr_b{b}_s{g}")
@@ -304,7 +310,8 @@ class BankedBuffer(wiring.Component):
                 m.d.comb += [wp.en.eq(w_en_bg), wp.addr.eq(w_addr), wp.data.eq(w_data[lo:hi]),
                              rp.addr.eq(r_addr)]
                 rdata.append(rp.data)
-            sel = Array(rdata)[r_sel]
+            sel = Cat(*(Array(d[j * READ_SELECT_BITS:(j + 1) * READ_SELECT_BITS] for d in rdata)[r_sel]
+                        for j, r_sel in enumerate(r_sels)))
             if self.output_register:
                 q = Signal(hi - lo, name=f"out_reg_s{g}", reset_less=True)
                 with m.If(self.oce):

@@ -20,7 +20,8 @@ import hw.top
 from golden import isa
 from golden.config import BANKS, ArrayConfig
 from golden.isa import Op
-from hw.buffers import LUT_RAM_CELLS_PER_COPY, WRITE_TO_READ_MIN_CYCLES, BankedBuffer, lut_ram_slice_bits
+from hw.buffers import (LUT_RAM_CELLS_PER_COPY, READ_SELECT_BITS, WRITE_TO_READ_MIN_CYCLES, BankedBuffer,
+                        lut_ram_slice_bits)
 from hw.sequencer import Sequencer
 from test_hw_top_amaranth import (check_session, load_all, rand_bytes, rand_params, run_cmd, simple,
                                   write_cmd)
@@ -141,13 +142,16 @@ def test_lut_ram_copies_are_kept_flip_flops_on_ecp5():
     from the read (write) port with the read enable (always) as clock enable."""
     from amaranth.back import rtlil
     from amaranth_boards.ulx3s import ULX3S_85F_Platform
-    width, depth = 10, 5
-    dut = BankedBuffer(width, depth, registered_write=True, lut_ram_slice_bits=4)
+    # slices of 36, 36 and 8 bits: the bank select has a copy per READ_SELECT_BITS of a slice
+    width, depth = 80, 5
+    dut = BankedBuffer(width, depth, registered_write=True, lut_ram_slice_bits=36)
     text = rtlil.convert(dut, name="buf", platform=ULX3S_85F_Platform())
     cells = re.findall(r"attribute \\keep 1\n(?:  attribute [^\n]*\n)*  cell \\TRELLIS_FF \\(\S+)", text)
     nslices, abits, bbits = 3, (depth - 1).bit_length(), (BANKS - 1).bit_length()
+    sel_copies = [-(-36 // READ_SELECT_BITS)] * 2 + [1]
+    assert sel_copies == [3, 3, 1]
     expect = {f"r_addr_b{b}_s{g}_ff{i}" for b in range(BANKS) for g in range(nslices) for i in range(abits)}
-    expect |= {f"r_bank_s{g}_ff{i}" for g in range(nslices) for i in range(bbits)}
+    expect |= {f"r_bank_s{g}_{j}_ff{i}" for g in range(nslices) for j in range(sel_copies[g]) for i in range(bbits)}
     expect |= {f"w_addr_b{b}_s{g}_ff{i}" for b in range(BANKS) for g in range(nslices) for i in range(abits)}
     # each write-enable copy is a reset register of its own: its D input ANDs a kept constant-1
     # flip-flop of the copy's own, so yosys cannot merge the copies (hw.buffers.enable_copy)
