@@ -328,8 +328,8 @@ class PackedPE(wiring.Component):
         # clearing them: `first` = the next chain starts a tile. So the accumulators need neither a
         # reset nor a clear (no set/reset pins: on the 30 x 4 top the accumulators' reset was
         # ~3 800 late LSR pins of the global reset net), and a reset mid-tile still leaves no
-        # partial sum behind (`first` is reset). At the tile's last chain the same sums go to the
-        # result register.
+        # partial sum behind (`first` is reset). After the tile's last chain the result register
+        # takes the accumulators (stage 4, below).
         #
         # The saturation is applied one step late (timing, issue 6: clamping behind the adder put
         # the carry chain, an in-range test fanning out to every bit and the select into one
