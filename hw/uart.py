@@ -70,10 +70,9 @@ from amaranth.lib.wiring import In, Out, connect
 from golden.config import ArrayConfig
 from golden.isa import DESC_BITS
 
-from .buffers import kept_copy, live_register
+from .buffers import enable_copy, kept_copy, live_register
 from .decoder import bus_layout
 from .ecp5_mult import is_ecp5
-from .skid import SkidBuffer
 
 __all__ = [
     "BRIDGE_VERSION", "H_CMD", "H_DATA", "H_HELLO", "D_WORD", "D_LAST", "D_CREDIT", "D_HELLO", "D_ERROR",
@@ -508,7 +507,14 @@ class _BridgeCore(wiring.Component):
         dh = Signal(bus_bits, reset_less=True)
         dl = Signal(reset_less=True)
         word_sent = Signal()
-        m.d.comb += self.dout.ready.eq(~dv)
+        # dout.ready comes from a copy of dv of its own (a reset register, ``enable_copy``): the
+        # accelerator's decoder reads it in its READ address increment, and dv itself sits with
+        # the bridge's transmitter across the die (issue 6: the bridge -> that increment -> the out
+        # buffer's read address copies was the ULX3S top's critical path in session 10, 8.6 ns).
+        dv_next = Signal()
+        m.d.comb += dv_next.eq(Mux(~dv, self.dout.valid, dv & ~word_sent))
+        dv_out = enable_copy(m, platform, dv_next, "dv_out")
+        m.d.comb += self.dout.ready.eq(~dv_out)
         m.d.sync += [dcap.eq(Cat(self.dout.payload.data, self.dout.payload.last)),
                      cap.eq(~dv & self.dout.valid)]
         # dh's enable: one copy of cap per WORD_CHUNK_BITS of it (issue 6: cap drove all 257 clock
@@ -522,10 +528,7 @@ class _BridgeCore(wiring.Component):
             cap_copies.append(c)
             with m.If(c):
                 m.d.sync += dh[lo:hi].eq(dcap[lo:hi])
-        with m.If(~dv):
-            m.d.sync += dv.eq(self.dout.valid)
-        with m.Elif(word_sent):
-            m.d.sync += dv.eq(0)
+        m.d.sync += dv.eq(dv_next)
 
         # ---- transmitter: pick the next frame (registered one-hot), load it, shift it out
         m.submodules.utx = utx = UartTx(self.divisor)
@@ -606,6 +609,7 @@ class _BridgeCore(wiring.Component):
                 self.shadow_checks.append((f"tbuf_hello_c{g}", Mux(live, hello_c, p_hello), p_hello))
         self.shadow_checks.append(("loading_not_busy", loading & busy, 0))
         self.shadow_checks += [(f"cap_c{g}", Mux(live, c, cap), cap) for g, c in enumerate(cap_copies)]
+        self.shadow_checks.append(("dv_out", dv_out, dv))
         return m
 
 
@@ -679,14 +683,7 @@ class UartBridge(wiring.Component):
         connect(m, urx.data, core.byte_in)
         connect(m, core.cmd, wiring.flipped(self.cmd))
         connect(m, core.din, wiring.flipped(self.din))
-        # dout through a skid buffer: the decoder's READ address increment waits on dout.ready,
-        # and the core's ready (its holding register) sat across the die from the decoder (issue 6:
-        # the ULX3S top's critical path in session 10 ran from the bridge through that increment to
-        # the out buffer's read address copies, 8.6 ns). The buffer's ready is a flip-flop of its
-        # own; only the UART's byte stream sees its cycle of latency.
-        m.submodules.dout_skid = skid = SkidBuffer(bus_layout(self.cfg))
-        connect(m, wiring.flipped(self.dout), skid.i)
-        connect(m, skid.o, core.dout)
+        connect(m, wiring.flipped(self.dout), core.dout)
         return m
 
 
