@@ -149,7 +149,7 @@ class ArrayCore(wiring.Component):
     Ports (all ``amaranth.lib.stream`` interfaces; payload layouts above):
 
     * ``inp``    In(stream.Signature(input_layout(cfg)))   reduction beats;
-      ``ready = en & (~last | (tile_gap_ok & param_credit))``
+      ``ready = en & (~last | (tile_gap_ok & param_credit))`` (the last term one register)
     * ``params`` In(stream.Signature(params_layout(cfg)))  one beat per tile,
       in tile order; ``ready = level < cfg.param_fifo_depth`` (independent of en)
     * ``lut``    In(stream.Signature(lut_layout()))        table writes, always ready
@@ -273,8 +273,12 @@ class ArrayCore(wiring.Component):
         gap = Signal(range(cfg.min_tile_cycles + 1), init=cfg.min_tile_cycles)
         tile_gap_ok = Signal(init=1)                      # == gap >= min_tile_cycles
         param_credit = Signal()                           # == level > claimed
+        # == tile_gap_ok & param_credit, one register (issue 6: inp.ready feeds the sequencer's
+        # read enables and clock enables, each a LUT of it and flip-flops of its group; with one
+        # flip-flop for the last beat's condition, ready and that LUT fit one LUT4)
+        last_ok = Signal()
         par_ready = Signal(init=1)                        # == level < depth
-        m.d.comb += self.inp.ready.eq(en & (~self.inp.payload.last | (tile_gap_ok & param_credit)))
+        m.d.comb += self.inp.ready.eq(en & (~self.inp.payload.last | last_ok))
         take = self.inp.valid & self.inp.ready          # implies en
         take_last = take & self.inp.payload.last
         # gap = enabled cycles since the previous accepted last beat (saturating).
@@ -315,6 +319,7 @@ class ArrayCore(wiring.Component):
         m.d.sync += [
             level.eq(level_n), claimed.eq(claimed_n),
             par_ready.eq(level_n < depth), param_credit.eq(level_n > claimed_n),
+            last_ok.eq((gap_n >= cfg.min_tile_cycles) & (level_n > claimed_n)),
             push_a.eq(push), wptr_a.eq(wptr),
             push_a2.eq(push_a), wptr_a2.eq(wptr_a), w_data_a2.eq(w_data_a),
             push_b.eq(push_a2), wptr_b.eq(wptr_a2), w_data_b.eq(w_data_a2),
@@ -339,6 +344,7 @@ class ArrayCore(wiring.Component):
         # array_latency cycles, so the head they read meanwhile is never used).
         self.shadow_checks = [
             ("ra", ra, Mux(arr.acc_last, _wrap_inc(rptr, depth), rptr)),
+            ("last_ok", last_ok, tile_gap_ok & param_credit),
             *((f"ra_g{g}", ra_g, ra) for g, ra_g in enumerate(ra_copies)),
             *w_copies,
         ]

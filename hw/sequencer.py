@@ -50,7 +50,7 @@ from amaranth.lib.wiring import In, Out
 from golden.config import BANKS, ArrayConfig
 from golden.isa import JOB_QUEUE_DEPTH, k_max, layout, ntiles_max
 
-from .buffers import bank_shape, kept_copy, live_register, read_signature, write_signature
+from .buffers import bank_shape, enable_copy, kept_copy, live_register, read_signature, write_signature
 from .core import input_layout, output_layout, params_layout
 
 __all__ = ["Sequencer", "job_layout"]
@@ -224,31 +224,35 @@ class Sequencer(wiring.Component):
             enables, ~40 DP16KD, and ce_s ~35 flip-flops); and the group's copies of s_free, s_fin
             and fl (== s_free | sn_free), the selects of its registers' data inputs (below: one
             LUT and two muxes of flip-flops next to the register, not use_pl, a LUT of fanout 66,
-            and a job-pointer mux). The copies are reset-less (`kept_copy`); `live` stands in for
-            their reset (as hw.buffers.enable_copy): in the cycle after a reset cycle s_avail, v
-            and s_fin are 0 and s_free and fl are 1. The data selects need no `live`: in that cycle
-            no entry is valid (a job is handed over >= 3 cycles after a command), and the next
-            cycle (s_free, so ce) loads again."""
+            and a job-pointer mux). The copies of s_free, v and s_avail, which the enables read,
+            are reset registers (`enable_copy`): each read enable is a function of four
+            flip-flops, its copies of s_avail and v and the two inp.ready reads (the payload's
+            last and the core's last_ok), one LUT4 (issue 6, session 11: with reset-less copies
+            a `live` register stood in for their reset, a sixth input). The copies of s_fin and
+            fl are reset-less (`kept_copy`); `live` stands in for
+            their reset in the checks: in the cycle after a reset cycle s_fin is 0 and fl is 1.
+            The data selects need no `live`: in that cycle no entry is valid (a job is handed over
+            >= 3 cycles after a command), and the next cycle (s_free, so ce) loads again."""
             # the group's own live register too (one shared was a flip-flop beside neither group)
             live = live_register(m, platform, f"s_live_{tag}")
-            sf = kept_copy(m, platform, s_free_n, C(1, 1), f"s_free_{tag}")
-            vc = kept_copy(m, platform, v_n, C(1, 1), f"v_{tag}")
+            sf = enable_copy(m, platform, s_free_n, f"s_free_{tag}", init=1)
+            vc = enable_copy(m, platform, v_n, f"v_{tag}")
             ce = Signal(name=f"ce_s_{tag}")
-            m.d.comb += ce.eq(~live | sf | ~vc | ready)
+            m.d.comb += ce.eq(sf | ~vc | ready)
             fin = kept_copy(m, platform, d_fin, ce, f"s_fin_{tag}")
             flc = kept_copy(m, platform, fl_n, C(1, 1), f"fl_{tag}")
-            copy_checks.extend([(f"s_free_{tag}", sf | ~live, s_free), (f"v_{tag}", vc & live, v),
+            copy_checks.extend([(f"s_free_{tag}", sf, s_free), (f"v_{tag}", vc, v),
                                 (f"ce_s_{tag}", ce, s_free | ~v | ready),
                                 (f"s_fin_{tag}", fin & live, s_fin), (f"fl_{tag}", flc | ~live, fl)])
-            return (issue_copy(tag, live, vc) if with_issue else None), ce, sf, fin, flc
+            return (issue_copy(tag, vc) if with_issue else None), ce, sf, fin, flc
 
-        def issue_copy(tag, live, vc):
-            """The read enable (issue) for one group of loads, from the group's own copies of
-            s_avail and v (``vc``) and its live register."""
-            sa = kept_copy(m, platform, s_avail_n, C(1, 1), f"s_avail_{tag}")
+        def issue_copy(tag, vc):
+            """The read enable (issue) for one group of loads, from the group's own reset copies of
+            s_avail and v (``vc``)."""
+            sa = enable_copy(m, platform, s_avail_n, f"s_avail_{tag}")
             en = Signal(name=f"issue_{tag}")
-            m.d.comb += en.eq(live & sa & (~vc | ready))
-            copy_checks.extend([(f"s_avail_{tag}", sa & live, s_avail), (f"issue_{tag}", en, issue)])
+            m.d.comb += en.eq(sa & (~vc | ready))
+            copy_checks.extend([(f"s_avail_{tag}", sa, s_avail), (f"issue_{tag}", en, issue)])
             return en
 
         issue_act, ce_act, sf_act, fin_act, fl_act = streamer_copy("act")
@@ -258,10 +262,9 @@ class Sequencer(wiring.Component):
         # flip-flops of its own, which the placer can put beside its slice.
         en_copies = []
         for g in range(self.act_read_copies):
-            live_g = live_register(m, platform, f"s_live_act_s{g}")
-            vc_g = kept_copy(m, platform, v_n, C(1, 1), f"v_act_s{g}")
-            copy_checks.append((f"v_act_s{g}", vc_g & live_g, v))
-            en_copies.append(issue_copy(f"act_s{g}", live_g, vc_g))
+            vc_g = enable_copy(m, platform, v_n, f"v_act_s{g}")
+            copy_checks.append((f"v_act_s{g}", vc_g, v))
+            en_copies.append(issue_copy(f"act_s{g}", vc_g))
         if en_copies:
             m.d.comb += self.act_r_en_copies.eq(Cat(*en_copies))
         issue_wgt, ce_wgt, sf_wgt, fin_wgt, fl_wgt = streamer_copy("wgt")
