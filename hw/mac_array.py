@@ -30,8 +30,9 @@ from .pe import delay as pe_delay
 
 
 #: Rows of a drain chain whose load select one copy of the load pulse drives (issue 6: the
-#: select fans out to ~35 LUTs per row: a row's exact result and flags).
-DRAIN_ROWS_PER_LOAD = 2
+#: select fans out to ~35 LUTs per row: a row's exact result and flags; with 2 rows per copy the
+#: drain registers had 16-46 late endpoints per seed on the 30 x 4 top, session 11).
+DRAIN_ROWS_PER_LOAD = 1
 
 
 class MacArray(wiring.Component):
