@@ -23,6 +23,7 @@
 from __future__ import annotations
 
 from amaranth import Cat, ClockDomain, Elaboratable, Instance, Module, Signal
+from amaranth.lib import io
 from amaranth.lib.cdc import AsyncFFSynchronizer, FFSynchronizer
 
 from golden.config import ArrayConfig
@@ -127,8 +128,14 @@ class ULX3STop(Elaboratable):
         m.submodules.rst_sync = AsyncFFSynchronizer(~locked, lock_rst, o_domain="sync")
 
         m.submodules.acc = acc = UartAccelerator(self.cfg, self.divisor, self.fifo_bytes, self.credit_unit)
-        uart = platform.request("uart", 0)
-        m.d.comb += [acc.rx.eq(uart.rx.i), uart.tx.o.eq(acc.tx), acc.rst.eq(lock_rst)]
+        uart = platform.request("uart", 0, dir="-")
+        # rx through the input register of its I/O cell (issue 6: the receiver's first
+        # synchroniser flip-flop was placed with the receiver, 147 tiles from the pin: 8.5 ns, the
+        # ULX3S top's I/O path); one more cycle on an asynchronous line the receiver samples at
+        # mid-bit
+        m.submodules.rx_buf = rx_buf = io.FFBuffer("i", uart.rx)
+        m.submodules.tx_buf = tx_buf = io.Buffer("o", uart.tx)
+        m.d.comb += [acc.rx.eq(rx_buf.i), tx_buf.o.eq(acc.tx), acc.rst.eq(lock_rst)]
 
         esp = platform.request("esp32", 0)
         m.d.comb += [esp.gpio0.o.eq(1), esp.gpio0.oe.eq(1)]

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 import stat
 import sys
 import textwrap
@@ -732,6 +733,14 @@ def test_pass_is_reused_only_when_rtlil_constraints_and_options_are_unchanged(tm
     fpga._pass(CFG, tmp_path, 100e6, 3_000_000, t, 2, seeds=3)        # a seed sweep: run again
     assert fpga._pass(CFG, tmp_path, 100e6, 3_000_000, t, 2, seeds=3, jobs=2)["reused"]   # jobs: same result
     assert calls == ["yosys", "nextpnr"] * 5
+
+
+def test_board_rx_is_registered_in_its_io_cell(tmp_path):
+    """The rx pin's first register is the input register of its I/O cell (IFS1P3DX), not a fabric
+    flip-flop the placer may put far from the pin (issue 6: 147 tiles, 8.5 ns)."""
+    fpga._board_files(CFG, tmp_path, "ulx3s", 50e6, 3_000_000)
+    il = (tmp_path / "ulx3s.il").read_text()
+    assert len(re.findall(r"cell \\IFS1P3DX ", il)) == 1
 
 
 def test_board_lpf_leaves_the_pll_clock_to_nextpnrs_freq(tmp_path):
