@@ -117,7 +117,16 @@ class Accelerator(wiring.Component):
         connect(m, dec.job, seq.job)
         connect(m, dec.act_w, act.w)
         connect(m, dec.wgt_w, wgt.w)
-        connect(m, dec.par_w, par.w)
+        # The params writes through one more register (issue 6: the decoder and the params
+        # LUT-RAM are placed far apart, 60 tiles in session 11's a2, and the decoder's write enable
+        # register -> a slice's write enable copy was 9.5 ns). A write reaches the LUT-RAM one
+        # cycle later than the other buffers' (written at the end of t + 3, readable from t + 4:
+        # still inside WRITE_TO_READ_MIN_CYCLES).
+        par_w_en = Signal(name="par_w_en")                   # control: reset
+        par_w = {n: Signal.like(getattr(dec.par_w, n), name=f"par_w_{n}", reset_less=True)
+                 for n in ("bank", "addr", "data")}
+        m.d.sync += [par_w_en.eq(dec.par_w.en), *(r.eq(getattr(dec.par_w, n)) for n, r in par_w.items())]
+        m.d.comb += [par.w.en.eq(par_w_en), *(getattr(par.w, n).eq(r) for n, r in par_w.items())]
         connect(m, dec.out_r, out.r)
         # par's output register is the core's first params FIFO write register (loaded every cycle)
         m.d.comb += [act.oce.eq(core.array_en), wgt.oce.eq(core.array_en), par.oce.eq(1), out.oce.eq(dec.out_oce)]

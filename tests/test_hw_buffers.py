@@ -324,8 +324,9 @@ def test_top_write_then_run_tightest(op, checked_sequencer):
     # sequencer's first reads on t+D+2.
     t_final = acc[n0] + isa.DECODE_CYCLES + len(write.payload)
     assert acc[n0 + 1] == t_final + 1
-    # the decoder's registered write (t + 1) and the buffer's write register (t + 2) -> readable t + 3
-    assert (acc[n0 + 1] + isa.DECODE_CYCLES + 1) - t_final == WRITE_TO_READ_MIN_CYCLES >= 3
+    # the decoder's registered write (t + 1), the params write's register in hw.top (params only)
+    # and the buffer's write register -> readable t + 3 (params: t + 4)
+    assert (acc[n0 + 1] + isa.DECODE_CYCLES + 1) - t_final == WRITE_TO_READ_MIN_CYCLES >= 4
 
 
 def test_top_params_back_to_back_jobs(checked_sequencer):
