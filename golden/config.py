@@ -39,9 +39,11 @@ REQUANT_STAGES = (
     "ort_msb",       # tflite: the saturating select; ort: msb of |t|, shift by its byte
     "ort_norm",      # ort: 24 bits from the msb (fine shift), rounding increment
     "operand",       # the multiplier operand (ort: the rounded significand)
+    "mul_fwd",       # SRDHM: the operands once more, towards the multipliers (issue 6)
     "mul_in",        # SRDHM: the multipliers' input registers (MULT18X18D, issue 6)
     "mul",           # SRDHM: four 18x18 partial products
     "mul_out",       # SRDHM: the products in fabric registers (DSP output -> sums' chains, issue 6)
+    "mul_back",      # SRDHM: the products once more, back to the lane (issue 6)
     "psum",          # SRDHM: middle sum in 17-bit halves, nudge (carries registered)
     "plo",           # SRDHM: product bits [17, 34); high parts + carries
     "phi",           # SRDHM: product bits [34, 63); RDBPOT masks
@@ -51,9 +53,11 @@ REQUANT_STAGES = (
     "prelu_shl",     # negative values: alpha's left shift: coarse shift, overflow tests as partial ORs
     "prelu_lsat",    # alpha's left shift: fine shift, overflow flags
     "prelu_sat",     # the saturating select (the alpha multiplier's operand)
+    "prelu_mul_fwd", # alpha SRDHM: the operands once more
     "prelu_mul_in",  # alpha SRDHM: the multipliers' input registers
     "prelu_mul",     # alpha SRDHM: partial products
     "prelu_mul_out", # alpha SRDHM: the products in fabric registers
+    "prelu_mul_back",  # alpha SRDHM: the products once more
     "prelu_psum",    # alpha SRDHM: middle sum, nudge
     "prelu_plo",     # alpha SRDHM: low bits
     "prelu_phi",     # alpha SRDHM: high bits

@@ -696,6 +696,11 @@ class RequantLane(wiring.Component):
         # issue 6: hw.ecp5_mult input_registers; with the operand logic straight into them the
         # route from the lane's fabric to its MULT18X18D was 7.4 ns, and from a fabric operand
         # register through the multiplier array 10.7 ns).
+        # mul_fwd / mul_back: the operands once more on their way to the multipliers and the
+        # products once more on their way back (issue 6: with 155 of 156 MULT18X18D in use a lane's
+        # multipliers land wherever one is free, up to 80 tiles from the lane's fabric in session
+        # 11: operand register -> multiplier input 7.9 ns, product -> fabric register 7.6 ns).
+        s = stage("mul_fwd", {"a": (i32, s["a"]), "mult": (unsigned(MULT_WIDTH), s["mult"])}, keep=keep1)
         products = _partial_products(m, en, "mul", s["a"], s["mult"])
         s = stage("mul_in", {}, keep=keep1)
         s = stage("mul", {}, keep=keep1, registered=products)
@@ -703,6 +708,7 @@ class RequantLane(wiring.Component):
         # from flip-flops placed beside them (issue 6: a MULT18X18D output -> routing -> the psum
         # chains was 8.4-9.5 ns on the 30 x 4 top, `psum_midh`; the copies take that route alone).
         s = stage("mul_out", _regs_of(products), keep=keep1)
+        s = stage("mul_back", {}, keep=(*keep1, *products))
         s = stage("psum", _product_sum(s, ~mode_ort(s)), keep=keep1)
         s = stage("plo", _product_low(s), keep=keep1,
                   ort_fields={"s17": (u1, s["xl"][:_SPLIT].any())} if ort else None)
@@ -746,10 +752,12 @@ class RequantLane(wiring.Component):
                   ort_fields={"minc": (u1, _ort_int_inc(s))} if ort else None)
         s = stage("prelu_sat", {"a": (i32, _satshl_sel(s))},
                   keep=(*flags, "v", "neg", "mult", "neg_alpha", "alpha_shift", *late, "mq", "minc", "ozero", "sat"))
-        # prelu_mul_in: the alpha multipliers' input registers (as mul_in)
+        # prelu_mul_fwd, prelu_mul_in: the operands once more (as mul_fwd), the alpha multipliers'
+        # input registers (as mul_in)
+        keep_in = (*flags, "v", "neg", "neg_alpha", "alpha_shift", *late, "mq", "minc", "ozero", "sat")
+        s = stage("prelu_mul_fwd", {"a": (i32, s["a"]), "mult": (unsigned(MULT_WIDTH), s["mult"])}, keep=keep_in)
         products = _partial_products(m, en, "prelu_mul", s["a"], s["mult"])
-        s = stage("prelu_mul_in", {},
-                  keep=(*flags, "v", "neg", "neg_alpha", "alpha_shift", *late, "mq", "minc", "ozero", "sat"))
+        s = stage("prelu_mul_in", {}, keep=keep_in)
         # prelu_mul .. prelu_phi: the alpha SRDHM product. ort: |f| rounded to an integer
         # (saturated), then its sign.
         keep2 = (*flags, "v", "neg_alpha", "alpha_shift", "vo", *late)
@@ -760,6 +768,7 @@ class RequantLane(wiring.Component):
         s = stage("prelu_mul", {}, keep=(*keep2, "neg"), ort_fields=ort_regs,
                   registered=products)
         s = stage("prelu_mul_out", _regs_of(products), keep=(*keep2, "neg", "mag"))   # as mul_out
+        s = stage("prelu_mul_back", {}, keep=(*keep2, "neg", "mag", *products))      # as mul_back
         ort_regs = {"vo": (signed(ort_dp.V_WIDTH), ort_dp.apply_sign(s["mag"], s["neg"]))} if ort else {}
         s = stage("prelu_psum", _product_sum(s, Const(1, 1)), keep=keep2, ort_fields=ort_regs)
         s = stage("prelu_plo", _product_low(s), keep=keep2)
