@@ -49,7 +49,7 @@ from golden.config import ArrayConfig
 
 from .buffers import kept_copy, enable_copy
 from .mac_array import MacArray
-from .pe import check_hw_config, config_for
+from .pe import check_hw_config, check_k_bounded, config_for
 from .requant_lane import CODE_WIDTH, RequantLane, lane_params_layout, lut_layout
 
 __all__ = ["ArrayCore", "PARAMS_PUSH_TO_HEAD_CYCLES", "input_layout", "params_layout", "lut_layout", "output_layout",
@@ -163,14 +163,17 @@ class ArrayCore(wiring.Component):
     when the extra output ``array_en`` (= en) is 1. Likewise ``params.payload`` comes through
     the params FIFO's first write register (``w_data_a``, loaded on every cycle) already. The
     handshakes, ``last`` and the cycle behaviour are unchanged.
+
+    ``k_bounded=True`` (hw.top): no tile has more than ``cfg.max_k`` beats (``hw.pe.PackedPE``).
     """
 
-    def __init__(self, cfg: ArrayConfig, *, inputs_registered: bool = False):
+    def __init__(self, cfg: ArrayConfig, *, inputs_registered: bool = False, k_bounded: bool = False):
         self.cfg = config_for(self, cfg)
         if not isinstance(inputs_registered, bool):
             self._MustUse__used = True
             raise ValueError(f"inputs_registered must be a bool, got {inputs_registered!r}")
         self.inputs_registered = inputs_registered
+        self.k_bounded = check_k_bounded(self, k_bounded)
         super().__init__({
             "inp": In(stream.Signature(input_layout(cfg))),
             "params": In(stream.Signature(params_layout(cfg))),
@@ -187,7 +190,7 @@ class ArrayCore(wiring.Component):
         en = Signal()
         m.d.comb += en.eq(~self.out.valid | self.out.ready)
 
-        m.submodules.array = arr = MacArray(cfg, inputs_registered=self.inputs_registered)
+        m.submodules.array = arr = MacArray(cfg, inputs_registered=self.inputs_registered, k_bounded=self.k_bounded)
         if self.inputs_registered:
             m.d.comb += self.array_en.eq(en)
         lanes = []

@@ -25,7 +25,7 @@ from amaranth.lib.wiring import In, Out
 
 from golden.config import INPUT_LATENCY, PACK_SHIFT, ArrayConfig
 
-from .pe import PackedPE, check_hw_config, config_for, saturate, weight_word_width
+from .pe import PackedPE, check_hw_config, check_k_bounded, config_for, saturate, weight_word_width
 from .pe import delay as pe_delay
 
 
@@ -58,14 +58,17 @@ class MacArray(wiring.Component):
     registers, ``hw.buffers.BankedBuffer(output_register=True)``), so on each enabled cycle they
     show the values of the previous one; ``valid`` and ``last`` stay as above. The array's
     registers and cycle behaviour are otherwise the same.
+
+    ``k_bounded``: passed to every ``PackedPE`` (no tile longer than ``cfg.max_k`` beats).
     """
 
-    def __init__(self, cfg: ArrayConfig, *, inputs_registered: bool = False):
+    def __init__(self, cfg: ArrayConfig, *, inputs_registered: bool = False, k_bounded: bool = False):
         self.cfg = config_for(self, cfg)
         if not isinstance(inputs_registered, bool):
             self._MustUse__used = True
             raise ValueError(f"inputs_registered must be a bool, got {inputs_registered!r}")
         self.inputs_registered = inputs_registered
+        self.k_bounded = check_k_bounded(self, k_bounded)
         super().__init__({
             "en": In(1),
             "act": In(data.ArrayLayout(signed(8), cfg.rows)),
@@ -88,7 +91,7 @@ class MacArray(wiring.Component):
             reset-less (consumed only under a delayed valid, which keeps its reset)."""
             return pe_delay(m, value, n, name, en=self.en, reset_less=reset_less)
 
-        pes = [[PackedPE(cfg) for _ in range(C)] for _ in range(R)]
+        pes = [[PackedPE(cfg, k_bounded=self.k_bounded) for _ in range(C)] for _ in range(R)]
         for i in range(R):
             for j in range(C):
                 m.submodules[f"pe_{i}_{j}"] = pe = pes[i][j]

@@ -113,6 +113,15 @@ def config_for(component, cfg) -> ArrayConfig:
         raise
 
 
+def check_k_bounded(component, k_bounded) -> bool:
+    """``k_bounded`` for a component's constructor: a bool, else ``ValueError`` (the component marked
+    used, as ``config_for``)."""
+    if not isinstance(k_bounded, bool):
+        component._MustUse__used = True
+        raise ValueError(f"k_bounded must be a bool, got {k_bounded!r}")
+    return k_bounded
+
+
 def _packed_word_range(cfg) -> tuple[int, int]:
     """Range of the packed weight word (w_hi << PACK_SHIFT) + w_lo."""
     return (cfg.weight_min << PACK_SHIFT) + cfg.weight_min, (INT8_MAX << PACK_SHIFT) + INT8_MAX
@@ -208,10 +217,17 @@ class PackedPE(wiring.Component):
                        array's drain chains carry these and clamp once per column, at the drain output.
     * ``result_valid`` Out(1)         one enabled-cycle pulse, PE_LATENCY after the
                        last beat was in the operand registers
+
+    ``k_bounded=True``: the user guarantees that no tile has more than ``cfg.max_k`` beats
+    ("dual": fields of ``cfg.max_k`` products in all), as ``hw.top`` does (the decoder rejects a
+    RUN with k > ``golden.isa.k_max``); the accumulators then never saturate (``acc_width`` holds
+    ``max_k`` products exactly) and the accumulate loop leaves the clamp out. Same results and
+    cycles for every such input; a shadow check asserts that the clamp would not have acted.
     """
 
-    def __init__(self, cfg: ArrayConfig):
+    def __init__(self, cfg: ArrayConfig, *, k_bounded: bool = False):
         self.cfg = config_for(self, cfg)
+        self.k_bounded = check_k_bounded(self, k_bounded)
         w = weight_word_width(cfg)
         super().__init__({
             "en": In(1),
@@ -359,13 +375,20 @@ class PackedPE(wiring.Component):
             res_raw = Signal(signed(rw), name=f"result{s}_raw", reset_less=True)
             clamped = Signal(signed(aw), name=f"acc{s}")
             m.d.comb += clamped.eq(saturate(raw, aw))
+            # k_bounded: no tile has more than cfg.max_k beats (hw.top: the decoder rejects a larger
+            # RUN k), and acc_width holds max_k products exactly, so the clamp never acts and the
+            # loop adds raw's own low bits (issue 6: the in-range test of raw's top bits reached
+            # every operand bit, fanout 2 x acc_width, in the accumulate loop).
+            held = raw[:aw].as_signed() if self.k_bounded else clamped
+            if self.k_bounded:
+                self.shadow_checks.append((f"acc{s}_unclamped", held, clamped))
             operand = Signal(signed(aw), name=f"operand{s}")
             for lo in range(0, aw, FIRST_COPY_BITS):
                 hi = min(aw, lo + FIRST_COPY_BITS)
                 # A reset copy of `first` (init 1, same load): yosys would merge identical ones.
                 fc = enable_copy(m, platform, ld2, f"first{s}_{lo}", en=self.en & f2, init=1)
                 first_copies.append(fc)
-                m.d.comb += operand[lo:hi].eq(Mux(fc, 0, clamped[lo:hi]))
+                m.d.comb += operand[lo:hi].eq(Mux(fc, 0, held[lo:hi]))
             total = Signal(signed(rw), name=f"total{s}")
             m.d.comb += total.eq(operand + f)
             with m.If(self.en):

@@ -75,7 +75,8 @@ class Accelerator(wiring.Component):
         # array's first input registers (hw.buffers output_register; issue 6: a DP16KD's
         # clock-to-out without it is 5.83 ns), the params buffer's is the core's first params
         # register, and the out buffer's are READ's second stage.
-        m.submodules.core = core = ArrayCore(cfg, inputs_registered=True)
+        # k_bounded: the decoder rejects a RUN with k > golden.isa.k_max(cfg) <= cfg.max_k
+        m.submodules.core = core = ArrayCore(cfg, inputs_registered=True, k_bounded=True)
         m.submodules.dec = dec = Decoder(cfg, par_bits)
         # The decoder-written buffers register their write port once more (per-bank enables
         # straight from flip-flops: the params bank's enable drives every LUT-RAM slice of it);

@@ -58,9 +58,9 @@ def _expected(cfg, a, w):
 _CheckedPE = checked(PackedPE, "PE")
 
 
-def _run_pe(cfg, seed, tiles=None, p_bubble=0.25, p_stall=0.2):
+def _run_pe(cfg, seed, tiles=None, p_bubble=0.25, p_stall=0.2, k_bounded=False):
     rng = np.random.default_rng(seed)
-    dut = _CheckedPE(cfg)
+    dut = _CheckedPE(cfg, k_bounded=k_bounded)
     if tiles is None:
         tiles = _tiles(rng, cfg, 24)
     # Beat schedule in enabled cycles: (a, w_word, valid, last) per enabled cycle.
@@ -162,6 +162,34 @@ def test_pe_saturation_is_per_step_not_at_the_end(packing):
     tiles = [(a, w_up_down), (a, w_down_up), (a[:3], np.full((3, 2), 5, np.int64)),
              (np.full(16, 127, np.int64), np.full((16, 2), 127, np.int64)), (a[:2], up[:2])]
     _run_pe(cfg, seed=12, tiles=tiles)
+
+
+@pytest.mark.parametrize("packing", ["dual", "none"])
+def test_pe_k_bounded_exact_up_to_max_k(packing):
+    """k_bounded (hw.top): no clamp in the accumulate loop. Tiles of up to max_k beats, among them
+    max_k extreme products of either sign (the accumulator's bounds exactly), are exact, and the
+    shadow check that the clamp would not have acted holds on every cycle."""
+    cfg = ArrayConfig(rows=1, cols=1, packing=packing, max_k=16)
+    rng = np.random.default_rng(21)
+    hi = [(np.full(16, -128, np.int64), np.full((16, 2), w, np.int64)) for w in (cfg.weight_min, 127)]
+    rand = [(rng.integers(-128, 128, k), rng.integers(cfg.weight_min, 128, (k, 2))) for k in (1, 5, 16, 9, 16)]
+    for a, w in hi:
+        assert abs(_expected(cfg, a, w)[0]) >= 127 * 128 * 16         # at the accumulator's range
+    _run_pe(cfg, seed=21, tiles=[*hi, *rand, *hi[::-1]], k_bounded=True)
+
+
+@pytest.mark.parametrize("packing", ["dual", "none"])
+def test_pe_k_bounded_check_catches_a_longer_tile(packing):
+    """The k_bounded guarantee is checked: a tile that would saturate fails the shadow check."""
+    cfg = ArrayConfig(rows=1, cols=1, packing=packing, max_k=4)
+    a = np.full(24, -127, np.int64)
+    with pytest.raises(AssertionError, match="unclamped"):
+        _run_pe(cfg, seed=11, tiles=[(a, np.full((24, 2), -127, np.int64))], k_bounded=True)
+
+
+def test_pe_k_bounded_must_be_a_bool():
+    with pytest.raises(ValueError, match="k_bounded must be a bool"):
+        PackedPE(ArrayConfig(rows=1, cols=1), k_bounded=1)
 
 
 @pytest.mark.parametrize("packing", ["dual", "none"])
