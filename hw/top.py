@@ -158,7 +158,7 @@ class Accelerator(wiring.Component):
         # the previous cycle: c(t+1) = cleared(t) ? 0 : c(t) + d_r(t), with d_r(t) = d(t-1) and
         # cleared(t) = clear(t-1) the registered increment and clear, so c(t+1) is the count of an
         # immediate counter at cycle t (its recurrence V(t+1) = clear(t) ? 0 : V(t) + d(t), V(0) = 0).
-        # The decoder reads c through SNAPSHOT_CYCLES - 1 more pipeline registers (golden.isa:
+        # The decoder reads c through more pipeline registers (see below; golden.isa:
         # its response register is SNAPSHOT_CYCLES cycles across the die, issue 6; session 9 fed
         # it the immediate value, c + d_r, in one cycle: the 30 x 4 top's critical path).
         #
@@ -172,19 +172,28 @@ class Accelerator(wiring.Component):
         # (hw.buffers.enable_copy: copies keep the reset).
         # `shadow_checks`: every copy == its register, P == c + 1, hi1 == hi + 1, and c == a plain
         # counter of d_r and the registered clear (tests).
+        #
+        # The events and the clear pass one register (``ev_*``, ``ctr_clear_ev``) before that (issue
+        # 6, session 11: the counters are placed apart from the decoder and the sequencer, and the
+        # event logic -> a registered increment's copy was one hop across the die, 7.6-8.5 ns), so
+        # c counts one cycle later and the decoder reads it through SNAPSHOT_CYCLES - 2 registers:
+        # its last SNAP cycle still shows the WAIT cycle's counts.
+        assert SNAPSHOT_CYCLES >= 2, "the events' register and the counters' own register"
         self.shadow_checks = []
+        clear_ev = Signal(name="ctr_clear_ev")
         cleared_ref = Signal()
-        m.d.sync += cleared_ref.eq(dec.clear_counters)
+        m.d.sync += [clear_ev.eq(dec.clear_counters), cleared_ref.eq(clear_ev)]
         for s, d in inc.items():
             name, d = s.name.lower(), Value.cast(d)
+            ev = Signal(d.shape(), name=f"ev_{name}")
             d_ref = Signal(d.shape(), name=f"inc_{name}")      # the registered increment
-            m.d.sync += d_ref.eq(d)
-            c = _counter(m, platform, f"ctr_{name}", d, dec.clear_counters, self.shadow_checks, d_ref, cleared_ref)
+            m.d.sync += [ev.eq(d), d_ref.eq(ev)]
+            c = _counter(m, platform, f"ctr_{name}", ev, clear_ev, self.shadow_checks, d_ref, cleared_ref)
             ref = Signal(COUNTER_BITS, name=f"ctr_{name}_ref")   # no hardware: read by the checks only
             m.d.sync += ref.eq(Mux(cleared_ref, 0, ref + d_ref))
             self.shadow_checks.append((f"ctr_{name}_c", c, ref))
             # reset-less: read in SNAP only
-            m.d.comb += dec.counters[int(s) - 1].eq(delay(m, c, SNAPSHOT_CYCLES - 1, f"ctr_{name}"))
+            m.d.comb += dec.counters[int(s) - 1].eq(delay(m, c, SNAPSHOT_CYCLES - 2, f"ctr_{name}"))
         return m
 
 
