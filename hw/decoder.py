@@ -412,28 +412,14 @@ class Decoder(wiring.Component):
         m.d.sync += pa.eq(pa_d)
         out_addr = kept_copy(m, platform, pa_d, Const(1), "out_addr")
         copies.append(("out_addr", out_addr, pa))
-        # The write ports' bank and address in one copy per target (``kept_copy``; issue 6: the
-        # one bank register drove every buffer's per-slice write enable and address copies, ~50
-        # loads across the die, 9.5 ns to a params write enable copy in session 11's a2). The
-        # bank's next value: loaded in CHECK, held otherwise.
-        bank_n = Signal.like(bank)
-        m.d.comb += bank_n.eq(bank)
-        m.d.sync += bank.eq(bank_n)
-        w_bank, w_addr = {}, {}
-        for t in ("act", "wgt", "par", "lut"):
-            if t != "lut":
-                w_bank[t] = kept_copy(m, platform, bank_n, Const(1), f"{t}_w_bank")
-                copies.append((f"{t}_w_bank", w_bank[t], bank))
-            w_addr[t] = kept_copy(m, platform, pa_d, Const(1), f"{t}_w_addr")
-            copies.append((f"{t}_w_addr", w_addr[t], pa))
         copies.append(("w_any", w_any, Cat(*w_en.values()).any()))
         m.d.comb += [
             self.act_w.en.eq(w_en[Op.WRITE_ACT]), self.wgt_w.en.eq(w_en[Op.WRITE_WGT]),
             self.par_w.en.eq(w_en[Op.WRITE_PARAMS]), self.lut.valid.eq(w_en[Op.WRITE_LUT]),
-            self.act_w.bank.eq(w_bank["act"]), self.act_w.addr.eq(w_addr["act"]), self.act_w.data.eq(asm),
-            self.wgt_w.bank.eq(w_bank["wgt"]), self.wgt_w.addr.eq(w_addr["wgt"]), self.wgt_w.data.eq(asm),
-            self.par_w.bank.eq(w_bank["par"]), self.par_w.addr.eq(w_addr["par"]), self.par_w.data.eq(asm),
-            self.lut.payload.addr.eq(w_addr["lut"]), self.lut.payload.data.eq(asm),
+            self.act_w.bank.eq(bank), self.act_w.addr.eq(pa), self.act_w.data.eq(asm),
+            self.wgt_w.bank.eq(bank), self.wgt_w.addr.eq(pa), self.wgt_w.data.eq(asm),
+            self.par_w.bank.eq(bank), self.par_w.addr.eq(pa), self.par_w.data.eq(asm),
+            self.lut.payload.addr.eq(pa), self.lut.payload.data.eq(asm),
             self.out_r.bank.eq(bank), self.out_r.addr.eq(out_addr),
         ]
 
@@ -583,8 +569,8 @@ class Decoder(wiring.Component):
             with state("CHECK"):
                 bank_d = by_op({op: fld(op, "bank") for op in bank_ops}, len(bank))
                 m.d.sync += [sel.eq(op_r[op] & (bank_d == b)) for (op, b), sel in bank_sel.items()]
-                m.d.comb += bank_n.eq(bank_d)
                 m.d.sync += [
+                    bank.eq(bank_d),
                     wend.eq(Cat(*[op_r[op] for op in pay_ops if wpe_of[op] == 1]).any()),
                     wlast.eq(by_op({op: 1 << (wpe_of[op] - 1) for op in pay_ops}, wpe_max)),
                     is_sync.eq(op_r[Op.SYNC]),
