@@ -77,9 +77,8 @@ __all__ = ["BankedBuffer", "write_signature", "read_signature", "bank_shape", "W
 #: t + 2 + DECODE_CYCLES (module docstring of hw.sequencer). Jobs already queued cannot read the
 #: written bank: the decoder waits for the bank's busy flag to drop before writing it, and a job
 #: that arrives later is again that far behind the write. The decoder registers its writes (the
-#: entry reaches the write port on t + 1) and hw.top registers them once more in the buffer
-#: (memory written at the end of t + 2, readable from t + 3; the params buffer's writes pass one
-#: more register in hw.top: readable from t + 4): this needs >= 4.
+#: entry reaches the write port on t + 1), hw.top registers them once more per buffer and the
+#: buffer once more (memory written at the end of t + 3, readable from t + 4): this needs >= 4.
 #: Covered at the top by tests/test_hw_buffers.py::test_top_write_then_run_tightest.
 WRITE_TO_READ_MIN_CYCLES = DECODE_CYCLES + 2
 

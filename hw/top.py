@@ -36,14 +36,14 @@ port                  dir     width
 """
 from __future__ import annotations
 
-from amaranth import Cat, Module, Mux, Signal, Value, unsigned
+from amaranth import C, Cat, Module, Mux, Signal, Value, unsigned
 from amaranth.lib import stream, wiring
 from amaranth.lib.wiring import In, Out, connect
 
 from golden.config import ArrayConfig
 from golden.isa import COUNTER_BITS, DESC_BITS, SNAPSHOT_CYCLES, STATUS_SLOTS, Slot, layout
 
-from .buffers import BRAM_SLICE_BITS, BankedBuffer, enable_copy, lut_ram_slice_bits
+from .buffers import BRAM_SLICE_BITS, BankedBuffer, enable_copy, kept_copy, lut_ram_slice_bits
 from .core import ArrayCore, params_layout
 from .decoder import Decoder, bus_layout
 from .pe import check_hw_config, config_for, delay
@@ -116,18 +116,17 @@ class Accelerator(wiring.Component):
         connect(m, wiring.flipped(self.din), dec.din)
         connect(m, dec.dout, wiring.flipped(self.dout))
         connect(m, dec.job, seq.job)
-        connect(m, dec.act_w, act.w)
-        connect(m, dec.wgt_w, wgt.w)
-        # The params writes through one more register (issue 6: the decoder and the params
-        # LUT-RAM are placed far apart, 60 tiles in session 11's a2, and the decoder's write enable
-        # register -> a slice's write enable copy was 9.5 ns). A write reaches the LUT-RAM one
-        # cycle later than the other buffers' (written at the end of t + 3, readable from t + 4:
-        # still inside WRITE_TO_READ_MIN_CYCLES).
-        par_w_en = Signal(name="par_w_en")                   # control: reset
-        par_w = {n: Signal.like(getattr(dec.par_w, n), name=f"par_w_{n}", reset_less=True)
-                 for n in ("bank", "addr", "data")}
-        m.d.sync += [par_w_en.eq(dec.par_w.en), *(r.eq(getattr(dec.par_w, n)) for n, r in par_w.items())]
-        m.d.comb += [par.w.en.eq(par_w_en), *(getattr(par.w, n).eq(r) for n, r in par_w.items())]
+        # The decoder's writes reach each buffer through a register of that buffer's own (issue 6:
+        # the decoder and the buffers are placed far apart, 60 tiles to the params LUT-RAM in
+        # session 11's a2: the decoder's write enable register -> a slice's write enable copy was
+        # 9.5 ns; one write address register shared by all buffers had ~50 loads across the die).
+        # Distinct registers per buffer (``kept_copy``, ``enable_copy``: yosys would merge the
+        # identical ones). A write lands one cycle later (written at the end of t + 3, readable
+        # from t + 4: still inside WRITE_TO_READ_MIN_CYCLES).
+        for tag, src, dst in (("act", dec.act_w, act.w), ("wgt", dec.wgt_w, wgt.w), ("par", dec.par_w, par.w)):
+            m.d.comb += dst.en.eq(enable_copy(m, platform, src.en, f"{tag}_w_en"))
+            for n in ("bank", "addr", "data"):
+                m.d.comb += getattr(dst, n).eq(kept_copy(m, platform, getattr(src, n), C(1, 1), f"{tag}_w_{n}"))
         connect(m, dec.out_r, out.r)
         # par's output register is the core's first params FIFO write register (loaded every cycle)
         m.d.comb += [act.oce.eq(core.array_en), wgt.oce.eq(core.array_en), par.oce.eq(1), out.oce.eq(dec.out_oce)]

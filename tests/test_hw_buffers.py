@@ -324,8 +324,8 @@ def test_top_write_then_run_tightest(op, checked_sequencer):
     # sequencer's first reads on t+D+2.
     t_final = acc[n0] + isa.DECODE_CYCLES + len(write.payload)
     assert acc[n0 + 1] == t_final + 1
-    # the decoder's registered write (t + 1), the params write's register in hw.top (params only)
-    # and the buffer's write register -> readable t + 3 (params: t + 4)
+    # the decoder's registered write (t + 1), the buffer's own write register in hw.top (t + 2)
+    # and the buffer's write register (t + 3) -> readable t + 4
     assert (acc[n0 + 1] + isa.DECODE_CYCLES + 1) - t_final == WRITE_TO_READ_MIN_CYCLES >= 4
 
 
