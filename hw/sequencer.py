@@ -114,18 +114,12 @@ class Sequencer(wiring.Component):
         # Job payloads are datapath (reset-less): every use is qualified by the entry's flags,
         # which are reset.
         jobs = Array(Signal(jl, name=f"job{i}", reset_less=True) for i in range(J))
-        # Per-entry values precomputed from the payload and stored with it (the engines' end
-        # tests and counter loads then start from flip-flops): k == 1, k == 2, ntiles == 1,
-        # ntiles == 2, ntiles - 1 (the streamer's counters load k and ntiles themselves).
-        k1 = Array(Signal(name=f"k1_{i}", reset_less=True) for i in range(J))
-        k2 = Array(Signal(name=f"k2_{i}", reset_less=True) for i in range(J))
-        nt1 = Array(Signal(name=f"nt1_{i}", reset_less=True) for i in range(J))
-        nt2 = Array(Signal(name=f"nt2_{i}", reset_less=True) for i in range(J))
-        ntm1 = Array(Signal(tr, name=f"ntm1_{i}", reset_less=True) for i in range(J))
-        # The decoder sends them precomputed (issue 6: the compares of the decoder's descriptor
-        # register were two LUT levels in front of the streamer's end flags, behind the route
-        # from the decoder, 8.7 ns on the 4 x 2 top in session 11).
-        pl_k1, pl_k2, pl_nt1, pl_nt2, pl_ntm1 = pl.k1, pl.k2, pl.nt1, pl.nt2, pl.ntm1
+        # Each entry stores with the job the values the engines' end tests and counter loads read
+        # (k == 1, k == 2, ntiles == 1, ntiles == 2, both == 1, ntiles - 1: job_layout's k1 ..
+        # ntm1), so those start from flip-flops. The decoder sends them precomputed (issue 6: the
+        # compares of the decoder's descriptor register were two LUT levels in front of the
+        # streamer's end flags, behind the route from the decoder, 8.7 ns on the 4 x 2 top in
+        # session 11).
         # Entry state, registered per entry from next-state logic (section "entry flags" below):
         # free == ~valid, savail == valid & ~streamed, pavail == valid & ~pushed.
         free = Array(Signal(init=1, name=f"free{i}") for i in range(J))
@@ -152,8 +146,7 @@ class Sequencer(wiring.Component):
         m.d.sync += tail.eq(tail_n)
         for i in range(J):
             with m.If(free[i]):
-                m.d.sync += [jobs[i].eq(pl), k1[i].eq(pl_k1), k2[i].eq(pl_k2), nt1[i].eq(pl_nt1),
-                             nt2[i].eq(pl_nt2), ntm1[i].eq(pl_ntm1)]
+                m.d.sync += jobs[i].eq(pl)
 
         retire = Signal()                                # the head job's last row is written (writer)
 
@@ -246,11 +239,17 @@ class Sequencer(wiring.Component):
                                 (f"s_fin_{tag}", fin & live, s_fin), (f"fl_{tag}", flc | ~live, fl)])
             return (issue_copy(tag, vc) if with_issue else None), ce, sf, fin, flc
 
-        def issue_copy(tag, vc):
+        def issue_copy(tag, vc=None):
             """The read enable (issue) for one group of loads, from the group's own reset copies of
-            s_avail and v (``vc``)."""
+            s_avail and v (``vc``; None: a copy of v that follows v's recurrence from this copy of
+            s_avail, below)."""
             sa = enable_copy(m, platform, s_avail_n, f"s_avail_{tag}")
             en = Signal(name=f"issue_{tag}")
+            if vc is None:
+                # v' = issue ? 1 : take ? 0 : v, with take = v & ready
+                vc = Signal(name=f"v_{tag}")
+                m.d.sync += vc.eq(en | (vc & ~ready))
+                copy_checks.append((f"v_{tag}", vc, v))
             m.d.comb += en.eq(sa & (~vc | ready))
             copy_checks.extend([(f"s_avail_{tag}", sa, s_avail), (f"issue_{tag}", en, issue)])
             return en
@@ -265,16 +264,7 @@ class Sequencer(wiring.Component):
         # ready): one LUT beside the copy, so inp.ready's flip-flops reach it in one route (issue 6,
         # session 11: as a copy of v's next value, v_n's LUTs by the sequencer, the core's last_ok
         # -> v_n -> a far slice's copy was 8.6-9.9 ns). Distinct by its own feedback: not merged.
-        en_copies = []
-        for g in range(self.act_read_copies):
-            sa_g = enable_copy(m, platform, s_avail_n, f"s_avail_act_s{g}")
-            vc_g = Signal(name=f"v_act_s{g}")
-            m.d.sync += vc_g.eq((sa_g & (~vc_g | ready)) | (vc_g & ~ready))
-            en_g = Signal(name=f"issue_act_s{g}")
-            m.d.comb += en_g.eq(sa_g & (~vc_g | ready))
-            copy_checks.extend([(f"v_act_s{g}", vc_g, v), (f"s_avail_act_s{g}", sa_g, s_avail),
-                                (f"issue_act_s{g}", en_g, issue)])
-            en_copies.append(en_g)
+        en_copies = [issue_copy(f"act_s{g}") for g in range(self.act_read_copies)]
         if en_copies:
             m.d.comb += self.act_r_en_copies.eq(Cat(*en_copies))
         issue_wgt, ce_wgt, sf_wgt, fin_wgt, fl_wgt = streamer_copy("wgt")
@@ -293,21 +283,18 @@ class Sequencer(wiring.Component):
         ]
         sn_free = Signal(init=1)                         # == free[snext]
         if J == 2:
-            # Timing (issue 6): the next entry's fields, registered: sn_job/sn_ent == jobs[snext]
-            # and its precomputed values whenever that entry is valid and not streamed (not a mux
+            # Timing (issue 6): the next entry's fields, registered: sn_job == jobs[snext]
+            # whenever that entry is valid and not streamed (not a mux
             # on sptr in front of every load of the next job). They load the payload while the
             # entry is free, as the entry does; an entry at snext that is valid and not streamed
             # was enqueued there (a final issue moves snext onto the entry just streamed), so
             # it is never loaded from elsewhere. Unused fields are removed by synthesis.
             sn_job = Signal(jl, name="sn_job", reset_less=True)
-            sn_ent = {n: Signal(name=f"sn_{n}", reset_less=True) for n in ("k1", "k2", "nt1", "nt2", "fin1")}
-            pl_ent = dict(k1=pl_k1, k2=pl_k2, nt1=pl_nt1, nt2=pl_nt2, fin1=pl.fin1)
             with m.If(sn_free):
-                m.d.sync += [sn_job.eq(pl), *(sn_ent[n].eq(pl_ent[n]) for n in sn_ent)]
-            sn, sne = sn_job, sn_ent
+                m.d.sync += sn_job.eq(pl)
+            sn = sn_job
         else:
-            sn, sne = jobs[snext], dict(k1=k1[snext], k2=k2[snext], nt1=nt1[snext], nt2=nt2[snext],
-                                        fin1=k1[snext] & nt1[snext])
+            sn = jobs[snext]
         # Timing (issue 6): the core's inp.ready arrives late, so the streamer's registers see it
         # only in their clock enable, one LUT of flip-flops and inp.ready: ce_s = s_free | ~v |
         # inp.ready; their data inputs are functions of flip-flops alone (on s_free: track the
@@ -359,8 +346,8 @@ class Sequencer(wiring.Component):
         # (act_bank, wgt_bank, wgt_offset, k, k == 1, k == 2) of jobs[sptr] while s_avail. They hold
         # during a job: kept flip-flops keep that hold in the data input, so the clock enable is
         # ce_cur itself (as Amaranth registers: ce & (s_free | s_fin), a LUT behind a LUT).
-        cur_pl = [pl.act_bank, pl.wgt_bank, pl.wgt_offset, pl.k, pl_k1, pl_k2]
-        cur_sn = [sn.act_bank, sn.wgt_bank, sn.wgt_offset, sn.k, sne["k1"], sne["k2"]]
+        cur_pl = [pl.act_bank, pl.wgt_bank, pl.wgt_offset, pl.k, pl.k1, pl.k2]
+        cur_sn = [sn.act_bank, sn.wgt_bank, sn.wgt_offset, sn.k, sn.k1, sn.k2]
         d_s_cur = Signal(len(Cat(*cur_pl)), name="d_s_cur")
         s_cur = kept_copy(m, platform, d_s_cur, ce_cur, "s_cur")
         c_abank, c_gbank, c_goff, c_k, c_k1, c_k2 = (
@@ -375,12 +362,12 @@ class Sequencer(wiring.Component):
         d_j_rem, d_j_rem1 = Signal.like(j_rem, name="d_j_rem"), Signal(name="d_j_rem1")
         m.d.comb += [
             d_j_rem.eq(ld(g_cnt, pl.k, sn.k, Mux(j_end, c_k, j_rem - 1))),
-            d_j_rem1.eq(ld(g_cnt, pl_k2, sne["k2"], Mux(j_end, c_k2, j_rem == 3))),
-            d_j_end.eq(ld(g_cnt, pl_k1, sne["k1"], Mux(j_end, c_k1, j_rem1))),
+            d_j_rem1.eq(ld(g_cnt, pl.k2, sn.k2, Mux(j_end, c_k2, j_rem == 3))),
+            d_j_end.eq(ld(g_cnt, pl.k1, sn.k1, Mux(j_end, c_k1, j_rem1))),
             d_t_rem.eq(ld(g_cnt, pl.ntiles, sn.ntiles, Mux(j_end, t_rem - 1, t_rem))),
-            d_t_rem1.eq(ld(g_cnt, pl_nt2, sne["nt2"], Mux(j_end, t_rem == 3, t_rem1))),
-            d_t_end.eq(ld(g_cnt, pl_nt1, sne["nt1"], Mux(j_end, t_rem1, t_end))),
-            d_fin.eq(ld(g_cnt, pl.fin1, sne["fin1"], Mux(j_end, c_k1 & t_rem1, j_rem1 & t_end))),
+            d_t_rem1.eq(ld(g_cnt, pl.nt2, sn.nt2, Mux(j_end, t_rem == 3, t_rem1))),
+            d_t_end.eq(ld(g_cnt, pl.nt1, sn.nt1, Mux(j_end, t_rem1, t_end))),
+            d_fin.eq(ld(g_cnt, pl.fin1, sn.fin1, Mux(j_end, c_k1 & t_rem1, j_rem1 & t_end))),
         ]
         with m.If(ce_cnt):
             m.d.sync += [j_rem.eq(d_j_rem), j_rem1.eq(d_j_rem1), j_end.eq(d_j_end)]
@@ -478,17 +465,17 @@ class Sequencer(wiring.Component):
         # pv & p_last on the next cycle, written with params.ready (from the core) last: a final
         # push moves to the next job (its ntiles == 1 if it is on offer next), another push to
         # p_rem1; without a push pv & p_last holds, or the entry at pptr comes on offer.
-        m.d.comb += pv_last_n.eq(Mux(pv & self.core_params.ready, Mux(p_last, n_avail & nt1[pnext], p_rem1),
-                                     Mux(pv, p_last, p_avail & nt1[pptr])))
+        m.d.comb += pv_last_n.eq(Mux(pv & self.core_params.ready, Mux(p_last, n_avail & jobs[pnext].nt1, p_rem1),
+                                     Mux(pv, p_last, p_avail & jobs[pptr].nt1)))
         m.d.sync += pv_last.eq(pv_last_n)
         with m.If(~pv):
-            m.d.sync += [p_rem.eq(ntm1[pptr]), p_last.eq(nt1[pptr]), p_rem1.eq(nt2[pptr])]
+            m.d.sync += [p_rem.eq(jobs[pptr].ntm1), p_last.eq(jobs[pptr].nt1), p_rem1.eq(jobs[pptr].nt2)]
             with m.If(p_avail):
                 m.d.sync += pv.eq(1)
         with m.Elif(pfire):
             with m.If(p_last):
                 m.d.sync += [pptr.eq(pnext), p_cnt.eq(0), pv.eq(n_avail),
-                             p_rem.eq(ntm1[pnext]), p_last.eq(nt1[pnext]), p_rem1.eq(nt2[pnext])]
+                             p_rem.eq(jobs[pnext].ntm1), p_last.eq(jobs[pnext].nt1), p_rem1.eq(jobs[pnext].nt2)]
             with m.Else():
                 m.d.sync += [p_cnt.eq(p_cnt + 1), p_rem.eq(p_rem - 1), p_last.eq(p_rem1),
                              p_rem1.eq(p_rem == 2)]
@@ -526,13 +513,11 @@ class Sequencer(wiring.Component):
         w_fin = Signal(init=0)                                   # == w_lastrow & w_tend
         if J == 2:
             wn_job = Signal(jl, name="wn_job", reset_less=True)
-            wn_nt1 = Signal(name="wn_nt1", reset_less=True)
-            wn_nt2 = Signal(name="wn_nt2", reset_less=True)
             with m.If(wn_free):
-                m.d.sync += [wn_job.eq(pl), wn_nt1.eq(pl_nt1), wn_nt2.eq(pl_nt2)]
-            wn, wne = wn_job, dict(nt1=wn_nt1, nt2=wn_nt2)
+                m.d.sync += wn_job.eq(pl)
+            wn = wn_job
         else:
-            wn, wne = jobs[wnext], dict(nt1=nt1[wnext], nt2=nt2[wnext])
+            wn = jobs[wnext]
         w_lastrow = Signal(init=int(cfg.rows == 1))                  # == w_r == rows - 1
         w_prerow = Signal(init=int(cfg.rows == 2))                   # == w_r == rows - 2 (w_lastrow's next)
         m.d.comb += retire.eq(self.core_out.valid & w_fin)
@@ -558,8 +543,8 @@ class Sequencer(wiring.Component):
         d_w_tend, d_lastrow = Signal(), Signal()
         m.d.comb += [
             d_w_trem.eq(w_ld(pl.ntiles, wn.ntiles, Mux(w_lastrow, w_trem - 1, w_trem))),
-            d_w_trem1.eq(w_ld(pl_nt2, wne["nt2"], Mux(w_lastrow, w_trem == 3, w_trem1))),
-            d_w_tend.eq(w_ld(pl_nt1, wne["nt1"], Mux(w_lastrow, w_trem1, w_tend))),
+            d_w_trem1.eq(w_ld(pl.nt2, wn.nt2, Mux(w_lastrow, w_trem == 3, w_trem1))),
+            d_w_tend.eq(w_ld(pl.nt1, wn.nt1, Mux(w_lastrow, w_trem1, w_tend))),
             d_lastrow.eq(Mux(w_lastrow, cfg.rows == 1, w_prerow)),
         ]
         with m.If(ce_w):
@@ -659,7 +644,7 @@ class Sequencer(wiring.Component):
             ("j_rem1", *when(s_on, j_rem1, j_rem == 2)),
             ("t_rem1", *when(s_on, t_rem1, t_rem == 2)),
             ("fl", fl, s_free | sn_free),
-            ("s_cur", *when(s_on, s_cur, Cat(sj.act_bank, sj.wgt_bank, sj.wgt_offset, sj.k, k1[sptr], k2[sptr]))),
+            ("s_cur", *when(s_on, s_cur, Cat(sj.act_bank, sj.wgt_bank, sj.wgt_offset, sj.k, sj.k1, sj.k2))),
             ("pv_last", pv_last, pv & p_last),
             ("pc_free", pc_free, free[pptr]),
             ("pn_free", pn_free, free[pnext]),
@@ -675,26 +660,27 @@ class Sequencer(wiring.Component):
         if J == 2:
             e = jobs[wnext]
             self.shadow_checks.append(
-                ("wn_job", *when(valid[wnext], Cat(wn_job.out_offset, wn_job.out_bank, wn_job.ntiles, wn_nt1, wn_nt2),
-                                 Cat(e.out_offset, e.out_bank, e.ntiles, nt1[wnext], nt2[wnext]))))
+                ("wn_job", *when(valid[wnext], Cat(wn_job.out_offset, wn_job.out_bank, wn_job.ntiles, wn_job.nt1,
+                                                   wn_job.nt2),
+                                 Cat(e.out_offset, e.out_bank, e.ntiles, e.nt1, e.nt2))))
         if J == 2:
             e = jobs[snext]
             self.shadow_checks.append(
                 ("sn_job", *when(savail[snext],
                                  Cat(sn_job.act_offset, sn_job.wgt_offset, sn_job.act_bank, sn_job.wgt_bank,
-                                     sn_job.k, sn_job.ntiles,
-                                     *(sn_ent[n] for n in ("k1", "k2", "nt1", "nt2", "fin1"))),
-                                 Cat(e.act_offset, e.wgt_offset, e.act_bank, e.wgt_bank, e.k, e.ntiles, k1[snext],
-                                     k2[snext], nt1[snext], nt2[snext], k1[snext] & nt1[snext]))))
+                                     sn_job.k, sn_job.ntiles, sn_job.k1, sn_job.k2, sn_job.nt1, sn_job.nt2,
+                                     sn_job.fin1),
+                                 Cat(e.act_offset, e.wgt_offset, e.act_bank, e.wgt_bank, e.k, e.ntiles, e.k1,
+                                     e.k2, e.nt1, e.nt2, e.fin1))))
         for i in range(J):
             e = jobs[i]
             self.shadow_checks += [
                 (f"free{i}", free[i], ~valid[i]),
                 (f"savail{i}", savail[i], valid[i] & ~streamed[i]),
                 (f"pavail{i}", pavail[i], valid[i] & ~pushed[i]),
-                (f"entry{i}", *when(valid[i], Cat(k1[i], k2[i], nt1[i], nt2[i], ntm1[i]),
+                (f"entry{i}", *when(valid[i], Cat(e.k1, e.k2, e.nt1, e.nt2, e.fin1, e.ntm1),
                                     Cat(e.k == 1, e.k == 2, e.ntiles == 1, e.ntiles == 2,
-                                        (e.ntiles - 1)[:len(ntm1[i])]))),
+                                        (e.k == 1) & (e.ntiles == 1), (e.ntiles - 1)[:len(e.ntm1)]))),
             ]
 
         # ---- interlock views and the job count, from the per-entry flag registers
