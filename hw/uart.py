@@ -153,6 +153,19 @@ def _check_divisor(divisor) -> int:
     return divisor
 
 
+def _chunked_load(m, platform, reg, value, load_next, name):
+    """``reg <= value`` when loaded, through one enable flip-flop per WORD_CHUNK_BITS of ``reg``:
+    ``{name}{i}``, each a reset-less ``kept_copy`` of ``load_next`` (the load's value one cycle
+    early), returned in order for the shadow checks."""
+    copies = []
+    for lo in range(0, len(reg), WORD_CHUNK_BITS):
+        hi = min(lo + WORD_CHUNK_BITS, len(reg))
+        copies.append(kept_copy(m, platform, load_next, Const(1, 1), f"{name}{lo // WORD_CHUNK_BITS}"))
+        with m.If(copies[-1]):
+            m.d.sync += reg[lo:hi].eq(value[lo:hi])
+    return copies
+
+
 class UartRx(wiring.Component):
     """8N1 receiver. ``data``: a one-cycle ``valid`` pulse per byte (no backpressure: a UART
     cannot wait). ``brk``: one-cycle pulse when a break (all-zero frame, zero stop bit) ends."""
@@ -376,21 +389,8 @@ class _BridgeCore(wiring.Component):
         sh_desc, sh_desc_next, sh_word, sh_word_next = Signal(), Signal(), Signal(), Signal()
         # the descriptor's enable likewise (issue 6: sh_desc drove its 128 clock enables, placed
         # with the decoder, which reads the descriptor)
-        sh_desc_copies = []
-        shifted_desc = Cat(desc[8:], b)
-        for lo in range(0, len(desc), WORD_CHUNK_BITS):
-            hi = min(lo + WORD_CHUNK_BITS, len(desc))
-            sh_desc_copies.append(kept_copy(m, platform, sh_desc_next, Const(1, 1),
-                                             f"sh_desc_c{lo // WORD_CHUNK_BITS}"))
-            with m.If(sh_desc_copies[-1]):
-                m.d.sync += desc[lo:hi].eq(shifted_desc[lo:hi])
-        shifted = Cat(word[8:], b)
-        sh_word_copies = []
-        for lo in range(0, bus_bits, WORD_CHUNK_BITS):
-            hi = min(lo + WORD_CHUNK_BITS, bus_bits)
-            sh_word_copies.append(kept_copy(m, platform, sh_word_next, Const(1, 1), f"sh_word_c{lo // WORD_CHUNK_BITS}"))
-            with m.If(sh_word_copies[-1]):
-                m.d.sync += word[lo:hi].eq(shifted[lo:hi])
+        sh_desc_copies = _chunked_load(m, platform, desc, Cat(desc[8:], b), sh_desc_next, "sh_desc_c")
+        sh_word_copies = _chunked_load(m, platform, word, Cat(word[8:], b), sh_word_next, "sh_word_c")
         with m.FSM() as fsm:
             with m.State("TYPE"):
                 m.d.comb += take.eq(bv)
@@ -519,15 +519,9 @@ class _BridgeCore(wiring.Component):
                      cap.eq(~dv & self.dout.valid)]
         # dh's enable: one copy of cap per WORD_CHUNK_BITS of it (issue 6: cap drove all 257 clock
         # enables, 7.6 ns on the 30 x 4 top); cap itself stays for dl.
-        cap_copies = []
         with m.If(cap):
             m.d.sync += dl.eq(dcap[bus_bits])
-        for lo in range(0, bus_bits, WORD_CHUNK_BITS):
-            hi = min(lo + WORD_CHUNK_BITS, bus_bits)
-            c = kept_copy(m, platform, ~dv & self.dout.valid, Const(1, 1), f"cap_c{lo // WORD_CHUNK_BITS}")
-            cap_copies.append(c)
-            with m.If(c):
-                m.d.sync += dh[lo:hi].eq(dcap[lo:hi])
+        cap_copies = _chunked_load(m, platform, dh, dcap[:bus_bits], ~dv & self.dout.valid, "cap_c")
         m.d.sync += dv.eq(dv_next)
 
         # ---- transmitter: pick the next frame (registered one-hot), load it, shift it out
