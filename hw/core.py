@@ -49,7 +49,7 @@ from golden.config import ArrayConfig
 
 from .buffers import kept_copy, enable_copy
 from .mac_array import MacArray
-from .pe import check_hw_config, check_k_bounded, config_for
+from .pe import check_hw_config, check_flag, config_for
 from .requant_lane import CODE_WIDTH, RequantLane, lane_params_layout, lut_layout
 
 __all__ = ["ArrayCore", "PARAMS_PUSH_TO_HEAD_CYCLES", "input_layout", "params_layout", "lut_layout", "output_layout",
@@ -169,11 +169,8 @@ class ArrayCore(wiring.Component):
 
     def __init__(self, cfg: ArrayConfig, *, inputs_registered: bool = False, k_bounded: bool = False):
         self.cfg = config_for(self, cfg)
-        if not isinstance(inputs_registered, bool):
-            self._MustUse__used = True
-            raise ValueError(f"inputs_registered must be a bool, got {inputs_registered!r}")
-        self.inputs_registered = inputs_registered
-        self.k_bounded = check_k_bounded(self, k_bounded)
+        self.inputs_registered = check_flag(self, "inputs_registered", inputs_registered)
+        self.k_bounded = check_flag(self, "k_bounded", k_bounded)
         super().__init__({
             "inp": In(stream.Signature(input_layout(cfg))),
             "params": In(stream.Signature(params_layout(cfg))),

@@ -25,7 +25,7 @@ from amaranth.lib.wiring import In, Out
 
 from golden.config import INPUT_LATENCY, PACK_SHIFT, ArrayConfig
 
-from .pe import PackedPE, check_hw_config, check_k_bounded, config_for, saturate, weight_word_width
+from .pe import PackedPE, check_hw_config, check_flag, config_for, saturate, weight_word_width
 from .pe import delay as pe_delay
 
 
@@ -64,11 +64,8 @@ class MacArray(wiring.Component):
 
     def __init__(self, cfg: ArrayConfig, *, inputs_registered: bool = False, k_bounded: bool = False):
         self.cfg = config_for(self, cfg)
-        if not isinstance(inputs_registered, bool):
-            self._MustUse__used = True
-            raise ValueError(f"inputs_registered must be a bool, got {inputs_registered!r}")
-        self.inputs_registered = inputs_registered
-        self.k_bounded = check_k_bounded(self, k_bounded)
+        self.inputs_registered = check_flag(self, "inputs_registered", inputs_registered)
+        self.k_bounded = check_flag(self, "k_bounded", k_bounded)
         super().__init__({
             "en": In(1),
             "act": In(data.ArrayLayout(signed(8), cfg.rows)),

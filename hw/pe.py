@@ -113,13 +113,13 @@ def config_for(component, cfg) -> ArrayConfig:
         raise
 
 
-def check_k_bounded(component, k_bounded) -> bool:
-    """``k_bounded`` for a component's constructor: a bool, else ``ValueError`` (the component marked
-    used, as ``config_for``)."""
-    if not isinstance(k_bounded, bool):
+def check_flag(component, name: str, value) -> bool:
+    """A bool option ``name`` of a component's constructor: ``value``, else ``ValueError`` naming it
+    (the component marked used, as ``config_for``)."""
+    if not isinstance(value, bool):
         component._MustUse__used = True
-        raise ValueError(f"k_bounded must be a bool, got {k_bounded!r}")
-    return k_bounded
+        raise ValueError(f"{name} must be a bool, got {value!r}")
+    return value
 
 
 def _packed_word_range(cfg) -> tuple[int, int]:
@@ -227,7 +227,7 @@ class PackedPE(wiring.Component):
 
     def __init__(self, cfg: ArrayConfig, *, k_bounded: bool = False):
         self.cfg = config_for(self, cfg)
-        self.k_bounded = check_k_bounded(self, k_bounded)
+        self.k_bounded = check_flag(self, "k_bounded", k_bounded)
         w = weight_word_width(cfg)
         super().__init__({
             "en": In(1),
