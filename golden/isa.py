@@ -113,11 +113,13 @@ JOB_QUEUE_DEPTH = 2
 DECODE_CYCLES = 4
 #: Cycles from the WAIT cycle w of a READ_STATUS / SYNC (the cycle its response shows: status and
 #: counters) to its first response word, on w + 1 + SNAPSHOT_CYCLES: the counters' events pass a
-#: register, then the counters' own, then one more to the decoder's response register (hw/top.py,
+#: register, then a chain of two per counter group (hw/top.py ``_COPY_STAGES``), then the
+#: counters' own register is the decoder's response register's input (hw/top.py,
 #: hw/decoder.py's SNAP states; issue 6: one cycle for the counters -> decoder distance was the
 #: 30 x 4 top's critical path in session 9, the events -> counters distance 7.6-8.5 ns in session
-#: 11). The cycle models (firmware/report.py) derive from it.
-SNAPSHOT_CYCLES = 3
+#: 11, the events' register -> a group's copy 8.47 ns in session 11's a3). The cycle models
+#: (firmware/report.py) derive from it.
+SNAPSHOT_CYCLES = 4
 #: Cycles from a READ_OUT's out-buffer read to its row on dout: the block RAMs' read register,
 #: then their output register (hw.buffers output_register; issue 6: a DP16KD's clock-to-out without
 #: it is 5.83 ns). The first word is on w + 1 + OUT_READ_CYCLES (w: the last WAIT cycle); the

@@ -51,7 +51,11 @@ semantics differ in one point only: the data shows the CURRENT contents of the a
 entry (a write landing while it is shown becomes visible), where the synchronous port shows
 the contents at the read. Callers use it only where the shown entry cannot be written (the
 sequencer's params reads: the offered job's bank is not written while the job is valid and
-not pushed, see hw.sequencer), so the two are indistinguishable there.
+not pushed, see hw.sequencer), so the two are indistinguishable there. ``read_stages=2`` (LUT-RAM
+mode only; hw.top's params buffer) registers the read address and bank once more per slice: the
+data (and its hold) follow each read one cycle later than described above; ``write_stages=2``
+(likewise) registers the write port once more per slice: a write lands one cycle later (and a reset
+also drops the write presented on the cycle before it).
 """
 from __future__ import annotations
 
@@ -69,16 +73,18 @@ __all__ = ["BankedBuffer", "write_signature", "read_signature", "bank_shape", "W
            "BRAM_SLICE_BITS",
            "LUT_RAM_CELLS_PER_COPY", "lut_ram_slice_bits", "live_register", "enable_copy"]
 
-#: Fewest cycles from the decoder presenting the final entry of a WRITE_ACT/WGT/PARAMS on a
-#: buffer's write port (cycle t) to the first read of that entry by the sequencer: the decoder
-#: returns to IDLE on t + 1, where the next command (a RUN) transfers at the earliest; its first
-#: WAIT cycle, t + 1 + DECODE_CYCLES (golden.isa: CHECK, COMPARE, DECIDE first), hands the job
-#: over (job transfer), and the sequencer's readers start on the next cycle,
-#: t + 2 + DECODE_CYCLES (module docstring of hw.sequencer). Jobs already queued cannot read the
-#: written bank: the decoder waits for the bank's busy flag to drop before writing it, and a job
-#: that arrives later is again that far behind the write. The decoder registers its writes (the
-#: entry reaches the write port on t + 1), hw.top registers them once more per buffer and the
-#: buffer once more (memory written at the end of t + 3, readable from t + 4): this needs >= 4.
+#: Fewest cycles from the transfer of a WRITE_ACT/WGT/PARAMS's final payload word (cycle t) to the
+#: first read of its last entry by the sequencer: the decoder returns to IDLE on t + 1, where the
+#: next command (a RUN) transfers at the earliest; its first WAIT cycle, t + 1 + DECODE_CYCLES
+#: (golden.isa: CHECK, COMPARE, DECIDE first), hands the job over (job transfer), and the
+#: sequencer's readers start on the next cycle, t + 2 + DECODE_CYCLES (module docstring of
+#: hw.sequencer). Jobs already queued cannot read the written bank: the decoder waits for the
+#: bank's busy flag to drop before writing it, and a job that arrives later is again that far
+#: behind the write. The decoder assembles the word a cycle after its transfer and registers its
+#: write (the entry reaches its write port on t + 2), hw.top registers it once more per buffer and
+#: the buffer once more (memory written at the end of t + 4, readable from t + 5): this needs >= 5.
+#: The params buffer (LUT-RAM, ``write_stages=2``) is written a cycle later still (readable from
+#: t + 6), and its reads (``read_stages=2``) sample the memory two cycles after they are presented.
 #: Covered at the top by tests/test_hw_buffers.py::test_top_write_then_run_tightest.
 WRITE_TO_READ_MIN_CYCLES = DECODE_CYCLES + 2
 
@@ -130,7 +136,7 @@ class BankedBuffer(wiring.Component):
     def __init__(self, width: int, depth: int, *, registered_write: bool = False,
                  lut_ram_slice_bits: int | None = None, bram_slice_bits: int | None = None,
                  collision_free: bool = False, output_register: bool = False,
-                 read_enable_copies: bool = False):
+                 read_enable_copies: bool = False, read_stages: int = 1, write_stages: int = 1):
         if width < 1 or depth < 1:
             raise ValueError(f"width and depth must be >= 1, got width={width}, depth={depth}")
         if not isinstance(registered_write, bool):
@@ -158,6 +164,13 @@ class BankedBuffer(wiring.Component):
         if read_enable_copies and bram_slice_bits is None:
             raise ValueError("read_enable_copies needs bram_slice_bits (one read enable copy per slice)")
         self.read_enable_copies = read_enable_copies
+        for kind, stages in (("read", read_stages), ("write", write_stages)):
+            if isinstance(stages, bool) or not isinstance(stages, int) or stages not in (1, 2):
+                raise ValueError(f"{kind}_stages must be 1 or 2, got {stages!r}")
+            if stages != 1 and lut_ram_slice_bits is None:
+                raise ValueError(f"{kind}_stages=2 needs lut_ram_slice_bits (its extra stage is the per-slice "
+                                 f"{kind} register of LUT-RAM mode)")
+        self.read_stages, self.write_stages = read_stages, write_stages
         self.bram_slice_bits = bram_slice_bits
         self.collision_free = collision_free
         self.width, self.depth = width, depth
@@ -278,30 +291,66 @@ class BankedBuffer(wiring.Component):
         # slice. The copies are the same register; `kept_copy` keeps them apart in synthesis.
         # Write side: the enable must keep its reset (no write presented in a reset cycle may
         # land): one `enable_copy` per bank and slice.
+        self.shadow_checks = []
+        w_data_in = self.w.data
+        if self.write_stages == 2:
+            w_data_in = Signal(unsigned(self.width), name="w_stage1_data", reset_less=True)
+            m.d.sync += w_data_in.eq(self.w.data)
+            # the references of the slices' first write stage (no hardware: shadow checks)
+            w_ref_en = Signal(name="w_stage1_en")
+            w_ref = Signal(len(self.w.addr) + len(self.w.bank), name="w_stage1", reset_less=True)
+            m.d.sync += [w_ref_en.eq(self.w.en), w_ref.eq(Cat(self.w.addr, self.w.bank))]
         w_data = Signal(unsigned(self.width), name="w_reg_data", reset_less=True)
-        m.d.sync += w_data.eq(self.w.data)
+        m.d.sync += w_data.eq(w_data_in)
         # `shadow_checks` (tests): (name, copy, reference) with the per-bank reset register the
         # enables replace (read by nothing else: synthesis removes it).
         ref = []
         for b in range(BANKS):
             en_b = Signal(name=f"w_reg_en{b}")
-            m.d.sync += en_b.eq(self.w.en & (self.w.bank == b))
+            if self.write_stages == 2:
+                m.d.sync += en_b.eq(w_ref_en & (w_ref[len(self.w.addr):] == b))
+            else:
+                m.d.sync += en_b.eq(self.w.en & (self.w.bank == b))
             ref.append(en_b)
-        self.shadow_checks = []
         out = []
         # The read address has a copy per bank and slice (issue 6: one copy per slice, shared by
         # both banks' cells, put its flip-flop beside one bank: 8.2 ns of routing to the other's
         # read address pins, the 30 x 4 top's critical path in session 9).
+        if self.read_stages == 2:
+            # The reference of the slices' first read-address stage (no hardware: shadow checks).
+            r_ref = Signal(len(self.r.addr) + len(self.r.bank), name="r_stage1", reset_less=True)
+            with m.If(self.r.en):
+                m.d.sync += r_ref.eq(Cat(self.r.addr, self.r.bank))
         for g, (lo, hi) in enumerate(self.slices()):
+            r_addr_in, r_bank_in, r_en = self.r.addr, self.r.bank, self.r.en
+            if self.read_stages == 2:
+                # read_stages=2: one more register per slice in front of the address and bank select
+                # copies, loaded on r.en; the copies then load it on every cycle (issue 6: the copies
+                # sit by their LUT-RAM, the user's address logic by the user; on the 30 x 4 top the
+                # sequencer's address mux -> a far slice's copy -> LUT-RAM -> output register was
+                # 8.0-9.65 ns in three of five seeds in session 11). Data shows one cycle later.
+                r_pre = kept_copy(m, platform, Cat(self.r.addr, self.r.bank), self.r.en, f"r_stage1_s{g}")
+                self.shadow_checks.append((f"r_stage1_s{g}", r_pre, r_ref))
+                r_addr_in, r_bank_in, r_en = r_pre[:len(self.r.addr)], r_pre[len(self.r.addr):], C(1, 1)
             # the bank select once per READ_SELECT_BITS of the slice (issue 6: one copy per 64-bit
             # slice selected 64 bank muxes in front of the output register, 31-83 late endpoints)
-            r_sels = [kept_copy(m, platform, self.r.bank, self.r.en, f"r_bank_s{g}_{j}")
+            r_sels = [kept_copy(m, platform, r_bank_in, r_en, f"r_bank_s{g}_{j}")
                       for j in range(-(-(hi - lo) // READ_SELECT_BITS))]
+            w_en_in, w_addr_in, w_bank_in = self.w.en, self.w.addr, self.w.bank
+            if self.write_stages == 2:
+                # write_stages=2: one more write register per slice (the enable with its reset) in
+                # front of the per-bank copies (issue 6: the top's single write-enable register ->
+                # a far slice's enable copy was a 13.5 ns route in one seed of session 11's final
+                # netlist). Writes land one cycle later.
+                w_en_in = enable_copy(m, platform, self.w.en, f"w_stage1_en_s{g}")
+                w_pre = kept_copy(m, platform, Cat(self.w.addr, self.w.bank), C(1, 1), f"w_stage1_s{g}")
+                self.shadow_checks += [(f"w_stage1_en_s{g}", w_en_in, w_ref_en), (f"w_stage1_s{g}", w_pre, w_ref)]
+                w_addr_in, w_bank_in = w_pre[:len(self.w.addr)], w_pre[len(self.w.addr):]
             rdata = []
             for b in range(BANKS):
-                r_addr = kept_copy(m, platform, self.r.addr, self.r.en, f"r_addr_b{b}_s{g}")
-                w_addr = kept_copy(m, platform, self.w.addr, C(1, 1), f"w_addr_b{b}_s{g}")
-                w_en_bg = enable_copy(m, platform, self.w.en & (self.w.bank == b), f"w_en_b{b}_s{g}")
+                r_addr = kept_copy(m, platform, r_addr_in, r_en, f"r_addr_b{b}_s{g}")
+                w_addr = kept_copy(m, platform, w_addr_in, C(1, 1), f"w_addr_b{b}_s{g}")
+                w_en_bg = enable_copy(m, platform, w_en_in & (w_bank_in == b), f"w_en_b{b}_s{g}")
                 self.shadow_checks.append((f"w_en_b{b}_s{g}", w_en_bg, ref[b]))
                 mem = memory.Memory(shape=unsigned(hi - lo), depth=self.depth, init=[])
                 m.submodules[f"bank{b}_s{g}"] = mem

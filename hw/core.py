@@ -164,13 +164,26 @@ class ArrayCore(wiring.Component):
     the params FIFO's first write register (``w_data_a``, loaded on every cycle) already. The
     handshakes, ``last`` and the cycle behaviour are unchanged.
 
+    ``params_delay`` (0, 1 or 2; hw.top: 2): ``params.payload`` shows the pushed set that many
+    cycles after the push (the first ``params_delay`` of the FIFO's write registers, ``w_data_a``
+    and ``w_data_a2``, loaded on every cycle, are outside: hw.top's params buffer reads its LUT-RAM
+    through two address registers and an output register). With ``inputs_registered`` it must be
+    >= 1 (that flag's params register). The cycle behaviour is unchanged.
+
     ``k_bounded=True`` (hw.top): no tile has more than ``cfg.max_k`` beats (``hw.pe.PackedPE``).
     """
 
-    def __init__(self, cfg: ArrayConfig, *, inputs_registered: bool = False, k_bounded: bool = False):
+    def __init__(self, cfg: ArrayConfig, *, inputs_registered: bool = False, k_bounded: bool = False,
+                 params_delay: int | None = None):
         self.cfg = config_for(self, cfg)
         self.inputs_registered = check_flag(self, "inputs_registered", inputs_registered)
         self.k_bounded = check_flag(self, "k_bounded", k_bounded)
+        if params_delay is None:
+            params_delay = int(inputs_registered)
+        if isinstance(params_delay, bool) or params_delay not in (0, 1, 2) or params_delay < int(inputs_registered):
+            self._MustUse__used = True
+            raise ValueError(f"params_delay must be 0, 1 or 2 (>= 1 with inputs_registered), got {params_delay!r}")
+        self.params_delay = params_delay
         super().__init__({
             "inp": In(stream.Signature(input_layout(cfg))),
             "params": In(stream.Signature(params_layout(cfg))),
@@ -255,14 +268,19 @@ class ArrayCore(wiring.Component):
         # the first three register stages of the write port (w_* above are the fourth)
         push_a = Signal()                                 # control: reset
         wptr_a = Signal(range(depth), reset_less=True)
-        if self.inputs_registered:
-            w_data_a = self.params.payload                # outside: the params buffer's output register
-        else:
+        # the first params_delay data registers are outside (hw.top: the params buffer's read)
+        if self.params_delay == 0:
             w_data_a = Signal(params_layout(cfg), reset_less=True)
             m.d.sync += w_data_a.eq(self.params.payload)
+        elif self.params_delay == 1:
+            w_data_a = self.params.payload
         push_a2 = Signal()                                # control: reset
         wptr_a2 = Signal(range(depth), reset_less=True)
-        w_data_a2 = Signal(params_layout(cfg), reset_less=True)
+        if self.params_delay == 2:
+            w_data_a2 = self.params.payload
+        else:
+            w_data_a2 = Signal(params_layout(cfg), reset_less=True)
+            m.d.sync += w_data_a2.eq(w_data_a)
         push_b = Signal()                                 # control: reset
         wptr_b = Signal(range(depth), reset_less=True)
         w_data_b = Signal(params_layout(cfg), reset_less=True)
@@ -316,18 +334,25 @@ class ArrayCore(wiring.Component):
         # The write address and enable in one copy per group as well (w_addr and w_en drove every
         # LUT-RAM cell's write port, 10.9 ns on the 30 x 4 top): w_en keeps its reset through
         # enable_copy; w_addr and w_en stay as the references of the shadow checks.
+        # Each group's copies load from a third-stage copy of the group's own (w_*_b_g below), not
+        # from the shared push_b / wptr_b: a chain per group, so the placer can put the middle
+        # register between the core and the group's LUT-RAM (issue 6, session 11: push_b -> a far
+        # group's write-enable copy was 8.59-8.67 ns in two seeds).
         w_copies = []
         for g, ((wp, _), (lo, hi)) in enumerate(zip(fifos, groups)):
-            w_addr_g = kept_copy(m, platform, wptr_b, C(1, 1), f"w_addr_g{g}")
-            w_en_g = enable_copy(m, platform, push_b, f"w_en_g{g}")
-            w_copies += [(f"w_addr_g{g}", w_addr_g, w_addr), (f"w_en_g{g}", w_en_g, w_en)]
+            w_addr_b_g = kept_copy(m, platform, wptr_a2, C(1, 1), f"w_addr_b_g{g}")
+            w_en_b_g = enable_copy(m, platform, push_a2, f"w_en_b_g{g}")
+            w_addr_g = kept_copy(m, platform, w_addr_b_g, C(1, 1), f"w_addr_g{g}")
+            w_en_g = enable_copy(m, platform, w_en_b_g, f"w_en_g{g}")
+            w_copies += [(f"w_addr_b_g{g}", w_addr_b_g, wptr_b), (f"w_en_b_g{g}", w_en_b_g, push_b),
+                         (f"w_addr_g{g}", w_addr_g, w_addr), (f"w_en_g{g}", w_en_g, w_en)]
             m.d.comb += [wp.addr.eq(w_addr_g), wp.data.eq(w_data.as_value()[lo:hi]), wp.en.eq(w_en_g)]
         m.d.sync += [
             level.eq(level_n), claimed.eq(claimed_n), unclaimed.eq(unclaimed_n),
             par_ready.eq(level_n < depth), param_credit.eq(unclaimed_n != 0),
             last_ok.eq((gap_n >= cfg.min_tile_cycles) & (unclaimed_n != 0)),
             push_a.eq(push), wptr_a.eq(wptr),
-            push_a2.eq(push_a), wptr_a2.eq(wptr_a), w_data_a2.eq(w_data_a),
+            push_a2.eq(push_a), wptr_a2.eq(wptr_a),
             push_b.eq(push_a2), wptr_b.eq(wptr_a2), w_data_b.eq(w_data_a2),
             w_en.eq(push_b), w_addr.eq(wptr_b), w_data.eq(w_data_b),
             rptr.eq(rptr_n),

@@ -30,7 +30,8 @@ One command at a time, in order. States:
   RESP) holds, on entering ``RESP``, the status and counters of the WAIT
   cycle that left for SNAP.
 * ``WRITE``: ``din.ready`` = 1; words are assembled into entries
-  (``words_per_entry``), each complete entry is written on the cycle AFTER
+  (``words_per_entry``; a word lands in the assembly register on the cycle
+  after its transfer), each complete entry is written two cycles after
   its final word (buffer write port, or the core's ``lut`` stream), straight
   from registers; nothing reads a buffer or the LUT that early (see the
   comment at ``asm``). ``last`` early: LENGTH_MISMATCH, back to IDLE;
@@ -50,14 +51,15 @@ Every wait ends: jobs always finish (the sequencer's sinks are on-chip) and
 
 Timing (issue 6, docs/fpga.md): every high-fanout enable comes from a
 flip-flop (``idle_r``: descriptor load; copies of ``resp_r``: snapshot;
-copies of ``wsel``: payload words; the write enables; a copy of ``pa``: the
+copies of ``wsel``, loaded from ``wsel``: payload words; the write enables; a copy of ``pa``: the
 out buffer's read address), ``dropped`` (a counter increment), ``out_r.en`` and
 ``dout.valid`` come from registered check bits and state flags (``*_r``, loaded
 from the next state), the job's ``macs`` from a registered product, the READ /
 RESP word-index tests (``row_end``, ``is_last``) and the end-of-payload tests
 (``wend``, ``elast``, ``rmore``) are registered flags instead of compares, DECIDE's loads
 (``pre_off``, ``pre_off1``, ``pre_lenm1``, ``pre_len1``) are registered from the registered
-descriptor in CHECK, pa's increment is a register of its own (``pa1``), the flags, the entry
+descriptor in CHECK, pa's increment is a register of its own (``pa1``), the entry counters' decrement is one LUT of
+registered flags (``ent_w``, ``ent_r``) and din.valid / dout.ready, the flags, the entry
 counters and the readies read the shadow flags, the flags' and the counters' clears are
 flip-flops (``clr_st``, ``clr_ctr``), RESP shifts the snapshot so dout's word needs no word mux, and
 the datapath registers are reset-less (each is written before it is
@@ -263,7 +265,7 @@ class Decoder(wiring.Component):
                             "RESP")}
         idle_r, check_r, decide_r, wait_r, write_r, discard_r, read_r, resp_r = (
             shadow[s][0] for s in ("IDLE", "CHECK", "DECIDE", "WAIT", "WRITE", "DISCARD", "READ", "RESP"))
-        wait_d, resp_d = shadow["WAIT"][1], shadow["RESP"][1]
+        wait_d, write_d, read_d, resp_d = (shadow[s][1] for s in ("WAIT", "WRITE", "READ", "RESP"))
         snap_last_r = shadow[snap_states[-1]][0]          # the cycle before RESP
         # The handshakes' readies straight from the shadow flags (issue 6: the bridge's cmd/din
         # valid and the decoder's state decode were two LUT levels in front of its registers).
@@ -324,6 +326,9 @@ class Decoder(wiring.Component):
         wsel = Signal(wpe_max, reset_less=True)                # WRITE: one-hot word within the entry
         wsel_d = Signal(wpe_max)                               # its next value (CHECK sets it first)
         wend = Signal()                                        # WRITE: wsel is the entry's final word
+        wend_d = Signal()                                      # its next value
+        m.d.comb += wend_d.eq(wend)
+        m.d.sync += wend.eq(wend_d)
         wlast = Signal(wpe_max, reset_less=True)               # WRITE: one-hot of the final word
         wi = Signal(range(max(wpe_max, status_response_words(cfg)) + 1))   # READ/RESP: word index
         nresp_m1 = Signal(range(status_response_words(cfg)), reset_less=True)
@@ -332,6 +337,8 @@ class Decoder(wiring.Component):
         m.d.sync += [wi.eq(wi_d), nresp_m1.eq(nresp_m1_d)]
         is_sync = Signal(reset_less=True)
         rv = Signal()                                          # READ: a row held in out_r.data
+        rv_d = Signal()                                        # its next value (below)
+        m.d.sync += rv.eq(rv_d)
         rs = Signal()                                          # READ: a row in the read register only
         lens = {op: self._fields(desc, op)["length"] for op in pay_ops}
         # The loads of pa / erem / rrem / elast happen in DECIDE (nothing reads them before WRITE /
@@ -384,28 +391,50 @@ class Decoder(wiring.Component):
                                | ((op_r[Op.WRITE_LUT] | op_r[Op.SYNC]) & (self.jobs != 0))
                                | (op_r[Op.RUN] & ~self.job.ready))
 
-        # ---- payload assembly and the buffer writes, straight from registers. Word p of the
-        # entry loads whenever wsel selects it (in any state: asm is only read by a registered
-        # write, which follows the entry's final word), so asm's enables are flip-flops: copies of
-        # wsel (``kept_copy``: kept apart by synthesis), one per <= _COPY_LOADS bits of a word.
-        # The write of an entry is registered: it happens on the cycle after its final word, with
-        # data = asm, addr = pa, bank = bank. Invisible at the top's ports: the buffers and the LUT
-        # are read only by jobs, which a RUN hands over at least DECODE_CYCLES cycles later (CHECK,
-        # COMPARE, DECIDE, WAIT), and a WRITE waits until no queued job reads its bank.
+        # ---- payload assembly and the buffer writes, straight from registers. Word q of the
+        # entry loads whenever wsel selected it on the cycle before (in any state: asm is only read
+        # by a registered write, which follows the entry's final word), so asm's enables are
+        # flip-flops loaded from flip-flops: a two-level fanout tree, wsel -> its copies
+        # (``kept_copy``: kept apart by synthesis, one per <= _COPY_LOADS bits of a word, each
+        # equal to wsel one cycle late) -> asm, and the data they load is din's word registered
+        # as late (``din_r``, one register per chunk). Issue 6: with the copies loaded from wsel_d
+        # (the FSM's next-state logic) the route from the central next-state LUT to a far copy's D
+        # was 8.91 ns, and wsel0 (fanout 64) -> par_w's data CE 8.47 ns: asm feeds the buffers'
+        # write data across the die (params ~675 bits), so the copies sit far from the FSM.
+        # So a word lands in asm on the cycle AFTER its transfer, and an entry is written
+        # (w_en, registered from w_pre, the FSM's final-word decision) two cycles after its final
+        # word, with data = asm, addr = pa, bank = bank (pa increments after the write; pa is
+        # loaded in DECIDE and bank in CHECK, at the earliest one / three cycles after it).
+        # Invisible at the top's ports: the buffers and the LUT are read only by jobs, which a RUN
+        # hands over at least DECODE_CYCLES + 1 cycles after the final word (IDLE, CHECK,
+        # COMPARE, DECIDE, WAIT; hw.buffers.WRITE_TO_READ_MIN_CYCLES, hw/top.py registers the
+        # buffers' writes once more), and a WRITE waits until no queued job reads its bank, a
+        # WRITE_LUT until no job is queued at all.
         asm = Signal(wpe_max * bus_bits, reset_less=True)
         words = [asm[q * bus_bits:(q + 1) * bus_bits] for q in range(wpe_max)]
         m.d.sync += wsel.eq(wsel_d)
         m.d.comb += wsel_d.eq(wsel)
+        wsel_ref = Signal(wpe_max, reset_less=True)   # wsel one cycle late, for the checks only
+        m.d.sync += wsel_ref.eq(wsel)
         copies = []                                   # (name, copy, the register it copies)
-        for q in range(wpe_max):
-            for lo in range(0, bus_bits, _COPY_LOADS):
-                en = kept_copy(m, platform, wsel_d[q], Const(1), f"wsel{q}_{lo // _COPY_LOADS}")
-                copies.append((f"wsel{q}_{lo // _COPY_LOADS}", en, wsel[q]))
+        for lo in range(0, bus_bits, _COPY_LOADS):
+            c = lo // _COPY_LOADS
+            din_r = Signal(min(_COPY_LOADS, bus_bits - lo), name=f"din_r{c}", reset_less=True)
+            m.d.sync += din_r.eq(self.din.payload.data[lo:lo + _COPY_LOADS])
+            for q in range(wpe_max):
+                en = kept_copy(m, platform, wsel[q], Const(1), f"wsel{q}_{c}")
+                copies.append((f"wsel{q}_{c}", en, wsel_ref[q]))
                 with m.If(en):
-                    m.d.sync += words[q][lo:lo + _COPY_LOADS].eq(self.din.payload.data[lo:lo + _COPY_LOADS])
+                    m.d.sync += words[q][lo:lo + _COPY_LOADS].eq(din_r)
+        # w_pre: the FSM's write decision on the final word's transfer (cycle t); w_en one cycle
+        # later (t + 1, asm loads the final word), the write on t + 2.
+        w_pre = {op: Signal(name=f"w_pre_{op.name.lower()}") for op in write_ops}
+        w_pre_any = Signal()
+        m.d.sync += [e.eq(0) for e in w_pre.values()] + [w_pre_any.eq(0)]
         w_en = {op: Signal(name=f"w_en_{op.name.lower()}") for op in write_ops}
         w_any = Signal()                              # == any w_en: pa's increment reads one flip-flop
-        m.d.sync += [e.eq(0) for e in w_en.values()] + [w_any.eq(0)]
+        m.d.sync += [w_en[op].eq(w_pre[op]) for op in write_ops] + [w_any.eq(w_pre_any)]
+        copies.append(("w_pre_any", w_pre_any, Cat(*w_pre.values()).any()))
         # pa from its next value pa_d; the out buffer's read address (fanout ~44: every DP16KD
         # of the out banks) is a copy of it (``kept_copy``), so the write ports' address net is apart.
         pa_d = Signal.like(pa)
@@ -511,7 +540,8 @@ class Decoder(wiring.Component):
         # and out_r.en read a flip-flop, not a compare).
         row_end = Signal(init=int(n_out == 1))              # wi == n_out - 1
         is_last = Signal(init=1)                            # wi == nresp_m1 (both 0 at start)
-        m.d.sync += [row_end.eq(wi_d == n_out - 1), is_last.eq(wi_d == nresp_m1_d)]
+        row_end_d = wi_d == n_out - 1
+        m.d.sync += [row_end.eq(row_end_d), is_last.eq(wi_d == nresp_m1_d)]
         m.d.comb += resp_n.eq(snap_last_r | (resp_r & ~(self.dout.ready & is_last)))
         row_send = _word_mux([self.out_r.data[q * bus_bits:(q + 1) * bus_bits] for q in range(n_out)], wi)
         padded = Cat(snap_ref, Const(0, n_w * bus_bits - len(snap_ref)))
@@ -548,17 +578,25 @@ class Decoder(wiring.Component):
         # The entry counters, READ's read counter, rs and rv, outside the FSM: their enables are the
         # shadow flags and registered bits (issue 6), the same cases as the FSM's states. Outside
         # READ rs = rv = 0 (READ ends on its final row's final word, with no read left).
+        # An entry is complete (erem's decrement) on WRITE's final word of an entry or READ's final
+        # word of a row taken: ``ent_w`` = write_r & wend and ``ent_r`` = read_r & rv & row_end are
+        # flags registered from the next values, so erem's enable is one LUT of flip-flops and the
+        # handshake's din.valid / dout.ready (issue 6: write_r, din.valid, wend, read_r, rv,
+        # dout.ready, row_end and decide_r were two LUT levels in front of erem's CE, 7.29 ns,
+        # 14 late endpoints).
+        ent_w, ent_r = Signal(name="ent_w"), Signal(name="ent_r")
+        m.d.sync += [ent_w.eq(write_d & wend_d), ent_r.eq(read_d & rv_d & row_end_d)]
+        copies += [("ent_w", ent_w, write_r & wend), ("ent_r", ent_r, read_r & rv & row_end)]
+        m.d.comb += rv_d.eq(Mux(decide_r, 0, Mux(adv, rs, rv)))
         with m.If(decide_r):
-            m.d.sync += [rv.eq(0), rs.eq(0), erem.eq(pre_lenm1), elast.eq(pre_len1), rrem.eq(pre_lenm1),
+            m.d.sync += [rs.eq(0), erem.eq(pre_lenm1), elast.eq(pre_len1), rrem.eq(pre_lenm1),
                          rmore.eq(1)]
         with m.Else():
-            with m.If((write_r & self.din.valid & wend) | (read_r & take & row_end)):   # an entry is complete
+            with m.If((ent_w & self.din.valid) | (ent_r & self.dout.ready)):   # an entry is complete
                 m.d.sync += [erem.eq(erem - 1), elast.eq(erem == 1)]
             with m.If(issue):
                 m.d.sync += [rrem.eq(rrem - 1), rmore.eq(rrem != 0)]
             m.d.sync += rs.eq(issue | (rs & ~adv))
-            with m.If(adv):
-                m.d.sync += rv.eq(rs)
 
         job_valid_ref, clear_counters_ref = Signal(), Signal()     # the FSM's forms, for the checks
         assert DECODE_CYCLES == 4, "the FSM below takes IDLE -> CHECK -> COMPARE -> DECIDE -> WAIT"
@@ -569,9 +607,9 @@ class Decoder(wiring.Component):
             with state("CHECK"):
                 bank_d = by_op({op: fld(op, "bank") for op in bank_ops}, len(bank))
                 m.d.sync += [sel.eq(op_r[op] & (bank_d == b)) for (op, b), sel in bank_sel.items()]
+                m.d.comb += wend_d.eq(Cat(*[op_r[op] for op in pay_ops if wpe_of[op] == 1]).any())
                 m.d.sync += [
                     bank.eq(bank_d),
-                    wend.eq(Cat(*[op_r[op] for op in pay_ops if wpe_of[op] == 1]).any()),
                     wlast.eq(by_op({op: 1 << (wpe_of[op] - 1) for op in pay_ops}, wpe_max)),
                     is_sync.eq(op_r[Op.SYNC]),
                 ]
@@ -609,11 +647,11 @@ class Decoder(wiring.Component):
                 with m.If(self.din.valid):
                     with m.If(wend):
                         m.d.comb += wsel_d.eq(1)
-                        m.d.sync += wend.eq(wlast[0])
-                        m.d.sync += [w_en[op].eq(op_r[op]) for op in write_ops] + [w_any.eq(is_write)]
+                        m.d.comb += wend_d.eq(wlast[0])
+                        m.d.sync += [w_pre[op].eq(op_r[op]) for op in write_ops] + [w_pre_any.eq(is_write)]
                     with m.Else():
                         m.d.comb += wsel_d.eq(wsel << 1)
-                        m.d.sync += wend.eq((wsel[:-1] & wlast[1:]).any())
+                        m.d.comb += wend_d.eq((wsel[:-1] & wlast[1:]).any())
                     with m.If(final & self.din.payload.last):
                         goto("IDLE")
                     with m.Elif(final):                        # last missing on the final word

@@ -183,7 +183,7 @@ def _right_amount(shift):
     return Mux(shift[-1], -shift, 0)[:len(shift)]
 
 
-def _shl_limits(shift) -> dict:
+def _shl_limits(shift, copies=()) -> dict:
     """Prep of ``_satshl_cmp`` from the signed ``shift`` alone: left = max(shift, 0) and the bound
     lo = INT32_MIN >> left (x * 2**left overflows int32 iff x > ~lo or x < lo).
 
@@ -194,10 +194,15 @@ def _shl_limits(shift) -> dict:
     up are always 1 and ``_satshl_cmp`` writes them as constants (issue 6: as a register, that
     bit was one flip-flop with a constant input, which yosys merged across every lane and both
     left shifts: 28 loads over the lanes, the start of the 30 x 4 top's critical path, session 11).
+    ``copies``: registers equal to ``shift``; lo's bits are split evenly among them (each bit's
+    LUTs read one copy).
     """
-    neg, mag = shift[-1], shift[:len(shift) - 1]
-    lo = Cat(*(~neg & ort_dp.gt_const(mag, _W32 - 2 - i) for i in range(_W32 - 1)))
-    return {"left": _left_amount(shift), "lo": lo}
+    srcs = list(copies) or [shift]
+
+    def bit(i):
+        sh = srcs[i * len(srcs) // (_W32 - 1)]
+        return ~sh[-1] & ort_dp.gt_const(sh[:len(sh) - 1], _W32 - 2 - i)
+    return {"left": _left_amount(shift), "lo": Cat(*(bit(i) for i in range(_W32 - 1)))}
 
 
 #: The clamp's compares are split at this bit: two chains of <= ~18 bits side by side instead
@@ -641,9 +646,13 @@ class RequantLane(wiring.Component):
                              "mult": (unsigned(MULT_WIDTH), p.mult)},
                   keep=(*flags, "shift", *alpha, *late),
                   ort_fields={"scale_f32": (p.scale_f32.shape(), p.scale_f32)})
+        # the shift's register once more per third of the bias stage's bound (issue 6: with one
+        # register driving its ~60 LUTs, `bias_lo` was 8.1-8.6 ns in three of five seeds of the
+        # 30 x 4 top in session 11)
+        lim_copies = _kept_copies(m, platform, en, "params_shift_c", p.shift, _SHIFT_COPIES)
         mant, efield = ort_dp.scale_fields(s["scale_f32"] if ort else p.scale_f32)
         total = s["acc"] + s["bias"]
-        s = stage("bias", {"s": (total.shape(), total), **_regs_of(_shl_limits(s["shift"])),
+        s = stage("bias", {"s": (total.shape(), total), **_regs_of(_shl_limits(s["shift"], lim_copies)),
                            "mult": (unsigned(MULT_WIDTH), s["mult"])},
                   keep=(*flags, "shift", *alpha, *late),
                   ort_fields={"mant": (mant.shape(), mant), "efield": (efield.shape(), efield)})

@@ -73,10 +73,13 @@ class Accelerator(wiring.Component):
         par_bits = params_layout(cfg).size
         # The act/wgt buffers' output registers (block-RAM output registers on the ECP5) are the
         # array's first input registers (hw.buffers output_register; issue 6: a DP16KD's
-        # clock-to-out without it is 5.83 ns), the params buffer's is the core's first params
-        # register, and the out buffer's are READ's second stage.
+        # clock-to-out without it is 5.83 ns), the params buffer's extra read-address stage and
+        # output register are the core's first two params FIFO write registers (params_delay=2),
+        # and the out buffer's are READ's second stage.
         # k_bounded: the decoder rejects a RUN with k > golden.isa.k_max(cfg) <= cfg.max_k
-        m.submodules.core = core = ArrayCore(cfg, inputs_registered=True, k_bounded=True)
+        # params_delay=2: the params buffer below reads through two address registers per slice
+        # and its output register, so the pushed set reaches the core two cycles after the push.
+        m.submodules.core = core = ArrayCore(cfg, inputs_registered=True, k_bounded=True, params_delay=2)
         m.submodules.dec = dec = Decoder(cfg, par_bits)
         # The decoder-written buffers register their write port once more (per-bank enables
         # straight from flip-flops: the params bank's enable drives every LUT-RAM slice of it);
@@ -104,9 +107,13 @@ class Accelerator(wiring.Component):
         # slice (hw.buffers, LUT-RAM mode): its ~680 read ports on the 30x4 top hung off one
         # address mux. Its read shows the entry's current contents, which equals the synchronous
         # read here: a valid, not yet pushed job's params bank is not written (par_busy).
+        # read_stages=2 (issue 6): each slice registers the sequencer's read address once more before
+        # its LUT-RAM address copies (the core takes that cycle from its FIFO write pipeline);
+        # write_stages=2: and the write port once more (a params write is readable one cycle later
+        # than the act/wgt buffers', and its reads happen two cycles after they are presented).
         m.submodules.par = par = BankedBuffer(par_bits, cfg.param_depth, registered_write=True,
                                               lut_ram_slice_bits=lut_ram_slice_bits(cfg.param_depth),
-                                              output_register=True)
+                                              output_register=True, read_stages=2, write_stages=2)
         # collision_free: READ_OUT of a bank waits until every job writing it has retired, and the
         # decoder takes no RUN while it reads (asserted by tests/test_hw_top_amaranth).
         m.submodules.out = out = BankedBuffer(cfg.out_lanes * 8, cfg.out_depth, collision_free=True,
@@ -121,14 +128,14 @@ class Accelerator(wiring.Component):
         # session 11's a2: the decoder's write enable register -> a slice's write enable copy was
         # 9.5 ns; one write address register shared by all buffers had ~50 loads across the die).
         # Distinct registers per buffer (``kept_copy``, ``enable_copy``: yosys would merge the
-        # identical ones). A write lands one cycle later (written at the end of t + 3, readable
-        # from t + 4: still inside WRITE_TO_READ_MIN_CYCLES).
+        # identical ones). A write lands one cycle later (written at the end of t + 4, readable
+        # from t + 5: still inside WRITE_TO_READ_MIN_CYCLES).
         for tag, src, dst in (("act", dec.act_w, act.w), ("wgt", dec.wgt_w, wgt.w), ("par", dec.par_w, par.w)):
             m.d.comb += dst.en.eq(enable_copy(m, platform, src.en, f"{tag}_w_en"))
             for n in ("bank", "addr", "data"):
                 m.d.comb += getattr(dst, n).eq(kept_copy(m, platform, getattr(src, n), C(1, 1), f"{tag}_w_{n}"))
         connect(m, dec.out_r, out.r)
-        # par's output register is the core's first params FIFO write register (loaded every cycle)
+        # par's output register is the core's second params FIFO write register (loaded every cycle)
         m.d.comb += [act.oce.eq(core.array_en), wgt.oce.eq(core.array_en), par.oce.eq(1), out.oce.eq(dec.out_oce)]
         connect(m, dec.lut, core.lut)
         connect(m, seq.act_r, act.r)
@@ -175,27 +182,33 @@ class Accelerator(wiring.Component):
         # The events and the clear pass one register (``ev_*``, ``ctr_clear_ev``) before that (issue
         # 6, session 11: the counters are placed apart from the decoder and the sequencer, and the
         # event logic -> a registered increment's copy was one hop across the die, 7.6-8.5 ns), so
-        # c counts one cycle later and the decoder reads it through SNAPSHOT_CYCLES - 2 registers:
-        # its last SNAP cycle still shows the WAIT cycle's counts.
-        assert SNAPSHOT_CYCLES >= 2, "the events' register and the counters' own register"
+        # c counts one cycle later. Each copy of the registered increment / clear is itself loaded
+        # from a copy of its own (``_COPY_STAGES``: a two-register chain per group, so the placer
+        # can put the first halfway; session 11: the ev register -> a far group's copy was 8.47 ns
+        # in a3), so c counts _COPY_STAGES cycles later than the event and the decoder reads it
+        # through SNAPSHOT_CYCLES - 1 - _COPY_STAGES registers: its last SNAP cycle still shows
+        # the WAIT cycle's counts.
+        assert SNAPSHOT_CYCLES >= 1 + _COPY_STAGES, "the events' register and the counters' copy chains"
         self.shadow_checks = []
         clear_ev = Signal(name="ctr_clear_ev")
-        cleared_ref = Signal()
-        m.d.sync += [clear_ev.eq(dec.clear_counters), cleared_ref.eq(clear_ev)]
+        cleared_ref = delay(m, clear_ev, _COPY_STAGES, "ctr_cleared_ref", reset_less=False)
+        m.d.sync += clear_ev.eq(dec.clear_counters)
         for s, d in inc.items():
             name, d = s.name.lower(), Value.cast(d)
             ev = Signal(d.shape(), name=f"ev_{name}")
-            d_ref = Signal(d.shape(), name=f"inc_{name}")      # the registered increment
-            m.d.sync += [ev.eq(d), d_ref.eq(ev)]
+            m.d.sync += ev.eq(d)
+            d_ref = delay(m, ev, _COPY_STAGES, f"inc_{name}", reset_less=False)     # the registered increment
             c = _counter(m, platform, f"ctr_{name}", ev, clear_ev, self.shadow_checks, d_ref, cleared_ref)
             ref = Signal(COUNTER_BITS, name=f"ctr_{name}_ref")   # no hardware: read by the checks only
             m.d.sync += ref.eq(Mux(cleared_ref, 0, ref + d_ref))
             self.shadow_checks.append((f"ctr_{name}_c", c, ref))
             # reset-less: read in SNAP only
-            m.d.comb += dec.counters[int(s) - 1].eq(delay(m, c, SNAPSHOT_CYCLES - 2, f"ctr_{name}"))
+            m.d.comb += dec.counters[int(s) - 1].eq(delay(m, c, SNAPSHOT_CYCLES - 1 - _COPY_STAGES, f"ctr_{name}"))
         return m
 
 
+#: Registers in each copy's chain from the events' register to a counter group (see above).
+_COPY_STAGES = 2
 #: Most loads of one copy of a counter's clear or registered increment (a 32-bit group of
 #: registers; issue 6: a net with fanout > ~30-60 must come from its own copy).
 _CTR_GROUP = 32
@@ -217,10 +230,15 @@ def _counter(m, platform, name, d, clear, checks, d_ref, cleared_ref):
     in one adder per load group (its own copy of d_r, so synthesis cannot merge them: each carry
     out drives one group)."""
     def copy(x, ref, tag):
-        q = Cat(*[enable_copy(m, platform, x[i], f"{name}_{tag}" + (f"_{i}" if len(x) > 1 else ""))
-                  for i in range(len(x))])
-        checks.append((f"{name}_{tag}", q, ref))
-        return q
+        bits = []
+        for i in range(len(x)):
+            q = x[i]
+            for k in range(_COPY_STAGES):
+                q = enable_copy(m, platform, q, f"{name}_{tag}" + (f"_{i}" if len(x) > 1 else "")
+                                + (f"_s{k}" if k < _COPY_STAGES - 1 else ""))
+            bits.append(q)
+        checks.append((f"{name}_{tag}", Cat(*bits), ref))
+        return Cat(*bits)
 
     def cleared(tag):
         return copy(clear, cleared_ref, f"cleared_{tag}")

@@ -153,14 +153,14 @@ def _check_divisor(divisor) -> int:
     return divisor
 
 
-def _chunked_load(m, platform, reg, value, load_next, name):
-    """``reg <= value`` when loaded, through one enable flip-flop per WORD_CHUNK_BITS of ``reg``:
-    ``{name}{i}``, each a reset-less ``kept_copy`` of ``load_next`` (the load's value one cycle
-    early), returned in order for the shadow checks."""
+def _chunked_load(m, platform, reg, value, load, name):
+    """``reg <= value`` one cycle after ``load`` is 1, through one enable flip-flop per
+    WORD_CHUNK_BITS of ``reg``: ``{name}{i}``, each a reset-less ``kept_copy`` of ``load``,
+    returned in order for the shadow checks."""
     copies = []
     for lo in range(0, len(reg), WORD_CHUNK_BITS):
         hi = min(lo + WORD_CHUNK_BITS, len(reg))
-        copies.append(kept_copy(m, platform, load_next, Const(1, 1), f"{name}{lo // WORD_CHUNK_BITS}"))
+        copies.append(kept_copy(m, platform, load, Const(1, 1), f"{name}{lo // WORD_CHUNK_BITS}"))
         with m.If(copies[-1]):
             m.d.sync += reg[lo:hi].eq(value[lo:hi])
     return copies
@@ -369,7 +369,7 @@ class _BridgeCore(wiring.Component):
         nonce = Signal(8, reset_less=True)
         err_byte = Signal(8, reset_less=True)
         hello_sent, err_sent = Signal(), Signal()
-        hello_set, err_set = Signal(), Signal()
+        hello_set, err_set = Signal(), Signal()     # hello_set: a flip-flop (after the FSM)
         # a request set in the cycle its frame is loaded stays set (a second frame follows), as before
         m.d.sync += [hello_req.eq((hello_req & ~hello_sent) | hello_set),
                      err_req.eq((err_req & ~err_sent) | err_set),
@@ -378,19 +378,31 @@ class _BridgeCore(wiring.Component):
                      self.din.valid.eq(din_v), self.din.payload.data.eq(word), self.din.payload.last.eq(din_last)]
         # The descriptor (128 flip-flops) and word (bus_bits) shift registers' enables are
         # flip-flops (issue 6: no LUT in front of that fanout): sh_desc == bv & CMD_BYTES and
-        # sh_word == bv & WORD_BYTES on every cycle, registered from bv's and the state's next
-        # values (``shadow_checks``).
+        # sh_word == bv & WORD_BYTES on every cycle (a byte is taken into desc / word), registered
+        # from bv's and the state's next values (``shadow_checks``).
         # The word's enable is one copy per WORD_CHUNK_BITS of it (a 256-bit bus: one flip-flop
-        # drove 256 clock enables, ~12 ns on the 30x4 top), loaded like sh_word. The copies are
-        # plain reset-less flip-flops (``kept_copy``; an ``enable_copy``'s reset AND put a LUT in front
-        # of each 32-load net again: 13.4 ns): after a reset a copy may differ from sh_word for one
-        # cycle and shift one byte of garbage into ``word``, which is harmless because ``word`` is
-        # only read (din) after WORD_BYTES has shifted all ``bb`` of its bytes in again.
+        # drove 256 clock enables, ~12 ns on the 30x4 top), the descriptor's likewise (sh_desc drove
+        # its 128 clock enables, placed with the decoder, which reads the descriptor). The copies
+        # sit with their chunks, spread over the die, so they are loaded from the central sh_desc /
+        # sh_word flip-flops, not from their next values (issue 6: sh_*_next is a few LUTs of the
+        # FSM state, bv, rd2, flag_last, left_is0 and cnt_is0, and its route to a far copy's D was
+        # 8-9.5 ns in most seeds, e.g. flag_last -> ... -> sh_word_c6 9.48 ns, sh_word_c0 9.2 ns):
+        # a two-level fanout tree of flip-flops, each chunk shifting one cycle after the byte's
+        # take. It still shifts in that byte: ``b`` is only loaded in rd2 cycles, and a take never
+        # meets rd2 (``b_held``, a shadow check): the read pipeline (issue, rd1, rd2) only runs
+        # while bv is 0 (issue is registered from ~bv_next and blocks the next two cycles), so after
+        # a take the next issue is >= 1 cycle and the next rd2 >= 3 cycles later. Whatever
+        # reads desc / word waits one more cycle for the last byte's shift (CMD_OUT's first cycle,
+        # WORD_LAND; ``cmd_whole`` / ``din_whole``: no shift while cmd_v / din_v): one cycle per
+        # descriptor or word, against 10 * divisor per UART byte.
+        # The copies are plain reset-less flip-flops (``kept_copy``; an ``enable_copy``'s reset AND
+        # put a LUT in front of each 32-load net again: 13.4 ns): after a reset a copy may differ
+        # from sh_desc / sh_word delayed for one cycle and shift one byte of garbage into ``desc`` /
+        # ``word``, which is harmless because they are only read (cmd, din) after CMD_BYTES /
+        # WORD_BYTES has shifted all of their bytes in again.
         sh_desc, sh_desc_next, sh_word, sh_word_next = Signal(), Signal(), Signal(), Signal()
-        # the descriptor's enable likewise (issue 6: sh_desc drove its 128 clock enables, placed
-        # with the decoder, which reads the descriptor)
-        sh_desc_copies = _chunked_load(m, platform, desc, Cat(desc[8:], b), sh_desc_next, "sh_desc_c")
-        sh_word_copies = _chunked_load(m, platform, word, Cat(word[8:], b), sh_word_next, "sh_word_c")
+        sh_desc_copies = _chunked_load(m, platform, desc, Cat(desc[8:], b), sh_desc, "sh_desc_c")
+        sh_word_copies = _chunked_load(m, platform, word, Cat(word[8:], b), sh_word, "sh_word_c")
         with m.FSM() as fsm:
             with m.State("TYPE"):
                 m.d.comb += take.eq(bv)
@@ -403,21 +415,22 @@ class _BridgeCore(wiring.Component):
                         m.next = "DATA_HDR"
                     with m.Elif(is_hello):
                         m.next = "HELLO_NONCE"
-            with m.State("HELLO_NONCE"):
+            with m.State("HELLO_NONCE"):       # the nonce is loaded on hello_set, a cycle later
                 m.d.comb += take.eq(bv)
                 with m.If(bv):
-                    m.d.sync += nonce.eq(b)
-                    m.d.comb += hello_set.eq(1)
                     m.next = "TYPE"
             with m.State("CMD_BYTES"):
                 m.d.comb += take.eq(bv)
                 with m.If(bv):
-                    m.d.sync += [cnt.eq(cnt - 1), cnt_is0.eq(cnt == 1)]     # desc shifts on sh_desc
+                    m.d.sync += [cnt.eq(cnt - 1), cnt_is0.eq(cnt == 1)]     # desc shifts a cycle later
                     with m.If(cnt_is0):
-                        m.d.sync += cmd_v.eq(1)
                         m.next = "CMD_OUT"
+            # CMD_OUT's first cycle (cmd_v = 0) is the last byte's shift into desc (the copies'
+            # delay above); cmd_v rises after it and the descriptor waits for cmd.ready.
             with m.State("CMD_OUT"):
-                with m.If(self.cmd.ready):
+                with m.If(~cmd_v):
+                    m.d.sync += cmd_v.eq(1)
+                with m.Elif(self.cmd.ready):
                     m.d.sync += cmd_v.eq(0)
                     m.next = "TYPE"
             with m.State("DATA_HDR"):
@@ -432,10 +445,14 @@ class _BridgeCore(wiring.Component):
             with m.State("WORD_BYTES"):
                 m.d.comb += take.eq(bv)
                 with m.If(bv):
-                    m.d.sync += [cnt.eq(cnt - 1), cnt_is0.eq(cnt == 1)]     # word shifts on sh_word
+                    m.d.sync += [cnt.eq(cnt - 1), cnt_is0.eq(cnt == 1)]     # word shifts a cycle later
                     with m.If(cnt_is0):
-                        m.d.sync += [din_v.eq(1), din_last.eq(flag_last & left_is0)]
-                        m.next = "WORD_OUT"
+                        m.d.sync += din_last.eq(flag_last & left_is0)
+                        m.next = "WORD_LAND"
+            # the last byte's shift into word (the copies' delay above); din_v rises after it
+            with m.State("WORD_LAND"):
+                m.d.sync += din_v.eq(1)
+                m.next = "WORD_OUT"
             # The word's wait and the burst's count are one state, told apart by din_v (issue 6: the
             # state register's enable read din.ready, a LUT of the decoder's flip-flops, through two
             # LUTs; now only din_v reads it): while din_v, the word waits for din.ready; the cycle
@@ -456,7 +473,7 @@ class _BridgeCore(wiring.Component):
         type_r = Signal(init=1)
         burst_count = fsm.ongoing("WORD_OUT") & ~din_v     # the burst's count (see WORD_OUT)
         type_next = ((fsm.ongoing("TYPE") & ~(bv & (is_cmd | is_data | is_hello))) | (fsm.ongoing("HELLO_NONCE") & bv)
-                     | (fsm.ongoing("CMD_OUT") & self.cmd.ready) | (burst_count & left_is0))
+                     | (fsm.ongoing("CMD_OUT") & cmd_v & self.cmd.ready) | (burst_count & left_is0))
         m.d.sync += type_r.eq(type_next)
         m.d.comb += err_set.eq(type_r & bv & is_other)
         with m.If(err_set):
@@ -472,15 +489,28 @@ class _BridgeCore(wiring.Component):
         live = live_register(m, platform)  # 0 on the first cycle after a reset (the checks' exemption)
         m.d.comb += sh_desc_next.eq(bv_next & cmdb_next)
         m.d.sync += [sh_desc.eq(sh_desc_next), sh_word.eq(sh_word_next)]
+        # The nonce's enable is a flip-flop too, a cycle after the nonce byte's take (b holds it, as
+        # for the copies above; issue 6: a LUT of the state and bv drove nonce's clock enables,
+        # 8.15 ns). hello_req follows hello_set, so the hello frame (picked, then loaded: the only
+        # reader of nonce) is loaded after the nonce.
+        m.d.sync += hello_set.eq(fsm.ongoing("HELLO_NONCE") & bv)
+        with m.If(hello_set):
+            m.d.sync += nonce.eq(b)
+        # sh_desc / sh_word one cycle late: what the copies stand for (test-only: synthesis removes them)
+        sh_desc_d, sh_word_d = Signal(), Signal()
+        m.d.sync += [sh_desc_d.eq(sh_desc), sh_word_d.eq(sh_word)]
         # The registered enables and the combinational forms they stand for (no hardware: read by
-        # tests/test_uart.py, which asserts them equal on every cycle of bridge sessions). sh_word
-        # itself is read by nothing else: synthesis removes it.
+        # tests/test_uart.py, which asserts them equal on every cycle of bridge sessions).
         self.shadow_checks = [("sh_desc", sh_desc, bv & fsm.ongoing("CMD_BYTES")),
                               ("sh_word", sh_word, bv & fsm.ongoing("WORD_BYTES")),
-                              *((f"sh_word_c{i}", Mux(live, c, sh_word), sh_word)
+                              *((f"sh_word_c{i}", Mux(live, c, sh_word_d), sh_word_d)
                                 for i, c in enumerate(sh_word_copies)),
-                              *((f"sh_desc_c{i}", Mux(live, c, sh_desc), sh_desc)
+                              *((f"sh_desc_c{i}", Mux(live, c, sh_desc_d), sh_desc_d)
                                 for i, c in enumerate(sh_desc_copies)),
+                              # a taken byte is still in b the cycle after (the delayed shifts, nonce)
+                              ("b_held", take & rd2, 0),
+                              # desc / word are whole and stay put while offered
+                              ("cmd_whole", cmd_v & sh_desc_d, 0), ("din_whole", din_v & sh_word_d, 0),
                               ("issue", issue, issue_ref),
                               # the read never meets the write (the memory's no_rw_check above)
                               ("fifo_no_collision", w_en & issue & (wp[:n] == rp[:n]), 0),

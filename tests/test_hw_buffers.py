@@ -32,10 +32,13 @@ from shadow_checks import checked
 _CheckedBuffer = checked(BankedBuffer, "buffer")
 
 
-@pytest.mark.parametrize("mode,depth,outreg", [(mode, depth, False) for mode in ("plain", "registered", "lut_ram")
-                                               for depth in (5, 8)] + [("bram_sliced", 8, False)]   # 8: one memory
-                         + [("plain", 5, True), ("registered", 8, True), ("lut_ram", 5, True), ("bram_sliced", 8, True)])
-def test_buffer_write_visibility_and_read_hold(mode, depth, outreg):
+@pytest.mark.parametrize("mode,depth,outreg,stages,wstages",
+                         [(mode, depth, False, 1, 1) for mode in ("plain", "registered", "lut_ram") for depth in (5, 8)]
+                         + [("bram_sliced", 8, False, 1, 1)]   # 8: one memory
+                         + [("plain", 5, True, 1, 1), ("registered", 8, True, 1, 1), ("lut_ram", 5, True, 1, 1),
+                            ("bram_sliced", 8, True, 1, 1), ("lut_ram", 8, False, 2, 1), ("lut_ram", 5, True, 2, 2),
+                            ("lut_ram", 8, True, 1, 2)])
+def test_buffer_write_visibility_and_read_hold(mode, depth, outreg, stages, wstages):
     """Random writes and reads against a model: a write on cycle t is readable from t + 1
     (plain) or t + 2 (registered write, also in LUT-RAM mode); read data holds until the next
     read enable, through writes to the held entry (LUT-RAM mode: the held ADDRESS holds and the
@@ -43,15 +46,19 @@ def test_buffer_write_visibility_and_read_hold(mode, depth, outreg):
     LUT-RAM buffer has three slices (4 + 4 + 2 bits), each with its own address copies; so has the
     sliced block-RAM buffer, with its own write enable and address copies. ``outreg``
     (``output_register``): ``data`` shows, from the cycle after a random ``oce`` = 1, what the
-    model showed on that cycle."""
+    model showed on that cycle. ``stages`` (``read_stages``, LUT-RAM mode): a read takes effect
+    ``stages`` cycles after it is presented (1: the data shows its entry from the next cycle);
+    ``wstages`` (``write_stages``, LUT-RAM mode): a write is readable from t + 1 + wstages, and a
+    reset drops the writes presented on its cycle and the wstages - 1 cycles before."""
     registered = mode != "plain"
     lut_ram = mode == "lut_ram"
     width = 10
     dut = _CheckedBuffer(width, depth, registered_write=registered, lut_ram_slice_bits=4 if lut_ram else None,
-                         bram_slice_bits=4 if mode == "bram_sliced" else None, output_register=outreg)
+                         bram_slice_bits=4 if mode == "bram_sliced" else None, output_register=outreg,
+                         read_stages=stages, write_stages=wstages)
     if lut_ram or mode == "bram_sliced":
         assert dut.slices(4) == [(0, 4), (4, 8), (8, 10)]
-    lag = 2 if registered else 1
+    lag = 1 + wstages if registered else 1
     rng = np.random.default_rng(3 + registered + lut_ram)
     counts = {"raw_old": 0, "raw_new": 0, "held_through_write": 0, "dropped_by_reset": 0}
     rst = Signal()
@@ -63,10 +70,17 @@ def test_buffer_write_visibility_and_read_hold(mode, depth, outreg):
         held = None                         # LUT-RAM mode: (bank, addr) of the last read
         last_w = None                       # (cycle, bank, addr) of the latest write
         q = None                            # outreg: the output register's value (None: never loaded)
-        for cyc in range(600):
+        reads = []                          # (cycle the read takes effect, bank, addr)
+        # (read_stages=2 replaces the held entry before a rewrite more often: longer, for coverage)
+        for cyc in range(600 * stages * stages):
             for p in [p for p in pending if p[0] == cyc]:
                 mem[p[1], p[2]] = p[3]
             pending = [p for p in pending if p[0] > cyc]
+            for r in [r for r in reads if r[0] == cyc]:
+                # the read samples the memory as it is on the cycle it takes effect
+                shown = int(mem[r[1], r[2]])
+                held = (r[1], r[2]) if lut_ram else None
+            reads = [r for r in reads if r[0] > cyc]
             if held is not None:
                 if shown is not None and shown != int(mem[held]):
                     counts["held_through_write"] += 1      # the held entry was rewritten
@@ -105,10 +119,16 @@ def test_buffer_write_visibility_and_read_hold(mode, depth, outreg):
             if re:
                 if last_w is not None and last_w[0] == cyc - 1 and (rb, ra) == last_w[1:]:
                     counts["raw_new" if lag == 1 else "raw_old"] += 1
-                shown = int(mem[rb, ra])    # the read samples the memory as it is on this cycle
-                held = (rb, ra) if lut_ram else None
+                if stages == 1:
+                    shown = int(mem[rb, ra])    # the read samples the memory as it is on this cycle
+                    held = (rb, ra) if lut_ram else None
+                else:
+                    reads.append((cyc + stages, rb, ra))
             elif shown is not None and we and not lut_ram:
                 counts["held_through_write"] += 1
+            if reset:
+                # writes still in the extra write stage (wstages = 2) are dropped too
+                pending = [p for p in pending if p[0] > cyc - 1 + lag or p[0] <= cyc + lag - wstages]
             if we and reset:
                 counts["dropped_by_reset"] += 1
             elif we:
@@ -123,7 +143,9 @@ def test_buffer_write_visibility_and_read_hold(mode, depth, outreg):
     assert counts["held_through_write"] > 20
     assert counts["raw_new" if lag == 1 else "raw_old"] > 20
     assert counts["dropped_by_reset"] > 5 if registered else counts["dropped_by_reset"] == 0
-    assert len(getattr(dut, "shadow_checks", [])) == {"lut_ram": BANKS * 3, "bram_sliced": 2 * 3}.get(mode, 0)
+    assert len(getattr(dut, "shadow_checks", [])) == \
+        {"lut_ram": BANKS * 3 + (3 if stages == 2 else 0) + (2 * 3 if wstages == 2 else 0),
+         "bram_sliced": 2 * 3}.get(mode, 0)
 
 
 def test_lut_ram_slice_width_bounds_the_copy_fanout():
@@ -273,6 +295,12 @@ def test_buffer_rejects_bad_arguments():
             BankedBuffer(8, 5, registered_write=True, bram_slice_bits=4)
         with pytest.raises(ValueError, match="collision_free must be a bool"):
             BankedBuffer(8, 4, collision_free=1)
+        for kind in ("read", "write"):
+            for bad in (0, 3, True, 2.0):
+                with pytest.raises(ValueError, match=f"{kind}_stages must be 1 or 2"):
+                    BankedBuffer(8, 4, registered_write=True, lut_ram_slice_bits=4, **{f"{kind}_stages": bad})
+            with pytest.raises(ValueError, match=f"{kind}_stages=2 needs lut_ram_slice_bits"):
+                BankedBuffer(8, 4, registered_write=True, **{f"{kind}_stages": 2})
         gc.collect()
 
 
@@ -299,8 +327,9 @@ def checked_sequencer(monkeypatch):
 def test_top_write_then_run_tightest(op, checked_sequencer):
     """A RUN that reads the final entry of the WRITE just before it, with no gaps anywhere:
     the RUN's command transfer is the cycle after the WRITE's final word (the tightest
-    WRITE -> RUN distance, WRITE_TO_READ_MIN_CYCLES >= 2 is what a registered buffer write
-    port relies on); the results must use the new entry."""
+    WRITE -> RUN distance, WRITE_TO_READ_MIN_CYCLES >= 5 is what the decoder's assembly and
+    write registers, hw.top's write register and the buffer's registered write port rely on);
+    the results must use the new entry."""
     cfg = CFG
     rng = np.random.default_rng(int(op))
     cmds = load_all(cfg, rng, lut=False)
@@ -319,14 +348,16 @@ def test_top_write_then_run_tightest(op, checked_sequencer):
     got, log, _ = check_session(cfg, cmds, seed=int(op), p_cmd=1.0, p_din=1.0, p_dout=1.0)
     acc = log["cmd_accept"]
     # WRITE transferred on a: CHECK a+1, COMPARE a+2, DECIDE a+3, WAIT a+D (D = DECODE_CYCLES),
-    # payload words a+D+1 .. a+D+n (the final entry presented on the write port on t = a+D+n); the
+    # payload words a+D+1 .. a+D+n (the final word transferred on t = a+D+n); the
     # RUN transfers on t+1 (IDLE), then CHECK, COMPARE, DECIDE, WAIT (job transfer) and the
     # sequencer's first reads on t+D+2.
     t_final = acc[n0] + isa.DECODE_CYCLES + len(write.payload)
     assert acc[n0 + 1] == t_final + 1
-    # the decoder's registered write (t + 1), the buffer's own write register in hw.top (t + 2)
-    # and the buffer's write register (t + 3) -> readable t + 4
-    assert (acc[n0 + 1] + isa.DECODE_CYCLES + 1) - t_final == WRITE_TO_READ_MIN_CYCLES >= 4
+    # the final word in the decoder's assembly register (t + 1), the decoder's registered write
+    # (t + 2), the buffer's own write register in hw.top (t + 3) and the buffer's write register
+    # (t + 4) -> readable t + 5 (the params buffer: one more write stage, readable t + 6, and its
+    # reads sample the LUT-RAM two cycles after they are presented)
+    assert (acc[n0 + 1] + isa.DECODE_CYCLES + 1) - t_final == WRITE_TO_READ_MIN_CYCLES >= 5
 
 
 def test_top_params_back_to_back_jobs(checked_sequencer):

@@ -165,12 +165,14 @@ _CheckedCore = checked(ArrayCore, "core")
 
 
 class _CoreWithOutsideInputRegisters(wiring.Component):
-    """``ArrayCore(inputs_registered=True)`` behind the registers it expects outside (act/wgt loaded
-    when ``array_en``, the params payload on every cycle, as hw.top's buffer output registers): the
+    """``ArrayCore(inputs_registered=True, params_delay=params_delay)`` behind the registers it
+    expects outside (act/wgt loaded when ``array_en``, the params payload through ``params_delay``
+    registers loaded on every cycle, as hw.top's buffer output registers and params read): the
     ports of ``ArrayCore(cfg)``."""
 
-    def __init__(self, cfg):
+    def __init__(self, cfg, params_delay=1):
         self.cfg = cfg
+        self.params_delay = params_delay
         super().__init__({"inp": In(stream.Signature(input_layout(cfg))),
                           "params": In(stream.Signature(params_layout(cfg))),
                           "lut": In(stream.Signature(lut_layout())),
@@ -178,10 +180,13 @@ class _CoreWithOutsideInputRegisters(wiring.Component):
 
     def elaborate(self, platform):
         m = Module()
-        m.submodules.core = core = _CheckedCore(self.cfg, inputs_registered=True)
+        m.submodules.core = core = _CheckedCore(self.cfg, inputs_registered=True, params_delay=self.params_delay)
         m.d.comb += [core.params.valid.eq(self.params.valid), self.params.ready.eq(core.params.ready)]
-        par = Signal.like(Value.cast(self.params.payload), name="params_outside", reset_less=True)
-        m.d.sync += par.eq(self.params.payload)
+        par = Value.cast(self.params.payload)
+        for i in range(self.params_delay):
+            q = Signal.like(par, name=f"params_outside{i}", reset_less=True)
+            m.d.sync += q.eq(par)
+            par = q
         m.d.comb += Value.cast(core.params.payload).eq(par)
         connect(m, wiring.flipped(self.lut), core.lut)
         connect(m, core.out, wiring.flipped(self.out))
@@ -196,14 +201,14 @@ class _CoreWithOutsideInputRegisters(wiring.Component):
 
 
 def _run_core(cfg, seed, n_tiles=10, p_in=0.8, p_par=0.5, p_out=0.7, preload_lut=True, ks=None,
-              check_coverage=True, inputs_registered=False):
+              check_coverage=True, inputs_registered=False, params_delay=1):
     """Drive and check one random run; ``preload_lut=False``: no table, no lut_en, and
     the first tile is a single beat offered on the very first cycle after reset; ``ks``:
     the tiles' reduction lengths (default random); ``check_coverage``: the run must have
     stalled the output and held a last beat; ``inputs_registered``: the core with its first
     act/wgt input registers outside (the same ports and cycle behaviour)."""
     rng = np.random.default_rng(seed)
-    dut = _CoreWithOutsideInputRegisters(cfg) if inputs_registered else _CheckedCore(cfg)
+    dut = _CoreWithOutsideInputRegisters(cfg, params_delay) if inputs_registered else _CheckedCore(cfg)
     lay_in, lay_par, lay_out = input_layout(cfg), params_layout(cfg), output_layout(cfg)
     lut = rng.integers(0, 256, 256) if preload_lut else np.zeros(256, np.int64)
     ks = _random_ks(rng, n_tiles) if ks is None else list(ks)
@@ -327,19 +332,21 @@ def _run_core(cfg, seed, n_tiles=10, p_in=0.8, p_par=0.5, p_out=0.7, preload_lut
     return log
 
 
-@pytest.mark.parametrize("cfg,inputs_registered", [
-    (ArrayConfig(rows=2, cols=2), False),
-    (ArrayConfig(rows=2, cols=3), False),
-    (ArrayConfig(rows=2, cols=2, packing="none"), False),
-    (ArrayConfig(rows=1, cols=1, param_fifo_depth=1, weight_min=-128), False),
-    (ArrayConfig(rows=2, cols=3), True),
-    (ArrayConfig(rows=3, cols=2, packing="none"), True),
-    (ArrayConfig(rows=1, cols=1, param_fifo_depth=1, weight_min=-128), True),
-], ids=["2x2_dual", "2x3_dual", "2x2_none", "1x1_fifo1", "2x3_dual_regd", "3x2_none_regd", "1x1_fifo1_regd"])
-def test_core_values_latency_ready_rules(cfg, inputs_registered):
-    """Values and exact output cycles; ``_regd``: the act/wgt input registers outside the core
-    (hw.top with the buffers' output registers), the same results on the same cycles."""
-    log = _run_core(cfg, seed=cfg.rows * 7 + cfg.cols + cfg.param_fifo_depth, inputs_registered=inputs_registered)
+@pytest.mark.parametrize("cfg,inputs_registered,params_delay", [
+    (ArrayConfig(rows=2, cols=2), False, 0),
+    (ArrayConfig(rows=2, cols=3), False, 0),
+    (ArrayConfig(rows=2, cols=2, packing="none"), False, 0),
+    (ArrayConfig(rows=1, cols=1, param_fifo_depth=1, weight_min=-128), False, 0),
+    (ArrayConfig(rows=2, cols=3), True, 2),
+    (ArrayConfig(rows=3, cols=2, packing="none"), True, 1),
+    (ArrayConfig(rows=1, cols=1, param_fifo_depth=1, weight_min=-128), True, 2),
+], ids=["2x2_dual", "2x3_dual", "2x2_none", "1x1_fifo1", "2x3_dual_regd2", "3x2_none_regd1", "1x1_fifo1_regd2"])
+def test_core_values_latency_ready_rules(cfg, inputs_registered, params_delay):
+    """Values and exact output cycles; ``_regd<d>``: the act/wgt input registers and ``d`` params
+    registers outside the core (hw.top with the buffers' output registers and the params buffer's
+    read, ``params_delay``), the same results on the same cycles."""
+    log = _run_core(cfg, seed=cfg.rows * 7 + cfg.cols + cfg.param_fifo_depth, inputs_registered=inputs_registered,
+                    params_delay=params_delay)
     assert log["out"] == [(t, r) for t in range(10) for r in range(cfg.rows)]
 
 
@@ -420,3 +427,8 @@ def test_core_ports_and_layouts():
         pack_payload(lay, {"lane": [dict(value["lane"][0], shift=32)] * cfg.out_lanes, "lut_en": 0})
     with pytest.raises(ValueError, match="missing field 'last'"):
         pack_payload(input_layout(cfg), {"act": [0, 0], "wgt": [0] * 6})
+    # params_delay: how many of the params write registers are outside (named, with its range)
+    for kw in ({"params_delay": 3}, {"params_delay": True}, {"params_delay": -1},
+               {"params_delay": 0, "inputs_registered": True}):
+        with pytest.raises(ValueError, match=r"params_delay must be 0, 1 or 2 \(>= 1 with inputs_registered\)"):
+            ArrayCore(cfg, **kw)

@@ -56,13 +56,15 @@ def _run_words(cfg, rng, n):
     return words
 
 
-async def _send_cmd(ctx, dut, cmd):
-    """Present ``cmd`` on the decoder's command port until it is taken, then drop valid."""
+async def _send_cmd(ctx, dut, cmd, tick=None):
+    """Present ``cmd`` on the decoder's command port until it is taken, then drop valid (``tick``:
+    the clock step to await, ``ctx.tick`` unless given)."""
+    tick = tick or ctx.tick
     ctx.set(dut.cmd.payload, cmd)
     ctx.set(dut.cmd.valid, 1)
     while not ctx.get(dut.cmd.ready):
-        await ctx.tick()
-    await ctx.tick()
+        await tick()
+    await tick()
     ctx.set(dut.cmd.valid, 0)
 
 
@@ -144,7 +146,8 @@ def _simulate_writes(cfg, cmds):
     """``cmds``: (op, bank, offset, entries, mode) with mode ok | early (``last`` one word early) |
     missing (no ``last`` on the final word, two more words, ``last`` on the second); din.valid
     drops every third cycle. Returns, per command, the (bank, addr, data) writes of its buffer, the
-    ``dropped`` pulses and the flags afterwards; a CLEAR_STATUS follows each command."""
+    ``dropped`` pulses, the flags afterwards and, per write, the cycles from its entry's final
+    word's transfer to the write; a CLEAR_STATUS follows each command."""
     dut = _CheckedDecoder(cfg, params_layout(cfg).size)
     ports = {Op.WRITE_ACT: dut.act_w, Op.WRITE_PARAMS: dut.par_w}
     clear = isa.encode(cfg, Op.CLEAR_STATUS, counters=0)
@@ -152,8 +155,16 @@ def _simulate_writes(cfg, cmds):
 
     async def tb(ctx):
         cycle = 0
+        now = [0]                                        # the cycle number
+
+        async def tick():
+            now[0] += 1
+            await ctx.tick()
+
         for op, bank, offset, entries, mode in cmds:
             words = isa.pack_entries(entries, cfg.bus_bytes)
+            wpe = isa.words_per_entry(isa.entry_bytes(cfg, isa.PAYLOAD_BUFFER[op]), cfg.bus_bytes)
+            finals, at = [], []                          # final words' transfer cycles, write cycles
             if mode == "ok":
                 pay = [(d, int(i == len(words) - 1)) for i, d in enumerate(words)]
             elif mode == "early":
@@ -162,7 +173,7 @@ def _simulate_writes(cfg, cmds):
                 pay = [(d, 0) for d in words] + [(0x5A, 0), (0xA5, 1)]
             writes, drops = [], 0
             for cmd in (isa.encode(cfg, op, bank=bank, offset=offset, length=len(entries)), clear):
-                await _send_cmd(ctx, dut, cmd)
+                await _send_cmd(ctx, dut, cmd, tick)
                 i = 0
                 for _ in range(6 * len(pay) + 12):       # until back in IDLE (cmd.ready) with all words sent
                     if cmd == clear and ctx.get(dut.cmd.ready):
@@ -174,20 +185,29 @@ def _simulate_writes(cfg, cmds):
                         ctx.set(dut.din.payload.last, pay[i][1])
                     if ctx.get(ports[op].en):
                         writes.append((ctx.get(ports[op].bank), ctx.get(ports[op].addr), ctx.get(ports[op].data)))
+                        at.append(now[0])
                     drops += ctx.get(dut.dropped)
-                    i += valid and ctx.get(dut.din.ready)
+                    if valid and ctx.get(dut.din.ready):
+                        if cmd != clear and i < len(words) and i % wpe == wpe - 1:
+                            finals.append(now[0])        # an entry's final word
+                        i += 1
                     if cmd != clear and i == len(pay) and ctx.get(dut.cmd.ready):
                         break
                     cycle += 1
-                    await ctx.tick()
+                    await tick()
                 else:
                     raise AssertionError(f"{op.name} {mode}: did not finish")
                 ctx.set(dut.din.valid, 0)
                 if cmd != clear:
-                    await ctx.tick()                     # the registered write of the final entry
-                    if ctx.get(ports[op].en):
-                        writes.append((ctx.get(ports[op].bank), ctx.get(ports[op].addr), ctx.get(ports[op].data)))
-                    out.append((writes, drops, ctx.get(dut.flags)))
+                    # the final entry's write: words land in the assembly register one cycle after
+                    # their transfer, the write is registered once more (hw/decoder.py, asm)
+                    for _ in range(2):
+                        await tick()
+                        if ctx.get(ports[op].en):
+                            writes.append((ctx.get(ports[op].bank), ctx.get(ports[op].addr),
+                                           ctx.get(ports[op].data)))
+                            at.append(now[0])
+                    out.append((writes, drops, ctx.get(dut.flags), [a - f for a, f in zip(at, finals)]))
 
     sim = Simulator(dut)
     sim.add_clock(1e-6)
@@ -201,7 +221,10 @@ def test_writes_and_length_mismatch(cfg, seed):
     """WRITE_ACT / WRITE_PARAMS (multi-word entries; on ULX3S_CFG each assembly word's enable is
     split over several wsel copies): the entries written at offset + i with the entry's bytes,
     LENGTH_MISMATCH drops (one ``dropped`` pulse) for ``last`` early / missing; on every cycle the
-    shadow flags equal their state tests and every replicated enable equals its original."""
+    shadow flags equal their state tests and every replicated enable equals its original (the
+    assembly word enables: wsel one cycle late). Each entry is written exactly two cycles after its
+    final word's transfer (the word lands in the assembly register on the next cycle, the write is
+    registered from there: hw.buffers.WRITE_TO_READ_MIN_CYCLES covers it at the top)."""
     rng = np.random.default_rng(seed)
     cmds = []
     for op, buf in ((Op.WRITE_ACT, "act"), (Op.WRITE_PARAMS, "params")):
@@ -213,7 +236,8 @@ def test_writes_and_length_mismatch(cfg, seed):
             cmds.append((op, int(rng.integers(0, 2)), offset, rng.integers(0, 256, (n, eb)), mode))
     got = _simulate_writes(cfg, cmds)
     assert isa.words_per_entry(isa.entry_bytes(cfg, "params"), cfg.bus_bytes) > 1
-    for (op, bank, offset, entries, mode), (writes, drops, flags) in zip(cmds, got):
+    for (op, bank, offset, entries, mode), (writes, drops, flags, lat) in zip(cmds, got):
+        assert lat == [2] * len(writes), (op, mode, lat)
         width = cfg.rows * 8 if op == Op.WRITE_ACT else params_layout(cfg).size
         want = [(bank, offset + i, int.from_bytes(bytes(e.astype(np.uint8)), "little") & ((1 << width) - 1))
                 for i, e in enumerate(entries)]
