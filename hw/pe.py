@@ -363,7 +363,7 @@ class PackedPE(wiring.Component):
         # accumulator on every cycle). The result register holds raw the same way
         # (``result_exact``); ``result`` is its clamp, which the array applies once per column.
         first = Signal(init=1)
-        first_copies = []
+        first_copies, ld3_copies = [], []
         ld3 = Signal()
         with m.If(self.en):
             m.d.sync += ld3.eq(ld2)
@@ -401,8 +401,15 @@ class PackedPE(wiring.Component):
                 # accumulator (issue 6: 91-324 late accumulator bits per seed on the 30 x 4 top,
                 # about 1.2 ns each on the 4 x 2 top). On the ld3 cycle the accumulator may load
                 # the next tile's first sum: the result still takes the value before that edge.
-                with m.If(ld3):
-                    m.d.sync += res_raw.eq(raw)
+                # ld3 once per FIRST_COPY_BITS of the result register, as `first` (issue 6,
+                # session 11: one ld3 drove 28 clock enables and the placer spread them towards the
+                # drain, 21 late endpoints of one PE at 7.64 ns in a6)
+                for lo in range(0, rw, FIRST_COPY_BITS):
+                    hi = min(rw, lo + FIRST_COPY_BITS)
+                    lc = enable_copy(m, platform, ld2, f"ld3_{s}_{lo}", en=self.en)
+                    ld3_copies.append(lc)
+                    with m.If(lc):
+                        m.d.sync += res_raw[lo:hi].eq(raw[lo:hi])
             results.append(saturate(res_raw, aw))
             m.d.comb += self.result_exact[s].eq(res_raw)
             # The per-step saturating accumulator and result register this stands for (read only by
@@ -416,6 +423,7 @@ class PackedPE(wiring.Component):
                 m.d.sync += ref_res.eq(ref)
             self.shadow_checks += [(f"acc{s}", clamped, ref), (f"result{s}", results[-1], ref_res)]
         self.shadow_checks += [(f"first_copy{k}", fc, first) for k, fc in enumerate(first_copies)]
+        self.shadow_checks += [(f"ld3_copy{k}", lc, ld3) for k, lc in enumerate(ld3_copies)]
         m.d.comb += self.result.eq(Cat(*results))
         with m.If(self.en):
             m.d.sync += self.result_valid.eq(ld3)

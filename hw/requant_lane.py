@@ -228,7 +228,7 @@ def _split_cmp(x, c) -> dict:
 _OVF_PART = 8
 
 
-def _satshl_cmp(x, lim) -> dict:
+def _satshl_cmp(x, lim, coarse_copies=()) -> dict:
     """First third of sat32(x * 2**left) for a signed ``x`` of any width, ``lim`` from ``_shl_limits``
     (registered): the coarse part of the 32-bit barrel shift (by left rounded down to a multiple
     of 2**_FINE_BITS: an 8:1 mux per bit) beside the overflow tests against ~lo and lo as
@@ -244,10 +244,16 @@ def _satshl_cmp(x, lim) -> dict:
     golden.requant.saturating_left_shift of sat32(x): saturation is monotone, so
     saturating first and then shifting with saturation (a bound stays a bound)
     equals one saturation of the exact x * 2**left.
+
+    ``coarse_copies``: registered copies of left[_FINE_BITS:] (``_kept_copies``), each selecting an
+    equal slice of the coarse shift's bits (issue 6: one register selecting all 32 8:1 muxes,
+    `lshift_xc` 9.0-11.0 ns in session 12's b1, seed 1).
     """
     left = lim["left"]
-    coarse = Cat(Const(0, _FINE_BITS), left[_FINE_BITS:])
-    xc = (x[:_W32] << coarse)[:_W32].as_signed()
+    copies = list(coarse_copies) or [left[_FINE_BITS:]]
+    part = -(-_W32 // len(copies))
+    xc = Cat(*((x[:_W32] << Cat(Const(0, _FINE_BITS), c))[j * part:(j + 1) * part]
+               for j, c in enumerate(copies)))[:_W32].as_signed()
     lo = lim["lo"]
     mask = Cat(lo, Const(1, 1).replicate(max(len(x) - len(lo), 0)))[:len(x)]
     parts = range(0, len(x), _OVF_PART)
@@ -293,10 +299,16 @@ _NUDGE_BIT = _W32 - 2
 _HI_BIT = 2 * _SPLIT
 
 
-def _partial_products(m, en, name, a, b) -> dict:
-    """Stage "mul": a * b = ll + (lh + hl) * 2**17 + hh * 2**34, four registered 18x18 products.
+def _partial_products(m, platform, en, name, a, b) -> dict:
+    """Stages "fwd", "in" and "mul": a * b = ll + (lh + hl) * 2**17 + hh * 2**34, four registered
+    18x18 products.
 
-    ``a`` signed(32), ``b`` unsigned(<= 31): the operand stage's registers. Each product is a
+    ``a`` signed(32), ``b`` unsigned(<= 31): the operand stage's registers. Each product first
+    registers its two operand halves in fabric registers of its own (stage ``{name}_fwd``,
+    ``{name}_fwd_{k}_a`` / ``_b``, ``hw.buffers.kept_copy``: kept apart through yosys' opt_merge;
+    issue 6: one register per half fed the two MULT18X18D using it, which the placer put apart,
+    `prelu_mul_hl.b18` -> the ll multiplier 7.9-9.1 ns on the 30 x 4 top in session 11). Each
+    product is a
     ``RegisteredMult`` with input registers (submodule ``{name}_{ll,lh,hl,hh}``): its operand
     registers are the stage ``{name}_in`` and its product register is the stage ``{name}``: on ECP5
     the MULT18X18D's own input and output registers (issue 6: the multiplier between two fabric
@@ -309,6 +321,8 @@ def _partial_products(m, en, name, a, b) -> dict:
     b_lo, b_hi = b[:_SPLIT], b[_SPLIT:]
     regs = {}
     for k, (x, y) in {"ll": (a_lo, b_lo), "lh": (a_lo, b_hi), "hl": (a_hi, b_lo), "hh": (a_hi, b_hi)}.items():
+        x = kept_copy(m, platform, x, en, f"{name}_fwd_{k}_a")     # (same shape, signedness kept)
+        y = kept_copy(m, platform, y, en, f"{name}_fwd_{k}_b")
         m.submodules[f"{name}_{k}"] = mul = RegisteredMult(x.shape(), y.shape(), input_registers=True)
         m.d.comb += [mul.a.eq(x), mul.b.eq(y), mul.en.eq(en)]
         regs[k] = mul.p
@@ -652,7 +666,9 @@ class RequantLane(wiring.Component):
         lim_copies = _kept_copies(m, platform, en, "params_shift_c", p.shift, _SHIFT_COPIES)
         mant, efield = ort_dp.scale_fields(s["scale_f32"] if ort else p.scale_f32)
         total = s["acc"] + s["bias"]
-        s = stage("bias", {"s": (total.shape(), total), **_regs_of(_shl_limits(s["shift"], lim_copies)),
+        lim = _shl_limits(s["shift"], lim_copies)
+        xc_copies = _kept_copies(m, platform, en, "bias_lc", lim["left"][_FINE_BITS:], _SHIFT_COPIES)
+        s = stage("bias", {"s": (total.shape(), total), **_regs_of(lim),
                            "mult": (unsigned(MULT_WIDTH), s["mult"])},
                   keep=(*flags, "shift", *alpha, *late),
                   ort_fields={"mant": (mant.shape(), mant), "efield": (efield.shape(), efield)})
@@ -668,7 +684,7 @@ class RequantLane(wiring.Component):
             ort_regs = {"a": (unsigned(ort_dp.ABS_WIDTH), av["a"]), "neg": (u1, av["neg"]),
                         "tzp": (unsigned(-(-len(s["s"]) // _OR_PART)), _any_parts(s["s"]))}
             mult = Mux(mode_ort(s), s["mant"], mult)
-        s = stage("lshift", {**_satshl_cmp(s["s"], s), "mult": (unsigned(MULT_WIDTH), mult)},
+        s = stage("lshift", {**_satshl_cmp(s["s"], s, xc_copies), "mult": (unsigned(MULT_WIDTH), mult)},
                   keep=(*flags, "shift", "efield", *alpha, *late), ort_fields=ort_regs)
         # lsat: tflite: the rest of the shift, the overflow flags from the compare halves. ort: the
         # msb of |t| as its byte and the msb within each byte (``_msb_bytes``), t = 0.
@@ -709,8 +725,8 @@ class RequantLane(wiring.Component):
         # products once more on their way back (issue 6: with 155 of 156 MULT18X18D in use a lane's
         # multipliers land wherever one is free, up to 80 tiles from the lane's fabric in session
         # 11: operand register -> multiplier input 7.9 ns, product -> fabric register 7.6 ns).
-        s = stage("mul_fwd", {"a": (i32, s["a"]), "mult": (unsigned(MULT_WIDTH), s["mult"])}, keep=keep1)
-        products = _partial_products(m, en, "mul", s["a"], s["mult"])
+        products = _partial_products(m, platform, en, "mul", s["a"], s["mult"])
+        s = stage("mul_fwd", {}, keep=keep1)
         s = stage("mul_in", {}, keep=keep1)
         s = stage("mul", {}, keep=keep1, registered=products)
         # mul_out: the products copied into fabric registers, so that the sums' carry chains start
@@ -743,8 +759,9 @@ class RequantLane(wiring.Component):
             ip = ort_dp.to_integer_prep(m, s["pe"], "ort_ip")
             ort_regs = {"pm": (pm.shape(), pm), **_regs_of(ip),
                         "dmask": (unsigned(_ORT_HI_WIDTH), ort_dp.thermometer(ip["d"], _ORT_HI_WIDTH))}
-        s = stage("rround", {"v": (i32, (s["q"] + s["inc"])[:_W32].as_signed()),
-                             **_regs_of(_shl_limits(s["alpha_shift"]))},
+        lim = _shl_limits(s["alpha_shift"])
+        vc_copies = _kept_copies(m, platform, en, "rround_lc", lim["left"][_FINE_BITS:], _SHIFT_COPIES)
+        s = stage("rround", {"v": (i32, (s["q"] + s["inc"])[:_W32].as_signed()), **_regs_of(lim)},
                   keep=(*flags, "neg", "tzero", *alpha, *late), ort_fields=ort_regs)
         # prelu_shl / prelu_sat: negative values with prelu: satshl32(v, max(alpha_shift, 0)) as the
         # second multiplier's operand (overflow tests beside the shifter, then the select). ort:
@@ -753,7 +770,7 @@ class RequantLane(wiring.Component):
         if ort:
             ort_regs = {**_ort_int_shift(s["pm"], s["d"], s["dmask"]),
                         "ozero": (u1, s["tzero"] | s["far"]), "sat": (u1, s["sat"])}
-        s = stage("prelu_shl", {**_satshl_cmp(s["v"], s), "mult": (unsigned(MULT_WIDTH), s["alpha_mult"]),
+        s = stage("prelu_shl", {**_satshl_cmp(s["v"], s, vc_copies), "mult": (unsigned(MULT_WIDTH), s["alpha_mult"]),
                                 "neg_alpha": (u1, s["prelu"] & s["v"][-1])},
                   keep=(*flags, "v", "neg", "alpha_shift", *late), ort_fields=ort_regs)
         s = stage("prelu_lsat", _satshl_fine(s),
@@ -764,8 +781,8 @@ class RequantLane(wiring.Component):
         # prelu_mul_fwd, prelu_mul_in: the operands once more (as mul_fwd), the alpha multipliers'
         # input registers (as mul_in)
         keep_in = (*flags, "v", "neg", "neg_alpha", "alpha_shift", *late, "mq", "minc", "ozero", "sat")
-        s = stage("prelu_mul_fwd", {"a": (i32, s["a"]), "mult": (unsigned(MULT_WIDTH), s["mult"])}, keep=keep_in)
-        products = _partial_products(m, en, "prelu_mul", s["a"], s["mult"])
+        products = _partial_products(m, platform, en, "prelu_mul", s["a"], s["mult"])
+        s = stage("prelu_mul_fwd", {}, keep=keep_in)
         s = stage("prelu_mul_in", {}, keep=keep_in)
         # prelu_mul .. prelu_phi: the alpha SRDHM product. ort: |f| rounded to an integer
         # (saturated), then its sign.
