@@ -218,7 +218,9 @@ class ArrayCore(wiring.Component):
         #   register was still up to 7.7 ns on the 30 x 4 top, session 10; on the 30 x 4 top the params
         #   buffer and this FIFO were placed far apart: the read address copy -> LUT-RAM ->
         #   w_data path was 14.4 ns, the top's critical path; with one register between, the
-        #   LUT-RAM -> bank mux -> first register hop was still 11.5 ns of routing, session 6);
+        #   LUT-RAM -> bank mux -> first register hop was still 11.5 ns of routing, session 6;
+        #   with params_delay the first registers are outside: in hw.top the params buffer's
+        #   extra read-address stage and its output register, session 12);
         # * the head the lanes see (``head_q``) is a register loaded on every enabled cycle from
         #   the LUT-RAM read at ``ra``, so the lanes' first stages start from flip-flops, not
         #   from a LUT-RAM read + routing (their bias add chains);
