@@ -339,7 +339,8 @@ class ArrayCore(wiring.Component):
         # Each group's copies load from a third-stage copy of the group's own (w_*_b_g below), not
         # from the shared push_b / wptr_b: a chain per group, so the placer can put the middle
         # register between the core and the group's LUT-RAM (issue 6, session 11: push_b -> a far
-        # group's write-enable copy was 8.59-8.67 ns in two seeds).
+        # group's write-enable copy was 8.59-8.67 ns in two seeds; in session 12 it did so in two
+        # seeds of four, docs/fpga.md "Session 12").
         w_copies = []
         for g, ((wp, _), (lo, hi)) in enumerate(zip(fifos, groups)):
             w_addr_b_g = kept_copy(m, platform, wptr_a2, C(1, 1), f"w_addr_b_g{g}")

@@ -184,8 +184,9 @@ class Accelerator(wiring.Component):
         # event logic -> a registered increment's copy was one hop across the die, 7.6-8.5 ns), so
         # c counts one cycle later. Each copy of the registered increment / clear is itself loaded
         # from a copy of its own (``_COPY_STAGES``: a two-register chain per group, so the placer
-        # can put the first halfway; session 11: the ev register -> a far group's copy was 8.47 ns
-        # in a3), so c counts _COPY_STAGES cycles later than the event and the decoder reads it
+        # can put the first between the two ends, which it does in some placements only,
+        # docs/fpga.md "Session 12"; session 11: the ev register -> a far group's copy was 8.47
+        # ns in a3), so c counts _COPY_STAGES cycles later than the event and the decoder reads it
         # through SNAPSHOT_CYCLES - 1 - _COPY_STAGES registers: its last SNAP cycle still shows
         # the WAIT cycle's counts.
         assert SNAPSHOT_CYCLES >= 1 + _COPY_STAGES, "the events' register and the counters' copy chains"
