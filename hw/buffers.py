@@ -292,7 +292,7 @@ class BankedBuffer(wiring.Component):
         # Write side: the enable must keep its reset (no write presented in a reset cycle may
         # land): one `enable_copy` per bank and slice.
         self.shadow_checks = []
-        w_data_in = self.w.data
+        w_data_in, w_en_ref, w_bank_ref = self.w.data, self.w.en, self.w.bank
         if self.write_stages == 2:
             w_data_in = Signal(unsigned(self.width), name="w_stage1_data", reset_less=True)
             m.d.sync += w_data_in.eq(self.w.data)
@@ -300,6 +300,7 @@ class BankedBuffer(wiring.Component):
             w_ref_en = Signal(name="w_stage1_en")
             w_ref = Signal(len(self.w.addr) + len(self.w.bank), name="w_stage1", reset_less=True)
             m.d.sync += [w_ref_en.eq(self.w.en), w_ref.eq(Cat(self.w.addr, self.w.bank))]
+            w_en_ref, w_bank_ref = w_ref_en, w_ref[len(self.w.addr):]
         w_data = Signal(unsigned(self.width), name="w_reg_data", reset_less=True)
         m.d.sync += w_data.eq(w_data_in)
         # `shadow_checks` (tests): (name, copy, reference) with the per-bank reset register the
@@ -307,10 +308,7 @@ class BankedBuffer(wiring.Component):
         ref = []
         for b in range(BANKS):
             en_b = Signal(name=f"w_reg_en{b}")
-            if self.write_stages == 2:
-                m.d.sync += en_b.eq(w_ref_en & (w_ref[len(self.w.addr):] == b))
-            else:
-                m.d.sync += en_b.eq(self.w.en & (self.w.bank == b))
+            m.d.sync += en_b.eq(w_en_ref & (w_bank_ref == b))
             ref.append(en_b)
         out = []
         # The read address has a copy per bank and slice (issue 6: one copy per slice, shared by

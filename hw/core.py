@@ -49,7 +49,7 @@ from golden.config import ArrayConfig
 
 from .buffers import kept_copy, enable_copy
 from .mac_array import MacArray
-from .pe import check_hw_config, check_flag, config_for
+from .pe import check_hw_config, check_flag, config_for, delay
 from .requant_lane import CODE_WIDTH, RequantLane, lane_params_layout, lut_layout
 
 __all__ = ["ArrayCore", "PARAMS_PUSH_TO_HEAD_CYCLES", "input_layout", "params_layout", "lut_layout", "output_layout",
@@ -270,19 +270,11 @@ class ArrayCore(wiring.Component):
         # the first three register stages of the write port (w_* above are the fourth)
         push_a = Signal()                                 # control: reset
         wptr_a = Signal(range(depth), reset_less=True)
-        # the first params_delay data registers are outside (hw.top: the params buffer's read)
-        if self.params_delay == 0:
-            w_data_a = Signal(params_layout(cfg), reset_less=True)
-            m.d.sync += w_data_a.eq(self.params.payload)
-        elif self.params_delay == 1:
-            w_data_a = self.params.payload
         push_a2 = Signal()                                # control: reset
         wptr_a2 = Signal(range(depth), reset_less=True)
-        if self.params_delay == 2:
-            w_data_a2 = self.params.payload
-        else:
-            w_data_a2 = Signal(params_layout(cfg), reset_less=True)
-            m.d.sync += w_data_a2.eq(w_data_a)
+        # the data's first two stages (w_data_a, w_data_a2): the first params_delay of them are
+        # outside (hw.top: the params buffer's read), the rest here
+        w_data_a2 = delay(m, self.params.payload.as_value(), 2 - self.params_delay, "w_data_a")
         push_b = Signal()                                 # control: reset
         wptr_b = Signal(range(depth), reset_less=True)
         w_data_b = Signal(params_layout(cfg), reset_less=True)

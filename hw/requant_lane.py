@@ -228,6 +228,17 @@ def _split_cmp(x, c) -> dict:
 _OVF_PART = 8
 
 
+def _coarse_shift(x, amount, copies, left: bool):
+    """``x`` shifted left (``left``) or right by ``amount`` * 2**_FINE_BITS, the 32 bits from bit 0:
+    an 8:1 mux per bit. ``copies`` (registered copies of ``amount``, ``_kept_copies``) each select an
+    equal slice of the bits (none: ``amount`` selects them all; issue 6: one register selecting all
+    32 muxes was a late net by its fanout)."""
+    copies = list(copies) or [amount]
+    part = -(-_W32 // len(copies))
+    return Cat(*((x << by if left else x >> by)[j * part:(j + 1) * part]
+                 for j, by in enumerate(Cat(Const(0, _FINE_BITS), c) for c in copies)))[:_W32]
+
+
 def _satshl_cmp(x, lim, coarse_copies=()) -> dict:
     """First third of sat32(x * 2**left) for a signed ``x`` of any width, ``lim`` from ``_shl_limits``
     (registered): the coarse part of the 32-bit barrel shift (by left rounded down to a multiple
@@ -250,10 +261,7 @@ def _satshl_cmp(x, lim, coarse_copies=()) -> dict:
     `lshift_xc` 9.0-11.0 ns in session 12's b1, seed 1).
     """
     left = lim["left"]
-    copies = list(coarse_copies) or [left[_FINE_BITS:]]
-    part = -(-_W32 // len(copies))
-    xc = Cat(*((x[:_W32] << Cat(Const(0, _FINE_BITS), c))[j * part:(j + 1) * part]
-               for j, c in enumerate(copies)))[:_W32].as_signed()
+    xc = _coarse_shift(x[:_W32], left[_FINE_BITS:], coarse_copies, left=True).as_signed()
     lo = lim["lo"]
     mask = Cat(lo, Const(1, 1).replicate(max(len(x) - len(lo), 0)))[:len(x)]
     parts = range(0, len(x), _OVF_PART)
@@ -426,14 +434,12 @@ def _rdbpot_shift(x, pr, coarse_copies=()) -> dict:
     e[_FINE_BITS:] (``_kept_copies``), each selecting an equal slice of the coarse shift's bits.
     """
     e, em1 = pr["e"], pr["em1"]
-    copies = list(coarse_copies) or [e[_FINE_BITS:]]
-    part = -(-_W32 // len(copies))
-    qc = Cat(*((x >> Cat(Const(0, _FINE_BITS), c))[j * part:(j + 1) * part] for j, c in enumerate(copies)))
+    qc = _coarse_shift(x, e[_FINE_BITS:], coarse_copies, left=False)
     hc = (x >> Cat(Const(0, _FINE_BITS), em1[_FINE_BITS:]))[:1 << _FINE_BITS]
     masked = x[:_W32 - 1] & pr["mk"]
     part = -(-len(masked) // _STK_PARTS)
     stk = Cat(*(masked[i:i + part].any() for i in range(0, len(masked), part)))
-    return {"qc": (signed(_W32), qc[:_W32].as_signed()), "ef": (unsigned(_FINE_BITS), e[:_FINE_BITS]),
+    return {"qc": (signed(_W32), qc.as_signed()), "ef": (unsigned(_FINE_BITS), e[:_FINE_BITS]),
             "hc": (unsigned(1 << _FINE_BITS), hc), "hf": (unsigned(_FINE_BITS), em1[:_FINE_BITS]),
             "enz": (unsigned(1), pr["enz"]), "pos": (unsigned(1), ~x[-1]), "stk": (stk.shape(), stk)}
 
