@@ -25,7 +25,7 @@ from dataclasses import asdict, dataclass, field
 from functools import lru_cache
 
 from golden import isa
-from golden.config import ArrayConfig
+from golden.config import PARAM_CREDIT_CYCLES, ArrayConfig
 from golden.isa import Op
 
 __all__ = ["run_cycles", "TopTimer", "timeline", "LayerReport", "report_from_plan", "summarize"]
@@ -73,7 +73,8 @@ class TopTimer:
       array_latency): first beat F_t = L_{t-1} + 1 (first tile of a job:
       max(L_{t-1} + 1, q + 2)); params push P_t = P_{t-1} + 1 (first tile of a
       job: max(P_{t-1} + 1, q + 2)), and >= L_{t-D} + al + R (FIFO room);
-      last beat accepted L_t = max(F_t + k - 1, L_{t-1} + R, P_t + 1); the
+      last beat accepted L_t = max(F_t + k - 1, L_{t-1} + R, P_t + C) (C =
+      ``golden.config.PARAM_CREDIT_CYCLES``: a push is a credit C cycles later); the
       job's final beat is issued on F + k - 2 of its last tile; its last row
       is written on T = L_last + latency + R - 1 and it retires (entry free)
       from T + 1. For a job alone this is exactly ``golden.isa.run_timing``.
@@ -113,7 +114,7 @@ class TopTimer:
             L = offer
             if self._last_L is not None:
                 L = max(L, self._last_L + R)
-            L = max(L, P + 1)
+            L = max(L, P + PARAM_CREDIT_CYCLES)
             self.stall += L - offer
             if first_beat is None:
                 first_beat = F

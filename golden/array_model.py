@@ -21,7 +21,9 @@ Timing rules implemented (docs/array.md):
 * ``en = ~out.valid | out.ready``; n(t) = number of earlier cycles with en = 1.
 * ``inp.ready = en & (~last | (tile_gap_ok & param_credit))``;
   ``tile_gap_ok``: n(t) - n(previous accepted last) >= cfg.min_tile_cycles;
-  ``param_credit``: level - claimed > 0.
+  ``param_credit``: level - claimed - (pushes of the previous
+  PARAM_CREDIT_CYCLES - 1 cycles) > 0: a push counts for it from
+  t + PARAM_CREDIT_CYCLES (golden.config).
 * ``params.ready = level < cfg.param_fifo_depth``; a push is in the FIFO
   from the next cycle.
 * A tile whose last beat is accepted on enabled cycle e has row r at the
@@ -54,7 +56,7 @@ from typing import Callable, Sequence
 import numpy as np
 
 from ._check import INT8_MAX, INT8_MIN, INT32_MAX, INT32_MIN, check_int_array, check_positive_int
-from .config import ArrayConfig
+from .config import PARAM_CREDIT_CYCLES, ArrayConfig
 from .requant import (MAX_LEFT_SHIFT, MAX_RIGHT_SHIFT, _requantize_ort_int, f32_decompose,
                       multiply_by_quantized_multiplier, quantize_multiplier)
 
@@ -405,6 +407,7 @@ class ArrayModel:
         self.n = 0
         self._fifo: deque[dict] = deque()
         self.claimed = 0
+        self._recent_pushes: deque[int] = deque([0] * (PARAM_CREDIT_CYCLES - 1))   # params_fire of the last cycles
         self._prev_last_n: int | None = None
         self._beats_act: list[np.ndarray] = []
         self._beats_wgt: list[np.ndarray] = []
@@ -442,7 +445,7 @@ class ArrayModel:
         out_valid = cur is not None
         en = (not out_valid) or bool(out_ready)
         gap_ok = self._prev_last_n is None or self.n - self._prev_last_n >= cfg.min_tile_cycles
-        credit = self.level - self.claimed > 0
+        credit = self.level - self.claimed - sum(self._recent_pushes) > 0
         in_ready = en and (not in_last or (gap_ok and credit))
         payload = None
         if out_valid:
@@ -535,6 +538,9 @@ class ArrayModel:
             self.n += 1
         if params_fire:
             self._fifo.append(pp)                          # visible from the next cycle
+        if self._recent_pushes:
+            self._recent_pushes.popleft()
+            self._recent_pushes.append(params_fire)        # in the credit from PARAM_CREDIT_CYCLES on
         if lut_valid:
             self.lut[addr] = data                          # visible from the next cycle
         self.cycle += 1

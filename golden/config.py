@@ -28,6 +28,11 @@ from ._check import INT32_MAX
 INPUT_LATENCY = 2
 PE_LATENCY = 5
 DRAIN_LATENCY = 2
+#: A params transfer on cycle t counts for ``param_credit`` (docs/array.md) from cycle t + this:
+#: the core counts pushes one register late, so the sequencer can keep its own copy of the core's
+#: acceptance state from its own registered pushes and decide the next beat without the core's
+#: ready crossing the die (issue 6).
+PARAM_CREDIT_CYCLES = 2
 #: Post-processing lane stages, in order; each is one register stage. Every stage is at
 #: most about one carry chain, one barrel shifter or one 18x18 multiplier deep (the ECP5
 #: timing target, docs/fpga.md); hw/requant_lane.py has the per-stage detail of both modes.

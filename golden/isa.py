@@ -84,7 +84,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ._check import UINT8_MAX, UINT8_MIN, check_int_array
-from .config import BANKS, ArrayConfig
+from .config import BANKS, PARAM_CREDIT_CYCLES, ArrayConfig
 
 __all__ = [
     "DESC_BITS", "OPCODE_BITS", "JOB_QUEUE_DEPTH", "DECODE_CYCLES", "SNAPSHOT_CYCLES", "OUT_READ_CYCLES", "LUT_ENTRIES",
@@ -595,12 +595,13 @@ def run_timing(cfg: ArrayConfig, k: int, ntiles: int) -> dict:
     every cycle from the same cycle (model cycle 0 = the second cycle of the
     job in the queue), exactly ``golden.array_model.simulate`` with
     ``in_valid = params_valid = out_ready = 1``. With ``al = cfg.array_latency``,
-    ``D = cfg.param_fifo_depth``, ``R = cfg.rows``, model cycles:
+    ``D = cfg.param_fifo_depth``, ``R = cfg.rows``, ``C = PARAM_CREDIT_CYCLES``
+    (golden.config: a push counts for the credit C cycles later), model cycles:
 
         p_t = t                                  for t < D     (params push t)
         p_t = max(p_{t-1} + 1, L_{t-D} + al + R) for t >= D    (a pop frees the slot)
-        L_0 = max(k - 1, p_0 + 1)                               (last beat of tile 0)
-        L_t = max(L_{t-1} + max(k, R), p_t + 1)                 (gap rule, param credit)
+        L_0 = max(k - 1, p_0 + C)                               (last beat of tile 0)
+        L_t = max(L_{t-1} + max(k, R), p_t + C)                 (gap rule, param credit)
         T   = L_{ntiles-1} + cfg.latency + R - 1                (last row on out)
 
     Returns ``{"last_accept": [L_t], "param_push": [p_t], "last_row": T,
@@ -621,7 +622,8 @@ def run_timing(cfg: ArrayConfig, k: int, ntiles: int) -> dict:
     for t in range(ntiles):
         p.append(t if t < depth else max(p[t - 1] + 1, last[t - depth] + al + rows))
         offer = k - 1 if t == 0 else last[t - 1] + k
-        lt = max(offer, p[t] + 1) if t == 0 else max(last[t - 1] + max(k, rows), p[t] + 1)
+        credit = p[t] + PARAM_CREDIT_CYCLES
+        lt = max(offer, credit) if t == 0 else max(last[t - 1] + max(k, rows), credit)
         stall += lt - offer
         last.append(lt)
     t_last = last[-1] + cfg.latency + rows - 1

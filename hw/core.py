@@ -45,7 +45,7 @@ from amaranth import C, Cat, Module, Mux, Shape, Signal, signed, unsigned
 from amaranth.lib import data, memory, stream, wiring
 from amaranth.lib.wiring import In, Out
 
-from golden.config import ArrayConfig
+from golden.config import PARAM_CREDIT_CYCLES, ArrayConfig
 
 from .buffers import kept_copy, enable_copy
 from .mac_array import MacArray
@@ -59,7 +59,7 @@ __all__ = ["ArrayCore", "PARAMS_PUSH_TO_HEAD_CYCLES", "input_layout", "params_la
 # the FIFO write is registered four times (presented to the memory on t + 4) and the head is a
 # register loaded from the LUT-RAM read at a registered address, the head's next entry
 # (t + 5 -> t + 6, on enabled cycles). Slack: row 0 of its tile enters the lanes on
-# >= t + 1 + cfg.array_latency (ArrayCore.elaborate asserts the margin).
+# >= t + PARAM_CREDIT_CYCLES + cfg.array_latency (ArrayCore.elaborate asserts the margin).
 PARAMS_PUSH_TO_HEAD_CYCLES = 6
 #: The params FIFO is split into memories of at most this many bits, each read at its own copy of
 #: the read address and write enable: 12 TRELLIS_DPR16X4 cells (4 bits each) per copy (issue 6,
@@ -236,13 +236,13 @@ class ArrayCore(wiring.Component):
         # (ra(t) = rptr(t) + pop(t) = rptr(t + 1), as pop = en & acc_last), as when the head was
         # read at rptr_n; only its updates on disabled cycles are gone, and nothing reads head_q
         # there. The head entry pushed on t is first used when its tile's row 0 enters the
-        # lanes, and that tile's last beat needs the credit of this push (param_credit is a
-        # register: accepted on >= t + 1), so row 0 enters array_latency enabled cycles after
-        # an enabled cycle >= t + 1: head_q was loaded on the enabled cycle before, >= t +
+        # lanes, and that tile's last beat needs the credit of this push (counted from
+        # t + PARAM_CREDIT_CYCLES = t + 2), so row 0 enters array_latency enabled cycles after
+        # an enabled cycle >= t + 2: head_q was loaded on the enabled cycle before, >= t + 1 +
         # array_latency (array_latency >= INPUT_LATENCY + PE_LATENCY + DRAIN_LATENCY = 9, so
-        # >= t + 9 > t + 5: four cycles of margin); the head stays right until the pop (the
+        # >= t + 10 > t + 5: five cycles of margin); the head stays right until the pop (the
         # entry is only rewritten after its pop, when rptr has moved past it).
-        assert 1 + cfg.array_latency >= PARAMS_PUSH_TO_HEAD_CYCLES, \
+        assert PARAM_CREDIT_CYCLES + cfg.array_latency > PARAMS_PUSH_TO_HEAD_CYCLES, \
             "the registered FIFO write and head need the array's latency as slack"
         level = Signal(range(depth + 1))
         claimed = Signal(range(depth + 1))
@@ -314,16 +314,20 @@ class ArrayCore(wiring.Component):
         pop = en & arr.acc_valid & arr.acc_last       # the tile's last row enters the lanes
         level_n = Signal.like(level)
         claimed_n = Signal.like(claimed)
-        # level - claimed, the pushed sets no accepted tile has claimed yet: a pop leaves it as it
-        # is, so the credit (unclaimed > 0) does not wait for the array's drain flags (issue 6,
-        # session 11: acc_last -> pop -> level_n > claimed_n -> last_ok, 8.7 ns on the 30 x 4 top).
+        # level - claimed - push_a, the pushed sets no accepted tile has claimed yet, each counted
+        # from PARAM_CREDIT_CYCLES (2) after its push: from the registered push_a, not the push,
+        # so the sequencer's copy of this state (hw.sequencer) counts its own registered pushes
+        # and needs nothing of the core in the cycle it decides (issue 6, session 13). A pop
+        # leaves it as it is, so the credit (unclaimed > 0) does not wait for the array's drain
+        # flags (issue 6, session 11: acc_last -> pop -> level_n > claimed_n -> last_ok, 8.7 ns).
+        assert PARAM_CREDIT_CYCLES == 2, "the credit counts push_a, one register after the push"
         unclaimed = Signal(range(depth + 1))
         unclaimed_n = Signal.like(unclaimed)
         m.d.comb += [
             self.params.ready.eq(par_ready),
             level_n.eq(level + push - pop),
             claimed_n.eq(claimed + take_last - pop),
-            unclaimed_n.eq(unclaimed + push - take_last),
+            unclaimed_n.eq(unclaimed + push_a - take_last),
         ]
         # The write address and enable in one copy per group as well (w_addr and w_en drove every
         # LUT-RAM cell's write port, 10.9 ns on the 30 x 4 top): w_en keeps its reset through
@@ -371,7 +375,7 @@ class ArrayCore(wiring.Component):
         self.shadow_checks = [
             ("ra", ra, Mux(arr.acc_last, _wrap_inc(rptr, depth), rptr)),
             ("last_ok", last_ok, tile_gap_ok & param_credit),
-            ("unclaimed", unclaimed, level - claimed),
+            ("unclaimed", unclaimed, level - claimed - push_a),
             *((f"ra_g{g}", ra_g, ra) for g, ra_g in enumerate(ra_copies)),
             *w_copies,
         ]

@@ -10,7 +10,11 @@ each at its own pace:
 
 * beat streamer: issues one act/wgt buffer read per cycle while it has a job
   and its output register is free or being taken (``issue = avail & (~v |
-  take)``); the buffers' read ports hold their data, so a beat stays on
+  take)``). ``take`` = v & the core's inp.ready, which the streamer does not
+  read: it keeps its own copy of the core's acceptance state (tile gap, params
+  credit; docs/array.md with en = 1, as core_out is always ready), exact
+  because the core counts a push for the credit only PARAM_CREDIT_CYCLES
+  later (shadow check ``core_ready``). The buffers' read ports hold their data, so a beat stays on
   ``core_inp`` unchanged until the core accepts it and the core sees
   back-to-back beats (one per cycle), also across consecutive jobs. Tile t,
   beat j reads ``act[act_offset + t*k + j]`` and ``wgt[wgt_offset + j]``;
@@ -47,7 +51,7 @@ from amaranth import Array, C, Cat, Module, Mux, Signal
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.wiring import In, Out
 
-from golden.config import BANKS, ArrayConfig
+from golden.config import BANKS, PARAM_CREDIT_CYCLES, ArrayConfig
 from golden.isa import JOB_QUEUE_DEPTH, k_max, layout, ntiles_max
 
 from .buffers import bank_shape, enable_copy, kept_copy, live_register, read_signature, write_signature
@@ -197,7 +201,25 @@ class Sequencer(wiring.Component):
         v = Signal()
         v_last = Signal()
         v_macs = Signal.like(self.macs_inc, reset_less=True)     # used only with v
-        take = v & self.core_inp.ready
+        # The core's acceptance state, kept here (issue 6, session 13): the core's inp.ready (docs/
+        # array.md) with en = 1 (core_out is always ready) is ~last | last_ok, and last_ok is a
+        # function of the accepted last beats (the tile gap) and of the params pushes, which the
+        # core counts one register late (PARAM_CREDIT_CYCLES): both are decided here, so this copy
+        # follows them from its own registers and the streamer's decisions need nothing of the
+        # core in the cycle they are made. The core's inp.ready crossed the die to the act slices'
+        # read enables in one cycle (8.3-9.3 ns, both seeds of session 12's 30 x 4 top); now only
+        # the shadow check "core_ready" reads it. k_* are the core's gap, tile_gap_ok, unclaimed,
+        # push_a and last_ok.
+        k_gap = Signal(range(cfg.min_tile_cycles + 1), init=cfg.min_tile_cycles)
+        k_gap_ok = Signal(init=1)
+        k_unclaimed = Signal(range(cfg.param_fifo_depth + 1))
+        k_push_r = Signal()
+        k_last_ok = Signal()
+        k_last_ok_n = Signal()
+        v_last_n = Signal()
+        ready = Signal()                                 # == core_inp.ready
+        m.d.comb += ready.eq(~v_last | k_last_ok)
+        take = v & ready
         issue = s_avail & (~v | take)
         s_free = Signal(init=1)                          # == free[sptr]
         s_fin = Signal()                                 # == j_end & t_end
@@ -206,7 +228,6 @@ class Sequencer(wiring.Component):
         # d_j_end: s_fin's and j_end's data inputs (loaded on ce_s).
         s_avail_n, s_free_n, v_n, fl_n = Signal(), Signal(init=1), Signal(), Signal(init=1)
         d_fin, d_j_end = Signal(name="d_fin"), Signal(name="d_j_end")
-        ready = self.core_inp.ready
         live = live_register(m, platform, "s_live")
         copy_checks = []
 
@@ -230,27 +251,40 @@ class Sequencer(wiring.Component):
             live = live_register(m, platform, f"s_live_{tag}")
             sf = enable_copy(m, platform, s_free_n, f"s_free_{tag}", init=1)
             vc = enable_copy(m, platform, v_n, f"v_{tag}")
+            rdy = ready_copy(tag)
             ce = Signal(name=f"ce_s_{tag}")
-            m.d.comb += ce.eq(sf | ~vc | ready)
+            m.d.comb += ce.eq(sf | ~vc | rdy)
             fin = kept_copy(m, platform, d_fin, ce, f"s_fin_{tag}")
             flc = kept_copy(m, platform, fl_n, C(1, 1), f"fl_{tag}")
             copy_checks.extend([(f"s_free_{tag}", sf, s_free), (f"v_{tag}", vc, v),
                                 (f"ce_s_{tag}", ce, s_free | ~v | ready),
                                 (f"s_fin_{tag}", fin & live, s_fin), (f"fl_{tag}", flc | ~live, fl)])
-            return (issue_copy(tag, vc) if with_issue else None), ce, sf, fin, flc
+            return (issue_copy(tag, vc, rdy) if with_issue else None), ce, sf, fin, flc
 
-        def issue_copy(tag, vc=None):
+        def ready_copy(tag):
+            """The core's ready for one group of loads, ~v_last | k_last_ok from the group's own reset
+            copies of v_last and k_last_ok: the enables below are one LUT4 of the group's flip-flops."""
+            vl = enable_copy(m, platform, v_last_n, f"v_last_{tag}")
+            lo = enable_copy(m, platform, k_last_ok_n, f"k_last_ok_{tag}")
+            rdy = Signal(name=f"ready_{tag}")
+            m.d.comb += rdy.eq(~vl | lo)
+            copy_checks.extend([(f"v_last_{tag}", vl, v_last), (f"k_last_ok_{tag}", lo, k_last_ok)])
+            return rdy
+
+        def issue_copy(tag, vc=None, rdy=None):
             """The read enable (issue) for one group of loads, from the group's own reset copies of
             s_avail and v (``vc``; None: a copy of v that follows v's recurrence from this copy of
-            s_avail, below)."""
+            s_avail, below) and of the core's ready (``rdy``; None: ``ready_copy``)."""
             sa = enable_copy(m, platform, s_avail_n, f"s_avail_{tag}")
+            if rdy is None:
+                rdy = ready_copy(tag)
             en = Signal(name=f"issue_{tag}")
             if vc is None:
                 # v' = issue ? 1 : take ? 0 : v, with take = v & ready
                 vc = Signal(name=f"v_{tag}")
-                m.d.sync += vc.eq(en | (vc & ~ready))
+                m.d.sync += vc.eq(en | (vc & ~rdy))
                 copy_checks.append((f"v_{tag}", vc, v))
-            m.d.comb += en.eq(sa & (~vc | ready))
+            m.d.comb += en.eq(sa & (~vc | rdy))
             copy_checks.extend([(f"s_avail_{tag}", sa, s_avail), (f"issue_{tag}", en, issue)])
             return en
 
@@ -384,10 +418,10 @@ class Sequencer(wiring.Component):
                          g_bank.eq(ld(g_wgt, pl.wgt_bank, sn.wgt_bank, c_gbank))]
         with m.If(s_final):
             m.d.sync += sptr.eq(snext)
-        m.d.comb += v_n.eq(Mux(issue, 1, Mux(take, 0, v)))
-        m.d.sync += v.eq(v_n)
+        m.d.comb += [v_n.eq(Mux(issue, 1, Mux(take, 0, v))), v_last_n.eq(Mux(issue, j_end, v_last))]
+        m.d.sync += [v.eq(v_n), v_last.eq(v_last_n)]
         with m.If(issue):
-            m.d.sync += [v_last.eq(j_end), v_macs.eq(sj.macs)]
+            m.d.sync += v_macs.eq(sj.macs)
         # The reference up-counters (no hardware).
         with m.If(issue):
             with m.If(j_end):
@@ -445,6 +479,17 @@ class Sequencer(wiring.Component):
                      self.core_params.valid.eq(pv), self.core_params.payload.eq(self.par_r.data),
                      self.par_r.en.eq(1),
                      Cat(self.par_r.addr, self.par_r.bank).eq(rd_par)]
+        # The core's acceptance state (k_*, above), as ArrayCore computes it with en = 1.
+        take_last = take & v_last
+        k_gap_n = Mux(take_last, 1, Mux(k_gap_ok, k_gap, k_gap + 1))
+        k_unclaimed_n = Signal.like(k_unclaimed)
+        m.d.comb += [k_unclaimed_n.eq(k_unclaimed + k_push_r - take_last),
+                     k_last_ok_n.eq((k_gap_n >= cfg.min_tile_cycles) & (k_unclaimed_n != 0))]
+        m.d.sync += [k_gap.eq(k_gap_n), k_gap_ok.eq(k_gap_n >= cfg.min_tile_cycles), k_unclaimed.eq(k_unclaimed_n),
+                     k_push_r.eq(pfire), k_last_ok.eq(k_last_ok_n)]
+        assert PARAM_CREDIT_CYCLES == 2, "k_unclaimed counts k_push_r, one register after the push"
+        copy_checks += [("core_ready", ready, self.core_inp.ready),
+                        ("k_last_ok", k_last_ok, k_gap_ok & (k_unclaimed != 0))]
         pnext2 = _wrap_inc(pnext, J)
         # cur_*/nxt_* == jobs[pptr]/jobs[pnext] (par_index, par_bank) on every cycle: the entry at
         # the next cycle's pointer is the one read now (rd_par) or, when the entry is free, the

@@ -14,7 +14,7 @@ import pytest
 from golden._check import INT32_MAX, INT32_MIN
 from golden.array_model import (LANE_FIELDS, ORT_LANE_FIELDS, ArrayModel, check_params, neutral_params, params_from_layer,
                                 postprocess, simulate, tile_value)
-from golden.config import REQUANT_LATENCY, ArrayConfig
+from golden.config import PARAM_CREDIT_CYCLES, REQUANT_LATENCY, ArrayConfig
 from golden.ops import prelu_requantized
 from golden.packing import packed_dot
 from golden.requant import ort_scale, requantize_tflite
@@ -353,7 +353,8 @@ def check_trace(cfg, trace, model):
         claimed = sum(1 for a in acc_last if a[0] < c) - sum(1 for p in pops if p < c)
         assert s["params_ready"] == int(level < cfg.param_fifo_depth)
         gap_ok = not acc_last or n - acc_last[-1][1] >= R
-        credit = level - claimed > 0
+        # a push counts for the credit from PARAM_CREDIT_CYCLES after its cycle
+        credit = level - claimed - sum(1 for p in pushes if p > c - PARAM_CREDIT_CYCLES) > 0
         assert s["in_ready"] == int(s["en"] and (not d["in_last"] or (gap_ok and credit)))
         if s["in_fire"] and d["in_last"]:
             acc_last.append((c, n))
@@ -457,7 +458,10 @@ def test_param_credit_blocks_last_beat_until_params_arrive():
         r = m.step(in_valid=1, in_payload=beat(2))
         assert (r["in_ready"], r["param_credit"], r["tile_gap_ok"], r["en"]) == (0, 0, 1, 1)
     r = m.step(in_valid=1, in_payload=beat(2), params_valid=1, params_payload=p)
-    assert r["params_fire"] == 1 and r["in_ready"] == 0  # the push is visible only from the next cycle
+    assert r["params_fire"] == 1 and r["in_ready"] == 0  # the push is in the FIFO from the next cycle,
+    assert PARAM_CREDIT_CYCLES == 2                      # but in the credit only from the one after
+    r = m.step(in_valid=1, in_payload=beat(2))
+    assert r["in_fire"] == 0 and r["param_credit"] == 0 and m.level == 1 and m.claimed == 0
     r = m.step(in_valid=1, in_payload=beat(2))
     assert r["in_fire"] == 1 and r["accepted_tile"] == 0 and m.claimed == 1 and m.level == 1
     # a second tile: level = 1 but the entry is claimed, so no credit
@@ -523,6 +527,8 @@ def test_lut_visibility_and_contract_violation():
             if a not in skip:
                 m.step(lut_valid=1, lut_payload={"addr": a, "data": int(table[a])})
         m.step(params_valid=1, params_payload=p)
+        for _ in range(PARAM_CREDIT_CYCLES - 1):                          # until the push is a credit
+            m.step()
         r = m.step(in_valid=1, in_payload={"act": act[:, 0], "wgt": wgt[0], "last": 1})
         assert r["in_fire"]
         return m, m.n - 1                                                  # e (no stalls: n = cycle)
@@ -562,6 +568,8 @@ def test_lut_visibility_and_contract_violation():
     for a in range(256):
         m.step(lut_valid=1, lut_payload={"addr": a, "data": int(table[a])})
     m.step(params_valid=1, params_payload=p)
+    for _ in range(PARAM_CREDIT_CYCLES - 1):
+        m.step()
     r = m.step(in_valid=1, in_payload={"act": act[:, 0], "wgt": wgt[0], "last": 1},
                lut_valid=1, lut_payload={"addr": a0, "data": new})
     assert r["in_fire"]

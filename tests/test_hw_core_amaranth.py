@@ -31,7 +31,7 @@ from amaranth.lib.wiring import In, Out, connect
 from amaranth.sim import Simulator
 
 from golden._check import INT32_MAX, INT32_MIN
-from golden.config import ArrayConfig
+from golden.config import PARAM_CREDIT_CYCLES, ArrayConfig
 from golden.array_model import LANE_FIELDS
 from golden.requant import multiply_by_quantized_multiplier
 from hw.core import (PARAM_FIFO_GROUP_BITS, PARAMS_PUSH_TO_HEAD_CYCLES, ArrayCore, input_layout, lut_layout, output_layout, pack_payload, params_layout,
@@ -266,7 +266,9 @@ def _run_core(cfg, seed, n_tiles=10, p_in=0.8, p_par=0.5, p_out=0.7, preload_lut
             ov = ctx.get(dut.out.valid)
             en = (not ov) or out_ready
             gap_ok = prev_last is None or n - prev_last >= cfg.min_tile_cycles
-            exp_in_ready = en and (not in_last or (gap_ok and level - claimed > 0))
+            # a push counts for the credit from PARAM_CREDIT_CYCLES after its cycle
+            recent = sum(1 for c in push_cycle if c > cycle - PARAM_CREDIT_CYCLES)
+            exp_in_ready = en and (not in_last or (gap_ok and level - claimed - recent > 0))
             assert ctx.get(dut.inp.ready) == exp_in_ready, f"inp.ready at cycle {cycle}"
             assert ctx.get(dut.params.ready) == (level < depth), f"params.ready at cycle {cycle}"
             log["held_last"] += en and in_valid and in_last and not exp_in_ready
@@ -355,7 +357,8 @@ def test_core_first_tile_not_held_after_reset():
     # with its params right after reset is accepted as soon as the params are in.
     cfg = ArrayConfig(rows=3, cols=2)
     log = _run_core(cfg, seed=8, p_par=1.0, preload_lut=False)
-    assert log["first_last_cycle"] == 1       # params pushed on cycle 0, credit from cycle 1
+    # params pushed on cycle 0, a credit from cycle PARAM_CREDIT_CYCLES
+    assert log["first_last_cycle"] == PARAM_CREDIT_CYCLES
 
 
 @pytest.mark.parametrize("cfg", [
@@ -366,15 +369,15 @@ def test_core_first_tile_not_held_after_reset():
 def test_core_params_pushed_as_late_as_allowed(cfg):
     # The tightest push -> use distance of the params head (PARAMS_PUSH_TO_HEAD_CYCLES: the
     # registered FIFO write and the registered head): one-beat tiles always offered, params
-    # late, out always ready, so a tile's last beat is accepted on the cycle after its params
-    # push and its row 0 enters the lanes exactly 1 + array_latency cycles after the push
-    # (1 + 9 in the 1x1 array, the smallest latency). Every tile's values are checked.
-    assert 1 + cfg.array_latency >= PARAMS_PUSH_TO_HEAD_CYCLES
+    # late, out always ready, so a tile's last beat is accepted PARAM_CREDIT_CYCLES (2) after its
+    # params push and its row 0 enters the lanes exactly 2 + array_latency cycles after the push
+    # (2 + 9 in the 1x1 array, the smallest latency). Every tile's values are checked.
+    assert PARAM_CREDIT_CYCLES + cfg.array_latency > PARAMS_PUSH_TO_HEAD_CYCLES
     log = _run_core(cfg, seed=11, n_tiles=24, p_in=1.0, p_par=0.35, p_out=1.0, preload_lut=False,
                     ks=[1] * 24, check_coverage=False)
     assert len(log["out"]) == 24 * cfg.rows
-    assert min(log["push_to_last"]) == 1
-    assert sum(d == 1 for d in log["push_to_last"]) >= 12     # most tiles are the tightest case
+    assert min(log["push_to_last"]) == PARAM_CREDIT_CYCLES
+    assert sum(d == PARAM_CREDIT_CYCLES for d in log["push_to_last"]) >= 12     # most tiles are the tightest case
 
 
 def test_core_params_fifo_fills():

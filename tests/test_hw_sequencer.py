@@ -75,6 +75,8 @@ def test_shadow_checks_cover_the_registered_state():
     want |= {f"{f}_{g}" for f in ("s_avail", "s_free", "v", "issue", "ce_s", "s_fin", "fl") for g in ("act", "wgt")}
     want |= {f"{f}_{g}" for f in ("s_free", "v", "ce_s", "s_fin", "fl") for g in ("cnt", "cur")}
     want |= {"fl", "s_cur", "j_end_wgt", "pv_last_rd", "w_fl"}
+    # the sequencer's copy of the core's acceptance state, checked against the core's inp.ready
+    want |= {"core_ready", "k_last_ok"} | {f"{f}_{g}" for f in ("v_last", "k_last_ok") for g in ("act", "wgt", "cnt", "cur")}
     if JOB_QUEUE_DEPTH == 2:
         want |= {"sn_job", "wn_job"}
     want |= {f"{f}{i}" for f in ("free", "savail", "pavail", "entry") for i in range(JOB_QUEUE_DEPTH)}
@@ -82,7 +84,7 @@ def test_shadow_checks_cover_the_registered_state():
     seq = Sequencer(CFG, act_read_copies=3)                # the act buffer's per-slice read enables
     Fragment.get(seq, None)
     names = {n for n, _, _ in seq.shadow_checks}
-    assert want | {f"{f}_act_s{g}" for f in ("s_avail", "v", "issue") for g in range(3)} <= names
+    assert want | {f"{f}_act_s{g}" for f in ("s_avail", "v", "issue", "v_last", "k_last_ok") for g in range(3)} <= names
     for bad in (-1, True, 1.5):
         with pytest.raises(ValueError, match="act_read_copies must be an int >= 0"):
             Sequencer(CFG, act_read_copies=bad)
