@@ -14,8 +14,10 @@ each at its own pace:
   read: it keeps its own copy of the core's acceptance state (tile gap, params
   credit; docs/array.md with en = 1, as core_out is always ready), exact
   because the core counts a push for the credit only PARAM_CREDIT_CYCLES
-  later (shadow check ``core_ready``). The buffers' read ports hold their data, so a beat stays on
-  ``core_inp`` unchanged until the core accepts it and the core sees
+  later (shadow check ``core_take``), and offers a beat on ``core_inp`` (valid) only on the
+  cycle the core takes it (``ArrayCore(input_qualified=True)``; ``in_stall`` = v & ~ready
+  counts the cycles a beat waits). The buffers' read ports hold their data, so a beat's
+  data stay on ``core_inp`` unchanged until the core accepts it and the core sees
   back-to-back beats (one per cycle), also across consecutive jobs. Tile t,
   beat j reads ``act[act_offset + t*k + j]`` and ``wgt[wgt_offset + j]``;
   ``last`` on j = k - 1. When the job's final beat is issued the entry is
@@ -41,7 +43,7 @@ Bank-busy outputs (interlocks, one bit per bank): ``act_busy``/``wgt_busy``
 = some valid, not yet streamed job reads that bank; ``par_busy``: some valid,
 not yet pushed job; ``out_busy``: some valid job writes it. ``jobs`` = valid
 entries. Counter events: ``macs_inc`` (rows_valid * lanes_valid of the job
-of a beat the core accepts this cycle, else 0), ``job_done``.
+of a beat the core accepts this cycle, else 0), ``in_stall``, ``job_done``.
 """
 from __future__ import annotations
 
@@ -103,6 +105,7 @@ class Sequencer(wiring.Component):
             "act_busy": Out(BANKS), "wgt_busy": Out(BANKS), "par_busy": Out(BANKS), "out_busy": Out(BANKS),
             "jobs": Out(range(JOB_QUEUE_DEPTH + 1)),
             "macs_inc": Out(range(cfg.rows * cfg.out_lanes + 1)),
+            "in_stall": Out(1),
             "job_done": Out(1),
             **({"act_r_en_copies": Out(act_read_copies)} if act_read_copies else {}),
         })
@@ -208,7 +211,7 @@ class Sequencer(wiring.Component):
         # follows them from its own registers and the streamer's decisions need nothing of the
         # core in the cycle they are made. The core's inp.ready crossed the die to the act slices'
         # read enables in one cycle (8.3-9.3 ns, both seeds of session 12's 30 x 4 top); now only
-        # the shadow check "core_ready" reads it. k_* are the core's gap, tile_gap_ok, unclaimed,
+        # the shadow check "core_take" reads it. k_* are the core's gap, tile_gap_ok, unclaimed,
         # push_a and last_ok.
         k_gap = Signal(range(cfg.min_tile_cycles + 1), init=cfg.min_tile_cycles)
         k_gap_ok = Signal(init=1)
@@ -309,7 +312,9 @@ class Sequencer(wiring.Component):
         m.d.comb += [
             self.act_r.en.eq(issue_act), self.act_r.bank.eq(a_bank), self.act_r.addr.eq(a_addr),
             self.wgt_r.en.eq(issue_wgt), self.wgt_r.bank.eq(g_bank), self.wgt_r.addr.eq(g_addr),
-            self.core_inp.valid.eq(v),
+            # offered only when the core takes it (hw.core input_qualified): the core's own
+            # acceptance logic is then off its input path
+            self.core_inp.valid.eq(take), self.in_stall.eq(v & ~ready),
             self.core_inp.payload.act.eq(self.act_r.data),
             self.core_inp.payload.wgt.eq(self.wgt_r.data),
             self.core_inp.payload.last.eq(v_last),
@@ -480,16 +485,28 @@ class Sequencer(wiring.Component):
                      self.par_r.en.eq(1),
                      Cat(self.par_r.addr, self.par_r.bank).eq(rd_par)]
         # The core's acceptance state (k_*, above), as ArrayCore computes it with en = 1.
+        # k_last_ok's next value feeds a copy per group of loads, across the die, so it is one
+        # mux of flip-flops: with k_gap_soon == (gap >= min - 1) (no accepted last beat: the gap's
+        # next value reaches min_tile_cycles), k_nz == (unclaimed != 0) and k_ge2 == (unclaimed >= 2)
+        # registered, not the gap's increment and compare and unclaimed's add and zero test
+        # (session 13: k_last_ok_n -> a far act slice's copy 8.0-8.4 ns).
+        mt = cfg.min_tile_cycles
         take_last = take & v_last
         k_gap_n = Mux(take_last, 1, Mux(k_gap_ok, k_gap, k_gap + 1))
         k_unclaimed_n = Signal.like(k_unclaimed)
+        k_gap_soon, k_nz, k_ge2 = Signal(init=int(mt >= 1)), Signal(), Signal()
         m.d.comb += [k_unclaimed_n.eq(k_unclaimed + k_push_r - take_last),
-                     k_last_ok_n.eq((k_gap_n >= cfg.min_tile_cycles) & (k_unclaimed_n != 0))]
-        m.d.sync += [k_gap.eq(k_gap_n), k_gap_ok.eq(k_gap_n >= cfg.min_tile_cycles), k_unclaimed.eq(k_unclaimed_n),
-                     k_push_r.eq(pfire), k_last_ok.eq(k_last_ok_n)]
+                     k_last_ok_n.eq(Mux(take_last, int(mt <= 1) & Mux(k_push_r, k_nz, k_ge2),
+                                        k_gap_soon & (k_push_r | k_nz)))]
+        m.d.sync += [k_gap.eq(k_gap_n), k_gap_ok.eq(k_gap_n >= mt), k_unclaimed.eq(k_unclaimed_n),
+                     k_push_r.eq(pfire), k_last_ok.eq(k_last_ok_n), k_gap_soon.eq(k_gap_n >= mt - 1),
+                     k_nz.eq(k_unclaimed_n != 0), k_ge2.eq(k_unclaimed_n >= 2)]
         assert PARAM_CREDIT_CYCLES == 2, "k_unclaimed counts k_push_r, one register after the push"
-        copy_checks += [("core_ready", ready, self.core_inp.ready),
-                        ("k_last_ok", k_last_ok, k_gap_ok & (k_unclaimed != 0))]
+        copy_checks += [("core_take", take, self.core_inp.valid & self.core_inp.ready),
+                        ("k_last_ok", k_last_ok, k_gap_ok & (k_unclaimed != 0)),
+                        ("k_last_ok_n", k_last_ok_n, (k_gap_n >= mt) & (k_unclaimed_n != 0)),
+                        ("k_gap_soon", k_gap_soon, k_gap >= mt - 1), ("k_nz", k_nz, k_unclaimed != 0),
+                        ("k_ge2", k_ge2, k_unclaimed >= 2)]
         pnext2 = _wrap_inc(pnext, J)
         # cur_*/nxt_* == jobs[pptr]/jobs[pnext] (par_index, par_bank) on every cycle: the entry at
         # the next cycle's pointer is the one read now (rd_par) or, when the entry is free, the

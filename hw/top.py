@@ -79,7 +79,10 @@ class Accelerator(wiring.Component):
         # k_bounded: the decoder rejects a RUN with k > golden.isa.k_max(cfg) <= cfg.max_k
         # params_delay=2: the params buffer below reads through two address registers per slice
         # and its output register, so the pushed set reaches the core two cycles after the push.
-        m.submodules.core = core = ArrayCore(cfg, inputs_registered=True, k_bounded=True, params_delay=2)
+        # input_qualified: the sequencer offers a beat only when the core's ready rule holds (its own
+        # copy of the core's acceptance state, hw.sequencer).
+        m.submodules.core = core = ArrayCore(cfg, inputs_registered=True, k_bounded=True, params_delay=2,
+                                             input_qualified=True)
         m.submodules.dec = dec = Decoder(cfg, par_bits)
         # The decoder-written buffers register their write port once more (per-bank enables
         # straight from flip-flops: the params bank's enable drives every LUT-RAM slice of it);
@@ -153,7 +156,7 @@ class Accelerator(wiring.Component):
             Slot.CYCLES: 1,
             Slot.BUSY_CYCLES: seq.jobs != 0,
             Slot.USEFUL_MACS: seq.macs_inc,
-            Slot.IN_STALL_CYCLES: core.inp.valid & ~core.inp.ready,
+            Slot.IN_STALL_CYCLES: seq.in_stall,
             Slot.OUT_STALL_CYCLES: self.dout.valid & ~self.dout.ready,
             Slot.CMDS_DROPPED: dec.dropped,
             Slot.JOBS_DONE: seq.job_done,
@@ -172,12 +175,16 @@ class Accelerator(wiring.Component):
         # c or P = c + 1, P kept as a counter of its own (P(t+1) = c(t+1) + 1, the same recurrence
         # with its own clear value 1); its carry chains end in its own registers. USEFUL_MACS (a
         # multi-bit increment) adds it to a low part of its width (a short chain) whose carry out
-        # is the 1-bit increment of the high part, a plus-one counter (``_counter``). The clear is
-        # a plain mux to a constant (the registers' synchronous reset on the FPGA) from one copy
-        # per group of <= _CTR_GROUP loads, and so is each registered increment
-        # (hw.buffers.enable_copy: copies keep the reset).
+        # is the 1-bit increment of the high part, a plus-one counter (``_counter``), one cycle
+        # later: each group's carry out passes a register of its own, and the high part's clear
+        # copies one register more (issue 6, session 13: lo -> the carry out -> the high part's
+        # selects and enables, 80+ endpoints at 8.0-8.3 ns on the 30 x 4 top). That counter is
+        # then one cycle late as a whole (lo too passes a register) and is read through one
+        # register fewer. The clear is a plain mux to a constant (the registers' synchronous reset
+        # on the FPGA) from one copy per group of <= _CTR_GROUP loads, and so is each registered
+        # increment (hw.buffers.enable_copy: copies keep the reset).
         # `shadow_checks`: every copy == its register, P == c + 1, hi1 == hi + 1, and c == a plain
-        # counter of d_r and the registered clear (tests).
+        # counter of d_r and the registered clear (tests; USEFUL_MACS's c == it one cycle late).
         #
         # The events and the clear pass one register (``ev_*``, ``ctr_clear_ev``) before that (issue
         # 6, session 11: the counters are placed apart from the decoder and the sequencer, and the
@@ -186,10 +193,9 @@ class Accelerator(wiring.Component):
         # from a copy of its own (``_COPY_STAGES``: a two-register chain per group, so the placer
         # can put the first between the two ends, which it does in some placements only,
         # docs/fpga.md "Session 12"; session 11: the ev register -> a far group's copy was 8.47
-        # ns in a3), so c counts _COPY_STAGES cycles later than the event and the decoder reads it
-        # through SNAPSHOT_CYCLES - 1 - _COPY_STAGES registers: its last SNAP cycle still shows
-        # the WAIT cycle's counts.
-        assert SNAPSHOT_CYCLES >= 1 + _COPY_STAGES, "the events' register and the counters' copy chains"
+        # ns in a3), so c counts _COPY_STAGES (+ its lag: USEFUL_MACS 1) cycles later than the
+        # event and the decoder reads it through SNAPSHOT_CYCLES - 1 - _COPY_STAGES - lag
+        # registers: its last SNAP cycle still shows the WAIT cycle's counts.
         self.shadow_checks = []
         clear_ev = Signal(name="ctr_clear_ev")
         cleared_ref = delay(m, clear_ev, _COPY_STAGES, "ctr_cleared_ref", reset_less=False)
@@ -199,12 +205,14 @@ class Accelerator(wiring.Component):
             ev = Signal(d.shape(), name=f"ev_{name}")
             m.d.sync += ev.eq(d)
             d_ref = delay(m, ev, _COPY_STAGES, f"inc_{name}", reset_less=False)     # the registered increment
-            c = _counter(m, platform, f"ctr_{name}", ev, clear_ev, self.shadow_checks, d_ref, cleared_ref)
+            c, lag = _counter(m, platform, f"ctr_{name}", ev, clear_ev, self.shadow_checks, d_ref, cleared_ref)
             ref = Signal(COUNTER_BITS, name=f"ctr_{name}_ref")   # no hardware: read by the checks only
             m.d.sync += ref.eq(Mux(cleared_ref, 0, ref + d_ref))
-            self.shadow_checks.append((f"ctr_{name}_c", c, ref))
+            self.shadow_checks.append((f"ctr_{name}_c", c, delay(m, ref, lag, f"ctr_{name}_ref", reset_less=False)))
+            read_regs = SNAPSHOT_CYCLES - 1 - _COPY_STAGES - lag
+            assert read_regs >= 0, "the events' register, the counters' copy chains and their lag"
             # reset-less: read in SNAP only
-            m.d.comb += dec.counters[int(s) - 1].eq(delay(m, c, SNAPSHOT_CYCLES - 1 - _COPY_STAGES, f"ctr_{name}"))
+            m.d.comb += dec.counters[int(s) - 1].eq(delay(m, c, read_regs, f"ctr_{name}"))
         return m
 
 
@@ -222,21 +230,26 @@ def _groups(width):
 
 def _counter(m, platform, name, d, clear, checks, d_ref, cleared_ref):
     """A ``COUNTER_BITS`` counter of the increments ``d`` (registered) and ``clear`` (registered):
-    returns c, the count up to the previous cycle (a register).
+    returns (c, lag), c the count up to ``lag`` + 1 cycles before (a register).
 
     Every copy of the registered clear / increment (``enable_copy``, appended to ``checks`` with
     its reference ``cleared_ref`` / ``d_ref``) serves one group of loads. A 1-bit increment drives
-    ``_plus_one_counter`` directly; a wider one is added to a low part of its own width (lo + d_r
-    carries at most once, into the high part, a plus-one counter with that carry as increment),
-    in one adder per load group (its own copy of d_r, so synthesis cannot merge them: each carry
-    out drives one group)."""
-    def copy(x, ref, tag):
+    ``_plus_one_counter`` directly (lag 0); a wider one is added to a low part of its own width
+    (lo + d_r carries at most once, into the high part, a plus-one counter with that carry as
+    increment), in one adder per load group (its own copy of d_r, so synthesis cannot merge them:
+    each carry out drives one group). Each group's carry passes a register (``enable_copy``) before
+    the high part uses it (issue 6, session 13: lo -> the carry out -> the high part's <= 32
+    selects and enables was 8.0-8.3 ns on the 30 x 4 top), so the high part counts the carries one
+    cycle late, and its clear copies pass one register more than lo's: hi(t+1) = cleared(t-1) ? 0
+    : hi(t) + carry(t-1) is the high part of the count up to t - 1, and a carry out of the cycle
+    of a clear (of the pre-clear lo) is dropped with it. c = (lo one register later, hi): lag 1."""
+    def copy(x, ref, tag, stages=_COPY_STAGES):
         bits = []
         for i in range(len(x)):
             q = x[i]
-            for k in range(_COPY_STAGES):
+            for k in range(stages):
                 q = enable_copy(m, platform, q, f"{name}_{tag}" + (f"_{i}" if len(x) > 1 else "")
-                                + (f"_s{k}" if k < _COPY_STAGES - 1 else ""))
+                                + (f"_s{k}" if k < stages - 1 else ""))
             bits.append(q)
         checks.append((f"{name}_{tag}", Cat(*bits), ref))
         return Cat(*bits)
@@ -246,24 +259,38 @@ def _counter(m, platform, name, d, clear, checks, d_ref, cleared_ref):
 
     width = len(d_ref)
     if width == 1:
-        return _plus_one_counter(m, name, COUNTER_BITS, lambda tag: copy(d, d_ref, f"inc_{tag}"), cleared, checks)
+        return _plus_one_counter(m, name, COUNTER_BITS, lambda tag: copy(d, d_ref, f"inc_{tag}"), cleared, checks), 0
     lw = width                                            # lo + d_r < 2 ** (lw + 1): one carry at most
     lo = Signal(lw, name=f"{name}_lo")
+    carry_ref = Signal(name=f"{name}_carry_ref")          # no hardware: read by the checks only
+    cleared_hi_ref = delay(m, cleared_ref, 1, f"{name}_cleared_h_ref", reset_less=False)
+    m.d.sync += carry_ref.eq((lo + d_ref)[lw])
 
     def add(tag):
         """lo + (a copy of d_r), lw + 1 bits (the top bit: the carry into the high part)."""
         s = Signal(lw + 1, name=f"{name}_sum_{tag}")
         m.d.comb += s.eq(lo + copy(d, d_ref, f"inc_{tag}"))
         return s
+
+    def carry(tag):
+        q = enable_copy(m, platform, add(tag)[lw], f"{name}_carry_{tag}")
+        checks.append((f"{name}_carry_{tag}", q, carry_ref))
+        return q
+
+    def cleared_hi(tag):
+        return copy(clear, cleared_hi_ref, f"cleared_{tag}", _COPY_STAGES + 1)
+
     m.d.sync += lo.eq(Mux(cleared("lo"), 0, add("lo")[:lw]))
-    c_hi = _plus_one_counter(m, f"{name}_h", COUNTER_BITS - lw, lambda tag: add(tag)[lw], cleared, checks)
-    return Cat(lo, c_hi)
+    c_hi = _plus_one_counter(m, f"{name}_h", COUNTER_BITS - lw, carry, cleared_hi, checks)
+    # a reset register: c is then 0 right after a reset, as its reference one cycle late
+    lo_r = delay(m, lo, 1, f"{name}_lo_r", reset_less=False)
+    return Cat(lo_r, c_hi), 1
 
 
 def _plus_one_counter(m, name, width, inc, cleared, checks):
-    """A ``width``-bit counter of a 1-bit increment: returns c as ``_counter``; ``inc(tag)`` /
-    ``cleared(tag)`` give a copy of the increment (valid in the cycle: c(t+1) = cleared ? 0 :
-    c + inc) / of the registered clear for one group of loads named ``tag``.
+    """A ``width``-bit counter of a 1-bit increment: returns c, the count up to the previous cycle
+    (a register); ``inc(tag)`` / ``cleared(tag)`` give a copy of the increment (valid in the
+    cycle: c(t+1) = cleared ? 0 : c + inc) / of the clear for one group of loads named ``tag``.
 
     c's next value is cleared ? 0 : (inc ? P : c): one LUT of flip-flops per bit, where P = c + 1
     is a register of its own: P(t+1) = c(t+1) + 1 = cleared ? 1 : P + inc, the counter's

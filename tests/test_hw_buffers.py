@@ -22,6 +22,7 @@ from golden.config import BANKS, ArrayConfig
 from golden.isa import Op
 from hw.buffers import (LUT_RAM_CELLS_PER_COPY, READ_SELECT_BITS, WRITE_TO_READ_MIN_CYCLES, BankedBuffer,
                         lut_ram_slice_bits)
+from hw.core import ArrayCore
 from hw.sequencer import Sequencer
 from test_hw_top_amaranth import (check_session, load_all, rand_bytes, rand_params, run_cmd, simple,
                                   write_cmd)
@@ -316,11 +317,15 @@ CFG_ROW1 = ArrayConfig(rows=1, cols=1, weight_min=-128, act_depth=48, wgt_depth=
 
 
 _CheckedSequencer = checked(Sequencer, "sequencer")
+_CheckedCore = checked(ArrayCore, "core")
 
 
 @pytest.fixture
 def checked_sequencer(monkeypatch):
+    """The top with the sequencer's and the core's shadow checks asserted (among them the core's
+    ``input_qualified``: the sequencer's own copy of the core's acceptance state is exact)."""
     monkeypatch.setattr(hw.top, "Sequencer", _CheckedSequencer)
+    monkeypatch.setattr(hw.top, "ArrayCore", _CheckedCore)
 
 
 @pytest.mark.parametrize("op", [Op.WRITE_ACT, Op.WRITE_WGT, Op.WRITE_PARAMS])

@@ -201,14 +201,18 @@ class _CoreWithOutsideInputRegisters(wiring.Component):
 
 
 def _run_core(cfg, seed, n_tiles=10, p_in=0.8, p_par=0.5, p_out=0.7, preload_lut=True, ks=None,
-              check_coverage=True, inputs_registered=False, params_delay=1):
+              check_coverage=True, inputs_registered=False, params_delay=1, input_qualified=False):
     """Drive and check one random run; ``preload_lut=False``: no table, no lut_en, and
     the first tile is a single beat offered on the very first cycle after reset; ``ks``:
     the tiles' reduction lengths (default random); ``check_coverage``: the run must have
     stalled the output and held a last beat; ``inputs_registered``: the core with its first
-    act/wgt input registers outside (the same ports and cycle behaviour)."""
+    act/wgt input registers outside (the same ports and cycle behaviour); ``input_qualified``: the
+    core with that flag, its source offering a beat only when the ready rule holds (as hw.sequencer
+    does), so inp.ready must be en."""
     rng = np.random.default_rng(seed)
-    dut = _CoreWithOutsideInputRegisters(cfg, params_delay) if inputs_registered else _CheckedCore(cfg)
+    assert not (inputs_registered and input_qualified)
+    dut = (_CoreWithOutsideInputRegisters(cfg, params_delay) if inputs_registered
+           else _CheckedCore(cfg, input_qualified=input_qualified))
     lay_in, lay_par, lay_out = input_layout(cfg), params_layout(cfg), output_layout(cfg)
     lut = rng.integers(0, 256, 256) if preload_lut else np.zeros(256, np.int64)
     ks = _random_ks(rng, n_tiles) if ks is None else list(ks)
@@ -269,7 +273,11 @@ def _run_core(cfg, seed, n_tiles=10, p_in=0.8, p_par=0.5, p_out=0.7, preload_lut
             # a push counts for the credit from PARAM_CREDIT_CYCLES after its cycle
             recent = sum(1 for c in push_cycle if c > cycle - PARAM_CREDIT_CYCLES)
             exp_in_ready = en and (not in_last or (gap_ok and level - claimed - recent > 0))
-            assert ctx.get(dut.inp.ready) == exp_in_ready, f"inp.ready at cycle {cycle}"
+            if input_qualified:
+                ctx.set(dut.inp.valid, in_valid and exp_in_ready)        # the source applies the rule
+                assert ctx.get(dut.inp.ready) == en, f"inp.ready at cycle {cycle}"
+            else:
+                assert ctx.get(dut.inp.ready) == exp_in_ready, f"inp.ready at cycle {cycle}"
             assert ctx.get(dut.params.ready) == (level < depth), f"params.ready at cycle {cycle}"
             log["held_last"] += en and in_valid and in_last and not exp_in_ready
             log["params_full"] += par_valid and level >= depth
@@ -350,6 +358,39 @@ def test_core_values_latency_ready_rules(cfg, inputs_registered, params_delay):
     log = _run_core(cfg, seed=cfg.rows * 7 + cfg.cols + cfg.param_fifo_depth, inputs_registered=inputs_registered,
                     params_delay=params_delay)
     assert log["out"] == [(t, r) for t in range(10) for r in range(cfg.rows)]
+
+
+@pytest.mark.parametrize("cfg", [ArrayConfig(rows=2, cols=2), ArrayConfig(rows=3, cols=2, packing="none"),
+                                 ArrayConfig(rows=1, cols=1, param_fifo_depth=1, weight_min=-128)],
+                         ids=["2x2_dual", "3x2_none", "1x1_fifo1"])
+def test_core_input_qualified(cfg):
+    """``input_qualified`` (hw.top): a source that offers a beat only when the ready rule holds gets
+    the same results on the same cycles; inp.ready is en, and the shadow check (valid implies the
+    rule) holds on every cycle."""
+    log = _run_core(cfg, seed=cfg.rows * 5 + cfg.param_fifo_depth, input_qualified=True)
+    assert log["held_last"] > 0 and log["stalled_out"] > 0
+
+
+def test_core_input_qualified_violation_is_caught():
+    """A beat offered against the rule (a last beat before any params credit) trips the
+    ``input_qualified`` shadow check."""
+    cfg = ArrayConfig(rows=2, cols=2)
+    dut = _CheckedCore(cfg, input_qualified=True)
+
+    async def tb(ctx):
+        ctx.set(dut.out.ready, 1)
+        ctx.set(dut.inp.valid, 1)
+        ctx.set(dut.inp.payload.last, 1)
+        assert ctx.get(dut.inp.ready) == 1          # en: the core takes whatever is offered
+        await ctx.tick()
+
+    sim = Simulator(dut)
+    sim.add_clock(1e-6)
+    sim.add_testbench(tb)
+    with pytest.raises(AssertionError, match="input_qualified"):
+        sim.run()
+    with pytest.raises(ValueError, match="input_qualified"):
+        ArrayCore(cfg, input_qualified=1)
 
 
 def test_core_first_tile_not_held_after_reset():

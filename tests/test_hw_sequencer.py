@@ -76,7 +76,7 @@ def test_shadow_checks_cover_the_registered_state():
     want |= {f"{f}_{g}" for f in ("s_free", "v", "ce_s", "s_fin", "fl") for g in ("cnt", "cur")}
     want |= {"fl", "s_cur", "j_end_wgt", "pv_last_rd", "w_fl"}
     # the sequencer's copy of the core's acceptance state, checked against the core's inp.ready
-    want |= {"core_ready", "k_last_ok"} | {f"{f}_{g}" for f in ("v_last", "k_last_ok") for g in ("act", "wgt", "cnt", "cur")}
+    want |= {"core_take", "k_last_ok", "k_last_ok_n", "k_gap_soon", "k_nz", "k_ge2"} | {f"{f}_{g}" for f in ("v_last", "k_last_ok") for g in ("act", "wgt", "cnt", "cur")}
     if JOB_QUEUE_DEPTH == 2:
         want |= {"sn_job", "wn_job"}
     want |= {f"{f}{i}" for f in ("free", "savail", "pavail", "entry") for i in range(JOB_QUEUE_DEPTH)}
