@@ -36,6 +36,9 @@ __all__ = ["ULX3STop", "ecp5_pll", "platform", "CLK_IN_HZ", "DEFAULT_BAUD"]
 CLK_IN_HZ = 25e6
 #: FT231X's fastest standard rate (3 MHz / 1).
 DEFAULT_BAUD = 3_000_000
+#: Fabric registers between the rx pin's I/O-cell register and the receiver: rx is asynchronous
+#: and sampled at mid-bit, so a few cycles of latency change nothing (10 x divisor cycles a byte).
+RX_PIN_STAGES = 2
 
 # EHXPLLL limits (Lattice TN1263 / Project Trellis' ecppll).
 _PFD_MIN, _PFD_MAX = 3.125e6, 400e6
@@ -135,7 +138,15 @@ class ULX3STop(Elaboratable):
         # mid-bit
         m.submodules.rx_buf = rx_buf = io.FFBuffer("i", uart.rx)
         m.submodules.tx_buf = tx_buf = io.Buffer("o", uart.tx)
-        m.d.comb += [acc.rx.eq(rx_buf.i), tx_buf.o.eq(acc.tx), acc.rst.eq(lock_rst)]
+        # then RX_PIN_STAGES fabric registers on the way to the receiver (issue 6, session 13: the
+        # I/O cell's register -> the receiver's synchroniser was one 8.4-9.1 ns route, the
+        # critical path of one seed in four); the line idles high
+        rx = rx_buf.i
+        for k in range(RX_PIN_STAGES):
+            q = Signal(init=1, name=f"rx_pin{k}")
+            m.d.sync += q.eq(rx)
+            rx = q
+        m.d.comb += [acc.rx.eq(rx), tx_buf.o.eq(acc.tx), acc.rst.eq(lock_rst)]
 
         esp = platform.request("esp32", 0)
         m.d.comb += [esp.gpio0.o.eq(1), esp.gpio0.oe.eq(1)]

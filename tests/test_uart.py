@@ -741,6 +741,14 @@ def test_board_rx_is_registered_in_its_io_cell(tmp_path):
     fpga._board_files(CFG, tmp_path, "ulx3s", 50e6, 3_000_000)
     il = (tmp_path / "ulx3s.il").read_text()
     assert len(re.findall(r"cell \\IFS1P3DX ", il)) == 1
+    # then RX_PIN_STAGES fabric registers on the way to the receiver (one 8.4-9.1 ns route otherwise)
+    from hw.ulx3s import RX_PIN_STAGES
+    assert RX_PIN_STAGES >= 1
+    dffs = {q: d for d, q in re.findall(r"cell \$dff \S+\n(?:    parameter [^\n]*\n)*    connect \\D (\S+)[^\n]*\n"
+                                          r"    connect \\CLK [^\n]*\n    connect \\Q (\S+)\n", il)}
+    assert [dffs.get(f"\\rx_pin{k}") for k in range(RX_PIN_STAGES)] == \
+        ["\\i"] + [f"\\rx_pin{k}" for k in range(RX_PIN_STAGES - 1)]
+    assert f"connect \\rx \\rx_pin{RX_PIN_STAGES - 1} [0]" in il
 
 
 def test_board_lpf_leaves_the_pll_clock_to_nextpnrs_freq(tmp_path):
