@@ -53,7 +53,10 @@ the contents at the read. Callers use it only where the shown entry cannot be wr
 sequencer's params reads: the offered job's bank is not written while the job is valid and
 not pushed, see hw.sequencer), so the two are indistinguishable there. ``read_stages=2`` (LUT-RAM
 mode only; hw.top's params buffer) registers the read address and bank once more per slice: the
-data (and its hold) follow each read one cycle later than described above; ``write_stages=2``
+data (and its hold) follow each read one cycle later than described above; ``output_stages=2``
+(LUT-RAM mode with ``output_register``; hw.top's params buffer) registers the output once more
+(both registers on ``oce``): ``data`` shows what the single output register would show, one
+``oce`` cycle later; ``write_stages=2``
 (likewise) registers the write port once more per slice: a write lands one cycle later (and a reset
 also drops the write presented on the cycle before it).
 """
@@ -136,7 +139,8 @@ class BankedBuffer(wiring.Component):
     def __init__(self, width: int, depth: int, *, registered_write: bool = False,
                  lut_ram_slice_bits: int | None = None, bram_slice_bits: int | None = None,
                  collision_free: bool = False, output_register: bool = False,
-                 read_enable_copies: bool = False, read_stages: int = 1, write_stages: int = 1):
+                 read_enable_copies: bool = False, read_stages: int = 1, write_stages: int = 1,
+                 output_stages: int = 1):
         if width < 1 or depth < 1:
             raise ValueError(f"width and depth must be >= 1, got width={width}, depth={depth}")
         if not isinstance(registered_write, bool):
@@ -171,6 +175,12 @@ class BankedBuffer(wiring.Component):
                 raise ValueError(f"{kind}_stages=2 needs lut_ram_slice_bits (its extra stage is the per-slice "
                                  f"{kind} register of LUT-RAM mode)")
         self.read_stages, self.write_stages = read_stages, write_stages
+        if isinstance(output_stages, bool) or not isinstance(output_stages, int) or output_stages not in (1, 2):
+            raise ValueError(f"output_stages must be 1 or 2, got {output_stages!r}")
+        if output_stages != 1 and (lut_ram_slice_bits is None or not output_register):
+            raise ValueError("output_stages=2 needs lut_ram_slice_bits and output_register=True (its extra stage "
+                             "is a second per-slice output register of LUT-RAM mode)")
+        self.output_stages = output_stages
         self.bram_slice_bits = bram_slice_bits
         self.collision_free = collision_free
         self.width, self.depth = width, depth
@@ -360,10 +370,14 @@ class BankedBuffer(wiring.Component):
             sel = Cat(*(Array(d[j * READ_SELECT_BITS:(j + 1) * READ_SELECT_BITS] for d in rdata)[r_sel]
                         for j, r_sel in enumerate(r_sels)))
             if self.output_register:
-                q = Signal(hi - lo, name=f"out_reg_s{g}", reset_less=True)
-                with m.If(self.oce):
-                    m.d.sync += q.eq(sel)
-                sel = q
+                # output_stages=2: a second register per slice, so the first can sit by its LUT-RAM
+                # (issue 6, session 13: LUT-RAM read -> bank select -> the output register beside the
+                # core was 8.0-9.0 ns, 23-55 late endpoints in every seed of the 30 x 4 top)
+                for k in range(self.output_stages):
+                    q = Signal(hi - lo, name=f"out_reg_s{g}" + (f"_{k}" if k else ""), reset_less=True)
+                    with m.If(self.oce):
+                        m.d.sync += q.eq(sel)
+                    sel = q
             out.append(sel)
         m.d.comb += self.r.data.eq(Cat(*out))
         return m

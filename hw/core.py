@@ -164,10 +164,11 @@ class ArrayCore(wiring.Component):
     the params FIFO's first write register (``w_data_a``, loaded on every cycle) already. The
     handshakes, ``last`` and the cycle behaviour are unchanged.
 
-    ``params_delay`` (0, 1 or 2; hw.top: 2): ``params.payload`` shows the pushed set that many
-    cycles after the push (the first ``params_delay`` of the FIFO's write registers, ``w_data_a``
-    and ``w_data_a2``, loaded on every cycle, are outside: hw.top's params buffer reads its LUT-RAM
-    through two address registers and an output register). With ``inputs_registered`` it must be
+    ``params_delay`` (0 .. 3; hw.top: 3): ``params.payload`` shows the pushed set that many
+    cycles after the push (the first ``params_delay`` of the FIFO's write registers, ``w_data_a``,
+    ``w_data_a2`` and ``w_data_b``, loaded on every cycle, are outside: hw.top's params buffer
+    reads its LUT-RAM through two address registers and two output registers). With
+    ``inputs_registered`` it must be
     >= 1 (that flag's params register). The cycle behaviour is unchanged.
 
     ``k_bounded=True`` (hw.top): no tile has more than ``cfg.max_k`` beats (``hw.pe.PackedPE``).
@@ -187,9 +188,9 @@ class ArrayCore(wiring.Component):
         self.input_qualified = check_flag(self, "input_qualified", input_qualified)
         if params_delay is None:
             params_delay = int(inputs_registered)
-        if isinstance(params_delay, bool) or params_delay not in (0, 1, 2) or params_delay < int(inputs_registered):
+        if isinstance(params_delay, bool) or params_delay not in (0, 1, 2, 3) or params_delay < int(inputs_registered):
             self._MustUse__used = True
-            raise ValueError(f"params_delay must be 0, 1 or 2 (>= 1 with inputs_registered), got {params_delay!r}")
+            raise ValueError(f"params_delay must be 0, 1, 2 or 3 (>= 1 with inputs_registered), got {params_delay!r}")
         self.params_delay = params_delay
         super().__init__({
             "inp": In(stream.Signature(input_layout(cfg))),
@@ -227,7 +228,8 @@ class ArrayCore(wiring.Component):
         #   w_data path was 14.4 ns, the top's critical path; with one register between, the
         #   LUT-RAM -> bank mux -> first register hop was still 11.5 ns of routing, session 6;
         #   with params_delay the first registers are outside: in hw.top the params buffer's
-        #   extra read-address stage and its output register, session 12);
+        #   extra read-address stage and its output register, session 12, and its second output
+        #   register, session 13);
         # * the head the lanes see (``head_q``) is a register loaded on every enabled cycle from
         #   the LUT-RAM read at ``ra``, so the lanes' first stages start from flip-flops, not
         #   from a LUT-RAM read + routing (their bias add chains);
@@ -279,12 +281,11 @@ class ArrayCore(wiring.Component):
         wptr_a = Signal(range(depth), reset_less=True)
         push_a2 = Signal()                                # control: reset
         wptr_a2 = Signal(range(depth), reset_less=True)
-        # the data's first two stages (w_data_a, w_data_a2): the first params_delay of them are
-        # outside (hw.top: the params buffer's read), the rest here
-        w_data_a2 = delay(m, self.params.payload.as_value(), 2 - self.params_delay, "w_data_a")
+        # the data's first three stages (w_data_a, w_data_a2, w_data_b): the first params_delay of
+        # them are outside (hw.top: the params buffer's read), the rest here
+        w_data_b = delay(m, self.params.payload.as_value(), 3 - self.params_delay, "w_data_a")
         push_b = Signal()                                 # control: reset
         wptr_b = Signal(range(depth), reset_less=True)
-        w_data_b = Signal(params_layout(cfg), reset_less=True)
 
         # ---- input acceptance. The ready terms are registers loaded from next-state logic
         # (the same values, a cycle earlier), so inp.ready / params.ready are one LUT from
@@ -364,7 +365,7 @@ class ArrayCore(wiring.Component):
             last_ok.eq((gap_n >= cfg.min_tile_cycles) & (unclaimed_n != 0)),
             push_a.eq(push), wptr_a.eq(wptr),
             push_a2.eq(push_a), wptr_a2.eq(wptr_a),
-            push_b.eq(push_a2), wptr_b.eq(wptr_a2), w_data_b.eq(w_data_a2),
+            push_b.eq(push_a2), wptr_b.eq(wptr_a2),
             w_en.eq(push_b), w_addr.eq(wptr_b), w_data.eq(w_data_b),
             rptr.eq(rptr_n),
         ]

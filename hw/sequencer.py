@@ -10,8 +10,8 @@ each at its own pace:
 
 * beat streamer: issues one act/wgt buffer read per cycle while it has a job
   and its output register is free or being taken (``issue = avail & (~v |
-  take)``). ``take`` = v & the core's inp.ready, which the streamer does not
-  read: it keeps its own copy of the core's acceptance state (tile gap, params
+  take)``). ``take`` = v & the core's ready rule, which the streamer does not
+  read from the core: it keeps its own copy of the core's acceptance state (tile gap, params
   credit; docs/array.md with en = 1, as core_out is always ready), exact
   because the core counts a push for the credit only PARAM_CREDIT_CYCLES
   later (shadow check ``core_take``), and offers a beat on ``core_inp`` (valid) only on the
@@ -220,7 +220,7 @@ class Sequencer(wiring.Component):
         k_last_ok = Signal()
         k_last_ok_n = Signal()
         v_last_n = Signal()
-        ready = Signal()                                 # == core_inp.ready
+        ready = Signal()                                 # the core's ready rule (its inp.ready without input_qualified)
         m.d.comb += ready.eq(~v_last | k_last_ok)
         take = v & ready
         issue = s_avail & (~v | take)

@@ -74,14 +74,15 @@ class Accelerator(wiring.Component):
         # The act/wgt buffers' output registers (block-RAM output registers on the ECP5) are the
         # array's first input registers (hw.buffers output_register; issue 6: a DP16KD's
         # clock-to-out without it is 5.83 ns), the params buffer's extra read-address stage and
-        # output register are the core's first two params FIFO write registers (params_delay=2),
+        # two output registers are the core's first three params FIFO write registers
+        # (params_delay=3),
         # and the out buffer's are READ's second stage.
         # k_bounded: the decoder rejects a RUN with k > golden.isa.k_max(cfg) <= cfg.max_k
-        # params_delay=2: the params buffer below reads through two address registers per slice
-        # and its output register, so the pushed set reaches the core two cycles after the push.
+        # params_delay=3: the params buffer below reads through two address registers per slice
+        # and two output registers, so the pushed set reaches the core three cycles after the push.
         # input_qualified: the sequencer offers a beat only when the core's ready rule holds (its own
         # copy of the core's acceptance state, hw.sequencer).
-        m.submodules.core = core = ArrayCore(cfg, inputs_registered=True, k_bounded=True, params_delay=2,
+        m.submodules.core = core = ArrayCore(cfg, inputs_registered=True, k_bounded=True, params_delay=3,
                                              input_qualified=True)
         m.submodules.dec = dec = Decoder(cfg, par_bits)
         # The decoder-written buffers register their write port once more (per-bank enables
@@ -113,10 +114,13 @@ class Accelerator(wiring.Component):
         # read_stages=2 (issue 6): each slice registers the sequencer's read address once more before
         # its LUT-RAM address copies (the core takes that cycle from its FIFO write pipeline);
         # write_stages=2: and the write port once more (a params write is readable one cycle later
-        # than the act/wgt buffers', and its reads happen two cycles after they are presented).
+        # than the act/wgt buffers', and its reads happen two cycles after they are presented);
+        # output_stages=2: and the read data once more, so the first output register can sit by
+        # its LUT-RAM (the core takes that cycle from its FIFO write pipeline too).
         m.submodules.par = par = BankedBuffer(par_bits, cfg.param_depth, registered_write=True,
                                               lut_ram_slice_bits=lut_ram_slice_bits(cfg.param_depth),
-                                              output_register=True, read_stages=2, write_stages=2)
+                                              output_register=True, read_stages=2, write_stages=2,
+                                              output_stages=2)
         # collision_free: READ_OUT of a bank waits until every job writing it has retired, and the
         # decoder takes no RUN while it reads (asserted by tests/test_hw_top_amaranth).
         m.submodules.out = out = BankedBuffer(cfg.out_lanes * 8, cfg.out_depth, collision_free=True,

@@ -33,13 +33,13 @@ from shadow_checks import checked
 _CheckedBuffer = checked(BankedBuffer, "buffer")
 
 
-@pytest.mark.parametrize("mode,depth,outreg,stages,wstages",
-                         [(mode, depth, False, 1, 1) for mode in ("plain", "registered", "lut_ram") for depth in (5, 8)]
-                         + [("bram_sliced", 8, False, 1, 1)]   # 8: one memory
-                         + [("plain", 5, True, 1, 1), ("registered", 8, True, 1, 1), ("lut_ram", 5, True, 1, 1),
-                            ("bram_sliced", 8, True, 1, 1), ("lut_ram", 8, False, 2, 1), ("lut_ram", 5, True, 2, 2),
-                            ("lut_ram", 8, True, 1, 2)])
-def test_buffer_write_visibility_and_read_hold(mode, depth, outreg, stages, wstages):
+@pytest.mark.parametrize("mode,depth,outreg,stages,wstages,ostages",
+                         [(mode, depth, False, 1, 1, 1) for mode in ("plain", "registered", "lut_ram") for depth in (5, 8)]
+                         + [("bram_sliced", 8, False, 1, 1, 1)]   # 8: one memory
+                         + [("plain", 5, True, 1, 1, 1), ("registered", 8, True, 1, 1, 1), ("lut_ram", 5, True, 1, 1, 1),
+                            ("bram_sliced", 8, True, 1, 1, 1), ("lut_ram", 8, False, 2, 1, 1),
+                            ("lut_ram", 5, True, 2, 2, 1), ("lut_ram", 8, True, 1, 2, 1), ("lut_ram", 5, True, 2, 2, 2)])
+def test_buffer_write_visibility_and_read_hold(mode, depth, outreg, stages, wstages, ostages):
     """Random writes and reads against a model: a write on cycle t is readable from t + 1
     (plain) or t + 2 (registered write, also in LUT-RAM mode); read data holds until the next
     read enable, through writes to the held entry (LUT-RAM mode: the held ADDRESS holds and the
@@ -50,13 +50,15 @@ def test_buffer_write_visibility_and_read_hold(mode, depth, outreg, stages, wsta
     model showed on that cycle. ``stages`` (``read_stages``, LUT-RAM mode): a read takes effect
     ``stages`` cycles after it is presented (1: the data shows its entry from the next cycle);
     ``wstages`` (``write_stages``, LUT-RAM mode): a write is readable from t + 1 + wstages, and a
-    reset drops the writes presented on its cycle and the wstages - 1 cycles before."""
+    reset drops the writes presented on its cycle and the wstages - 1 cycles before. ``ostages``
+    (``output_stages``, LUT-RAM mode with ``outreg``): the output registers in a row, each loaded
+    on ``oce``."""
     registered = mode != "plain"
     lut_ram = mode == "lut_ram"
     width = 10
     dut = _CheckedBuffer(width, depth, registered_write=registered, lut_ram_slice_bits=4 if lut_ram else None,
                          bram_slice_bits=4 if mode == "bram_sliced" else None, output_register=outreg,
-                         read_stages=stages, write_stages=wstages)
+                         read_stages=stages, write_stages=wstages, output_stages=ostages)
     if lut_ram or mode == "bram_sliced":
         assert dut.slices(4) == [(0, 4), (4, 8), (8, 10)]
     lag = 1 + wstages if registered else 1
@@ -70,7 +72,7 @@ def test_buffer_write_visibility_and_read_hold(mode, depth, outreg, stages, wsta
         shown = None                        # the model's read data (None: nothing read yet)
         held = None                         # LUT-RAM mode: (bank, addr) of the last read
         last_w = None                       # (cycle, bank, addr) of the latest write
-        q = None                            # outreg: the output register's value (None: never loaded)
+        q = [None] * ostages                # outreg: the output registers' values (None: never loaded)
         reads = []                          # (cycle the read takes effect, bank, addr)
         # (read_stages=2 replaces the held entry before a rewrite more often: longer, for coverage)
         for cyc in range(600 * stages * stages):
@@ -87,12 +89,12 @@ def test_buffer_write_visibility_and_read_hold(mode, depth, outreg, stages, wsta
                     counts["held_through_write"] += 1      # the held entry was rewritten
                 shown = int(mem[held])
             if outreg:
-                if q is not None:
-                    assert ctx.get(dut.r.data) == q, f"cycle {cyc}"
+                if q[-1] is not None:
+                    assert ctx.get(dut.r.data) == q[-1], f"cycle {cyc}"
                 oce = rng.random() < 0.6
                 ctx.set(dut.oce, oce)
                 if oce:
-                    q = shown                       # loaded at this cycle's end: this cycle's data
+                    q = [shown] + q[:-1]            # loaded at this cycle's end: this cycle's data
             elif shown is not None:
                 assert ctx.get(dut.r.data) == shown, f"cycle {cyc}"
             we = rng.random() < 0.5
@@ -302,6 +304,13 @@ def test_buffer_rejects_bad_arguments():
                     BankedBuffer(8, 4, registered_write=True, lut_ram_slice_bits=4, **{f"{kind}_stages": bad})
             with pytest.raises(ValueError, match=f"{kind}_stages=2 needs lut_ram_slice_bits"):
                 BankedBuffer(8, 4, registered_write=True, **{f"{kind}_stages": 2})
+        for bad in (0, 3, True, 1.5):
+            with pytest.raises(ValueError, match="output_stages must be 1 or 2"):
+                BankedBuffer(8, 4, registered_write=True, lut_ram_slice_bits=4, output_register=True,
+                             output_stages=bad)
+        for kw in ({"lut_ram_slice_bits": 4}, {"output_register": True}):
+            with pytest.raises(ValueError, match="output_stages=2 needs lut_ram_slice_bits and output_register=True"):
+                BankedBuffer(8, 4, registered_write=True, output_stages=2, **kw)
         gc.collect()
 
 

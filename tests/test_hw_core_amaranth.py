@@ -350,7 +350,10 @@ def _run_core(cfg, seed, n_tiles=10, p_in=0.8, p_par=0.5, p_out=0.7, preload_lut
     (ArrayConfig(rows=2, cols=3), True, 2),
     (ArrayConfig(rows=3, cols=2, packing="none"), True, 1),
     (ArrayConfig(rows=1, cols=1, param_fifo_depth=1, weight_min=-128), True, 2),
-], ids=["2x2_dual", "2x3_dual", "2x2_none", "1x1_fifo1", "2x3_dual_regd2", "3x2_none_regd1", "1x1_fifo1_regd2"])
+    (ArrayConfig(rows=2, cols=2), True, 3),
+    (ArrayConfig(rows=1, cols=1, param_fifo_depth=2, weight_min=-128), True, 3),
+], ids=["2x2_dual", "2x3_dual", "2x2_none", "1x1_fifo1", "2x3_dual_regd2", "3x2_none_regd1", "1x1_fifo1_regd2",
+        "2x2_dual_regd3", "1x1_fifo2_regd3"])
 def test_core_values_latency_ready_rules(cfg, inputs_registered, params_delay):
     """Values and exact output cycles; ``_regd<d>``: the act/wgt input registers and ``d`` params
     registers outside the core (hw.top with the buffers' output registers and the params buffer's
@@ -472,7 +475,7 @@ def test_core_ports_and_layouts():
     with pytest.raises(ValueError, match="missing field 'last'"):
         pack_payload(input_layout(cfg), {"act": [0, 0], "wgt": [0] * 6})
     # params_delay: how many of the params write registers are outside (named, with its range)
-    for kw in ({"params_delay": 3}, {"params_delay": True}, {"params_delay": -1},
+    for kw in ({"params_delay": 4}, {"params_delay": True}, {"params_delay": -1},
                {"params_delay": 0, "inputs_registered": True}):
-        with pytest.raises(ValueError, match=r"params_delay must be 0, 1 or 2 \(>= 1 with inputs_registered\)"):
+        with pytest.raises(ValueError, match=r"params_delay must be 0, 1, 2 or 3 \(>= 1 with inputs_registered\)"):
             ArrayCore(cfg, **kw)
