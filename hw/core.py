@@ -52,8 +52,8 @@ from .mac_array import MacArray
 from .pe import check_hw_config, check_flag, config_for, delay
 from .requant_lane import CODE_WIDTH, RequantLane, lane_params_layout, lut_layout
 
-__all__ = ["ArrayCore", "PARAMS_PUSH_TO_HEAD_CYCLES", "input_layout", "params_layout", "lut_layout", "output_layout",
-           "lane_params_layout", "pack_payload", "unpack_payload"]
+__all__ = ["ArrayCore", "PARAMS_PUSH_TO_HEAD_CYCLES", "acceptance_next", "input_layout", "params_layout", "lut_layout",
+           "output_layout", "lane_params_layout", "pack_payload", "unpack_payload"]
 
 # Cycles from a params push (accepted on t) to the lanes' params head showing it (t + 6):
 # the FIFO write is registered four times (presented to the memory on t + 4) and the head is a
@@ -136,6 +136,16 @@ def _unpack(shape, bits):
     s = Shape.cast(shape)
     v = bits & ((1 << s.width) - 1)
     return v - (1 << s.width) if s.signed and v >> (s.width - 1) else v
+
+
+def acceptance_next(gap, gap_ok, unclaimed, push_r, take_last, en=1):
+    """Next values of the input acceptance state of docs/array.md: ``gap`` (enabled cycles since the
+    previous accepted last beat, saturating: ``gap_ok`` == gap >= min_tile_cycles) and ``unclaimed``
+    (pushed sets no accepted tile has claimed yet, each counted from ``push_r``, the push registered
+    PARAM_CREDIT_CYCLES - 1 times). ArrayCore's registers and hw.sequencer's copy of them (en = 1)
+    both step by this, so the copy cannot drift from the rule."""
+    gap_n = Mux(take_last, 1, Mux(en & ~gap_ok, gap + 1, gap))
+    return gap_n, unclaimed + push_r - take_last
 
 
 def _wrap_inc(ptr, depth: int):
@@ -306,13 +316,9 @@ class ArrayCore(wiring.Component):
         m.d.comb += self.inp.ready.eq(en if self.input_qualified else rule_ready)
         take = self.inp.valid & self.inp.ready          # implies en
         take_last = take & self.inp.payload.last
-        # gap = enabled cycles since the previous accepted last beat (saturating).
+        # gap = enabled cycles since the previous accepted last beat (saturating); its next value
+        # with unclaimed's below (acceptance_next)
         gap_n = Signal.like(gap)
-        m.d.comb += gap_n.eq(gap)
-        with m.If(take_last):
-            m.d.comb += gap_n.eq(1)
-        with m.Elif(en & ~tile_gap_ok):
-            m.d.comb += gap_n.eq(gap + 1)
         m.d.sync += [gap.eq(gap_n), tile_gap_ok.eq(gap_n >= cfg.min_tile_cycles)]
 
         m.d.comb += [
@@ -340,7 +346,8 @@ class ArrayCore(wiring.Component):
             self.params.ready.eq(par_ready),
             level_n.eq(level + push - pop),
             claimed_n.eq(claimed + take_last - pop),
-            unclaimed_n.eq(unclaimed + push_a - take_last),
+            *(x.eq(v) for x, v in zip((gap_n, unclaimed_n),
+                                       acceptance_next(gap, tile_gap_ok, unclaimed, push_a, take_last, en))),
         ]
         # The write address and enable in one copy per group as well (w_addr and w_en drove every
         # LUT-RAM cell's write port, 10.9 ns on the 30 x 4 top): w_en keeps its reset through

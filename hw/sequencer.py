@@ -57,7 +57,7 @@ from golden.config import BANKS, PARAM_CREDIT_CYCLES, ArrayConfig
 from golden.isa import JOB_QUEUE_DEPTH, k_max, layout, ntiles_max
 
 from .buffers import bank_shape, enable_copy, kept_copy, live_register, read_signature, write_signature
-from .core import input_layout, output_layout, params_layout
+from .core import acceptance_next, input_layout, output_layout, params_layout
 
 __all__ = ["Sequencer", "job_layout"]
 
@@ -492,10 +492,10 @@ class Sequencer(wiring.Component):
         # (session 13: k_last_ok_n -> a far act slice's copy 8.0-8.4 ns).
         mt = cfg.min_tile_cycles
         take_last = take & v_last
-        k_gap_n = Mux(take_last, 1, Mux(k_gap_ok, k_gap, k_gap + 1))
-        k_unclaimed_n = Signal.like(k_unclaimed)
+        k_gap_n, k_unclaimed_n = Signal.like(k_gap), Signal.like(k_unclaimed)
         k_gap_soon, k_nz, k_ge2 = Signal(init=int(mt >= 1)), Signal(), Signal()
-        m.d.comb += [k_unclaimed_n.eq(k_unclaimed + k_push_r - take_last),
+        m.d.comb += [*(x.eq(v) for x, v in zip((k_gap_n, k_unclaimed_n),
+                                               acceptance_next(k_gap, k_gap_ok, k_unclaimed, k_push_r, take_last))),
                      k_last_ok_n.eq(Mux(take_last, int(mt <= 1) & Mux(k_push_r, k_nz, k_ge2),
                                         k_gap_soon & (k_push_r | k_nz)))]
         m.d.sync += [k_gap.eq(k_gap_n), k_gap_ok.eq(k_gap_n >= mt), k_unclaimed.eq(k_unclaimed_n),
